@@ -1,0 +1,16 @@
+/// Errors of the backend layer: bad device strings, backends not compiled in, unsupported dtypes.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The device string is not one of the accepted forms.
+    #[error("invalid device `{spec}`: {reason} (expected `cpu`, `wgpu`, `wgpu:N` or `cuda:N`)")]
+    InvalidDevice { spec: String, reason: String },
+    /// The backend exists but this build does not include it.
+    #[error("device `{spec}` needs the `{feature}` cargo feature, which this build of Temper was compiled without")]
+    NotCompiled { spec: String, feature: &'static str },
+    /// The dtype string is not known.
+    #[error("invalid dtype `{0}` (expected `f32`, `bf16` or `f16`)")]
+    InvalidDType(String),
+    /// The device cannot compute in this dtype.
+    #[error("device {device} does not support {dtype} arithmetic; use f32")]
+    UnsupportedDType { device: String, dtype: String },
+}

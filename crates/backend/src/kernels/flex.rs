@@ -1,0 +1,187 @@
+//! Fused CPU kernels for burn's Flex backend.
+//!
+//! RMSNorm and RoPE are memory-bound: as tensor-op chains they read and write the activations
+//! four to six times; here each row is read once and written once, rows in parallel.
+
+use burn::backend::{Backend, Flex, backend_extension, tensor::FloatTensor};
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Shape, Tensor};
+use rayon::prelude::*;
+
+/// The fused ops of the Llama family as a burn backend extension.
+///
+/// Only Flex implements it today; GPU backends take the reference path (see
+/// [`super::kernel_path`]) until CubeCL kernels are added here.
+#[backend_extension(Flex)]
+pub trait FusedOps: Backend {
+    /// `x` `[..., d]` (f32), `weight` `[d]` → like `x`.
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+    /// `x` `[b, s, h, hd]`, `cos`/`sin` `[b, s, hd/2]` (f32) → like `x`.
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Minimum rows per rayon task: below this the split costs more than it saves.
+const MIN_ROWS_PER_TASK: usize = 8;
+
+fn contiguous_f32(t: &FlexTensor) -> (Shape, Vec<f32>) {
+    let shape = t.layout().shape().clone();
+    let t = t.to_contiguous();
+    let data = match t.as_slice::<f32>() {
+        Some(s) => s.to_vec(),
+        None => t.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default(),
+    };
+    (shape, data)
+}
+
+fn with_slice<R>(t: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
+    if let Some(s) = t.as_slice::<f32>() {
+        f(s)
+    } else {
+        let (_, data) = contiguous_f32(t);
+        f(&data)
+    }
+}
+
+fn output_like(shape: Shape, fill: impl FnOnce(&mut [f32])) -> FlexTensor {
+    let mut out = FlexTensor::empty(shape, DType::F32);
+    fill(out.storage_mut::<f32>());
+    out
+}
+
+impl FusedOps for Flex {
+    fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
+        let shape = x.layout().shape().clone();
+        let d = shape.as_slice().last().copied().unwrap_or(1).max(1);
+        let (_, w) = contiguous_f32(&weight);
+        let eps = eps as f32;
+        with_slice(&x, |xs| {
+            output_like(shape, |out| {
+                out.par_chunks_mut(d)
+                    .zip(xs.par_chunks(d))
+                    .with_min_len(MIN_ROWS_PER_TASK)
+                    .for_each(|(o, row)| {
+                        // Same order as HF: mean of squares in f32, then x * rsqrt(var + eps), then * w.
+                        let sum: f32 = row.iter().map(|v| v * v).sum();
+                        let inv = 1.0 / (sum / d as f32 + eps).sqrt();
+                        for ((o, v), w) in o.iter_mut().zip(row).zip(&w) {
+                            *o = w * (v * inv);
+                        }
+                    });
+            })
+        })
+    }
+
+    fn rotary(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+        let shape = x.layout().shape().clone();
+        let dims = shape.as_slice();
+        let [b, s, h, hd] = [dims[0], dims[1], dims[2], dims[3]];
+        let half = hd / 2;
+        let (_, cos) = contiguous_f32(&cos);
+        let (_, sin) = contiguous_f32(&sin);
+        let _ = b;
+        with_slice(&x, |xs| {
+            output_like(shape, |out| {
+                // One chunk = all heads of one (batch, position).
+                out.par_chunks_mut(h * hd)
+                    .zip(xs.par_chunks(h * hd))
+                    .enumerate()
+                    .with_min_len(MIN_ROWS_PER_TASK)
+                    .for_each(|(pos, (o, x))| {
+                        let c = &cos[pos * half..(pos + 1) * half];
+                        let sn = &sin[pos * half..(pos + 1) * half];
+                        for head in 0..h {
+                            let xh = &x[head * hd..(head + 1) * hd];
+                            let oh = &mut o[head * hd..(head + 1) * hd];
+                            for i in 0..half {
+                                let (x1, x2) = (xh[i], xh[i + half]);
+                                oh[i] = x1 * c[i] - x2 * sn[i];
+                                oh[i + half] = x2 * c[i] + x1 * sn[i];
+                            }
+                        }
+                    });
+                let _ = s;
+            })
+        })
+    }
+}
+
+pub(super) fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::rms_norm(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        eps,
+    ))
+}
+
+pub(super) fn rotary(x: Tensor<4>, cos: Tensor<3>, sin: Tensor<3>) -> Tensor<4> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::rotary(
+        x.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::{kernel_path, reference, KernelPath};
+    use burn::tensor::{Device, Distribution, Tensor, Tolerance};
+    use proptest::prelude::*;
+
+    fn device() -> Device {
+        Device::flex()
+    }
+
+    #[test]
+    fn flex_f32_takes_the_fused_path_and_autodiff_the_reference() {
+        let d = device();
+        assert_eq!(kernel_path(&d, burn::tensor::DType::F32), KernelPath::Fused);
+        assert_eq!(kernel_path(&d.clone().autodiff(), burn::tensor::DType::F32), KernelPath::Reference);
+        assert_eq!(kernel_path(&d, burn::tensor::DType::BF16), KernelPath::Reference);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn fused_rms_norm_matches_reference(rows in 1usize..9, d in 1usize..80, eps in 1e-6f64..1e-2) {
+            let dev = device();
+            let x = Tensor::<3>::random([1, rows, d], Distribution::Normal(0.0, 3.0), &dev);
+            let w = Tensor::<1>::random([d], Distribution::Normal(1.0, 0.5), &dev);
+            let fused = super::rms_norm(x.clone(), w.clone(), eps);
+            let reference = reference::rms_norm(x, w, eps);
+            fused.into_data().assert_approx_eq::<f32>(&reference.into_data(), Tolerance::absolute(1e-5));
+        }
+
+        #[test]
+        fn fused_rotary_matches_reference(b in 1usize..3, s in 1usize..6, h in 1usize..4, half in 1usize..9) {
+            let dev = device();
+            let hd = half * 2;
+            let x = Tensor::<4>::random([b, s, h, hd], Distribution::Normal(0.0, 1.0), &dev);
+            let angle = Tensor::<3>::random([b, s, half], Distribution::Uniform(-6.0, 6.0), &dev);
+            let (cos, sin) = (angle.clone().cos(), angle.sin());
+            // A non-contiguous input exercises the copy path.
+            let xt = x.clone().swap_dims(1, 2).swap_dims(1, 2);
+            let fused = super::rotary(xt, cos.clone(), sin.clone());
+            let reference = reference::rotary(x, cos, sin);
+            fused.into_data().assert_approx_eq::<f32>(&reference.into_data(), Tolerance::absolute(1e-5));
+        }
+    }
+
+    #[test]
+    fn rotary_by_zero_angle_is_identity_and_preserves_pair_norms() {
+        let dev = device();
+        let x = Tensor::<4>::random([1, 3, 2, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let zeros = Tensor::<3>::zeros([1, 3, 4], &dev);
+        let out = super::rotary(x.clone(), zeros.clone().cos(), zeros.sin());
+        out.into_data().assert_approx_eq::<f32>(&x.clone().into_data(), Tolerance::absolute(1e-7));
+        // A rotation keeps ‖(x_i, x_{i+half})‖.
+        let angle = Tensor::<3>::random([1, 3, 4], Distribution::Uniform(-3.0, 3.0), &dev);
+        let out = super::rotary(x.clone(), angle.clone().cos(), angle.sin());
+        let norms = |t: Tensor<4>| {
+            let a = t.clone().narrow(3, 0, 4);
+            let b = t.narrow(3, 4, 4);
+            (a.powi_scalar(2) + b.powi_scalar(2)).into_data()
+        };
+        norms(out).assert_approx_eq::<f32>(&norms(x), Tolerance::absolute(1e-5));
+    }
+}

@@ -1,0 +1,25 @@
+//! The one backend layer every Temper crate shares.
+//!
+//! * Cargo features choose which burn backends are compiled in: `flex` (pure-Rust CPU, the
+//!   default), `wgpu` (Vulkan/Metal/DX12, builds offline) and `cuda` (needs an LLVM download at
+//!   build time, never enabled in CI).
+//! * [`DeviceSpec`] parses `cpu`, `wgpu`, `wgpu:N`, `cuda:N` into a burn [`Device`], with or
+//!   without autodiff.
+//! * [`FloatPrecision`] is the compute dtype policy (`f32`, `bf16`, `f16`) and checks that a
+//!   device supports it.
+//! * [`kernels`] is where the hot fused ops of the Llama family (RMSNorm, half-split rotary
+//!   embedding) are chosen per backend: a fused CPU kernel on Flex through a burn backend
+//!   extension, the portable tensor-op reference everywhere else (and under autodiff).
+//!   Model code only calls [`kernels::rms_norm`] and [`kernels::rotary`], so GPU kernels can be
+//!   added here without touching it.
+
+pub use burn::tensor::Device;
+
+mod device;
+mod dtype;
+mod error;
+pub mod kernels;
+
+pub use device::{BackendKind, DeviceSpec};
+pub use dtype::FloatPrecision;
+pub use error::BackendError;

@@ -1,0 +1,1 @@
+//! GGUF reader (helper fills this in).
