@@ -6,3 +6,25 @@
 //! * [`Tokenizer`], [`ChatTemplate`] and [`generation`] turn text into ids and back.
 
 pub mod gguf;
+pub mod cache;
+pub mod config;
+mod error;
+pub mod llama;
+pub mod rope;
+
+pub use cache::KvCache;
+pub use config::{ModelConfig, RopeScaling};
+pub use error::{Error, Result};
+pub use llama::{ForwardOptions, LlamaForCausalLM};
+pub mod checkpoint;
+pub mod chat_template;
+pub mod tokenizer;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use tokenizer::Tokenizer;
+pub mod pretrained;
+
+pub use pretrained::{Pretrained, SpecialTokens};
+pub mod generation;
+
+pub use generation::{FinishReason, GenerationConfig, GenerationOutput, generate};

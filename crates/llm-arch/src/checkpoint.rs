@@ -1,0 +1,426 @@
+//! HF checkpoints: reading `model.safetensors` (single or sharded with
+//! `model.safetensors.index.json`) or a GGUF into a [`LlamaForCausalLM`], and writing one back.
+//!
+//! Every expected tensor is checked: a missing one, an unexpected one or a wrong shape is an
+//! error naming the tensor (and both shapes). Files are written to a temporary name and renamed,
+//! so an interrupted save never leaves a half-written file behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::{Embedding, Linear};
+use burn::tensor::{Device, Tensor, TensorData};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use temper_backend::FloatPrecision;
+
+use crate::gguf::{GgufFile, for_each_hf_tensor};
+use crate::llama::{Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp, RmsNorm};
+use crate::{Error, ModelConfig, Result};
+
+/// A tensor in HF layout: PyTorch shape and row-major f32 values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Where HF-named weights come from.
+pub trait TensorSource {
+    /// The file or directory, for error messages.
+    fn origin(&self) -> &Path;
+    /// Remove tensor `name` from the source and return it as f32; `None` if absent.
+    ///
+    /// # Errors
+    /// Unreadable data or an unsupported dtype, naming the tensor.
+    fn take(&mut self, name: &str) -> Result<Option<HostTensor>>;
+    /// Names not taken yet.
+    fn remaining(&self) -> Vec<String>;
+}
+
+/// Tensors already in memory (a dequantised GGUF, or a test's hand-made weights).
+#[derive(Debug)]
+pub struct MemorySource {
+    origin: PathBuf,
+    tensors: HashMap<String, HostTensor>,
+}
+
+impl MemorySource {
+    /// Wrap a map of tensors; `origin` names them in errors.
+    pub fn new(origin: impl Into<PathBuf>, tensors: HashMap<String, HostTensor>) -> Self {
+        Self { origin: origin.into(), tensors }
+    }
+
+    /// Dequantise every tensor of a GGUF file to f32 with HF names and shapes.
+    ///
+    /// # Errors
+    /// Any [`crate::gguf::GgufError`] (malformed file, unsupported quantisation).
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for_each_hf_tensor(file, |t| {
+            tensors.insert(t.name, HostTensor { shape: t.shape, data: t.data });
+            Ok::<(), Error>(())
+        })?;
+        Ok(Self::new(file.path(), tensors))
+    }
+}
+
+impl TensorSource for MemorySource {
+    fn origin(&self) -> &Path {
+        &self.origin
+    }
+    fn take(&mut self, name: &str) -> Result<Option<HostTensor>> {
+        Ok(self.tensors.remove(name))
+    }
+    fn remaining(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+}
+
+/// Memory-mapped safetensors files (one, or the shards of an index).
+#[derive(Debug)]
+pub struct SafetensorsSource {
+    origin: PathBuf,
+    files: Vec<(PathBuf, Mmap)>,
+    /// tensor name → index into `files`.
+    index: BTreeMap<String, usize>,
+}
+
+#[allow(unsafe_code)]
+fn mmap(path: &Path) -> Result<Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only; like every mmap-based loader (safetensors, candle, burn-store)
+    // we assume the checkpoint is not truncated by another process while it is mapped.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+fn st_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+impl SafetensorsSource {
+    /// Open a single `.safetensors` file.
+    ///
+    /// # Errors
+    /// I/O errors and invalid or truncated files, naming the file.
+    pub fn open_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let map = mmap(&path)?;
+        let names: Vec<String> = SafeTensors::deserialize(&map)
+            .map_err(|e| st_error(&path, e))?
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let index = names.into_iter().map(|n| (n, 0)).collect();
+        Ok(Self { origin: path.clone(), files: vec![(path, map)], index })
+    }
+
+    /// Open the checkpoint of an HF directory: `model.safetensors`, or the shards listed in
+    /// `model.safetensors.index.json`.
+    ///
+    /// # Errors
+    /// [`Error::NoWeights`] when neither exists; I/O, JSON and safetensors errors.
+    pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let single = dir.join("model.safetensors");
+        if single.exists() {
+            return Self::open_file(single);
+        }
+        let index_path = dir.join("model.safetensors.index.json");
+        if !index_path.exists() {
+            return Err(Error::NoWeights { path: dir.to_path_buf() });
+        }
+        let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| Error::Json { path: index_path.clone(), source })?;
+        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::MissingConfigKey {
+            path: index_path.clone(),
+            key: "weight_map".into(),
+        })?;
+        let mut shard_ids: BTreeMap<String, usize> = BTreeMap::new();
+        let mut files = Vec::new();
+        let mut index = BTreeMap::new();
+        for (name, shard) in map {
+            let shard = shard.as_str().ok_or_else(|| Error::InvalidConfig {
+                path: index_path.clone(),
+                key: format!("weight_map.{name}"),
+                reason: "expected a file name".into(),
+            })?;
+            let id = match shard_ids.get(shard) {
+                Some(&id) => id,
+                None => {
+                    let path = dir.join(shard);
+                    let m = mmap(&path)?;
+                    SafeTensors::deserialize(&m).map_err(|e| st_error(&path, e))?;
+                    files.push((path, m));
+                    shard_ids.insert(shard.to_string(), files.len() - 1);
+                    files.len() - 1
+                }
+            };
+            index.insert(name.clone(), id);
+        }
+        Ok(Self { origin: index_path, files, index })
+    }
+}
+
+/// Convert raw little-endian tensor bytes to f32.
+fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        other => {
+            return Err(Error::UnsupportedTensorDType {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                dtype: format!("{other:?}"),
+            });
+        }
+    })
+}
+
+impl TensorSource for SafetensorsSource {
+    fn origin(&self) -> &Path {
+        &self.origin
+    }
+    fn take(&mut self, name: &str) -> Result<Option<HostTensor>> {
+        let Some(id) = self.index.remove(name) else { return Ok(None) };
+        let (path, map) = &self.files[id];
+        let st = SafeTensors::deserialize(map).map_err(|e| st_error(path, e))?;
+        let view = st.tensor(name).map_err(|e| st_error(path, format!("tensor `{name}`: {e}")))?;
+        let data = to_f32(path, name, view.dtype(), view.data())?;
+        Ok(Some(HostTensor { shape: view.shape().to_vec(), data }))
+    }
+    fn remaining(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+}
+
+/// `[rows, cols]` row-major → `[cols, rows]` row-major.
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; data.len()];
+    const B: usize = 32;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    out[c * rows + r] = data[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Loader<'a> {
+    source: &'a mut dyn TensorSource,
+    device: &'a Device,
+    precision: FloatPrecision,
+}
+
+impl Loader<'_> {
+    fn fetch(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let origin = self.source.origin().to_path_buf();
+        let t = self
+            .source
+            .take(name)?
+            .ok_or_else(|| Error::MissingTensor { path: origin.clone(), name: name.to_string() })?;
+        if t.shape != expected {
+            return Err(Error::ShapeMismatch {
+                path: origin,
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: t.shape,
+            });
+        }
+        Ok(t.data)
+    }
+
+    fn tensor<const D: usize>(&self, data: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        let t = Tensor::<D>::from_data(TensorData::new(data, shape), self.device);
+        if self.precision == FloatPrecision::F32 { t } else { t.cast(self.precision.dtype()) }
+    }
+
+    /// A PyTorch `[out, in]` weight as a burn `Linear` (`[in, out]`).
+    fn linear(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
+        let w = self.fetch(&format!("{name}.weight"), &[d_out, d_in])?;
+        let weight = self.tensor(transpose(&w, d_out, d_in), [d_in, d_out]);
+        Ok(Linear { weight: Param::from_tensor(weight), bias: None })
+    }
+
+    fn linear_with_bias(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
+        let mut l = self.linear(name, d_in, d_out)?;
+        if bias {
+            let b = self.fetch(&format!("{name}.bias"), &[d_out])?;
+            l.bias = Some(Param::from_tensor(self.tensor(b, [d_out])));
+        }
+        Ok(l)
+    }
+
+    fn norm(&mut self, name: &str, d: usize, eps: f64) -> Result<RmsNorm> {
+        let w = self.fetch(&format!("{name}.weight"), &[d])?;
+        Ok(RmsNorm { weight: Param::from_tensor(self.tensor(w, [d])), eps })
+    }
+}
+
+/// Build a model from HF-named tensors, converting to `precision` on `device`.
+///
+/// # Errors
+/// A missing tensor, a wrong shape or an unexpected tensor, naming it.
+pub fn load_weights(
+    config: &ModelConfig,
+    source: &mut dyn TensorSource,
+    device: &Device,
+    precision: FloatPrecision,
+) -> Result<LlamaForCausalLM> {
+    precision.check(device)?;
+    let mut l = Loader { source, device, precision };
+    let c = config;
+    let (hs, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+    let embed = l.fetch("model.embed_tokens.weight", &[c.vocab_size, hs])?;
+    let embed_tokens = Embedding { weight: Param::from_tensor(l.tensor(embed, [c.vocab_size, hs])) };
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        layers.push(DecoderLayer {
+            input_layernorm: l.norm(&format!("{p}.input_layernorm"), hs, c.rms_norm_eps)?,
+            self_attn: Attention {
+                q_proj: l.linear_with_bias(&format!("{p}.self_attn.q_proj"), hs, q, c.attention_bias)?,
+                k_proj: l.linear_with_bias(&format!("{p}.self_attn.k_proj"), hs, kv, c.attention_bias)?,
+                v_proj: l.linear_with_bias(&format!("{p}.self_attn.v_proj"), hs, kv, c.attention_bias)?,
+                o_proj: l.linear(&format!("{p}.self_attn.o_proj"), q, hs)?,
+                num_heads: c.num_attention_heads,
+                num_kv_heads: c.num_key_value_heads,
+                head_dim: hd,
+            },
+            post_attention_layernorm: l.norm(&format!("{p}.post_attention_layernorm"), hs, c.rms_norm_eps)?,
+            mlp: Mlp {
+                gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), hs, inter)?,
+                up_proj: l.linear(&format!("{p}.mlp.up_proj"), hs, inter)?,
+                down_proj: l.linear(&format!("{p}.mlp.down_proj"), inter, hs)?,
+            },
+        });
+    }
+    let norm = l.norm("model.norm", hs, c.rms_norm_eps)?;
+    let lm_head = if c.tie_word_embeddings {
+        // Some tied checkpoints still store a copy of the head; HF ignores it, so do we.
+        l.source.take("lm_head.weight")?;
+        None
+    } else {
+        Some(l.linear("lm_head", hs, c.vocab_size)?)
+    };
+    let mut leftover: Vec<String> =
+        l.source.remaining().into_iter().filter(|n| !n.ends_with("rotary_emb.inv_freq")).collect();
+    leftover.sort();
+    if let Some(name) = leftover.into_iter().next() {
+        return Err(Error::UnexpectedTensor {
+            path: l.source.origin().to_path_buf(),
+            name,
+            arch: c.architecture().to_string(),
+        });
+    }
+    Ok(LlamaForCausalLM::from_parts(config.clone(), LlamaModel { embed_tokens, layers, norm }, lm_head))
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.cast(burn::tensor::DType::F32).into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
+}
+
+/// Every parameter with its HF name, PyTorch shape and f32 values (linear weights transposed
+/// back to `[out, in]`). This is what [`save_safetensors`] writes.
+pub fn hf_tensors(model: &LlamaForCausalLM) -> Vec<(String, HostTensor)> {
+    let mut out = Vec::new();
+    let push_linear = |out: &mut Vec<(String, HostTensor)>, name: String, l: &Linear| {
+        let [d_in, d_out] = l.weight.val().dims();
+        let data = transpose(&host(l.weight.val()), d_in, d_out);
+        out.push((format!("{name}.weight"), HostTensor { shape: vec![d_out, d_in], data }));
+        if let Some(b) = &l.bias {
+            out.push((format!("{name}.bias"), HostTensor { shape: vec![d_out], data: host(b.val()) }));
+        }
+    };
+    let norm = |name: String, n: &RmsNorm| {
+        let d = n.weight.val().dims()[0];
+        (format!("{name}.weight"), HostTensor { shape: vec![d], data: host(n.weight.val()) })
+    };
+    let m = &model.model;
+    let e = m.embed_tokens.weight.val();
+    out.push(("model.embed_tokens.weight".into(), HostTensor { shape: e.dims().to_vec(), data: host(e) }));
+    for (i, layer) in m.layers.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        out.push(norm(format!("{p}.input_layernorm"), &layer.input_layernorm));
+        push_linear(&mut out, format!("{p}.self_attn.q_proj"), &layer.self_attn.q_proj);
+        push_linear(&mut out, format!("{p}.self_attn.k_proj"), &layer.self_attn.k_proj);
+        push_linear(&mut out, format!("{p}.self_attn.v_proj"), &layer.self_attn.v_proj);
+        push_linear(&mut out, format!("{p}.self_attn.o_proj"), &layer.self_attn.o_proj);
+        out.push(norm(format!("{p}.post_attention_layernorm"), &layer.post_attention_layernorm));
+        push_linear(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
+        push_linear(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
+        push_linear(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
+    }
+    out.push(norm("model.norm".into(), &m.norm));
+    if let Some(head) = &model.lm_head {
+        push_linear(&mut out, "lm_head".into(), head);
+    }
+    out
+}
+
+/// Write `bytes` to `path` through a temporary file in the same directory and a rename.
+///
+/// # Errors
+/// I/O errors naming the path.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Save the weights as one safetensors file in `dtype` (HF names, PyTorch layout).
+///
+/// # Errors
+/// I/O errors naming the file.
+pub fn save_safetensors(model: &LlamaForCausalLM, path: &Path, dtype: FloatPrecision) -> Result<()> {
+    let tensors = hf_tensors(model);
+    let (st_dtype, width) = match dtype {
+        FloatPrecision::F32 => (Dtype::F32, 4),
+        FloatPrecision::BF16 => (Dtype::BF16, 2),
+        FloatPrecision::F16 => (Dtype::F16, 2),
+    };
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let mut bytes = Vec::with_capacity(t.data.len() * width);
+            for v in &t.data {
+                match dtype {
+                    FloatPrecision::F32 => bytes.extend_from_slice(&v.to_le_bytes()),
+                    FloatPrecision::BF16 => bytes.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes()),
+                    FloatPrecision::F16 => bytes.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes()),
+                }
+            }
+            (name, t.shape, bytes)
+        })
+        .collect();
+    let views = encoded
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| st_error(path, e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let tmp = tmp_path(path);
+    safetensors::serialize_to_file(views, metadata, &tmp).map_err(|e| st_error(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

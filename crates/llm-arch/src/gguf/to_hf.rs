@@ -1,0 +1,720 @@
+//! Turning a llama-architecture GGUF into what a Hugging Face checkpoint would hold: tensor names,
+//! shapes, row order and `config.json`.
+//!
+//! Two things differ from an HF checkpoint besides the names:
+//! * llama.cpp's converter reorders the rows of `q_proj` / `k_proj` for ggml's interleaved RoPE
+//!   (pairs `(2i, 2i+1)`); HF's `rotate_half` RoPE pairs `(i, i + hd/2)`. [`unpermute_qk_rows`]
+//!   undoes it so the rest of the crate can use one RoPE convention.
+//! * GGUF lists dims `ne0` first; the PyTorch shape is the reverse. The data itself is already
+//!   row-major `[out, in]`, so no transpose is needed.
+
+use serde_json::{Map, Value, json};
+
+use super::error::GgufError;
+use super::reader::GgufFile;
+use super::tokenizer_json::special_tokens;
+
+/// A tensor under its Hugging Face name, dequantised to `f32`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HfTensor {
+    pub name: String,
+    /// PyTorch shape (the GGUF dims reversed).
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// The HF name of a llama-architecture GGUF tensor, or `None` when there is no counterpart.
+pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
+    match gguf_name {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        _ => {}
+    }
+    let rest = gguf_name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    if layer.is_empty() || !layer.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let hf_module = match module {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    let bias_allowed = matches!(module, "attn_q" | "attn_k" | "attn_v" | "attn_output");
+    match suffix {
+        "weight" => {}
+        "bias" if bias_allowed => {}
+        _ => return None,
+    }
+    Some(format!("model.layers.{layer}.{hf_module}.{suffix}"))
+}
+
+/// Check that `rows` split into `n_head` heads of even size and that `data` is `rows × cols`.
+fn head_dim(len: usize, rows: usize, cols: usize, n_head: usize) -> Option<usize> {
+    if n_head == 0 || !rows.is_multiple_of(n_head) || rows.checked_mul(cols)? != len {
+        return None;
+    }
+    let hd = rows / n_head;
+    hd.is_multiple_of(2).then_some(hd)
+}
+
+/// Move whole rows: output row `dst(h, i, j)` takes input row `src(h, i, j)`.
+fn move_rows(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    n_head: usize,
+    map: impl Fn(usize, usize, usize, usize) -> (usize, usize),
+) -> Option<Vec<f32>> {
+    let hd = head_dim(data.len(), rows, cols, n_head)?;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_head {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let (dst, src) = map(h, i, j, hd);
+                out.get_mut(dst * cols..(dst + 1) * cols)?
+                    .copy_from_slice(data.get(src * cols..(src + 1) * cols)?);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Undo llama.cpp's q/k row permutation: HF row `h*hd + j*(hd/2) + i` takes GGUF row
+/// `h*hd + 2*i + j`. `data` is `rows × cols` row-major (`cols = 1` for a bias).
+///
+/// Returns `None` when `rows` is not `n_head` heads of even size or `data.len() != rows * cols`.
+pub fn unpermute_qk_rows(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    n_head: usize,
+) -> Option<Vec<f32>> {
+    move_rows(data, rows, cols, n_head, |h, i, j, hd| {
+        (h * hd + j * (hd / 2) + i, h * hd + 2 * i + j)
+    })
+}
+
+/// llama.cpp's permutation (`W.reshape(n_head, 2, hd/2, in).swapaxes(1, 2)`), the inverse of
+/// [`unpermute_qk_rows`]: for writing GGUF-ordered weights or for tests.
+pub fn permute_qk_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Option<Vec<f32>> {
+    move_rows(data, rows, cols, n_head, |h, i, j, hd| {
+        (h * hd + 2 * i + j, h * hd + j * (hd / 2) + i)
+    })
+}
+
+/// The architectures whose tensors this module knows how to map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arch {
+    Llama,
+    Mistral,
+}
+
+impl Arch {
+    fn of(file: &GgufFile) -> Result<Self, GgufError> {
+        match file.get_str("general.architecture")? {
+            "llama" => Ok(Self::Llama),
+            "mistral" => Ok(Self::Mistral),
+            other => Err(GgufError::UnsupportedArchitecture {
+                path: file.display_path().to_string(),
+                arch: other.to_string(),
+            }),
+        }
+    }
+
+    /// Prefix of the architecture's metadata keys.
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+        }
+    }
+}
+
+/// An optional integer key: absent is `None`, present with the wrong type is an error.
+fn opt_u32(file: &GgufFile, key: &str) -> Result<Option<u32>, GgufError> {
+    file.get(key).map(|_| file.get_u32(key)).transpose()
+}
+
+/// An optional float key.
+fn opt_f32(file: &GgufFile, key: &str) -> Result<Option<f32>, GgufError> {
+    file.get(key).map(|_| file.get_f32(key)).transpose()
+}
+
+/// An optional string key.
+fn opt_str<'a>(file: &'a GgufFile, key: &str) -> Result<Option<&'a str>, GgufError> {
+    file.get(key).map(|_| file.get_str(key)).transpose()
+}
+
+/// Dequantise every tensor in file order, map it to its HF name and shape, and undo the q/k
+/// permutation, handing each one to `on_tensor` (so a caller can convert a large model without
+/// holding every `f32` tensor at once).
+///
+/// Fails on the first tensor without an HF counterpart (e.g. llama 3.1's `rope_freqs.weight`,
+/// which encodes RoPE scaling this module does not reconstruct) rather than silently dropping it.
+pub fn for_each_hf_tensor<E: From<GgufError>>(
+    file: &GgufFile,
+    mut on_tensor: impl FnMut(HfTensor) -> Result<(), E>,
+) -> Result<(), E> {
+    let arch = Arch::of(file)?;
+    let n_head = file.get_u32(&format!("{}.attention.head_count", arch.prefix()))?;
+    let n_head_kv =
+        opt_u32(file, &format!("{}.attention.head_count_kv", arch.prefix()))?.unwrap_or(n_head);
+    for info in file.tensors() {
+        let name = hf_tensor_name(&info.name).ok_or_else(|| GgufError::UnmappedTensor {
+            path: file.display_path().to_string(),
+            name: info.name.clone(),
+        })?;
+        let shape = info.hf_shape();
+        let mut data = file.dequantize(&info.name)?;
+        let heads = if name.contains(".self_attn.q_proj.") {
+            Some(n_head)
+        } else if name.contains(".self_attn.k_proj.") {
+            Some(n_head_kv)
+        } else {
+            None
+        };
+        if let Some(heads) = heads {
+            let rows = shape.first().copied().unwrap_or(1);
+            let cols = shape.iter().skip(1).product::<usize>();
+            data = unpermute_qk_rows(&data, rows, cols, heads as usize).ok_or_else(|| {
+                GgufError::BadTensorShape {
+                    path: file.display_path().to_string(),
+                    name: info.name.clone(),
+                    reason: format!(
+                        "shape {shape:?} does not split into {heads} heads of even size \
+                         (cannot undo the q/k row permutation)"
+                    ),
+                }
+            })?;
+        }
+        on_tensor(HfTensor { name, shape, data })?;
+    }
+    Ok(())
+}
+
+/// [`for_each_hf_tensor`] collected into a vector (≈ 4 bytes per parameter).
+pub fn load_hf_tensors(file: &GgufFile) -> Result<Vec<HfTensor>, GgufError> {
+    let mut out = Vec::with_capacity(file.tensors().len());
+    for_each_hf_tensor(file, |t| {
+        out.push(t);
+        Ok::<(), GgufError>(())
+    })?;
+    Ok(out)
+}
+
+/// An f32 metadata value as the JSON number a human would write (`1e-5`, not
+/// `9.999999747378752e-6`): its shortest f32 decimal form, read as f64. HF configs are written
+/// from Python floats, so this matches the original `config.json`.
+fn f32_json(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .map_or(Value::Null, Value::from)
+}
+
+/// An HF `config.json` object for a llama / mistral GGUF.
+pub fn hf_config(file: &GgufFile) -> Result<Value, GgufError> {
+    let arch = Arch::of(file)?;
+    let key = |k: &str| format!("{}.{k}", arch.prefix());
+    let hidden = file.get_u32(&key("embedding_length"))?;
+    let n_head = file.get_u32(&key("attention.head_count"))?;
+    let n_head_kv = opt_u32(file, &key("attention.head_count_kv"))?.unwrap_or(n_head);
+    let head_dim = match (
+        opt_u32(file, &key("attention.key_length"))?,
+        opt_u32(file, &key("rope.dimension_count"))?,
+    ) {
+        (Some(d), _) | (None, Some(d)) => d,
+        (None, None) if n_head > 0 => hidden / n_head,
+        (None, None) => {
+            return Err(GgufError::BadValue {
+                path: file.display_path().to_string(),
+                key: key("attention.head_count"),
+                reason: "must be positive".into(),
+            });
+        }
+    };
+    let vocab_size = match opt_u32(file, &key("vocab_size"))? {
+        Some(v) => v as usize,
+        None => match file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
+            Some(tokens) => tokens.len(),
+            None => file
+                .tensor_info("token_embd.weight")
+                .and_then(|t| t.dims.get(1).copied())
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or_else(|| GgufError::MissingKey {
+                    path: file.display_path().to_string(),
+                    key: key("vocab_size"),
+                })?,
+        },
+    };
+    let rope_theta = opt_f32(file, &key("rope.freq_base"))?.unwrap_or(10_000.0);
+    let tokens = special_tokens(file);
+    let (model_type, class) = match arch {
+        Arch::Llama => ("llama", "LlamaForCausalLM"),
+        Arch::Mistral => ("mistral", "MistralForCausalLM"),
+    };
+    let attention_bias = file
+        .tensors()
+        .iter()
+        .any(|t| t.name.starts_with("blk.") && t.name.ends_with(".attn_q.bias"));
+
+    let mut config = Map::new();
+    config.insert("architectures".into(), json!([class]));
+    config.insert("model_type".into(), json!(model_type));
+    config.insert("hidden_size".into(), json!(hidden));
+    config.insert(
+        "intermediate_size".into(),
+        json!(file.get_u32(&key("feed_forward_length"))?),
+    );
+    config.insert(
+        "num_hidden_layers".into(),
+        json!(file.get_u32(&key("block_count"))?),
+    );
+    config.insert("num_attention_heads".into(), json!(n_head));
+    config.insert("num_key_value_heads".into(), json!(n_head_kv));
+    config.insert("head_dim".into(), json!(head_dim));
+    config.insert(
+        "max_position_embeddings".into(),
+        json!(file.get_u32(&key("context_length"))?),
+    );
+    config.insert(
+        "rms_norm_eps".into(),
+        f32_json(file.get_f32(&key("attention.layer_norm_rms_epsilon"))?),
+    );
+    config.insert("rope_theta".into(), f32_json(rope_theta));
+    config.insert("vocab_size".into(), json!(vocab_size));
+    config.insert(
+        "tie_word_embeddings".into(),
+        json!(file.tensor_info("output.weight").is_none()),
+    );
+    config.insert("bos_token_id".into(), json!(tokens.bos));
+    config.insert("eos_token_id".into(), json!(tokens.eos));
+    if let Some(pad) = tokens.pad {
+        config.insert("pad_token_id".into(), json!(pad));
+    }
+    config.insert("hidden_act".into(), json!("silu"));
+    config.insert("attention_bias".into(), json!(attention_bias));
+    config.insert("mlp_bias".into(), json!(false));
+    config.insert("torch_dtype".into(), json!("float32"));
+    if let Some(scaling) = rope_scaling(file, &key)? {
+        config.insert("rope_scaling".into(), scaling);
+    }
+    match opt_u32(file, &key("attention.sliding_window"))? {
+        Some(w) => {
+            config.insert("sliding_window".into(), json!(w));
+        }
+        None if arch == Arch::Mistral => {
+            config.insert("sliding_window".into(), Value::Null);
+        }
+        None => {}
+    }
+    Ok(Value::Object(config))
+}
+
+/// `rope_scaling` from `{arch}.rope.scaling.*` (or the older `{arch}.rope.scale_linear`).
+fn rope_scaling(file: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<Option<Value>, GgufError> {
+    let factor_key = key("rope.scaling.factor");
+    let factor = opt_f32(file, &factor_key)?;
+    let Some(kind) = opt_str(file, &key("rope.scaling.type"))? else {
+        return Ok(opt_f32(file, &key("rope.scale_linear"))?
+            .filter(|&f| f != 1.0)
+            .map(|f| json!({"rope_type": "linear", "factor": f32_json(f)})));
+    };
+    let require_factor = || {
+        factor.ok_or_else(|| GgufError::MissingKey {
+            path: file.display_path().to_string(),
+            key: factor_key.clone(),
+        })
+    };
+    match kind {
+        "none" => Ok(None),
+        "linear" => Ok(Some(
+            json!({"rope_type": "linear", "factor": f32_json(require_factor()?)}),
+        )),
+        "yarn" => {
+            let mut v = json!({"rope_type": "yarn", "factor": f32_json(require_factor()?)});
+            if let (Some(orig), Value::Object(m)) = (
+                opt_u32(file, &key("rope.scaling.original_context_length"))?,
+                &mut v,
+            ) {
+                m.insert("original_max_position_embeddings".into(), json!(orig));
+            }
+            Ok(Some(v))
+        }
+        other => Err(GgufError::BadValue {
+            path: file.display_path().to_string(),
+            key: key("rope.scaling.type"),
+            reason: format!(
+                "unsupported RoPE scaling type `{other}` (supported: none, linear, yarn)"
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::super::reader::writer::GgufBuilder;
+    use super::*;
+
+    #[test]
+    fn names() {
+        let cases = [
+            ("token_embd.weight", "model.embed_tokens.weight"),
+            ("output.weight", "lm_head.weight"),
+            ("output_norm.weight", "model.norm.weight"),
+            (
+                "blk.0.attn_norm.weight",
+                "model.layers.0.input_layernorm.weight",
+            ),
+            (
+                "blk.12.attn_q.weight",
+                "model.layers.12.self_attn.q_proj.weight",
+            ),
+            (
+                "blk.3.attn_k.weight",
+                "model.layers.3.self_attn.k_proj.weight",
+            ),
+            (
+                "blk.3.attn_v.weight",
+                "model.layers.3.self_attn.v_proj.weight",
+            ),
+            (
+                "blk.3.attn_output.weight",
+                "model.layers.3.self_attn.o_proj.weight",
+            ),
+            (
+                "blk.29.ffn_norm.weight",
+                "model.layers.29.post_attention_layernorm.weight",
+            ),
+            (
+                "blk.1.ffn_gate.weight",
+                "model.layers.1.mlp.gate_proj.weight",
+            ),
+            ("blk.1.ffn_up.weight", "model.layers.1.mlp.up_proj.weight"),
+            (
+                "blk.1.ffn_down.weight",
+                "model.layers.1.mlp.down_proj.weight",
+            ),
+            ("blk.0.attn_q.bias", "model.layers.0.self_attn.q_proj.bias"),
+            ("blk.0.attn_k.bias", "model.layers.0.self_attn.k_proj.bias"),
+            ("blk.0.attn_v.bias", "model.layers.0.self_attn.v_proj.bias"),
+        ];
+        for (gguf, hf) in cases {
+            assert_eq!(hf_tensor_name(gguf).as_deref(), Some(hf), "{gguf}");
+        }
+        for bad in [
+            "rope_freqs.weight",
+            "blk.x.attn_q.weight",
+            "blk..attn_q.weight",
+            "blk.0.attn_q",
+            "blk.0.ffn_norm.bias",
+            "blk.0.unknown.weight",
+            "token_embd.bias",
+        ] {
+            assert_eq!(hf_tensor_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn unpermute_small_example() {
+        // One head of 4 rows, 1 column: HF row j*2 + i <- GGUF row 2*i + j.
+        let gguf = [0.0, 1.0, 2.0, 3.0];
+        assert_eq!(
+            unpermute_qk_rows(&gguf, 4, 1, 1).unwrap(),
+            [0.0, 2.0, 1.0, 3.0]
+        );
+        // Two heads of 4 rows, 2 columns: rows move whole.
+        let gguf: Vec<f32> = (0..16).map(|x| x as f32).collect();
+        let hf = unpermute_qk_rows(&gguf, 8, 2, 2).unwrap();
+        assert_eq!(
+            hf,
+            [
+                0., 1., 4., 5., 2., 3., 6., 7., 8., 9., 12., 13., 10., 11., 14., 15.
+            ]
+        );
+    }
+
+    /// llama.cpp's permute written with explicit reshape/swapaxes index arithmetic:
+    /// W.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols).
+    fn numpy_style_permute(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+        let hd = rows / n_head;
+        let half = hd / 2;
+        let mut out = vec![0.0; w.len()];
+        // Output has logical shape (n_head, half, 2, cols); element (h, a, b, c) = input (h, b, a, c).
+        for h in 0..n_head {
+            for a in 0..half {
+                for b in 0..2 {
+                    for c in 0..cols {
+                        let dst = ((h * half + a) * 2 + b) * cols + c;
+                        let src = ((h * 2 + b) * half + a) * cols + c;
+                        out[dst] = w[src];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn permute_then_unpermute_is_identity() {
+        for (n_head, hd, cols) in [
+            (1, 2, 1),
+            (1, 4, 3),
+            (3, 8, 5),
+            (9, 64, 7),
+            (2, 6, 1),
+            (4, 16, 2),
+        ] {
+            let rows = n_head * hd;
+            let w: Vec<f32> = (0..rows * cols).map(|x| (x as f32) * 0.5 - 3.0).collect();
+            let permuted = numpy_style_permute(&w, rows, cols, n_head);
+            assert_eq!(permute_qk_rows(&w, rows, cols, n_head).unwrap(), permuted);
+            assert_eq!(unpermute_qk_rows(&permuted, rows, cols, n_head).unwrap(), w);
+            assert_eq!(
+                permute_qk_rows(
+                    &unpermute_qk_rows(&w, rows, cols, n_head).unwrap(),
+                    rows,
+                    cols,
+                    n_head
+                )
+                .unwrap(),
+                w
+            );
+        }
+    }
+
+    #[test]
+    fn unpermute_rejects_bad_shapes() {
+        assert!(unpermute_qk_rows(&[0.0; 6], 6, 1, 2).is_none()); // head dim 3 is odd
+        assert!(unpermute_qk_rows(&[0.0; 8], 8, 1, 3).is_none()); // 8 rows, 3 heads
+        assert!(unpermute_qk_rows(&[0.0; 7], 8, 1, 2).is_none()); // wrong length
+        assert!(unpermute_qk_rows(&[0.0; 8], 8, 1, 0).is_none());
+    }
+
+    /// A 2-layer-ish toy llama: hidden 4, 2 heads (hd 2), 1 kv head, ffn 8, vocab 3.
+    fn toy(with_output: bool) -> GgufBuilder {
+        let mut b = GgufBuilder::new(3)
+            .kv_str("general.architecture", "llama")
+            .kv_u32("llama.block_count", 1)
+            .kv_u32("llama.context_length", 128)
+            .kv_u32("llama.embedding_length", 4)
+            .kv_u32("llama.feed_forward_length", 8)
+            .kv_u32("llama.attention.head_count", 2)
+            .kv_u32("llama.attention.head_count_kv", 1)
+            .kv_f32("llama.rope.freq_base", 100_000.0)
+            .kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+            .kv_str("tokenizer.ggml.model", "gpt2")
+            .kv_str_array("tokenizer.ggml.tokens", &["a", "b", "c"])
+            .kv_u32("tokenizer.ggml.bos_token_id", 1)
+            .kv_u32("tokenizer.ggml.eos_token_id", 2)
+            .f32_tensor("token_embd.weight", &[4, 3], &[0.0; 12])
+            .f32_tensor("blk.0.attn_norm.weight", &[4], &[1.0; 4])
+            .f32_tensor(
+                "blk.0.attn_q.weight",
+                &[4, 4],
+                &(0..16).map(|x| x as f32).collect::<Vec<_>>(),
+            )
+            .f32_tensor(
+                "blk.0.attn_k.weight",
+                &[4, 2],
+                &(0..8).map(|x| x as f32).collect::<Vec<_>>(),
+            )
+            .f32_tensor(
+                "blk.0.attn_v.weight",
+                &[4, 2],
+                &(0..8).map(|x| x as f32).collect::<Vec<_>>(),
+            )
+            .f32_tensor("output_norm.weight", &[4], &[2.0; 4]);
+        if with_output {
+            b = b.f32_tensor("output.weight", &[4, 3], &[0.5; 12]);
+        }
+        b
+    }
+
+    #[test]
+    fn loads_toy_llama() {
+        let file = GgufFile::from_bytes(toy(false).build(), "toy.gguf").unwrap();
+        let tensors = load_hf_tensors(&file).unwrap();
+        let names: Vec<_> = tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "model.embed_tokens.weight",
+                "model.layers.0.input_layernorm.weight",
+                "model.layers.0.self_attn.q_proj.weight",
+                "model.layers.0.self_attn.k_proj.weight",
+                "model.layers.0.self_attn.v_proj.weight",
+                "model.norm.weight",
+            ]
+        );
+        assert_eq!(tensors[0].shape, [3, 4]);
+        let q = &tensors[2];
+        assert_eq!(q.shape, [4, 4]);
+        // 2 heads of hd 2: a head of two rows is its own inverse permutation.
+        assert_eq!(q.data, (0..16).map(|x| x as f32).collect::<Vec<_>>());
+        let k = &tensors[3];
+        assert_eq!(k.shape, [2, 4]);
+        assert_eq!(k.data, (0..8).map(|x| x as f32).collect::<Vec<_>>());
+
+        // With 1 head of 4 rows the rows really move.
+        let file = GgufFile::from_bytes(
+            GgufBuilder::new(3)
+                .kv_str("general.architecture", "llama")
+                .kv_u32("llama.attention.head_count", 1)
+                .f32_tensor(
+                    "blk.0.attn_q.weight",
+                    &[2, 4],
+                    &(0..8).map(|x| x as f32).collect::<Vec<_>>(),
+                )
+                .build(),
+            "q.gguf",
+        )
+        .unwrap();
+        let q = &load_hf_tensors(&file).unwrap()[0];
+        assert_eq!(q.shape, [4, 2]);
+        assert_eq!(q.data, [0., 1., 4., 5., 2., 3., 6., 7.]);
+    }
+
+    #[test]
+    fn unknown_tensor_and_arch_are_errors() {
+        let file = GgufFile::from_bytes(
+            toy(false)
+                .f32_tensor("rope_freqs.weight", &[1], &[1.0])
+                .build(),
+            "toy.gguf",
+        )
+        .unwrap();
+        let err = load_hf_tensors(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("toy.gguf: tensor `rope_freqs.weight` has no Hugging Face name mapping"),
+            "{err}"
+        );
+
+        let file = GgufFile::from_bytes(
+            GgufBuilder::new(3)
+                .kv_str("general.architecture", "llama")
+                .kv_u32("llama.attention.head_count", 3)
+                .f32_tensor("blk.0.attn_q.weight", &[2, 4], &[0.0; 8])
+                .build(),
+            "bad.gguf",
+        )
+        .unwrap();
+        let err = load_hf_tensors(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("tensor `blk.0.attn_q.weight`") && err.contains("3 heads"),
+            "{err}"
+        );
+
+        let file = GgufFile::from_bytes(
+            GgufBuilder::new(3)
+                .kv_str("general.architecture", "gemma")
+                .build(),
+            "g.gguf",
+        )
+        .unwrap();
+        let err = hf_config(&file).unwrap_err().to_string();
+        assert!(err.contains("unsupported architecture `gemma`"), "{err}");
+    }
+
+    #[test]
+    fn config_of_toy_llama() {
+        let file = GgufFile::from_bytes(toy(false).build(), "toy.gguf").unwrap();
+        let c = hf_config(&file).unwrap();
+        assert_eq!(c["architectures"], json!(["LlamaForCausalLM"]));
+        assert_eq!(c["model_type"], "llama");
+        assert_eq!(c["hidden_size"], 4);
+        assert_eq!(c["intermediate_size"], 8);
+        assert_eq!(c["num_hidden_layers"], 1);
+        assert_eq!(c["num_attention_heads"], 2);
+        assert_eq!(c["num_key_value_heads"], 1);
+        assert_eq!(c["head_dim"], 2);
+        assert_eq!(c["max_position_embeddings"], 128);
+        assert_eq!(c["rms_norm_eps"], json!(1e-5));
+        assert_eq!(c["rope_theta"], json!(100_000.0));
+        assert_eq!(c["vocab_size"], 3);
+        assert_eq!(c["tie_word_embeddings"], true);
+        assert_eq!(c["bos_token_id"], 1);
+        assert_eq!(c["eos_token_id"], 2);
+        assert!(c.get("pad_token_id").is_none());
+        assert_eq!(c["hidden_act"], "silu");
+        assert_eq!(c["attention_bias"], false);
+        assert!(c.get("rope_scaling").is_none());
+        assert!(c.get("sliding_window").is_none());
+
+        let file = GgufFile::from_bytes(
+            toy(true)
+                .kv_str("llama.rope.scaling.type", "linear")
+                .kv_f32("llama.rope.scaling.factor", 4.0)
+                .kv_u32("llama.attention.sliding_window", 4096)
+                .build(),
+            "toy.gguf",
+        )
+        .unwrap();
+        let c = hf_config(&file).unwrap();
+        assert_eq!(c["tie_word_embeddings"], false);
+        assert_eq!(
+            c["rope_scaling"],
+            json!({"rope_type": "linear", "factor": 4.0})
+        );
+        assert_eq!(c["sliding_window"], 4096);
+
+        let file = GgufFile::from_bytes(
+            toy(false)
+                .kv_str("llama.rope.scaling.type", "longrope")
+                .build(),
+            "toy.gguf",
+        )
+        .unwrap();
+        let err = hf_config(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("`llama.rope.scaling.type`") && err.contains("longrope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_of_mistral() {
+        let b = GgufBuilder::new(3)
+            .kv_str("general.architecture", "mistral")
+            .kv_u32("mistral.block_count", 2)
+            .kv_u32("mistral.context_length", 32768)
+            .kv_u32("mistral.embedding_length", 64)
+            .kv_u32("mistral.feed_forward_length", 128)
+            .kv_u32("mistral.attention.head_count", 4)
+            .kv_f32("mistral.attention.layer_norm_rms_epsilon", 1e-6)
+            .kv_u32("mistral.vocab_size", 1000);
+        let file = GgufFile::from_bytes(b.build(), "m.gguf").unwrap();
+        let c = hf_config(&file).unwrap();
+        assert_eq!(c["architectures"], json!(["MistralForCausalLM"]));
+        assert_eq!(c["head_dim"], 16);
+        assert_eq!(c["num_key_value_heads"], 4);
+        assert_eq!(c["rope_theta"], json!(10_000.0));
+        assert_eq!(c["rms_norm_eps"], json!(1e-6));
+        assert_eq!(c["vocab_size"], 1000);
+        assert_eq!(c["sliding_window"], Value::Null);
+        assert_eq!(c["bos_token_id"], Value::Null);
+
+        let file = GgufFile::from_bytes(
+            b.kv_str("mistral.attention.head_count_kv", "x").build(),
+            "m.gguf",
+        )
+        .unwrap();
+        let err = hf_config(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("`mistral.attention.head_count_kv` has type string, expected u32"),
+            "{err}"
+        );
+    }
+}

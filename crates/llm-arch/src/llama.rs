@@ -1,0 +1,357 @@
+//! The Llama-family decoder (Llama 2/3.x, Mistral, SmolLM/SmolLM2), named after the HF keys:
+//! `model.embed_tokens`, `model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
+//! post_attention_layernorm, mlp.{gate,up,down}_proj}`, `model.norm`, `lm_head`.
+//!
+//! Linear weights are stored burn-style, `[in, out]` (the transpose of PyTorch's `[out, in]`);
+//! [`crate::checkpoint`] transposes on load and save.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
+use temper_backend::kernels;
+
+use crate::cache::{KvCache, LayerCache};
+use crate::config::ModelConfig;
+use crate::rope::RotaryEmbedding;
+use crate::{Error, Result};
+
+/// RMSNorm with HF's parameter name (`weight`, burn calls it `gamma`).
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// `[..., d]` → `[..., d]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        kernels::rms_norm(x, self.weight.val(), self.eps)
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    /// `[batch, seq, hidden]` → `[batch, seq, hidden]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// Grouped-query self-attention with half-split RoPE.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// `x` `[batch, seq, hidden]`, `cos`/`sin` `[batch, seq, head_dim/2]`, `mask`
+    /// `[batch, 1, seq, past + seq]` (true = masked; `None` = plain causal).
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: Tensor<3>,
+        sin: Tensor<3>,
+        mask: Option<Tensor<4, Bool>>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(x.clone()).reshape([b, s, h, hd]);
+        let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, hd]);
+        let v = self.v_proj.forward(x).reshape([b, s, kvh, hd]);
+        let q = kernels::rotary(q, cos.clone(), sin.clone()).swap_dims(1, 2);
+        let k = kernels::rotary(k, cos, sin).swap_dims(1, 2);
+        let v = v.swap_dims(1, 2);
+        let (k, v) = match cache {
+            Some(cache) => cache.append(k, v),
+            None => (k, v),
+        };
+        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
+        let is_causal = mask.is_none();
+        let out = attention(q, k, v, mask, None, AttentionModuleOptions { scale: None, softcap: None, is_causal });
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, h * hd]))
+    }
+}
+
+/// `[b, kv_heads, t, d]` → `[b, kv_heads * n_rep, t, d]`, each KV head repeated for its group
+/// of query heads (burn's attention op has no GQA).
+fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, kvh, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, kvh, n_rep, t, d]).reshape([b, kvh * n_rep, t, d])
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: Tensor<3>,
+        sin: Tensor<3>,
+        mask: Option<Tensor<4, Bool>>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+/// The decoder stack without the LM head (HF `LlamaModel`).
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+}
+
+/// Inputs of a forward pass besides the token ids.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOptions {
+    /// `[batch, past + seq]`, 1 for real tokens and 0 for padding (left or right). `None`: no
+    /// padding.
+    pub attention_mask: Option<Vec<Vec<u8>>>,
+    /// `[batch, seq]` explicit positions. `None`: derived from the attention mask
+    /// (`cumsum - 1`, like HF `generate`) or `past..past + seq`.
+    pub position_ids: Option<Vec<Vec<usize>>>,
+}
+
+/// A decoder with its language-model head (HF `LlamaForCausalLM` / `MistralForCausalLM`).
+///
+/// With `tie_word_embeddings` (SmolLM2) there is no `lm_head` and logits use the transposed
+/// token embedding.
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLM {
+    pub model: LlamaModel,
+    pub lm_head: Option<Linear>,
+    #[module(skip)]
+    config: ModelConfig,
+    #[module(skip)]
+    rope: RotaryEmbedding,
+}
+
+fn linear(w: Tensor<2>) -> Linear {
+    Linear { weight: Param::from_tensor(w), bias: None }
+}
+
+impl LlamaForCausalLM {
+    /// A randomly initialised model (normal, std 0.02 like HF's `initializer_range`; norms 1).
+    pub fn init(config: &ModelConfig, device: &Device) -> Self {
+        let rand = |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 0.02), device);
+        let norm = || RmsNorm { weight: Param::from_tensor(Tensor::ones([config.hidden_size], device)), eps: config.rms_norm_eps };
+        let (hs, hd) = (config.hidden_size, config.head_dim);
+        let (q, kv) = (config.num_attention_heads * hd, config.num_key_value_heads * hd);
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                input_layernorm: norm(),
+                self_attn: Attention {
+                    q_proj: linear(rand([hs, q])),
+                    k_proj: linear(rand([hs, kv])),
+                    v_proj: linear(rand([hs, kv])),
+                    o_proj: linear(rand([q, hs])),
+                    num_heads: config.num_attention_heads,
+                    num_kv_heads: config.num_key_value_heads,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: norm(),
+                mlp: Mlp {
+                    gate_proj: linear(rand([hs, config.intermediate_size])),
+                    up_proj: linear(rand([hs, config.intermediate_size])),
+                    down_proj: linear(rand([config.intermediate_size, hs])),
+                },
+            })
+            .collect();
+        let model = LlamaModel {
+            embed_tokens: Embedding { weight: Param::from_tensor(rand([config.vocab_size, hs])) },
+            layers,
+            norm: norm(),
+        };
+        let lm_head = (!config.tie_word_embeddings).then(|| linear(rand([hs, config.vocab_size])));
+        Self::from_parts(config.clone(), model, lm_head)
+    }
+
+    /// Assemble a model from loaded modules.
+    pub fn from_parts(config: ModelConfig, model: LlamaModel, lm_head: Option<Linear>) -> Self {
+        let rope = RotaryEmbedding::new(&config);
+        Self { model, lm_head, config, rope }
+    }
+
+    /// The architecture config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.model.embed_tokens.weight.val().device()
+    }
+
+    /// Logits for every position: `input_ids` `[batch, seq]` → `[batch, seq, vocab]`.
+    ///
+    /// # Errors
+    /// Inconsistent mask / position shapes.
+    pub fn forward(&self, input_ids: Tensor<2, Int>, options: &ForwardOptions) -> Result<Tensor<3>> {
+        let hidden = self.forward_hidden(input_ids, options, None)?;
+        Ok(self.lm_head(hidden))
+    }
+
+    /// Like [`forward`](Self::forward), appending to `cache` (prefill or decode steps). The
+    /// attention mask, when given, covers the cached positions and the new ones.
+    ///
+    /// # Errors
+    /// Inconsistent mask / position shapes or a cache built for another model.
+    pub fn forward_cached(&self, input_ids: Tensor<2, Int>, options: &ForwardOptions, cache: &mut KvCache) -> Result<Tensor<3>> {
+        let hidden = self.forward_hidden(input_ids, options, Some(cache))?;
+        Ok(self.lm_head(hidden))
+    }
+
+    /// The final-norm hidden states `[batch, seq, hidden]` (no LM head).
+    ///
+    /// # Errors
+    /// See [`forward_cached`](Self::forward_cached).
+    pub fn forward_hidden(&self, input_ids: Tensor<2, Int>, options: &ForwardOptions, mut cache: Option<&mut KvCache>) -> Result<Tensor<3>> {
+        let [b, s] = input_ids.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        if let Some(c) = cache.as_ref() {
+            if c.layers.len() != self.model.layers.len() {
+                return Err(Error::InvalidInput(format!(
+                    "KV cache has {} layers, the model {}",
+                    c.layers.len(),
+                    self.model.layers.len()
+                )));
+            }
+        }
+        let device = self.device();
+        let positions = self.positions(b, s, past, options)?;
+        let (cos, sin) = self.rope.tables(&positions, &device);
+        let dtype = self.model.embed_tokens.weight.val().dtype();
+        let (cos, sin) = (cos.cast(dtype), sin.cast(dtype));
+        let mask = build_mask(b, s, past, options.attention_mask.as_deref(), self.config.sliding_window, &device)?;
+        let mut x = self.model.embed_tokens.forward(input_ids);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, cos.clone(), sin.clone(), mask.clone(), layer_cache);
+        }
+        if let Some(c) = cache {
+            c.len += s;
+        }
+        Ok(self.model.norm.forward(x))
+    }
+
+    /// Logits for hidden states `[batch, seq, hidden]` → `[batch, seq, vocab]`.
+    pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let [b, s, h] = hidden.dims();
+                let w = self.model.embed_tokens.weight.val();
+                let v = w.dims()[0];
+                hidden.reshape([b * s, h]).matmul(w.transpose()).reshape([b, s, v])
+            }
+        }
+    }
+
+    fn positions(&self, b: usize, s: usize, past: usize, options: &ForwardOptions) -> Result<Vec<Vec<usize>>> {
+        if let Some(p) = &options.position_ids {
+            if p.len() != b || p.iter().any(|r| r.len() != s) {
+                return Err(Error::InvalidInput(format!("position_ids must be [{b}, {s}]")));
+            }
+            return Ok(p.clone());
+        }
+        match &options.attention_mask {
+            None => Ok(vec![(past..past + s).collect(); b]),
+            Some(mask) => {
+                check_mask_shape(mask, b, past + s)?;
+                Ok(mask
+                    .iter()
+                    .map(|row| {
+                        let mut seen = 0usize;
+                        let all: Vec<usize> = row
+                            .iter()
+                            .map(|&m| {
+                                seen += usize::from(m != 0);
+                                seen.saturating_sub(1)
+                            })
+                            .collect();
+                        all[past..].to_vec()
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+fn check_mask_shape(mask: &[Vec<u8>], b: usize, total: usize) -> Result<()> {
+    if mask.len() != b || mask.iter().any(|r| r.len() != total) {
+        return Err(Error::InvalidInput(format!(
+            "attention_mask must be [batch {b}, past + seq {total}], got [{}, {}]",
+            mask.len(),
+            mask.first().map_or(0, Vec::len)
+        )));
+    }
+    Ok(())
+}
+
+/// The boolean attention mask `[batch, 1, seq, past + seq]` (true = masked), or `None` when
+/// plain causal masking is exact (no padding, no sliding window in reach).
+fn build_mask(
+    b: usize,
+    s: usize,
+    past: usize,
+    padding: Option<&[Vec<u8>]>,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Option<Tensor<4, Bool>>> {
+    let total = past + s;
+    let window = window.filter(|&w| w < total);
+    let padding = match padding {
+        Some(p) => {
+            check_mask_shape(p, b, total)?;
+            Some(p).filter(|p| p.iter().any(|r| r.iter().any(|&m| m == 0)))
+        }
+        None => None,
+    };
+    if padding.is_none() && window.is_none() {
+        return Ok(None);
+    }
+    let mut data = Vec::with_capacity(b * s * total);
+    for row in 0..b {
+        for q in 0..s {
+            let qi = past + q;
+            for k in 0..total {
+                let future = k > qi;
+                // A padded query attends to itself only, so its softmax row is never empty.
+                let pad = padding.is_some_and(|p| p[row][k] == 0 && k != qi);
+                let out_of_window = window.is_some_and(|w| qi - k.min(qi) >= w);
+                data.push(future || pad || out_of_window);
+            }
+        }
+    }
+    Ok(Some(Tensor::from_data(TensorData::new(data, [b, 1, s, total]), device)))
+}
