@@ -1,1 +1,14 @@
+//! Temper: domain-adapt Llama-family language models from Rust.
+//!
+//! This crate re-exports the member crates so one dependency gives the whole toolkit:
+//!
+//! | module        | crate             | what                                                      |
+//! |---------------|-------------------|-----------------------------------------------------------|
+//! | [`backend`]   | `temper-backend`  | burn backend features, `DeviceSpec`, dtype policy, fused kernels |
+//! | [`llm_arch`]  | `temper-llm-arch` | Llama/Mistral/SmolLM2 decoders, HF + GGUF checkpoints, tokenizer, chat templates, generation |
+//!
+//! It also owns the workspace's `examples/` and `benches/`.
 
+pub use temper_backend as backend;
+pub use temper_backend::burn;
+pub use temper_llm_arch as llm_arch;

@@ -13,6 +13,7 @@
 //!   Model code only calls [`kernels::rms_norm`] and [`kernels::rotary`], so GPU kernels can be
 //!   added here without touching it.
 
+pub use burn;
 pub use burn::tensor::Device;
 
 mod device;

@@ -1,1 +1,214 @@
-fn main() {}
+//! `temper`: the command-line front end of the Temper crates.
+
+mod inspect;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use temper_backend::{DeviceSpec, FloatPrecision};
+use temper_llm_arch::gguf::GgufFile;
+use temper_llm_arch::{ChatMessage, GenerationConfig, Pretrained, Tokenizer, generate};
+
+#[derive(Parser, Debug)]
+#[command(name = "temper", version, about = "Domain-adapt Llama-family models: convert, generate, tokenize, inspect")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Convert a GGUF file into an HF model directory (config.json, model.safetensors,
+    /// tokenizer.json, tokenizer_config.json with the chat template, generation_config.json).
+    Convert {
+        /// The .gguf file.
+        model: PathBuf,
+        /// The output directory (created if needed).
+        out_dir: PathBuf,
+        /// dtype of the written safetensors.
+        #[arg(long, default_value = "f32")]
+        dtype: FloatPrecision,
+    },
+    /// Generate a continuation; prints only the new text, streaming.
+    Generate {
+        /// An HF model directory or a .gguf file.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt as a user message with the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// System message (with --chat).
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// 0 is greedy decoding.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long)]
+        top_p: Option<f32>,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop when the output contains this string (repeatable).
+        #[arg(long = "stop")]
+        stop_strings: Vec<String>,
+        /// cpu, wgpu, wgpu:N or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        /// Compute dtype.
+        #[arg(long, default_value = "f32")]
+        dtype: FloatPrecision,
+    },
+    /// Print the token ids of a text as a JSON array.
+    Tokenize {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        text: String,
+        /// Do not add the tokenizer's special tokens (BOS/EOS templates).
+        #[arg(long)]
+        no_special_tokens: bool,
+    },
+    /// Print architecture, parameter count, dtypes and config of a model directory or GGUF.
+    Inspect { path: PathBuf },
+}
+
+fn is_gguf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if is_gguf(path) {
+        let file = GgufFile::open(path)?;
+        Ok(Tokenizer::from_gguf(&file)?)
+    } else {
+        Ok(Tokenizer::from_file(path.join("tokenizer.json"))?)
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Convert { model, out_dir, dtype } => {
+            if !is_gguf(&model) {
+                bail!("{}: expected a .gguf file", model.display());
+            }
+            let device = DeviceSpec::CPU.device()?;
+            let bar = spinner(&format!("reading {}", model.display()));
+            let pretrained = Pretrained::load_gguf(&model, &device, FloatPrecision::F32)
+                .with_context(|| format!("loading {}", model.display()))?;
+            bar.set_message(format!("writing {}", out_dir.display()));
+            pretrained.save(&out_dir, dtype).with_context(|| format!("writing {}", out_dir.display()))?;
+            bar.finish_and_clear();
+            eprintln!("wrote {} ({} parameters, {dtype})", out_dir.display(), pretrained.model.config().num_parameters());
+        }
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            system,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            seed,
+            stop_strings,
+            device,
+            dtype,
+        } => {
+            let device = device.device()?;
+            let p = Pretrained::load(&model, &device, dtype).with_context(|| format!("loading {}", model.display()))?;
+            let text = if chat {
+                let template = p
+                    .chat_template
+                    .as_ref()
+                    .with_context(|| format!("{} has no chat template", model.display()))?;
+                let mut messages = Vec::new();
+                if let Some(system) = system {
+                    messages.push(ChatMessage::new("system", system));
+                }
+                messages.push(ChatMessage::new("user", prompt));
+                template.render(&messages, true)?
+            } else {
+                prompt
+            };
+            let mut ids = Vec::new();
+            if let Some(bos) = p.special.bos {
+                ids.push(bos);
+            }
+            ids.extend(p.tokenizer.encode(&text, true)?);
+            let config = GenerationConfig {
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                repetition_penalty,
+                seed,
+                eos_token_ids: p.special.eos.clone(),
+                stop_strings,
+                pad_token_id: p.special.pad.unwrap_or(0),
+            };
+            // Stream: decode everything generated so far and print the new suffix, so
+            // multi-token UTF-8 characters come out whole.
+            let mut generated = Vec::new();
+            let mut printed = String::new();
+            let stdout = std::io::stdout();
+            let out = generate(&p.model, Some(&p.tokenizer), &[ids], &config, |_, token| {
+                if p.special.eos.contains(&token) {
+                    return;
+                }
+                generated.push(token);
+                if let Ok(text) = p.tokenizer.decode(&generated, true) {
+                    if text.len() > printed.len() && text.starts_with(&printed) && !text.ends_with('\u{FFFD}') {
+                        let mut lock = stdout.lock();
+                        let _ = lock.write_all(&text.as_bytes()[printed.len()..]);
+                        let _ = lock.flush();
+                        printed = text;
+                    }
+                }
+            })?;
+            // The final text (cut at a stop string) may differ from what was streamed.
+            let final_text = out.into_iter().next().and_then(|o| o.text).unwrap_or_default();
+            let mut lock = stdout.lock();
+            if let Some(rest) = final_text.strip_prefix(printed.as_str()) {
+                lock.write_all(rest.as_bytes())?;
+            }
+            writeln!(lock)?;
+        }
+        Command::Tokenize { model, text, no_special_tokens } => {
+            let tokenizer = load_tokenizer(&model)?;
+            let ids = tokenizer.encode(&text, !no_special_tokens)?;
+            println!("{}", serde_json::to_string(&ids)?);
+        }
+        Command::Inspect { path } => {
+            println!("{}", inspect::inspect(&path)?);
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -279,10 +279,18 @@ pub fn load_weights(
     let mut l = Loader { source, device, precision };
     let c = config;
     let (hs, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
-    let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+    let (Some(q), Some(kv)) = (c.num_attention_heads.checked_mul(hd), c.num_key_value_heads.checked_mul(hd)) else {
+        return Err(Error::InvalidConfig {
+            path: l.source.origin().to_path_buf(),
+            key: "head_dim".into(),
+            reason: format!("num_attention_heads {} × head_dim {hd} overflows", c.num_attention_heads),
+        });
+    };
     let embed = l.fetch("model.embed_tokens.weight", &[c.vocab_size, hs])?;
     let embed_tokens = Embedding { weight: Param::from_tensor(l.tensor(embed, [c.vocab_size, hs])) };
-    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    // No `with_capacity`: `num_hidden_layers` comes from an untrusted config, and a huge value
+    // must fail on the first missing layer tensor, not abort on allocation.
+    let mut layers = Vec::new();
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
         layers.push(DecoderLayer {

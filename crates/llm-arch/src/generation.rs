@@ -145,6 +145,10 @@ pub fn generate(
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(Error::InvalidInput("every prompt needs at least one token".into()));
     }
+    let vocab = model.config().vocab_size;
+    if let Some(&t) = prompts.iter().flatten().chain([&config.pad_token_id]).find(|&&t| t as usize >= vocab) {
+        return Err(Error::InvalidInput(format!("token id {t} is outside the model's vocabulary of {vocab}")));
+    }
     if !config.stop_strings.is_empty() && tokenizer.is_none() {
         return Err(Error::InvalidInput("stop strings need a tokenizer".into()));
     }
