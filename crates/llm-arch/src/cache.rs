@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 
-/// Keys and values of one attention layer, `[batch, kv_heads, seq, head_dim]`, before the
+/// Keys and values of one attention layer, `[batch, seq, kv_heads, head_dim]`, before the
 /// grouped-query repeat (so the cache is `num_key_value_heads` wide, not `num_attention_heads`).
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache {
@@ -14,7 +14,7 @@ impl LayerCache {
     pub(crate) fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let (k, v) = match self.kv.take() {
             None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 1), Tensor::cat(vec![pv, v], 1)),
         };
         self.kv = Some((k.clone(), v.clone()));
         (k, v)

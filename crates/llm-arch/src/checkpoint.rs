@@ -78,13 +78,57 @@ impl TensorSource for MemorySource {
     }
 }
 
-/// Memory-mapped safetensors files (one, or the shards of an index).
+/// Safetensors files (one, or the shards of an index).
+///
+/// Headers are validated when the files are opened; each tensor is then read with a positioned
+/// read when taken, so loading holds at most one tensor's bytes besides the model (a memory
+/// map would keep every touched page resident until the end).
 #[derive(Debug)]
 pub struct SafetensorsSource {
     origin: PathBuf,
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<ShardFile>,
     /// tensor name → index into `files`.
     index: BTreeMap<String, usize>,
+}
+
+#[derive(Debug)]
+struct ShardFile {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Byte offset of the data section (8 + header length).
+    data_start: u64,
+    metadata: safetensors::tensor::Metadata,
+}
+
+impl ShardFile {
+    fn open(path: &Path) -> Result<Self> {
+        let map = mmap(path)?;
+        // Only the header pages are touched; read_metadata also checks that the data section
+        // matches the file length (a truncated file fails here).
+        let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| st_error(path, e))?;
+        drop(map);
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Ok(Self { path: path.to_path_buf(), file, data_start: 8 + header_len as u64, metadata })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.metadata.tensors().keys().cloned().collect()
+    }
+
+    fn read(&self, name: &str) -> Result<HostTensor> {
+        use std::os::unix::fs::FileExt;
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| st_error(&self.path, format!("tensor `{name}` is not in the header")))?;
+        let (start, end) = info.data_offsets;
+        let mut bytes = vec![0u8; end - start];
+        self.file
+            .read_exact_at(&mut bytes, self.data_start + start as u64)
+            .map_err(|e| Error::io(&self.path, e))?;
+        let data = to_f32(&self.path, name, info.dtype, &bytes)?;
+        Ok(HostTensor { shape: info.shape.clone(), data })
+    }
 }
 
 #[allow(unsafe_code)]
@@ -106,15 +150,9 @@ impl SafetensorsSource {
     /// I/O errors and invalid or truncated files, naming the file.
     pub fn open_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let map = mmap(&path)?;
-        let names: Vec<String> = SafeTensors::deserialize(&map)
-            .map_err(|e| st_error(&path, e))?
-            .names()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        let index = names.into_iter().map(|n| (n, 0)).collect();
-        Ok(Self { origin: path.clone(), files: vec![(path, map)], index })
+        let shard = ShardFile::open(&path)?;
+        let index = shard.names().into_iter().map(|n| (n, 0)).collect();
+        Ok(Self { origin: path, files: vec![shard], index })
     }
 
     /// Open the checkpoint of an HF directory: `model.safetensors`, or the shards listed in
@@ -152,9 +190,11 @@ impl SafetensorsSource {
                 Some(&id) => id,
                 None => {
                     let path = dir.join(shard);
-                    let m = mmap(&path)?;
-                    SafeTensors::deserialize(&m).map_err(|e| st_error(&path, e))?;
-                    files.push((path, m));
+                    let opened = ShardFile::open(&path)?;
+                    if opened.metadata.info(name).is_none() {
+                        return Err(st_error(&path, format!("tensor `{name}` listed in the index is not in this file")));
+                    }
+                    files.push(opened);
                     shard_ids.insert(shard.to_string(), files.len() - 1);
                     files.len() - 1
                 }
@@ -187,11 +227,7 @@ impl TensorSource for SafetensorsSource {
     }
     fn take(&mut self, name: &str) -> Result<Option<HostTensor>> {
         let Some(id) = self.index.remove(name) else { return Ok(None) };
-        let (path, map) = &self.files[id];
-        let st = SafeTensors::deserialize(map).map_err(|e| st_error(path, e))?;
-        let view = st.tensor(name).map_err(|e| st_error(path, format!("tensor `{name}`: {e}")))?;
-        let data = to_f32(path, name, view.dtype(), view.data())?;
-        Ok(Some(HostTensor { shape: view.shape().to_vec(), data }))
+        self.files[id].read(name).map(Some)
     }
     fn remaining(&self) -> Vec<String> {
         self.index.keys().cloned().collect()

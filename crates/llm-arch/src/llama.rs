@@ -12,6 +12,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 use temper_backend::kernels;
+use temper_backend::kernels::reference::repeat_kv;
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::ModelConfig;
@@ -76,28 +77,25 @@ impl Attention {
         let q = self.q_proj.forward(x.clone()).reshape([b, s, h, hd]);
         let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, hd]);
         let v = self.v_proj.forward(x).reshape([b, s, kvh, hd]);
-        let q = kernels::rotary(q, cos.clone(), sin.clone()).swap_dims(1, 2);
-        let k = kernels::rotary(k, cos, sin).swap_dims(1, 2);
-        let v = v.swap_dims(1, 2);
+        // Sequence-major `[b, s, heads, hd]` throughout: the fused kernels read it directly and
+        // the output reshapes to `[b, s, hidden]` without a transpose.
+        let q = kernels::rotary(q, cos.clone(), sin.clone());
+        let k = kernels::rotary(k, cos, sin);
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
-        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-        let is_causal = mask.is_none();
-        let out = attention(q, k, v, mask, None, AttentionModuleOptions { scale: None, softcap: None, is_causal });
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, h * hd]))
+        let out = match mask {
+            None => kernels::causal_attention(q, k, v),
+            Some(mask) => {
+                let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
+                let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
+                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+                attention(q, k, v, Some(mask), None, options).swap_dims(1, 2)
+            }
+        };
+        self.o_proj.forward(out.reshape([b, s, h * hd]))
     }
-}
-
-/// `[b, kv_heads, t, d]` → `[b, kv_heads * n_rep, t, d]`, each KV head repeated for its group
-/// of query heads (burn's attention op has no GQA).
-fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, kvh, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, kvh, n_rep, t, d]).reshape([b, kvh * n_rep, t, d])
 }
 
 /// One pre-norm decoder layer.

@@ -18,6 +18,9 @@ pub trait FusedOps: Backend {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
     /// `x` `[b, s, h, hd]`, `cos`/`sin` `[b, s, hd/2]` (f32) → like `x`.
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Causal grouped-query attention, sequence-major: `q` `[b, s, h, d]`, `k`/`v`
+    /// `[b, t, kv_heads, d]` (f32) → `[b, s, h, d]`.
+    fn causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// Minimum rows per rayon task: below this the split costs more than it saves.
@@ -49,24 +52,38 @@ fn output_like(shape: Shape, fill: impl FnOnce(&mut [f32])) -> FlexTensor {
 }
 
 impl FusedOps for Flex {
+    fn causal_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> FlexTensor {
+        let qs = q.layout().shape().clone();
+        let ks = k.layout().shape().clone();
+        let (qd, kd) = (qs.as_slice(), ks.as_slice());
+        let dims = [qd[0], qd[1], qd[2], qd[3]];
+        let (t, kvh) = (kd[1], kd[2]);
+        with_slice(&q, |q| {
+            with_slice(&k, |k| {
+                with_slice(&v, |v| output_like(qs.clone(), |out| causal_attention_f32(q, k, v, dims, [t, kvh], out)))
+            })
+        })
+    }
+
     fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
         let shape = x.layout().shape().clone();
         let d = shape.as_slice().last().copied().unwrap_or(1).max(1);
         let (_, w) = contiguous_f32(&weight);
         let eps = eps as f32;
+        let arch = pulp::Arch::new();
         with_slice(&x, |xs| {
             output_like(shape, |out| {
                 out.par_chunks_mut(d)
                     .zip(xs.par_chunks(d))
                     .with_min_len(MIN_ROWS_PER_TASK)
-                    .for_each(|(o, row)| {
+                    .for_each(|(o, row)| arch.dispatch(#[inline(always)] || {
                         // Same order as HF: mean of squares in f32, then x * rsqrt(var + eps), then * w.
                         let sum: f32 = row.iter().map(|v| v * v).sum();
                         let inv = 1.0 / (sum / d as f32 + eps).sqrt();
                         for ((o, v), w) in o.iter_mut().zip(row).zip(&w) {
                             *o = w * (v * inv);
                         }
-                    });
+                    }));
             })
         })
     }
@@ -79,6 +96,7 @@ impl FusedOps for Flex {
         let (_, cos) = contiguous_f32(&cos);
         let (_, sin) = contiguous_f32(&sin);
         let _ = b;
+        let arch = pulp::Arch::new();
         with_slice(&x, |xs| {
             output_like(shape, |out| {
                 // One chunk = all heads of one (batch, position).
@@ -86,7 +104,7 @@ impl FusedOps for Flex {
                     .zip(xs.par_chunks(h * hd))
                     .enumerate()
                     .with_min_len(MIN_ROWS_PER_TASK)
-                    .for_each(|(pos, (o, x))| {
+                    .for_each(|(pos, (o, x))| arch.dispatch(#[inline(always)] || {
                         let c = &cos[pos * half..(pos + 1) * half];
                         let sn = &sin[pos * half..(pos + 1) * half];
                         for head in 0..h {
@@ -98,10 +116,133 @@ impl FusedOps for Flex {
                                 oh[i + half] = x2 * c[i] + x1 * sn[i];
                             }
                         }
-                    });
+                    }));
                 let _ = s;
             })
         })
+    }
+}
+
+/// See [`FusedOps::causal_attention`]. Query `i` sits at key position `t - s + i` and sees keys
+/// `0..=t - s + i` (bottom-right aligned, as in cached decoding).
+///
+/// Per (batch, kv head) the keys are transposed once to `[d, t]`, so the scores of a query are
+/// `d` contiguous axpy passes over the visible keys (vectorises without horizontal sums), and
+/// the output is a sum of value rows; future keys are never touched, which halves the work of a
+/// causal prefill compared with masking a full score matrix. Rows run in parallel.
+fn causal_attention_f32(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    [b, s, h, d]: [usize; 4],
+    [t, kvh]: [usize; 2],
+    out: &mut [f32],
+) {
+    let rep = h / kvh;
+    let scale = 1.0 / (d as f32).sqrt();
+    // kt[(bi * kvh + g) * d * t + dd * t + j] = k[bi, j, g, dd]; vh[(bi * kvh + g) * t * d + j * d + dd].
+    let mut kt = vec![0.0f32; b * kvh * d * t];
+    let mut vh = vec![0.0f32; b * kvh * t * d];
+    kt.par_chunks_mut(d * t).zip(vh.par_chunks_mut(t * d)).enumerate().for_each(|(bg, (kt, vh))| {
+        let (bi, g) = (bg / kvh, bg % kvh);
+        for j in 0..t {
+            let src = ((bi * t + j) * kvh + g) * d;
+            for dd in 0..d {
+                kt[dd * t + j] = k[src + dd];
+            }
+            vh[j * d..(j + 1) * d].copy_from_slice(&v[src..src + d]);
+        }
+    });
+    let offset = t - s;
+    // One task per (row, head): decode steps (one row) still use every core.
+    out.par_chunks_mut(d).enumerate().with_min_len(4).for_each(|(idx, oh)| {
+        let (row, head) = (idx / h, idx % h);
+        let (bi, i) = (row / s, row % s);
+        let g = head / rep;
+        let head = AttentionHead {
+            q: &q[idx * d..(idx + 1) * d],
+            kt: &kt[(bi * kvh + g) * d * t..(bi * kvh + g + 1) * d * t],
+            v: &vh[(bi * kvh + g) * t * d..(bi * kvh + g + 1) * t * d],
+            t,
+            visible: offset + i + 1,
+            scale,
+        };
+        head.run(oh);
+    });
+}
+
+/// One query row of one head: `q` `[d]`, the head's transposed keys `kt` `[d, t]` and values
+/// `v` `[t, d]`, of which the first `visible` positions are attended.
+struct AttentionHead<'a> {
+    q: &'a [f32],
+    kt: &'a [f32],
+    v: &'a [f32],
+    t: usize,
+    visible: usize,
+    scale: f32,
+}
+
+impl AttentionHead<'_> {
+    /// Run with the widest SIMD the CPU has: the loops below are plain Rust, and without
+    /// `target_feature` they would compile to the SSE2 baseline.
+    fn run(&self, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                #[allow(unsafe_code)]
+                // SAFETY: the CPU supports AVX-512F, checked just above.
+                return unsafe { self.run_avx512(out) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                #[allow(unsafe_code)]
+                // SAFETY: the CPU supports AVX2, checked just above.
+                return unsafe { self.run_avx2(out) };
+            }
+        }
+        self.compute(out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn run_avx512(&self, out: &mut [f32]) {
+        self.compute(out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn run_avx2(&self, out: &mut [f32]) {
+        self.compute(out);
+    }
+
+    #[inline(always)]
+    fn compute(&self, out: &mut [f32]) {
+        let (t, visible) = (self.t, self.visible);
+        let mut scores = vec![0.0f32; visible];
+        for (dd, &qd) in self.q.iter().enumerate() {
+            let krow = &self.kt[dd * t..dd * t + visible];
+            for (sc, kv) in scores.iter_mut().zip(krow) {
+                *sc += qd * kv;
+            }
+        }
+        let mut max = f32::NEG_INFINITY;
+        for sc in scores.iter_mut() {
+            *sc *= self.scale;
+            max = max.max(*sc);
+        }
+        let mut sum = 0.0f32;
+        for sc in scores.iter_mut() {
+            *sc = (*sc - max).exp();
+            sum += *sc;
+        }
+        let d = out.len();
+        out.iter_mut().for_each(|x| *x = 0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            for (x, vv) in out.iter_mut().zip(&self.v[j * d..(j + 1) * d]) {
+                *x += p * vv;
+            }
+        }
+        let inv = 1.0 / sum;
+        out.iter_mut().for_each(|x| *x *= inv);
     }
 }
 
@@ -110,6 +251,14 @@ pub(super) fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64
         x.into_dispatch(),
         weight.into_dispatch(),
         eps,
+    ))
+}
+
+pub(super) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::causal_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
     ))
 }
 
@@ -163,6 +312,23 @@ mod tests {
             let xt = x.clone().swap_dims(1, 2).swap_dims(1, 2);
             let fused = super::rotary(xt, cos.clone(), sin.clone());
             let reference = reference::rotary(x, cos, sin);
+            fused.into_data().assert_approx_eq::<f32>(&reference.into_data(), Tolerance::absolute(1e-5));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn fused_causal_attention_matches_reference(
+            b in 1usize..3, s in 1usize..7, past in 0usize..5, kvh in 1usize..3, rep in 1usize..4, d in 1usize..9,
+        ) {
+            let dev = device();
+            let (h, t, d) = (kvh * rep, s + past, d * 2);
+            let q = Tensor::<4>::random([b, s, h, d], Distribution::Normal(0.0, 1.0), &dev);
+            let k = Tensor::<4>::random([b, t, kvh, d], Distribution::Normal(0.0, 1.0), &dev);
+            let v = Tensor::<4>::random([b, t, kvh, d], Distribution::Normal(0.0, 1.0), &dev);
+            let fused = super::causal_attention(q.clone(), k.clone(), v.clone());
+            let reference = reference::causal_attention(q, k, v);
             fused.into_data().assert_approx_eq::<f32>(&reference.into_data(), Tolerance::absolute(1e-5));
         }
     }

@@ -1,6 +1,6 @@
 //! Per-backend choice of the fused ops of the Llama family.
 //!
-//! Model code calls [`rms_norm`] and [`rotary`]; this module picks the implementation:
+//! Model code calls [`rms_norm`], [`rotary`] and [`causal_attention`]; this module picks the implementation:
 //!
 //! | device                         | path                                           |
 //! |--------------------------------|------------------------------------------------|
@@ -30,7 +30,7 @@ pub enum KernelPath {
     Reference,
 }
 
-/// The implementation [`rms_norm`] and [`rotary`] use for tensors of `dtype` on `device`.
+/// The implementation the fused ops use for tensors of `dtype` on `device`.
 pub fn kernel_path(device: &Device, dtype: DType) -> KernelPath {
     if device.is_autodiff() || dtype != DType::F32 {
         return KernelPath::Reference;
@@ -51,6 +51,19 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Te
         #[cfg(feature = "flex")]
         KernelPath::Fused => flex::rms_norm(x, weight, eps),
         _ => reference::rms_norm(x, weight, eps),
+    }
+}
+
+/// Causal grouped-query attention in sequence-major layout, scale `1/sqrt(head_dim)`.
+///
+/// Shapes: `q` `[batch, seq, heads, head_dim]`, `k`/`v` `[batch, total, kv_heads, head_dim]`
+/// with `total ≥ seq` (the cached keys first); query `i` sees keys `0..=total - seq + i`.
+/// `heads` must be a multiple of `kv_heads`. Output `[batch, seq, heads, head_dim]`.
+pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    match kernel_path(&q.device(), q.dtype()) {
+        #[cfg(feature = "flex")]
+        KernelPath::Fused => flex::causal_attention(q, k, v),
+        _ => reference::causal_attention(q, k, v),
     }
 }
 
