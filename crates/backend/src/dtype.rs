@@ -44,7 +44,10 @@ impl FloatPrecision {
         if device.supports_dtype(self.dtype()) {
             Ok(())
         } else {
-            Err(BackendError::UnsupportedDType { device: format!("{device:?}"), dtype: self.to_string() })
+            Err(BackendError::UnsupportedDType {
+                device: format!("{device:?}"),
+                dtype: self.to_string(),
+            })
         }
     }
 }
@@ -79,10 +82,17 @@ mod tests {
 
     #[test]
     fn parses_and_displays() {
-        for p in [FloatPrecision::F32, FloatPrecision::BF16, FloatPrecision::F16] {
+        for p in [
+            FloatPrecision::F32,
+            FloatPrecision::BF16,
+            FloatPrecision::F16,
+        ] {
             assert_eq!(p.to_string().parse::<FloatPrecision>().unwrap(), p);
         }
-        assert_eq!("bfloat16".parse::<FloatPrecision>().unwrap(), FloatPrecision::BF16);
+        assert_eq!(
+            "bfloat16".parse::<FloatPrecision>().unwrap(),
+            FloatPrecision::BF16
+        );
         let err = "f8".parse::<FloatPrecision>().unwrap_err().to_string();
         assert!(err.contains("invalid dtype `f8`"), "{err}");
     }
@@ -91,7 +101,11 @@ mod tests {
     #[test]
     fn flex_computes_in_every_precision() {
         let device = Device::flex();
-        for p in [FloatPrecision::F32, FloatPrecision::BF16, FloatPrecision::F16] {
+        for p in [
+            FloatPrecision::F32,
+            FloatPrecision::BF16,
+            FloatPrecision::F16,
+        ] {
             p.check(&device).unwrap();
         }
     }

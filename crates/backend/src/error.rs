@@ -5,7 +5,9 @@ pub enum BackendError {
     #[error("invalid device `{spec}`: {reason} (expected `cpu`, `wgpu`, `wgpu:N` or `cuda:N`)")]
     InvalidDevice { spec: String, reason: String },
     /// The backend exists but this build does not include it.
-    #[error("device `{spec}` needs the `{feature}` cargo feature, which this build of Temper was compiled without")]
+    #[error(
+        "device `{spec}` needs the `{feature}` cargo feature, which this build of Temper was compiled without"
+    )]
     NotCompiled { spec: String, feature: &'static str },
     /// The dtype string is not known.
     #[error("invalid dtype `{0}` (expected `f32`, `bf16` or `f16`)")]

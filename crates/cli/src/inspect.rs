@@ -11,12 +11,17 @@ use temper_llm_arch::gguf::{GgufFile, hf_config};
 /// A human-readable report on an HF directory or GGUF file.
 pub fn inspect(path: &Path) -> Result<String> {
     let mut out = String::new();
-    let (config, dtypes, n_tensors) = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    let (config, dtypes, n_tensors) = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_json(&hf_config(&file)?, path)?;
         let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
         for t in file.tensors() {
-            *dtypes.entry(t.ggml_type.name().unwrap_or("unknown").to_string()).or_default() += 1;
+            *dtypes
+                .entry(t.ggml_type.name().unwrap_or("unknown").to_string())
+                .or_default() += 1;
         }
         writeln!(out, "format:       GGUF v{}", file.version())?;
         if let Ok(name) = file.get_str("general.name") {
@@ -45,11 +50,25 @@ pub fn inspect(path: &Path) -> Result<String> {
                 n += 1;
             }
         }
-        writeln!(out, "format:       HF directory ({} safetensors file(s))", files.len())?;
+        writeln!(
+            out,
+            "format:       HF directory ({} safetensors file(s))",
+            files.len()
+        )?;
         (config, dtypes, n)
     };
-    writeln!(out, "architecture: {} (model_type {})", config.architecture(), config.model_type)?;
-    writeln!(out, "parameters:   {} ({:.1}M)", config.num_parameters(), config.num_parameters() as f64 / 1e6)?;
+    writeln!(
+        out,
+        "architecture: {} (model_type {})",
+        config.architecture(),
+        config.model_type
+    )?;
+    writeln!(
+        out,
+        "parameters:   {} ({:.1}M)",
+        config.num_parameters(),
+        config.num_parameters() as f64 / 1e6
+    )?;
     let dt: Vec<String> = dtypes.iter().map(|(k, v)| format!("{k} x{v}")).collect();
     writeln!(out, "tensors:      {n_tensors} ({})", dt.join(", "))?;
     writeln!(
@@ -62,10 +81,26 @@ pub fn inspect(path: &Path) -> Result<String> {
         config.head_dim,
         config.intermediate_size
     )?;
-    writeln!(out, "vocab:        {} (tied embeddings: {})", config.vocab_size, config.tie_word_embeddings)?;
-    writeln!(out, "rope:         theta {} scaling {:?}", config.rope_theta, config.rope_scaling)?;
-    writeln!(out, "context:      {} (sliding window {:?})", config.max_position_embeddings, config.sliding_window)?;
-    write!(out, "config:       {}", serde_json::to_string_pretty(&config.to_json("float32"))?)?;
+    writeln!(
+        out,
+        "vocab:        {} (tied embeddings: {})",
+        config.vocab_size, config.tie_word_embeddings
+    )?;
+    writeln!(
+        out,
+        "rope:         theta {} scaling {:?}",
+        config.rope_theta, config.rope_scaling
+    )?;
+    writeln!(
+        out,
+        "context:      {} (sliding window {:?})",
+        config.max_position_embeddings, config.sliding_window
+    )?;
+    write!(
+        out,
+        "config:       {}",
+        serde_json::to_string_pretty(&config.to_json("float32"))?
+    )?;
     Ok(out)
 }
 
@@ -75,19 +110,33 @@ fn safetensors_header(path: &Path) -> Result<Vec<(String, String)>> {
     let mut file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
     let file_len = file.metadata()?.len();
     let mut len = [0u8; 8];
-    file.read_exact(&mut len).with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    file.read_exact(&mut len)
+        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
     let n = u64::from_le_bytes(len);
     if n > file_len.saturating_sub(8) || n > 100_000_000 {
-        anyhow::bail!("{}: safetensors header length {n} exceeds the file size {file_len}", path.display());
+        anyhow::bail!(
+            "{}: safetensors header length {n} exceeds the file size {file_len}",
+            path.display()
+        );
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header)?;
     let json: serde_json::Value = serde_json::from_slice(&header)
         .with_context(|| format!("{}: safetensors header is not JSON", path.display()))?;
-    let obj = json.as_object().with_context(|| format!("{}: safetensors header is not an object", path.display()))?;
+    let obj = json
+        .as_object()
+        .with_context(|| format!("{}: safetensors header is not an object", path.display()))?;
     Ok(obj
         .iter()
         .filter(|(k, _)| k.as_str() != "__metadata__")
-        .map(|(k, v)| (k.clone(), v.get("dtype").and_then(|d| d.as_str()).unwrap_or("?").to_string()))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.get("dtype")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("?")
+                    .to_string(),
+            )
+        })
         .collect())
 }

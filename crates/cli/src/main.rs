@@ -14,7 +14,11 @@ use temper_llm_arch::gguf::GgufFile;
 use temper_llm_arch::{ChatMessage, GenerationConfig, Pretrained, Tokenizer, generate};
 
 #[derive(Parser, Debug)]
-#[command(name = "temper", version, about = "Domain-adapt Llama-family models: convert, generate, tokenize, inspect")]
+#[command(
+    name = "temper",
+    version,
+    about = "Domain-adapt Llama-family models: convert, generate, tokenize, inspect"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,12 +88,16 @@ enum Command {
 }
 
 fn is_gguf(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 fn spinner(message: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.set_message(message.to_string());
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
@@ -106,7 +114,11 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Convert { model, out_dir, dtype } => {
+        Command::Convert {
+            model,
+            out_dir,
+            dtype,
+        } => {
             if !is_gguf(&model) {
                 bail!("{}: expected a .gguf file", model.display());
             }
@@ -115,9 +127,15 @@ fn run(cli: Cli) -> Result<()> {
             let pretrained = Pretrained::load_gguf(&model, &device, FloatPrecision::F32)
                 .with_context(|| format!("loading {}", model.display()))?;
             bar.set_message(format!("writing {}", out_dir.display()));
-            pretrained.save(&out_dir, dtype).with_context(|| format!("writing {}", out_dir.display()))?;
+            pretrained
+                .save(&out_dir, dtype)
+                .with_context(|| format!("writing {}", out_dir.display()))?;
             bar.finish_and_clear();
-            eprintln!("wrote {} ({} parameters, {dtype})", out_dir.display(), pretrained.model.config().num_parameters());
+            eprintln!(
+                "wrote {} ({} parameters, {dtype})",
+                out_dir.display(),
+                pretrained.model.config().num_parameters()
+            );
         }
         Command::Generate {
             model,
@@ -135,7 +153,8 @@ fn run(cli: Cli) -> Result<()> {
             dtype,
         } => {
             let device = device.device()?;
-            let p = Pretrained::load(&model, &device, dtype).with_context(|| format!("loading {}", model.display()))?;
+            let p = Pretrained::load(&model, &device, dtype)
+                .with_context(|| format!("loading {}", model.display()))?;
             let text = if chat {
                 let template = p
                     .chat_template
@@ -176,24 +195,34 @@ fn run(cli: Cli) -> Result<()> {
                     return;
                 }
                 generated.push(token);
-                if let Ok(text) = p.tokenizer.decode(&generated, true) {
-                    if text.len() > printed.len() && text.starts_with(&printed) && !text.ends_with('\u{FFFD}') {
-                        let mut lock = stdout.lock();
-                        let _ = lock.write_all(&text.as_bytes()[printed.len()..]);
-                        let _ = lock.flush();
-                        printed = text;
-                    }
+                if let Ok(text) = p.tokenizer.decode(&generated, true)
+                    && text.len() > printed.len()
+                    && text.starts_with(&printed)
+                    && !text.ends_with('\u{FFFD}')
+                {
+                    let mut lock = stdout.lock();
+                    let _ = lock.write_all(&text.as_bytes()[printed.len()..]);
+                    let _ = lock.flush();
+                    printed = text;
                 }
             })?;
             // The final text (cut at a stop string) may differ from what was streamed.
-            let final_text = out.into_iter().next().and_then(|o| o.text).unwrap_or_default();
+            let final_text = out
+                .into_iter()
+                .next()
+                .and_then(|o| o.text)
+                .unwrap_or_default();
             let mut lock = stdout.lock();
             if let Some(rest) = final_text.strip_prefix(printed.as_str()) {
                 lock.write_all(rest.as_bytes())?;
             }
             writeln!(lock)?;
         }
-        Command::Tokenize { model, text, no_special_tokens } => {
+        Command::Tokenize {
+            model,
+            text,
+            no_special_tokens,
+        } => {
             let tokenizer = load_tokenizer(&model)?;
             let ids = tokenizer.encode(&text, !no_special_tokens)?;
             println!("{}", serde_json::to_string(&ids)?);

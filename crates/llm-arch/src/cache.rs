@@ -32,7 +32,10 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for a model with `num_layers` decoder layers.
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![LayerCache::default(); num_layers], len: 0 }
+        Self {
+            layers: vec![LayerCache::default(); num_layers],
+            len: 0,
+        }
     }
 
     /// Number of positions (tokens per row) already cached.
@@ -51,7 +54,10 @@ impl KvCache {
             if let Some((k, v)) = layer.kv.take() {
                 let device = k.device();
                 let idx = Tensor::<1, burn::tensor::Int>::from_data(
-                    burn::tensor::TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]),
+                    burn::tensor::TensorData::new(
+                        rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                        [rows.len()],
+                    ),
                     &device,
                 );
                 layer.kv = Some((k.select(0, idx.clone()), v.select(0, idx)));

@@ -17,7 +17,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with this role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -39,13 +42,23 @@ impl ChatTemplate {
     ///
     /// # Errors
     /// [`Error::Template`] with minijinja's syntax error.
-    pub fn new(source: impl Into<String>, bos_token: impl Into<String>, eos_token: impl Into<String>) -> Result<Self> {
+    pub fn new(
+        source: impl Into<String>,
+        bos_token: impl Into<String>,
+        eos_token: impl Into<String>,
+    ) -> Result<Self> {
         let source = source.into();
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
-        env.add_template_owned("chat", source.clone()).map_err(|e| Error::Template(e.to_string()))?;
-        Ok(Self { env, source, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        env.add_template_owned("chat", source.clone())
+            .map_err(|e| Error::Template(e.to_string()))?;
+        Ok(Self {
+            env,
+            source,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
     }
 
     /// The Jinja source.
@@ -58,7 +71,10 @@ impl ChatTemplate {
     /// # Errors
     /// [`Error::Template`] for render errors, including the template's own `raise_exception`.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -84,18 +100,38 @@ mod tests {
             out,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
-        let no_prompt = t.render(&[ChatMessage::new("system", "S"), ChatMessage::new("user", "Hi")], false).unwrap();
-        assert_eq!(no_prompt, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+        let no_prompt = t
+            .render(
+                &[
+                    ChatMessage::new("system", "S"),
+                    ChatMessage::new("user", "Hi"),
+                ],
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            no_prompt,
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        );
     }
 
     #[test]
     fn python_methods_bos_and_raise_exception() {
         let src = "{{ bos_token }}{% for m in messages %}{% if m.role not in ['user'] %}{{ raise_exception('only user messages') }}{% endif %}[{{ m.content.strip() }}]{% endfor %}{{ eos_token }}";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", "  hi  ")], false).unwrap(), "<s>[hi]</s>");
-        let err = t.render(&[ChatMessage::new("bot", "x")], false).unwrap_err().to_string();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  hi  ")], false)
+                .unwrap(),
+            "<s>[hi]</s>"
+        );
+        let err = t
+            .render(&[ChatMessage::new("bot", "x")], false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("only user messages"), "{err}");
-        let err = ChatTemplate::new("{% if %}", "", "").unwrap_err().to_string();
+        let err = ChatTemplate::new("{% if %}", "", "")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("chat template:"), "{err}");
     }
 }

@@ -49,7 +49,10 @@ pub struct MemorySource {
 impl MemorySource {
     /// Wrap a map of tensors; `origin` names them in errors.
     pub fn new(origin: impl Into<PathBuf>, tensors: HashMap<String, HostTensor>) -> Self {
-        Self { origin: origin.into(), tensors }
+        Self {
+            origin: origin.into(),
+            tensors,
+        }
     }
 
     /// Dequantise every tensor of a GGUF file to f32 with HF names and shapes.
@@ -59,7 +62,13 @@ impl MemorySource {
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let mut tensors = HashMap::new();
         for_each_hf_tensor(file, |t| {
-            tensors.insert(t.name, HostTensor { shape: t.shape, data: t.data });
+            tensors.insert(
+                t.name,
+                HostTensor {
+                    shape: t.shape,
+                    data: t.data,
+                },
+            );
             Ok::<(), Error>(())
         })?;
         Ok(Self::new(file.path(), tensors))
@@ -105,10 +114,16 @@ impl ShardFile {
         let map = mmap(path)?;
         // Only the header pages are touched; read_metadata also checks that the data section
         // matches the file length (a truncated file fails here).
-        let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| st_error(path, e))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&map).map_err(|e| st_error(path, e))?;
         drop(map);
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        Ok(Self { path: path.to_path_buf(), file, data_start: 8 + header_len as u64, metadata })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            data_start: 8 + header_len as u64,
+            metadata,
+        })
     }
 
     fn names(&self) -> Vec<String> {
@@ -127,7 +142,10 @@ impl ShardFile {
             .read_exact_at(&mut bytes, self.data_start + start as u64)
             .map_err(|e| Error::io(&self.path, e))?;
         let data = to_f32(&self.path, name, info.dtype, &bytes)?;
-        Ok(HostTensor { shape: info.shape.clone(), data })
+        Ok(HostTensor {
+            shape: info.shape.clone(),
+            data,
+        })
     }
 }
 
@@ -140,7 +158,10 @@ fn mmap(path: &Path) -> Result<Mmap> {
 }
 
 fn st_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() }
+    Error::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 impl SafetensorsSource {
@@ -152,7 +173,11 @@ impl SafetensorsSource {
         let path = path.as_ref().to_path_buf();
         let shard = ShardFile::open(&path)?;
         let index = shard.names().into_iter().map(|n| (n, 0)).collect();
-        Ok(Self { origin: path, files: vec![shard], index })
+        Ok(Self {
+            origin: path,
+            files: vec![shard],
+            index,
+        })
     }
 
     /// Open the checkpoint of an HF directory: `model.safetensors`, or the shards listed in
@@ -168,15 +193,23 @@ impl SafetensorsSource {
         }
         let index_path = dir.join("model.safetensors.index.json");
         if !index_path.exists() {
-            return Err(Error::NoWeights { path: dir.to_path_buf() });
+            return Err(Error::NoWeights {
+                path: dir.to_path_buf(),
+            });
         }
         let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
         let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| Error::Json { path: index_path.clone(), source })?;
-        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::MissingConfigKey {
-            path: index_path.clone(),
-            key: "weight_map".into(),
-        })?;
+            serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: index_path.clone(),
+                source,
+            })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::MissingConfigKey {
+                path: index_path.clone(),
+                key: "weight_map".into(),
+            })?;
         let mut shard_ids: BTreeMap<String, usize> = BTreeMap::new();
         let mut files = Vec::new();
         let mut index = BTreeMap::new();
@@ -192,7 +225,10 @@ impl SafetensorsSource {
                     let path = dir.join(shard);
                     let opened = ShardFile::open(&path)?;
                     if opened.metadata.info(name).is_none() {
-                        return Err(st_error(&path, format!("tensor `{name}` listed in the index is not in this file")));
+                        return Err(st_error(
+                            &path,
+                            format!("tensor `{name}` listed in the index is not in this file"),
+                        ));
                     }
                     files.push(opened);
                     shard_ids.insert(shard.to_string(), files.len() - 1);
@@ -201,16 +237,29 @@ impl SafetensorsSource {
             };
             index.insert(name.clone(), id);
         }
-        Ok(Self { origin: index_path, files, index })
+        Ok(Self {
+            origin: index_path,
+            files,
+            index,
+        })
     }
 }
 
 /// Convert raw little-endian tensor bytes to f32.
 fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         other => {
             return Err(Error::UnsupportedTensorDType {
                 path: path.to_path_buf(),
@@ -226,7 +275,9 @@ impl TensorSource for SafetensorsSource {
         &self.origin
     }
     fn take(&mut self, name: &str) -> Result<Option<HostTensor>> {
-        let Some(id) = self.index.remove(name) else { return Ok(None) };
+        let Some(id) = self.index.remove(name) else {
+            return Ok(None);
+        };
         self.files[id].read(name).map(Some)
     }
     fn remaining(&self) -> Vec<String> {
@@ -262,7 +313,10 @@ impl Loader<'_> {
         let t = self
             .source
             .take(name)?
-            .ok_or_else(|| Error::MissingTensor { path: origin.clone(), name: name.to_string() })?;
+            .ok_or_else(|| Error::MissingTensor {
+                path: origin.clone(),
+                name: name.to_string(),
+            })?;
         if t.shape != expected {
             return Err(Error::ShapeMismatch {
                 path: origin,
@@ -276,17 +330,30 @@ impl Loader<'_> {
 
     fn tensor<const D: usize>(&self, data: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
         let t = Tensor::<D>::from_data(TensorData::new(data, shape), self.device);
-        if self.precision == FloatPrecision::F32 { t } else { t.cast(self.precision.dtype()) }
+        if self.precision == FloatPrecision::F32 {
+            t
+        } else {
+            t.cast(self.precision.dtype())
+        }
     }
 
     /// A PyTorch `[out, in]` weight as a burn `Linear` (`[in, out]`).
     fn linear(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
         let w = self.fetch(&format!("{name}.weight"), &[d_out, d_in])?;
         let weight = self.tensor(transpose(&w, d_out, d_in), [d_in, d_out]);
-        Ok(Linear { weight: Param::from_tensor(weight), bias: None })
+        Ok(Linear {
+            weight: Param::from_tensor(weight),
+            bias: None,
+        })
     }
 
-    fn linear_with_bias(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
+    fn linear_with_bias(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear> {
         let mut l = self.linear(name, d_in, d_out)?;
         if bias {
             let b = self.fetch(&format!("{name}.bias"), &[d_out])?;
@@ -297,7 +364,10 @@ impl Loader<'_> {
 
     fn norm(&mut self, name: &str, d: usize, eps: f64) -> Result<RmsNorm> {
         let w = self.fetch(&format!("{name}.weight"), &[d])?;
-        Ok(RmsNorm { weight: Param::from_tensor(self.tensor(w, [d])), eps })
+        Ok(RmsNorm {
+            weight: Param::from_tensor(self.tensor(w, [d])),
+            eps,
+        })
     }
 }
 
@@ -312,18 +382,30 @@ pub fn load_weights(
     precision: FloatPrecision,
 ) -> Result<LlamaForCausalLM> {
     precision.check(device)?;
-    let mut l = Loader { source, device, precision };
+    let mut l = Loader {
+        source,
+        device,
+        precision,
+    };
     let c = config;
     let (hs, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
-    let (Some(q), Some(kv)) = (c.num_attention_heads.checked_mul(hd), c.num_key_value_heads.checked_mul(hd)) else {
+    let (Some(q), Some(kv)) = (
+        c.num_attention_heads.checked_mul(hd),
+        c.num_key_value_heads.checked_mul(hd),
+    ) else {
         return Err(Error::InvalidConfig {
             path: l.source.origin().to_path_buf(),
             key: "head_dim".into(),
-            reason: format!("num_attention_heads {} × head_dim {hd} overflows", c.num_attention_heads),
+            reason: format!(
+                "num_attention_heads {} × head_dim {hd} overflows",
+                c.num_attention_heads
+            ),
         });
     };
     let embed = l.fetch("model.embed_tokens.weight", &[c.vocab_size, hs])?;
-    let embed_tokens = Embedding { weight: Param::from_tensor(l.tensor(embed, [c.vocab_size, hs])) };
+    let embed_tokens = Embedding {
+        weight: Param::from_tensor(l.tensor(embed, [c.vocab_size, hs])),
+    };
     // No `with_capacity`: `num_hidden_layers` comes from an untrusted config, and a huge value
     // must fail on the first missing layer tensor, not abort on allocation.
     let mut layers = Vec::new();
@@ -332,15 +414,34 @@ pub fn load_weights(
         layers.push(DecoderLayer {
             input_layernorm: l.norm(&format!("{p}.input_layernorm"), hs, c.rms_norm_eps)?,
             self_attn: Attention {
-                q_proj: l.linear_with_bias(&format!("{p}.self_attn.q_proj"), hs, q, c.attention_bias)?,
-                k_proj: l.linear_with_bias(&format!("{p}.self_attn.k_proj"), hs, kv, c.attention_bias)?,
-                v_proj: l.linear_with_bias(&format!("{p}.self_attn.v_proj"), hs, kv, c.attention_bias)?,
+                q_proj: l.linear_with_bias(
+                    &format!("{p}.self_attn.q_proj"),
+                    hs,
+                    q,
+                    c.attention_bias,
+                )?,
+                k_proj: l.linear_with_bias(
+                    &format!("{p}.self_attn.k_proj"),
+                    hs,
+                    kv,
+                    c.attention_bias,
+                )?,
+                v_proj: l.linear_with_bias(
+                    &format!("{p}.self_attn.v_proj"),
+                    hs,
+                    kv,
+                    c.attention_bias,
+                )?,
                 o_proj: l.linear(&format!("{p}.self_attn.o_proj"), q, hs)?,
                 num_heads: c.num_attention_heads,
                 num_kv_heads: c.num_key_value_heads,
                 head_dim: hd,
             },
-            post_attention_layernorm: l.norm(&format!("{p}.post_attention_layernorm"), hs, c.rms_norm_eps)?,
+            post_attention_layernorm: l.norm(
+                &format!("{p}.post_attention_layernorm"),
+                hs,
+                c.rms_norm_eps,
+            )?,
             mlp: Mlp {
                 gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), hs, inter)?,
                 up_proj: l.linear(&format!("{p}.mlp.up_proj"), hs, inter)?,
@@ -356,8 +457,12 @@ pub fn load_weights(
     } else {
         Some(l.linear("lm_head", hs, c.vocab_size)?)
     };
-    let mut leftover: Vec<String> =
-        l.source.remaining().into_iter().filter(|n| !n.ends_with("rotary_emb.inv_freq")).collect();
+    let mut leftover: Vec<String> = l
+        .source
+        .remaining()
+        .into_iter()
+        .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
+        .collect();
     leftover.sort();
     if let Some(name) = leftover.into_iter().next() {
         return Err(Error::UnexpectedTensor {
@@ -366,11 +471,23 @@ pub fn load_weights(
             arch: c.architecture().to_string(),
         });
     }
-    Ok(LlamaForCausalLM::from_parts(config.clone(), LlamaModel { embed_tokens, layers, norm }, lm_head))
+    Ok(LlamaForCausalLM::from_parts(
+        config.clone(),
+        LlamaModel {
+            embed_tokens,
+            layers,
+            norm,
+        },
+        lm_head,
+    ))
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.cast(burn::tensor::DType::F32).into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
+    t.cast(burn::tensor::DType::F32)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default()
 }
 
 /// Every parameter with its HF name, PyTorch shape and f32 values (linear weights transposed
@@ -380,26 +497,69 @@ pub fn hf_tensors(model: &LlamaForCausalLM) -> Vec<(String, HostTensor)> {
     let push_linear = |out: &mut Vec<(String, HostTensor)>, name: String, l: &Linear| {
         let [d_in, d_out] = l.weight.val().dims();
         let data = transpose(&host(l.weight.val()), d_in, d_out);
-        out.push((format!("{name}.weight"), HostTensor { shape: vec![d_out, d_in], data }));
+        out.push((
+            format!("{name}.weight"),
+            HostTensor {
+                shape: vec![d_out, d_in],
+                data,
+            },
+        ));
         if let Some(b) = &l.bias {
-            out.push((format!("{name}.bias"), HostTensor { shape: vec![d_out], data: host(b.val()) }));
+            out.push((
+                format!("{name}.bias"),
+                HostTensor {
+                    shape: vec![d_out],
+                    data: host(b.val()),
+                },
+            ));
         }
     };
     let norm = |name: String, n: &RmsNorm| {
         let d = n.weight.val().dims()[0];
-        (format!("{name}.weight"), HostTensor { shape: vec![d], data: host(n.weight.val()) })
+        (
+            format!("{name}.weight"),
+            HostTensor {
+                shape: vec![d],
+                data: host(n.weight.val()),
+            },
+        )
     };
     let m = &model.model;
     let e = m.embed_tokens.weight.val();
-    out.push(("model.embed_tokens.weight".into(), HostTensor { shape: e.dims().to_vec(), data: host(e) }));
+    out.push((
+        "model.embed_tokens.weight".into(),
+        HostTensor {
+            shape: e.dims().to_vec(),
+            data: host(e),
+        },
+    ));
     for (i, layer) in m.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
         out.push(norm(format!("{p}.input_layernorm"), &layer.input_layernorm));
-        push_linear(&mut out, format!("{p}.self_attn.q_proj"), &layer.self_attn.q_proj);
-        push_linear(&mut out, format!("{p}.self_attn.k_proj"), &layer.self_attn.k_proj);
-        push_linear(&mut out, format!("{p}.self_attn.v_proj"), &layer.self_attn.v_proj);
-        push_linear(&mut out, format!("{p}.self_attn.o_proj"), &layer.self_attn.o_proj);
-        out.push(norm(format!("{p}.post_attention_layernorm"), &layer.post_attention_layernorm));
+        push_linear(
+            &mut out,
+            format!("{p}.self_attn.q_proj"),
+            &layer.self_attn.q_proj,
+        );
+        push_linear(
+            &mut out,
+            format!("{p}.self_attn.k_proj"),
+            &layer.self_attn.k_proj,
+        );
+        push_linear(
+            &mut out,
+            format!("{p}.self_attn.v_proj"),
+            &layer.self_attn.v_proj,
+        );
+        push_linear(
+            &mut out,
+            format!("{p}.self_attn.o_proj"),
+            &layer.self_attn.o_proj,
+        );
+        out.push(norm(
+            format!("{p}.post_attention_layernorm"),
+            &layer.post_attention_layernorm,
+        ));
         push_linear(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
         push_linear(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
         push_linear(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
@@ -425,7 +585,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp-{}", std::process::id()));
     path.with_file_name(name)
 }
@@ -434,7 +597,11 @@ fn tmp_path(path: &Path) -> PathBuf {
 ///
 /// # Errors
 /// I/O errors naming the file.
-pub fn save_safetensors(model: &LlamaForCausalLM, path: &Path, dtype: FloatPrecision) -> Result<()> {
+pub fn save_safetensors(
+    model: &LlamaForCausalLM,
+    path: &Path,
+    dtype: FloatPrecision,
+) -> Result<()> {
     let tensors = hf_tensors(model);
     let (st_dtype, width) = match dtype {
         FloatPrecision::F32 => (Dtype::F32, 4),
@@ -448,8 +615,12 @@ pub fn save_safetensors(model: &LlamaForCausalLM, path: &Path, dtype: FloatPreci
             for v in &t.data {
                 match dtype {
                     FloatPrecision::F32 => bytes.extend_from_slice(&v.to_le_bytes()),
-                    FloatPrecision::BF16 => bytes.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes()),
-                    FloatPrecision::F16 => bytes.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes()),
+                    FloatPrecision::BF16 => {
+                        bytes.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
+                    }
+                    FloatPrecision::F16 => {
+                        bytes.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())
+                    }
                 }
             }
             (name, t.shape, bytes)

@@ -12,7 +12,12 @@ pub enum RopeScaling {
     /// Position interpolation: every frequency divided by `factor`.
     Linear { factor: f64 },
     /// Llama 3.1's piecewise scaling of low and medium frequencies.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
 }
 
 /// Architecture hyper-parameters of a Llama-family decoder, as in HF `config.json`
@@ -49,7 +54,11 @@ struct Keys<'a> {
 
 impl Keys<'_> {
     fn invalid(&self, key: &str, reason: impl Into<String>) -> Error {
-        Error::InvalidConfig { path: self.path.to_path_buf(), key: key.to_string(), reason: reason.into() }
+        Error::InvalidConfig {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            reason: reason.into(),
+        }
     }
     fn get(&self, key: &str) -> Option<&Value> {
         self.obj.get(key).filter(|v| !v.is_null())
@@ -57,26 +66,33 @@ impl Keys<'_> {
     fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.invalid(key, format!("expected a non-negative integer, got {v}"))),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.invalid(key, format!("expected a non-negative integer, got {v}"))
+            }),
         }
     }
     fn usize(&self, key: &str) -> Result<usize> {
-        self.usize_opt(key)?
-            .ok_or_else(|| Error::MissingConfigKey { path: self.path.to_path_buf(), key: key.to_string() })
+        self.usize_opt(key)?.ok_or_else(|| Error::MissingConfigKey {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+        })
     }
     fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.invalid(key, format!("expected a number, got {v}"))),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.invalid(key, format!("expected a number, got {v}"))),
         }
     }
     fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.invalid(key, format!("expected a boolean, got {v}"))),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.invalid(key, format!("expected a boolean, got {v}"))),
         }
     }
     fn ids(&self, key: &str) -> Result<Vec<u32>> {
@@ -84,9 +100,16 @@ impl Keys<'_> {
             None => Ok(vec![]),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(|| self.invalid(key, "expected token ids")))
+                .map(|v| {
+                    v.as_u64()
+                        .map(|n| n as u32)
+                        .ok_or_else(|| self.invalid(key, "expected token ids"))
+                })
                 .collect(),
-            Some(v) => v.as_u64().map(|n| vec![n as u32]).ok_or_else(|| self.invalid(key, "expected a token id")),
+            Some(v) => v
+                .as_u64()
+                .map(|n| vec![n as u32])
+                .ok_or_else(|| self.invalid(key, "expected a token id")),
         }
     }
 }
@@ -100,8 +123,10 @@ impl ModelConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let value: Value =
-            serde_json::from_str(&text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
+        let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_json(&value, path)
     }
 
@@ -119,29 +144,44 @@ impl ModelConfig {
         let model_type = match k.get("model_type") {
             Some(Value::String(s)) => s.clone(),
             Some(v) => return Err(k.invalid("model_type", format!("expected a string, got {v}"))),
-            None => return Err(Error::MissingConfigKey { path: origin.into(), key: "model_type".into() }),
+            None => {
+                return Err(Error::MissingConfigKey {
+                    path: origin.into(),
+                    key: "model_type".into(),
+                });
+            }
         };
         if !matches!(model_type.as_str(), "llama" | "mistral") {
-            return Err(Error::UnsupportedModelType { path: origin.into(), model_type });
+            return Err(Error::UnsupportedModelType {
+                path: origin.into(),
+                model_type,
+            });
         }
-        if let Some(act) = k.get("hidden_act").and_then(Value::as_str) {
-            if act != "silu" {
-                return Err(k.invalid("hidden_act", format!("`{act}` is not supported (only silu)")));
-            }
+        if let Some(act) = k.get("hidden_act").and_then(Value::as_str)
+            && act != "silu"
+        {
+            return Err(k.invalid(
+                "hidden_act",
+                format!("`{act}` is not supported (only silu)"),
+            ));
         }
         let hidden_size = k.usize("hidden_size")?;
         let num_attention_heads = k.usize("num_attention_heads")?;
         if num_attention_heads == 0 {
             return Err(k.invalid("num_attention_heads", "must be positive"));
         }
-        let num_key_value_heads = k.usize_opt("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = k
+            .usize_opt("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(k.invalid(
                 "num_key_value_heads",
                 format!("{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"),
             ));
         }
-        let head_dim = k.usize_opt("head_dim")?.unwrap_or(hidden_size / num_attention_heads);
+        let head_dim = k
+            .usize_opt("head_dim")?
+            .unwrap_or(hidden_size / num_attention_heads);
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(k.invalid("head_dim", format!("{head_dim} must be even and positive")));
         }
@@ -149,12 +189,16 @@ impl ModelConfig {
         let rope_params = obj.get("rope_parameters").and_then(Value::as_object);
         let rope_theta = match k.f64_opt("rope_theta")? {
             Some(t) => t,
-            None => rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).unwrap_or(10000.0),
+            None => rope_params
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64)
+                .unwrap_or(10000.0),
         };
         let scaling_obj = obj
             .get("rope_scaling")
             .and_then(Value::as_object)
-            .or(rope_params.filter(|p| p.get("rope_type").and_then(Value::as_str) != Some("default")));
+            .or(rope_params
+                .filter(|p| p.get("rope_type").and_then(Value::as_str) != Some("default")));
         let rope_scaling = match scaling_obj {
             None => None,
             Some(s) => Self::parse_rope_scaling(s, &k)?,
@@ -162,11 +206,12 @@ impl ModelConfig {
         let sliding_window = match k.get("sliding_window") {
             None => None,
             Some(_) if model_type == "llama" => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .map(|n| n as usize)
-                    .ok_or_else(|| k.invalid("sliding_window", format!("expected an integer or null, got {v}")))?,
-            ),
+            Some(v) => Some(v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                k.invalid(
+                    "sliding_window",
+                    format!("expected an integer or null, got {v}"),
+                )
+            })?),
         };
         let vocab_size = k.usize("vocab_size")?;
         Ok(Self {
@@ -193,7 +238,11 @@ impl ModelConfig {
     }
 
     fn parse_rope_scaling(s: &Map<String, Value>, k: &Keys<'_>) -> Result<Option<RopeScaling>> {
-        let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+        let kind = s
+            .get("rope_type")
+            .or_else(|| s.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         let num = |key: &str| -> Result<f64> {
             s.get(key)
                 .and_then(Value::as_f64)
@@ -201,20 +250,31 @@ impl ModelConfig {
         };
         Ok(match kind {
             "default" => None,
-            "linear" => Some(RopeScaling::Linear { factor: num("factor")? }),
+            "linear" => Some(RopeScaling::Linear {
+                factor: num("factor")?,
+            }),
             "llama3" => Some(RopeScaling::Llama3 {
                 factor: num("factor")?,
                 low_freq_factor: num("low_freq_factor")?,
                 high_freq_factor: num("high_freq_factor")?,
                 original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
             }),
-            other => return Err(k.invalid("rope_scaling.rope_type", format!("`{other}` is not supported (default, linear, llama3)"))),
+            other => {
+                return Err(k.invalid(
+                    "rope_scaling.rope_type",
+                    format!("`{other}` is not supported (default, linear, llama3)"),
+                ));
+            }
         })
     }
 
     /// The HF architecture name (`LlamaForCausalLM` / `MistralForCausalLM`).
     pub fn architecture(&self) -> &'static str {
-        if self.model_type == "mistral" { "MistralForCausalLM" } else { "LlamaForCausalLM" }
+        if self.model_type == "mistral" {
+            "MistralForCausalLM"
+        } else {
+            "LlamaForCausalLM"
+        }
     }
 
     /// The `config.json` to save: the keys read, updated with the current values.
@@ -232,7 +292,10 @@ impl ModelConfig {
         set("num_attention_heads", json!(self.num_attention_heads));
         set("num_key_value_heads", json!(self.num_key_value_heads));
         set("head_dim", json!(self.head_dim));
-        set("max_position_embeddings", json!(self.max_position_embeddings));
+        set(
+            "max_position_embeddings",
+            json!(self.max_position_embeddings),
+        );
         set("rms_norm_eps", json!(self.rms_norm_eps));
         set("rope_theta", json!(self.rope_theta));
         set("tie_word_embeddings", json!(self.tie_word_embeddings));
@@ -244,8 +307,16 @@ impl ModelConfig {
         }
         match &self.rope_scaling {
             None => {}
-            Some(RopeScaling::Linear { factor }) => set("rope_scaling", json!({"rope_type": "linear", "factor": factor})),
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => set(
+            Some(RopeScaling::Linear { factor }) => set(
+                "rope_scaling",
+                json!({"rope_type": "linear", "factor": factor}),
+            ),
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => set(
                 "rope_scaling",
                 json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                        "high_freq_factor": high_freq_factor,
@@ -267,7 +338,13 @@ impl ModelConfig {
     }
 
     /// A small config for tests and examples (`llama`, no scaling).
-    pub fn tiny(vocab_size: usize, hidden_size: usize, layers: usize, heads: usize, kv_heads: usize) -> Self {
+    pub fn tiny(
+        vocab_size: usize,
+        hidden_size: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+    ) -> Self {
         let value = json!({
             "model_type": "llama", "vocab_size": vocab_size, "hidden_size": hidden_size,
             "intermediate_size": hidden_size * 2, "num_hidden_layers": layers,
@@ -286,7 +363,10 @@ impl ModelConfig {
         let bias = if self.attention_bias { q + 2 * kv } else { 0 };
         let layer = h * q + 2 * h * kv + q * h + bias + 3 * h * i + 2 * h;
         let embed = self.vocab_size * h;
-        embed + self.num_hidden_layers * layer + h + if self.tie_word_embeddings { 0 } else { embed }
+        embed
+            + self.num_hidden_layers * layer
+            + h
+            + if self.tie_word_embeddings { 0 } else { embed }
     }
 }
 
@@ -322,7 +402,9 @@ mod tests {
             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
         v["eos_token_id"] = json!([128001, 128008, 128009]);
         let c = parse(v).unwrap();
-        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+        assert!(
+            matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0)
+        );
         assert_eq!(c.eos_token_ids.len(), 3);
 
         let mut m = smollm2();
@@ -348,19 +430,37 @@ mod tests {
         let mut v = smollm2();
         v.as_object_mut().unwrap().remove("hidden_size");
         let err = parse(v).unwrap_err().to_string();
-        assert!(err.contains("required config key `hidden_size` is missing"), "{err}");
+        assert!(
+            err.contains("required config key `hidden_size` is missing"),
+            "{err}"
+        );
 
         let mut v = smollm2();
         v["model_type"] = json!("gpt2");
-        assert!(parse(v).unwrap_err().to_string().contains("unsupported model_type `gpt2`"));
+        assert!(
+            parse(v)
+                .unwrap_err()
+                .to_string()
+                .contains("unsupported model_type `gpt2`")
+        );
 
         let mut v = smollm2();
         v["num_key_value_heads"] = json!(4);
-        assert!(parse(v).unwrap_err().to_string().contains("`num_key_value_heads`"));
+        assert!(
+            parse(v)
+                .unwrap_err()
+                .to_string()
+                .contains("`num_key_value_heads`")
+        );
 
         let mut v = smollm2();
         v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 2.0});
-        assert!(parse(v).unwrap_err().to_string().contains("`yarn` is not supported"));
+        assert!(
+            parse(v)
+                .unwrap_err()
+                .to_string()
+                .contains("`yarn` is not supported")
+        );
     }
 
     #[test]

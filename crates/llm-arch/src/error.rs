@@ -7,13 +7,23 @@ use crate::gguf::GgufError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: required config key `{key}` is missing")]
     MissingConfigKey { path: PathBuf, key: String },
     #[error("{path}: config key `{key}`: {reason}")]
-    InvalidConfig { path: PathBuf, key: String, reason: String },
+    InvalidConfig {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
     #[error("{path}: unsupported model_type `{model_type}` (supported: llama, mistral)")]
     UnsupportedModelType { path: PathBuf, model_type: String },
     #[error("{path}: not a valid safetensors file: {reason}")]
@@ -21,11 +31,24 @@ pub enum Error {
     #[error("{path}: tensor `{name}` is missing")]
     MissingTensor { path: PathBuf, name: String },
     #[error("{path}: unexpected tensor `{name}` (not part of a {arch} model with this config)")]
-    UnexpectedTensor { path: PathBuf, name: String, arch: String },
+    UnexpectedTensor {
+        path: PathBuf,
+        name: String,
+        arch: String,
+    },
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("{path}: tensor `{name}` has dtype {dtype}, expected F32, BF16 or F16")]
-    UnsupportedTensorDType { path: PathBuf, name: String, dtype: String },
+    UnsupportedTensorDType {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
     #[error("{path}: no model.safetensors, model.safetensors.index.json or .gguf file found")]
     NoWeights { path: PathBuf },
     #[error(transparent)]
@@ -45,6 +68,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

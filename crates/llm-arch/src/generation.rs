@@ -65,14 +65,23 @@ pub struct GenerationOutput {
 /// Apply the repetition penalty, temperature, top-k and top-p to `logits` and pick a token.
 ///
 /// `history` is the prompt plus the tokens generated so far.
-pub fn sample_token(logits: &mut [f32], history: &[u32], config: &GenerationConfig, rng: &mut StdRng) -> u32 {
+pub fn sample_token(
+    logits: &mut [f32],
+    history: &[u32],
+    config: &GenerationConfig,
+    rng: &mut StdRng,
+) -> u32 {
     if config.repetition_penalty != 1.0 {
         let mut seen = std::collections::HashSet::new();
         for &t in history {
-            if seen.insert(t) {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l < 0.0 { *l * config.repetition_penalty } else { *l / config.repetition_penalty };
-                }
+            if seen.insert(t)
+                && let Some(l) = logits.get_mut(t as usize)
+            {
+                *l = if *l < 0.0 {
+                    *l * config.repetition_penalty
+                } else {
+                    *l / config.repetition_penalty
+                };
             }
         }
     }
@@ -89,7 +98,10 @@ pub fn sample_token(logits: &mut [f32], history: &[u32], config: &GenerationConf
         keep = keep.min(k);
     }
     let max = logits[order[0]];
-    let probs: Vec<f64> = order[..keep].iter().map(|&i| ((logits[i] - max) as f64).exp()).collect();
+    let probs: Vec<f64> = order[..keep]
+        .iter()
+        .map(|&i| ((logits[i] - max) as f64).exp())
+        .collect();
     let total: f64 = probs.iter().sum();
     let mut probs: Vec<f64> = probs.into_iter().map(|p| p / total).collect();
     if let Some(top_p) = config.top_p.filter(|&p| p < 1.0) {
@@ -143,11 +155,20 @@ pub fn generate(
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<GenerationOutput>> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(Error::InvalidInput("every prompt needs at least one token".into()));
+        return Err(Error::InvalidInput(
+            "every prompt needs at least one token".into(),
+        ));
     }
     let vocab = model.config().vocab_size;
-    if let Some(&t) = prompts.iter().flatten().chain([&config.pad_token_id]).find(|&&t| t as usize >= vocab) {
-        return Err(Error::InvalidInput(format!("token id {t} is outside the model's vocabulary of {vocab}")));
+    if let Some(&t) = prompts
+        .iter()
+        .flatten()
+        .chain([&config.pad_token_id])
+        .find(|&&t| t as usize >= vocab)
+    {
+        return Err(Error::InvalidInput(format!(
+            "token id {t} is outside the model's vocabulary of {vocab}"
+        )));
     }
     if !config.stop_strings.is_empty() && tokenizer.is_none() {
         return Err(Error::InvalidInput("stop strings need a tokenizer".into()));
@@ -161,18 +182,29 @@ pub fn generate(
         let pad = max_len - p.len();
         ids.extend(std::iter::repeat_n(config.pad_token_id as i64, pad));
         ids.extend(p.iter().map(|&t| t as i64));
-        mask.push(std::iter::repeat_n(0u8, pad).chain(std::iter::repeat_n(1u8, p.len())).collect());
+        mask.push(
+            std::iter::repeat_n(0u8, pad)
+                .chain(std::iter::repeat_n(1u8, p.len()))
+                .collect(),
+        );
     }
     let mut cache = KvCache::new(model.config().num_hidden_layers);
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut history: Vec<Vec<u32>> = prompts.to_vec();
     let mut outputs: Vec<GenerationOutput> = (0..b)
-        .map(|_| GenerationOutput { tokens: vec![], text: None, finish_reason: FinishReason::Length })
+        .map(|_| GenerationOutput {
+            tokens: vec![],
+            text: None,
+            finish_reason: FinishReason::Length,
+        })
         .collect();
     let mut done = vec![false; b];
     let mut input = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, max_len]), &device);
     for _step in 0..config.max_new_tokens {
-        let options = ForwardOptions { attention_mask: Some(mask.clone()), position_ids: None };
+        let options = ForwardOptions {
+            attention_mask: Some(mask.clone()),
+            position_ids: None,
+        };
         let hidden = model.forward_hidden(input, &options, Some(&mut cache))?;
         let [_, s, h] = hidden.dims();
         let logits = model.lm_head(hidden.narrow(1, s - 1, 1).reshape([b, 1, h]));
@@ -199,7 +231,12 @@ pub fn generate(
                 outputs[row].finish_reason = FinishReason::Eos;
             } else if let Some(tok) = tokenizer.filter(|_| !config.stop_strings.is_empty()) {
                 let text = tok.decode(&outputs[row].tokens, false)?;
-                if let Some(cut) = config.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+                if let Some(cut) = config
+                    .stop_strings
+                    .iter()
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min()
+                {
                     done[row] = true;
                     outputs[row].finish_reason = FinishReason::StopString;
                     outputs[row].text = Some(text[..cut].to_string());
@@ -231,8 +268,14 @@ mod tests {
     fn greedy_is_argmax_and_penalty_follows_hf() {
         let mut rng = StdRng::seed_from_u64(0);
         let cfg = GenerationConfig::default();
-        assert_eq!(sample_token(&mut [0.1, 2.0, 2.0, -1.0], &[], &cfg, &mut rng), 1);
-        let cfg = GenerationConfig { repetition_penalty: 2.0, ..Default::default() };
+        assert_eq!(
+            sample_token(&mut [0.1, 2.0, 2.0, -1.0], &[], &cfg, &mut rng),
+            1
+        );
+        let cfg = GenerationConfig {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
         let mut logits = [3.0, 2.0, -1.0];
         // token 0: 3/2 = 1.5 < 2 → token 1 wins; token 2 (negative) is multiplied.
         assert_eq!(sample_token(&mut logits, &[0, 2], &cfg, &mut rng), 1);
@@ -243,26 +286,49 @@ mod tests {
     fn top_k_one_and_tiny_top_p_are_greedy_and_seeds_repeat() {
         let logits = [0.5f32, 1.5, 1.4, -3.0, 0.0];
         for cfg in [
-            GenerationConfig { temperature: 1.0, top_k: Some(1), ..Default::default() },
-            GenerationConfig { temperature: 1.0, top_p: Some(1e-6), ..Default::default() },
+            GenerationConfig {
+                temperature: 1.0,
+                top_k: Some(1),
+                ..Default::default()
+            },
+            GenerationConfig {
+                temperature: 1.0,
+                top_p: Some(1e-6),
+                ..Default::default()
+            },
         ] {
             for seed in 0..20 {
                 let mut rng = StdRng::seed_from_u64(seed);
                 assert_eq!(sample_token(&mut logits.clone(), &[], &cfg, &mut rng), 1);
             }
         }
-        let cfg = GenerationConfig { temperature: 1.0, ..Default::default() };
+        let cfg = GenerationConfig {
+            temperature: 1.0,
+            ..Default::default()
+        };
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..50).map(|_| sample_token(&mut logits.clone(), &[], &cfg, &mut rng)).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| sample_token(&mut logits.clone(), &[], &cfg, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
-        assert!(draw(7).iter().any(|&t| t != 1), "sampling at T=1 is not greedy");
+        assert!(
+            draw(7).iter().any(|&t| t != 1),
+            "sampling at T=1 is not greedy"
+        );
         // top_k = 2 only ever yields the two best tokens.
-        let cfg = GenerationConfig { temperature: 5.0, top_k: Some(2), ..Default::default() };
+        let cfg = GenerationConfig {
+            temperature: 5.0,
+            top_k: Some(2),
+            ..Default::default()
+        };
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..200 {
-            assert!(matches!(sample_token(&mut logits.clone(), &[], &cfg, &mut rng), 1 | 2));
+            assert!(matches!(
+                sample_token(&mut logits.clone(), &[], &cfg, &mut rng),
+                1 | 2
+            ));
         }
     }
 }

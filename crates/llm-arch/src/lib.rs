@@ -5,10 +5,10 @@
 //!   [`gguf`] reads llama.cpp GGUF files.
 //! * [`Tokenizer`], [`ChatTemplate`] and [`generation`] turn text into ids and back.
 
-pub mod gguf;
 pub mod cache;
 pub mod config;
 mod error;
+pub mod gguf;
 pub mod llama;
 pub mod rope;
 
@@ -16,8 +16,8 @@ pub use cache::KvCache;
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use llama::{ForwardOptions, LlamaForCausalLM};
-pub mod checkpoint;
 pub mod chat_template;
+pub mod checkpoint;
 pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};

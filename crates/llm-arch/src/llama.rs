@@ -90,7 +90,11 @@ impl Attention {
             Some(mask) => {
                 let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
                 let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+                let options = AttentionModuleOptions {
+                    scale: None,
+                    softcap: None,
+                    is_causal: false,
+                };
                 attention(q, k, v, Some(mask), None, options).swap_dims(1, 2)
             }
         };
@@ -116,7 +120,10 @@ impl DecoderLayer {
         mask: Option<Tensor<4, Bool>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -155,16 +162,26 @@ pub struct LlamaForCausalLM {
 }
 
 fn linear(w: Tensor<2>) -> Linear {
-    Linear { weight: Param::from_tensor(w), bias: None }
+    Linear {
+        weight: Param::from_tensor(w),
+        bias: None,
+    }
 }
 
 impl LlamaForCausalLM {
     /// A randomly initialised model (normal, std 0.02 like HF's `initializer_range`; norms 1).
     pub fn init(config: &ModelConfig, device: &Device) -> Self {
-        let rand = |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 0.02), device);
-        let norm = || RmsNorm { weight: Param::from_tensor(Tensor::ones([config.hidden_size], device)), eps: config.rms_norm_eps };
+        let rand =
+            |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 0.02), device);
+        let norm = || RmsNorm {
+            weight: Param::from_tensor(Tensor::ones([config.hidden_size], device)),
+            eps: config.rms_norm_eps,
+        };
         let (hs, hd) = (config.hidden_size, config.head_dim);
-        let (q, kv) = (config.num_attention_heads * hd, config.num_key_value_heads * hd);
+        let (q, kv) = (
+            config.num_attention_heads * hd,
+            config.num_key_value_heads * hd,
+        );
         let layers = (0..config.num_hidden_layers)
             .map(|_| DecoderLayer {
                 input_layernorm: norm(),
@@ -186,7 +203,9 @@ impl LlamaForCausalLM {
             })
             .collect();
         let model = LlamaModel {
-            embed_tokens: Embedding { weight: Param::from_tensor(rand([config.vocab_size, hs])) },
+            embed_tokens: Embedding {
+                weight: Param::from_tensor(rand([config.vocab_size, hs])),
+            },
             layers,
             norm: norm(),
         };
@@ -197,7 +216,12 @@ impl LlamaForCausalLM {
     /// Assemble a model from loaded modules.
     pub fn from_parts(config: ModelConfig, model: LlamaModel, lm_head: Option<Linear>) -> Self {
         let rope = RotaryEmbedding::new(&config);
-        Self { model, lm_head, config, rope }
+        Self {
+            model,
+            lm_head,
+            config,
+            rope,
+        }
     }
 
     /// The architecture config.
@@ -214,7 +238,11 @@ impl LlamaForCausalLM {
     ///
     /// # Errors
     /// Inconsistent mask / position shapes.
-    pub fn forward(&self, input_ids: Tensor<2, Int>, options: &ForwardOptions) -> Result<Tensor<3>> {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        options: &ForwardOptions,
+    ) -> Result<Tensor<3>> {
         let hidden = self.forward_hidden(input_ids, options, None)?;
         Ok(self.lm_head(hidden))
     }
@@ -224,7 +252,12 @@ impl LlamaForCausalLM {
     ///
     /// # Errors
     /// Inconsistent mask / position shapes or a cache built for another model.
-    pub fn forward_cached(&self, input_ids: Tensor<2, Int>, options: &ForwardOptions, cache: &mut KvCache) -> Result<Tensor<3>> {
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<2, Int>,
+        options: &ForwardOptions,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>> {
         let hidden = self.forward_hidden(input_ids, options, Some(cache))?;
         Ok(self.lm_head(hidden))
     }
@@ -233,24 +266,52 @@ impl LlamaForCausalLM {
     ///
     /// # Errors
     /// See [`forward_cached`](Self::forward_cached).
-    pub fn forward_hidden(&self, input_ids: Tensor<2, Int>, options: &ForwardOptions, mut cache: Option<&mut KvCache>) -> Result<Tensor<3>> {
+    pub fn forward_hidden(
+        &self,
+        input_ids: Tensor<2, Int>,
+        options: &ForwardOptions,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
         let [b, s] = input_ids.dims();
+        if b == 0 || s == 0 {
+            return Err(Error::InvalidInput(format!(
+                "input_ids must be non-empty, got [{b}, {s}]"
+            )));
+        }
+        // An id past the vocabulary would index out of the embedding table (a panic in the
+        // backend); the ids are few, so checking them on the host is cheap.
+        let max_id = input_ids.clone().max().into_scalar::<i64>();
+        let min_id = input_ids.clone().min().into_scalar::<i64>();
+        if min_id < 0 || max_id >= self.config.vocab_size as i64 {
+            let bad = if min_id < 0 { min_id } else { max_id };
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
         let past = cache.as_ref().map_or(0, |c| c.len);
-        if let Some(c) = cache.as_ref() {
-            if c.layers.len() != self.model.layers.len() {
-                return Err(Error::InvalidInput(format!(
-                    "KV cache has {} layers, the model {}",
-                    c.layers.len(),
-                    self.model.layers.len()
-                )));
-            }
+        if let Some(c) = cache.as_ref()
+            && c.layers.len() != self.model.layers.len()
+        {
+            return Err(Error::InvalidInput(format!(
+                "KV cache has {} layers, the model {}",
+                c.layers.len(),
+                self.model.layers.len()
+            )));
         }
         let device = self.device();
         let positions = self.positions(b, s, past, options)?;
         let (cos, sin) = self.rope.tables(&positions, &device);
         let dtype = self.model.embed_tokens.weight.val().dtype();
         let (cos, sin) = (cos.cast(dtype), sin.cast(dtype));
-        let mask = build_mask(b, s, past, options.attention_mask.as_deref(), self.config.sliding_window, &device)?;
+        let mask = build_mask(
+            b,
+            s,
+            past,
+            options.attention_mask.as_deref(),
+            self.config.sliding_window,
+            &device,
+        )?;
         let mut x = self.model.embed_tokens.forward(input_ids);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
@@ -270,15 +331,26 @@ impl LlamaForCausalLM {
                 let [b, s, h] = hidden.dims();
                 let w = self.model.embed_tokens.weight.val();
                 let v = w.dims()[0];
-                hidden.reshape([b * s, h]).matmul(w.transpose()).reshape([b, s, v])
+                hidden
+                    .reshape([b * s, h])
+                    .matmul(w.transpose())
+                    .reshape([b, s, v])
             }
         }
     }
 
-    fn positions(&self, b: usize, s: usize, past: usize, options: &ForwardOptions) -> Result<Vec<Vec<usize>>> {
+    fn positions(
+        &self,
+        b: usize,
+        s: usize,
+        past: usize,
+        options: &ForwardOptions,
+    ) -> Result<Vec<Vec<usize>>> {
         if let Some(p) = &options.position_ids {
             if p.len() != b || p.iter().any(|r| r.len() != s) {
-                return Err(Error::InvalidInput(format!("position_ids must be [{b}, {s}]")));
+                return Err(Error::InvalidInput(format!(
+                    "position_ids must be [{b}, {s}]"
+                )));
             }
             return Ok(p.clone());
         }
@@ -331,7 +403,7 @@ fn build_mask(
     let padding = match padding {
         Some(p) => {
             check_mask_shape(p, b, total)?;
-            Some(p).filter(|p| p.iter().any(|r| r.iter().any(|&m| m == 0)))
+            Some(p).filter(|p| p.iter().any(|r| r.contains(&0)))
         }
         None => None,
     };
@@ -351,5 +423,8 @@ fn build_mask(
             }
         }
     }
-    Ok(Some(Tensor::from_data(TensorData::new(data, [b, 1, s, total]), device)))
+    Ok(Some(Tensor::from_data(
+        TensorData::new(data, [b, 1, s, total]),
+        device,
+    )))
 }

@@ -7,7 +7,9 @@ use burn::tensor::Device;
 use serde_json::{Value, json};
 use temper_backend::FloatPrecision;
 
-use crate::checkpoint::{MemorySource, SafetensorsSource, load_weights, save_safetensors, write_atomic};
+use crate::checkpoint::{
+    MemorySource, SafetensorsSource, load_weights, save_safetensors, write_atomic,
+};
 use crate::gguf::{GgufFile, chat_template as gguf_chat_template, hf_config, special_tokens};
 use crate::{ChatTemplate, Error, LlamaForCausalLM, ModelConfig, Result, Tokenizer};
 
@@ -32,7 +34,10 @@ pub struct Pretrained {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json { path: path.to_path_buf(), source })
+    serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A token in `tokenizer_config.json` is a string or an `AddedToken` object with `content`.
@@ -46,7 +51,11 @@ fn token_string(v: Option<&Value>) -> Option<String> {
 
 fn ids(v: Option<&Value>) -> Vec<u32> {
     match v {
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|n| n as u32)
+            .collect(),
         Some(v) => v.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
         None => vec![],
     }
@@ -57,17 +66,29 @@ impl Pretrained {
     ///
     /// # Errors
     /// Any loading error, naming the file, key or tensor.
-    pub fn load(path: impl AsRef<Path>, device: &Device, precision: FloatPrecision) -> Result<Self> {
+    pub fn load(
+        path: impl AsRef<Path>,
+        device: &Device,
+        precision: FloatPrecision,
+    ) -> Result<Self> {
         let path = path.as_ref();
-        let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let is_gguf = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
         if is_gguf {
             Self::load_gguf(path, device, precision)
         } else if path.is_dir() {
             Self::load_dir(path, device, precision)
         } else if path.exists() {
-            Err(Error::InvalidInput(format!("{}: expected an HF model directory or a .gguf file", path.display())))
+            Err(Error::InvalidInput(format!(
+                "{}: expected an HF model directory or a .gguf file",
+                path.display()
+            )))
         } else {
-            Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")))
+            Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ))
         }
     }
 
@@ -80,9 +101,13 @@ impl Pretrained {
         let config = ModelConfig::from_json(&hf_config(&file)?, path)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let st = special_tokens(&file);
-        let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
-        let chat_template =
-            gguf_chat_template(&file).map(|t| ChatTemplate::new(t, name(st.bos), name(st.eos))).transpose()?;
+        let name = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.id_to_token(i))
+                .unwrap_or_default()
+        };
+        let chat_template = gguf_chat_template(&file)
+            .map(|t| ChatTemplate::new(t, name(st.bos), name(st.eos)))
+            .transpose()?;
         let mut source = MemorySource::from_gguf(&file)?;
         drop(file);
         let model = load_weights(&config, &mut source, device, precision)?;
@@ -91,7 +116,13 @@ impl Pretrained {
             eos: st.eos.into_iter().collect(),
             pad: st.pad,
         };
-        Ok(Self { model, tokenizer, chat_template, special, source: path.to_path_buf() })
+        Ok(Self {
+            model,
+            tokenizer,
+            chat_template,
+            special,
+            source: path.to_path_buf(),
+        })
     }
 
     /// Load an HF directory: `config.json`, safetensors weights, `tokenizer.json`, and when
@@ -103,42 +134,75 @@ impl Pretrained {
         let config = ModelConfig::from_file(dir.join("config.json"))?;
         let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
         let tok_config_path = dir.join("tokenizer_config.json");
-        let tok_config = if tok_config_path.exists() { Some(read_json(&tok_config_path)?) } else { None };
-        let bos_token = tok_config.as_ref().and_then(|c| token_string(c.get("bos_token"))).unwrap_or_default();
-        let eos_token = tok_config.as_ref().and_then(|c| token_string(c.get("eos_token"))).unwrap_or_default();
+        let tok_config = if tok_config_path.exists() {
+            Some(read_json(&tok_config_path)?)
+        } else {
+            None
+        };
+        let bos_token = tok_config
+            .as_ref()
+            .and_then(|c| token_string(c.get("bos_token")))
+            .unwrap_or_default();
+        let eos_token = tok_config
+            .as_ref()
+            .and_then(|c| token_string(c.get("eos_token")))
+            .unwrap_or_default();
         let jinja_path = dir.join("chat_template.jinja");
         let template_source = if jinja_path.exists() {
             Some(std::fs::read_to_string(&jinja_path).map_err(|e| Error::io(&jinja_path, e))?)
         } else {
-            tok_config.as_ref().and_then(|c| match c.get("chat_template") {
-                Some(Value::String(s)) => Some(s.clone()),
-                // Named templates: [{"name": "default", "template": ...}, ...]
-                Some(Value::Array(list)) => list
-                    .iter()
-                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                    .or_else(|| list.first())
-                    .and_then(|t| t.get("template"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                _ => None,
-            })
+            tok_config
+                .as_ref()
+                .and_then(|c| match c.get("chat_template") {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    // Named templates: [{"name": "default", "template": ...}, ...]
+                    Some(Value::Array(list)) => list
+                        .iter()
+                        .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                        .or_else(|| list.first())
+                        .and_then(|t| t.get("template"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    _ => None,
+                })
         };
-        let chat_template = template_source.map(|t| ChatTemplate::new(t, &bos_token, &eos_token)).transpose()?;
+        let chat_template = template_source
+            .map(|t| ChatTemplate::new(t, &bos_token, &eos_token))
+            .transpose()?;
         let gen_path = dir.join("generation_config.json");
-        let gen_config = if gen_path.exists() { Some(read_json(&gen_path)?) } else { None };
-        let mut eos = gen_config.as_ref().map(|g| ids(g.get("eos_token_id"))).unwrap_or_default();
+        let gen_config = if gen_path.exists() {
+            Some(read_json(&gen_path)?)
+        } else {
+            None
+        };
+        let mut eos = gen_config
+            .as_ref()
+            .map(|g| ids(g.get("eos_token_id")))
+            .unwrap_or_default();
         if eos.is_empty() {
             eos = config.eos_token_ids.clone();
         }
-        let add_bos = tok_config.as_ref().and_then(|c| c.get("add_bos_token")).and_then(Value::as_bool);
+        let add_bos = tok_config
+            .as_ref()
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(Value::as_bool);
         let special = SpecialTokens {
             bos: config.bos_token_id.filter(|_| add_bos == Some(true)),
             eos,
-            pad: gen_config.as_ref().and_then(|g| ids(g.get("pad_token_id")).first().copied()).or(config.pad_token_id),
+            pad: gen_config
+                .as_ref()
+                .and_then(|g| ids(g.get("pad_token_id")).first().copied())
+                .or(config.pad_token_id),
         };
         let mut source = SafetensorsSource::open_dir(dir)?;
         let model = load_weights(&config, &mut source, device, precision)?;
-        Ok(Self { model, tokenizer, chat_template, special, source: dir.to_path_buf() })
+        Ok(Self {
+            model,
+            tokenizer,
+            chat_template,
+            special,
+            source: dir.to_path_buf(),
+        })
     }
 
     /// Save as an HF directory that `Pretrained::load` and transformers both read:
@@ -162,7 +226,10 @@ impl Pretrained {
         }
         let pretty = |v: &Value| serde_json::to_vec_pretty(v).unwrap_or_default();
         save_safetensors(&self.model, &dir.join("model.safetensors"), dtype)?;
-        write_atomic(&dir.join("tokenizer.json"), self.tokenizer.to_json()?.as_bytes())?;
+        write_atomic(
+            &dir.join("tokenizer.json"),
+            self.tokenizer.to_json()?.as_bytes(),
+        )?;
         let token = |id: Option<u32>| id.and_then(|i| self.tokenizer.id_to_token(i));
         let mut tok_config = json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
@@ -192,7 +259,10 @@ impl Pretrained {
         }
         write_atomic(&dir.join("generation_config.json"), &pretty(&gen_config))?;
         // config.json last: a directory with a config.json is a complete one.
-        write_atomic(&dir.join("config.json"), &pretty(&config.to_json(torch_dtype)))?;
+        write_atomic(
+            &dir.join("config.json"),
+            &pretty(&config.to_json(torch_dtype)),
+        )?;
         Ok(())
     }
 }

@@ -24,7 +24,12 @@ impl RotaryEmbedding {
         match &config.rope_scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= factor),
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
                 let old = *original_max_position_embeddings as f64;
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
@@ -35,13 +40,16 @@ impl RotaryEmbedding {
                     } else if wavelen > low_wavelen {
                         *f / factor
                     } else {
-                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * *f / factor + smooth * *f
                     };
                 }
             }
         }
-        Self { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect() }
+        Self {
+            inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(),
+        }
     }
 
     /// `cos` and `sin` tables `[batch, seq, head_dim/2]` for the given positions

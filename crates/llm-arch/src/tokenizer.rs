@@ -15,7 +15,10 @@ pub struct Tokenizer {
 }
 
 fn err(origin: &str, e: impl std::fmt::Display) -> Error {
-    Error::Tokenizer { origin: origin.to_string(), reason: e.to_string() }
+    Error::Tokenizer {
+        origin: origin.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 impl Tokenizer {
@@ -35,7 +38,11 @@ impl Tokenizer {
     /// Parse errors.
     pub fn from_json_str(json: &str, origin: &str) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_str(json).map_err(|e| err(origin, e))?;
-        Ok(Self { inner, origin: origin.to_string(), json: Some(json.to_string()) })
+        Ok(Self {
+            inner,
+            origin: origin.to_string(),
+            json: Some(json.to_string()),
+        })
     }
 
     /// Build the byte-level BPE tokenizer described by GGUF metadata (`tokenizer.ggml.*`).
@@ -52,7 +59,12 @@ impl Tokenizer {
     /// # Errors
     /// Tokenizer failures.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, add_special_tokens).map_err(|e| err(&self.origin, e))?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| err(&self.origin, e))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Text of `ids`.
@@ -60,7 +72,9 @@ impl Tokenizer {
     /// # Errors
     /// Tokenizer failures.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| err(&self.origin, e))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| err(&self.origin, e))
     }
 
     /// The id of a token string, if it is in the vocabulary.
@@ -82,7 +96,10 @@ impl Tokenizer {
     pub fn to_json(&self) -> Result<String> {
         match &self.json {
             Some(j) => Ok(j.clone()),
-            None => self.inner.to_string(false).map_err(|e| err(&self.origin, e)),
+            None => self
+                .inner
+                .to_string(false)
+                .map_err(|e| err(&self.origin, e)),
         }
     }
 

@@ -9,8 +9,8 @@ use safetensors::{Dtype, SafeTensors};
 use temper_backend::FloatPrecision;
 use temper_llm_arch::checkpoint::{SafetensorsSource, load_weights};
 use temper_llm_arch::{
-    Error, ForwardOptions, GenerationConfig, KvCache, LlamaForCausalLM, ModelConfig, Pretrained, SpecialTokens,
-    Tokenizer, generate,
+    Error, ForwardOptions, GenerationConfig, KvCache, LlamaForCausalLM, ModelConfig, Pretrained,
+    SpecialTokens, Tokenizer, generate,
 };
 
 fn device() -> Device {
@@ -38,7 +38,11 @@ fn saved_dir() -> tempfile::TempDir {
         model: model(),
         tokenizer: Tokenizer::from_json_str(TOKENIZER_JSON, "<test>").unwrap(),
         chat_template: None,
-        special: SpecialTokens { bos: Some(1), eos: vec![2], pad: None },
+        special: SpecialTokens {
+            bos: Some(1),
+            eos: vec![2],
+            pad: None,
+        },
         source: PathBuf::from("<memory>"),
     };
     p.save(dir.path(), FloatPrecision::F32).unwrap();
@@ -61,12 +65,20 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<Entry>)) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut entries: Vec<Entry> =
-        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    let mut entries: Vec<Entry> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
     edit(&mut entries);
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = entries
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
@@ -79,9 +91,15 @@ fn truncated_safetensors_names_the_file() {
     for len in [bytes.len() / 2, bytes.len() - 1, 100, 8, 3, 0] {
         std::fs::write(&path, &bytes[..len]).unwrap();
         let err = load_err(dir.path());
-        assert!(err.contains(&path.display().to_string()), "cut at {len}: {err}");
+        assert!(
+            err.contains(&path.display().to_string()),
+            "cut at {len}: {err}"
+        );
         let err = SafetensorsSource::open_file(&path).unwrap_err().to_string();
-        assert!(err.contains(&path.display().to_string()), "cut at {len}: {err}");
+        assert!(
+            err.contains(&path.display().to_string()),
+            "cut at {len}: {err}"
+        );
     }
 }
 
@@ -96,7 +114,10 @@ fn wrong_shape_names_the_tensor_and_both_shapes() {
     });
     let err = load_err(dir.path());
     assert!(err.contains(&format!("`{name}`")), "{err}");
-    assert!(err.contains("[16, 32]") && err.contains("[32, 16]"), "{err}");
+    assert!(
+        err.contains("[16, 32]") && err.contains("[32, 16]"),
+        "{err}"
+    );
     assert!(err.contains("model.safetensors"), "{err}");
 }
 
@@ -106,18 +127,27 @@ fn missing_tensor_is_named() {
     let name = "model.layers.1.post_attention_layernorm.weight";
     rewrite_weights(dir.path(), |entries| entries.retain(|e| e.0 != name));
     let err = load_err(dir.path());
-    assert!(err.contains(&format!("tensor `{name}` is missing")), "{err}");
+    assert!(
+        err.contains(&format!("tensor `{name}` is missing")),
+        "{err}"
+    );
 }
 
 #[test]
 fn unexpected_tensor_is_named() {
-    for extra in ["model.layers.0.mlp.extra_proj.weight", "model.layers.2.input_layernorm.weight"] {
+    for extra in [
+        "model.layers.0.mlp.extra_proj.weight",
+        "model.layers.2.input_layernorm.weight",
+    ] {
         let dir = saved_dir();
         rewrite_weights(dir.path(), |entries| {
             entries.push((extra.to_string(), Dtype::F32, vec![16], vec![0; 64]));
         });
         let err = load_err(dir.path());
-        assert!(err.contains(&format!("unexpected tensor `{extra}`")), "{err}");
+        assert!(
+            err.contains(&format!("unexpected tensor `{extra}`")),
+            "{err}"
+        );
     }
     // A stored copy of the head in a tied model is ignored, like transformers does.
     let dir = tempfile::tempdir().unwrap();
@@ -132,7 +162,12 @@ fn unexpected_tensor_is_named() {
     };
     p.save(dir.path(), FloatPrecision::F32).unwrap();
     rewrite_weights(dir.path(), |entries| {
-        entries.push(("lm_head.weight".into(), Dtype::F32, vec![16, 16], vec![0; 16 * 16 * 4]));
+        entries.push((
+            "lm_head.weight".into(),
+            Dtype::F32,
+            vec![16, 16],
+            vec![0; 16 * 16 * 4],
+        ));
     });
     let loaded = Pretrained::load(dir.path(), &device(), FloatPrecision::F32).unwrap();
     assert!(loaded.model.lm_head.is_none());
@@ -147,12 +182,16 @@ fn unsupported_dtype_is_named() {
         e.1 = Dtype::I32;
     });
     let err = load_err(dir.path());
-    assert!(err.contains(&format!("`{name}`")) && err.contains("I32"), "{err}");
+    assert!(
+        err.contains(&format!("`{name}`")) && err.contains("I32"),
+        "{err}"
+    );
 }
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let path = dir.join("config.json");
-    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(json.as_object_mut().unwrap());
     std::fs::write(&path, json.to_string()).unwrap();
 }
@@ -164,8 +203,14 @@ fn config_missing_key_is_named() {
         c.remove("hidden_size");
     });
     let err = load_err(dir.path());
-    assert!(err.contains("`hidden_size`") && err.contains("missing"), "{err}");
-    assert!(err.contains(&dir.path().join("config.json").display().to_string()), "{err}");
+    assert!(
+        err.contains("`hidden_size`") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&dir.path().join("config.json").display().to_string()),
+        "{err}"
+    );
 
     let dir = saved_dir();
     edit_config(dir.path(), |c| {
@@ -180,7 +225,10 @@ fn config_missing_key_is_named() {
         c.insert("num_hidden_layers".into(), serde_json::json!(3));
     });
     let err = load_err(dir.path());
-    assert!(err.contains("tensor `model.layers.2.input_layernorm.weight` is missing"), "{err}");
+    assert!(
+        err.contains("tensor `model.layers.2.input_layernorm.weight` is missing"),
+        "{err}"
+    );
 }
 
 /// Absurd sizes in config.json fail on the first missing tensor instead of aborting the
@@ -188,9 +236,18 @@ fn config_missing_key_is_named() {
 #[test]
 fn huge_config_values_fail_cleanly() {
     for (key, missing) in [
-        ("num_hidden_layers", "tensor `model.layers.2.input_layernorm.weight` is missing"),
-        ("vocab_size", "tensor `model.embed_tokens.weight` has shape [16, 16], expected [4000000000, 16]"),
-        ("intermediate_size", "tensor `model.layers.0.mlp.gate_proj.weight` has shape [32, 16], expected [4000000000, 16]"),
+        (
+            "num_hidden_layers",
+            "tensor `model.layers.2.input_layernorm.weight` is missing",
+        ),
+        (
+            "vocab_size",
+            "tensor `model.embed_tokens.weight` has shape [16, 16], expected [4000000000, 16]",
+        ),
+        (
+            "intermediate_size",
+            "tensor `model.layers.0.mlp.gate_proj.weight` has shape [32, 16], expected [4000000000, 16]",
+        ),
     ] {
         let dir = saved_dir();
         edit_config(dir.path(), |c| {
@@ -206,7 +263,10 @@ fn huge_config_values_fail_cleanly() {
         c.insert("head_dim".into(), serde_json::json!(1u64 << 40));
     });
     let err = load_err(dir.path());
-    assert!(err.contains("`head_dim`") && err.contains("overflows"), "{err}");
+    assert!(
+        err.contains("`head_dim`") && err.contains("overflows"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -216,7 +276,10 @@ fn malformed_json_names_the_file() {
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, &text[..text.len() / 2]).unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains(&format!("{}: invalid JSON", path.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}: invalid JSON", path.display())),
+        "{err}"
+    );
     let err = ModelConfig::from_file(&path).unwrap_err().to_string();
     assert!(err.contains(&path.display().to_string()), "{err}");
 
@@ -236,13 +299,19 @@ fn missing_paths_and_weights_are_reported() {
 
     // Empty directory: no config.json.
     let err = load_err(dir.path());
-    assert!(err.contains(&dir.path().join("config.json").display().to_string()), "{err}");
+    assert!(
+        err.contains(&dir.path().join("config.json").display().to_string()),
+        "{err}"
+    );
 
     // config.json and tokenizer.json but no weights.
     let full = saved_dir();
     std::fs::remove_file(full.path().join("model.safetensors")).unwrap();
     let err = load_err(full.path());
-    assert!(err.contains(&full.path().display().to_string()) && err.contains("no model.safetensors"), "{err}");
+    assert!(
+        err.contains(&full.path().display().to_string()) && err.contains("no model.safetensors"),
+        "{err}"
+    );
 
     // A plain file that is neither a directory nor a .gguf.
     let file = dir.path().join("weights.bin");
@@ -259,21 +328,37 @@ fn missing_paths_and_weights_are_reported() {
 #[test]
 fn bad_shard_index_is_reported() {
     let dir = saved_dir();
-    std::fs::rename(dir.path().join("model.safetensors"), dir.path().join("model-00001-of-00001.safetensors"))
-        .unwrap();
+    std::fs::rename(
+        dir.path().join("model.safetensors"),
+        dir.path().join("model-00001-of-00001.safetensors"),
+    )
+    .unwrap();
     let index = dir.path().join("model.safetensors.index.json");
 
-    std::fs::write(&index, r#"{"metadata": {}, "weight_map": {"model.norm.weight": "gone.safetensors"}}"#).unwrap();
+    std::fs::write(
+        &index,
+        r#"{"metadata": {}, "weight_map": {"model.norm.weight": "gone.safetensors"}}"#,
+    )
+    .unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains(&dir.path().join("gone.safetensors").display().to_string()), "{err}");
+    assert!(
+        err.contains(&dir.path().join("gone.safetensors").display().to_string()),
+        "{err}"
+    );
 
     std::fs::write(&index, r#"{"metadata": {}}"#).unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("`weight_map`") && err.contains(&index.display().to_string()), "{err}");
+    assert!(
+        err.contains("`weight_map`") && err.contains(&index.display().to_string()),
+        "{err}"
+    );
 
     std::fs::write(&index, r#"{"weight_map": {"#).unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains(&index.display().to_string()) && err.contains("invalid JSON"), "{err}");
+    assert!(
+        err.contains(&index.display().to_string()) && err.contains("invalid JSON"),
+        "{err}"
+    );
 
     // An index that lists only some tensors: the first unlisted one is missing.
     std::fs::write(
@@ -282,9 +367,14 @@ fn bad_shard_index_is_reported() {
     )
     .unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("tensor `model.layers.0.input_layernorm.weight` is missing"), "{err}");
+    assert!(
+        err.contains("tensor `model.layers.0.input_layernorm.weight` is missing"),
+        "{err}"
+    );
     let mut source = SafetensorsSource::open_dir(dir.path()).unwrap();
-    let err = load_weights(&config(), &mut source, &device(), FloatPrecision::F32).unwrap_err().to_string();
+    let err = load_weights(&config(), &mut source, &device(), FloatPrecision::F32)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&index.display().to_string()), "{err}");
 }
 
@@ -310,15 +400,43 @@ fn tiny_gguf() -> (Vec<u8>, usize) {
         ("general.architecture", 8, gguf_str("llama")),
         ("llama.block_count", 4, 1u32.to_le_bytes().to_vec()),
         ("llama.context_length", 4, 64u32.to_le_bytes().to_vec()),
-        ("llama.embedding_length", 4, (hidden as u32).to_le_bytes().to_vec()),
-        ("llama.feed_forward_length", 4, (inter as u32).to_le_bytes().to_vec()),
-        ("llama.attention.head_count", 4, (heads as u32).to_le_bytes().to_vec()),
-        ("llama.attention.head_count_kv", 4, (kv_heads as u32).to_le_bytes().to_vec()),
-        ("llama.attention.layer_norm_rms_epsilon", 6, 1e-5f32.to_le_bytes().to_vec()),
+        (
+            "llama.embedding_length",
+            4,
+            (hidden as u32).to_le_bytes().to_vec(),
+        ),
+        (
+            "llama.feed_forward_length",
+            4,
+            (inter as u32).to_le_bytes().to_vec(),
+        ),
+        (
+            "llama.attention.head_count",
+            4,
+            (heads as u32).to_le_bytes().to_vec(),
+        ),
+        (
+            "llama.attention.head_count_kv",
+            4,
+            (kv_heads as u32).to_le_bytes().to_vec(),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            6,
+            1e-5f32.to_le_bytes().to_vec(),
+        ),
         ("llama.rope.freq_base", 6, 10000f32.to_le_bytes().to_vec()),
         ("tokenizer.ggml.model", 8, gguf_str("gpt2")),
-        ("tokenizer.ggml.bos_token_id", 4, 1u32.to_le_bytes().to_vec()),
-        ("tokenizer.ggml.eos_token_id", 4, 2u32.to_le_bytes().to_vec()),
+        (
+            "tokenizer.ggml.bos_token_id",
+            4,
+            1u32.to_le_bytes().to_vec(),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id",
+            4,
+            2u32.to_le_bytes().to_vec(),
+        ),
     ];
     let str_array = |items: &[&str]| {
         let mut v = 8u32.to_le_bytes().to_vec();
@@ -384,8 +502,10 @@ fn tiny_gguf() -> (Vec<u8>, usize) {
 fn load_gguf_bytes(dir: &Path, bytes: &[u8], label: &str) -> Result<Pretrained, Error> {
     let path = dir.join("model.gguf");
     std::fs::write(&path, bytes).unwrap();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pretrained::load(&path, &device(), FloatPrecision::F32)))
-        .unwrap_or_else(|_| panic!("Pretrained::load panicked on {label}"))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Pretrained::load(&path, &device(), FloatPrecision::F32)
+    }))
+    .unwrap_or_else(|_| panic!("Pretrained::load panicked on {label}"))
 }
 
 #[test]
@@ -400,12 +520,17 @@ fn corrupt_gguf_is_an_error_not_a_panic() {
     let path = dir.path().join("model.gguf");
 
     // Every truncation is an error naming the file.
-    let cuts = (0..64).chain((64..data_start).step_by(3)).chain((data_start..good.len()).step_by(37));
+    let cuts = (0..64)
+        .chain((64..data_start).step_by(3))
+        .chain((data_start..good.len()).step_by(37));
     let cuts = cuts.chain([data_start - 1, good.len() - 1]);
     for len in cuts {
         match load_gguf_bytes(dir.path(), &good[..len], &format!("a copy cut at {len}")) {
             Ok(_) => panic!("a copy cut at {len} of {} bytes loaded", good.len()),
-            Err(e) => assert!(e.to_string().contains(&path.display().to_string()), "cut at {len}: {e}"),
+            Err(e) => assert!(
+                e.to_string().contains(&path.display().to_string()),
+                "cut at {len}: {e}"
+            ),
         }
     }
 
@@ -417,17 +542,23 @@ fn corrupt_gguf_is_an_error_not_a_panic() {
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
         garbage.push((seed >> 16) as u8);
     }
-    let err = load_gguf_bytes(dir.path(), &garbage, "garbage after the header").unwrap_err().to_string();
+    let err = load_gguf_bytes(dir.path(), &garbage, "garbage after the header")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&path.display().to_string()), "{err}");
 
     // Wrong magic and wrong version.
     let mut bad_magic = good.clone();
     bad_magic[..4].copy_from_slice(b"GGML");
-    let err = load_gguf_bytes(dir.path(), &bad_magic, "bad magic").unwrap_err().to_string();
+    let err = load_gguf_bytes(dir.path(), &bad_magic, "bad magic")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a GGUF file"), "{err}");
     let mut v1 = good.clone();
     v1[4..8].copy_from_slice(&1u32.to_le_bytes());
-    let err = load_gguf_bytes(dir.path(), &v1, "version 1").unwrap_err().to_string();
+    let err = load_gguf_bytes(dir.path(), &v1, "version 1")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unsupported GGUF version 1"), "{err}");
 
     // Any single corrupted header byte: an error or a model, never a panic.
@@ -449,7 +580,10 @@ fn corrupt_gguf_is_an_error_not_a_panic() {
 
 fn ids(rows: &[Vec<u32>]) -> Tensor<2, Int> {
     let data: Vec<i64> = rows.iter().flatten().map(|&t| i64::from(t)).collect();
-    Tensor::from_data(TensorData::new(data, [rows.len(), rows[0].len()]), &device())
+    Tensor::from_data(
+        TensorData::new(data, [rows.len(), rows[0].len()]),
+        &device(),
+    )
 }
 
 fn invalid_input(r: Result<Tensor<3>, Error>) -> String {
@@ -464,32 +598,57 @@ fn invalid_input(r: Result<Tensor<3>, Error>) -> String {
 fn bad_forward_inputs_are_invalid_input() {
     let m = model();
     let row = vec![vec![1, 2, 3, 4, 5]];
-    let opts = |mask: Vec<Vec<u8>>| ForwardOptions { attention_mask: Some(mask), position_ids: None };
+    let opts = |mask: Vec<Vec<u8>>| ForwardOptions {
+        attention_mask: Some(mask),
+        position_ids: None,
+    };
 
     let err = invalid_input(m.forward(ids(&row), &opts(vec![vec![1, 1, 1, 1]])));
-    assert!(err.contains("invalid input: attention_mask must be [batch 1, past + seq 5], got [1, 4]"), "{err}");
+    assert!(
+        err.contains("invalid input: attention_mask must be [batch 1, past + seq 5], got [1, 4]"),
+        "{err}"
+    );
     let err = invalid_input(m.forward(ids(&row), &opts(vec![vec![1; 5], vec![1; 5]])));
-    assert!(err.contains("attention_mask must be [batch 1, past + seq 5], got [2, 5]"), "{err}");
+    assert!(
+        err.contains("attention_mask must be [batch 1, past + seq 5], got [2, 5]"),
+        "{err}"
+    );
     let err = invalid_input(m.forward(ids(&row), &opts(vec![])));
-    assert!(err.contains("attention_mask must be [batch 1, past + seq 5], got [0, 0]"), "{err}");
+    assert!(
+        err.contains("attention_mask must be [batch 1, past + seq 5], got [0, 0]"),
+        "{err}"
+    );
     // Ragged rows: the second row is short.
     let two = vec![vec![1, 2, 3], vec![4, 5, 6]];
     let err = invalid_input(m.forward(ids(&two), &opts(vec![vec![1, 1, 1], vec![1, 1]])));
-    assert!(err.contains("attention_mask must be [batch 2, past + seq 3]"), "{err}");
+    assert!(
+        err.contains("attention_mask must be [batch 2, past + seq 3]"),
+        "{err}"
+    );
     // With explicit positions the mask is still checked.
-    let both = ForwardOptions { attention_mask: Some(vec![vec![1; 4]]), position_ids: Some(vec![(0..5).collect()]) };
+    let both = ForwardOptions {
+        attention_mask: Some(vec![vec![1; 4]]),
+        position_ids: Some(vec![(0..5).collect()]),
+    };
     let err = invalid_input(m.forward(ids(&row), &both));
     assert!(err.contains("attention_mask must be"), "{err}");
 
-    let positions = ForwardOptions { attention_mask: None, position_ids: Some(vec![vec![0, 1, 2]]) };
+    let positions = ForwardOptions {
+        attention_mask: None,
+        position_ids: Some(vec![vec![0, 1, 2]]),
+    };
     let err = invalid_input(m.forward(ids(&row), &positions));
     assert!(err.contains("position_ids must be [1, 5]"), "{err}");
 
     // A cached forward: the mask must cover the cached positions too.
     let mut cache = KvCache::new(2);
-    m.forward_cached(ids(&row), &ForwardOptions::default(), &mut cache).unwrap();
+    m.forward_cached(ids(&row), &ForwardOptions::default(), &mut cache)
+        .unwrap();
     let err = invalid_input(m.forward_cached(ids(&[vec![6]]), &opts(vec![vec![1]]), &mut cache));
-    assert!(err.contains("attention_mask must be [batch 1, past + seq 6], got [1, 1]"), "{err}");
+    assert!(
+        err.contains("attention_mask must be [batch 1, past + seq 6], got [1, 1]"),
+        "{err}"
+    );
     assert_eq!(cache.len(), 5, "a rejected step must not grow the cache");
 
     let mut wrong = KvCache::new(3);
@@ -500,23 +659,66 @@ fn bad_forward_inputs_are_invalid_input() {
 #[test]
 fn bad_generate_inputs_are_errors() {
     let m = model();
-    let cfg = GenerationConfig { max_new_tokens: 2, ..Default::default() };
+    let cfg = GenerationConfig {
+        max_new_tokens: 2,
+        ..Default::default()
+    };
     for prompts in [vec![], vec![vec![]], vec![vec![1, 2], vec![]]] {
         let err = generate(&m, None, &prompts, &cfg, |_, _| {}).unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{err}");
-        assert!(err.to_string().contains("every prompt needs at least one token"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("every prompt needs at least one token"),
+            "{err}"
+        );
     }
-    let stop = GenerationConfig { stop_strings: vec!["x".into()], ..cfg.clone() };
-    let err = generate(&m, None, &[vec![1]], &stop, |_, _| {}).unwrap_err().to_string();
+    let stop = GenerationConfig {
+        stop_strings: vec!["x".into()],
+        ..cfg.clone()
+    };
+    let err = generate(&m, None, &[vec![1]], &stop, |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("stop strings need a tokenizer"), "{err}");
     // Ids the embedding does not have (vocab 16) are rejected before the forward pass.
-    let err = generate(&m, None, &[vec![1, 2], vec![3, 16]], &cfg, |_, _| {}).unwrap_err().to_string();
-    assert!(err.contains("token id 16 is outside the model's vocabulary of 16"), "{err}");
-    let bad_pad = GenerationConfig { pad_token_id: 99, ..cfg.clone() };
-    let err = generate(&m, None, &[vec![1, 2], vec![3]], &bad_pad, |_, _| {}).unwrap_err().to_string();
+    let err = generate(&m, None, &[vec![1, 2], vec![3, 16]], &cfg, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token id 16 is outside the model's vocabulary of 16"),
+        "{err}"
+    );
+    let bad_pad = GenerationConfig {
+        pad_token_id: 99,
+        ..cfg.clone()
+    };
+    let err = generate(&m, None, &[vec![1, 2], vec![3]], &bad_pad, |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("token id 99 is outside"), "{err}");
     // Zero new tokens is not an error: nothing is generated.
-    let none = GenerationConfig { max_new_tokens: 0, ..cfg };
+    let none = GenerationConfig {
+        max_new_tokens: 0,
+        ..cfg
+    };
     let out = generate(&m, None, &[vec![1, 2]], &none, |_, _| {}).unwrap();
     assert!(out[0].tokens.is_empty());
+}
+
+#[test]
+fn token_ids_outside_the_vocabulary_are_invalid_input() {
+    let m = model(); // vocab 16
+    let err = invalid_input(m.forward(ids(&[vec![1, 2, 16]]), &ForwardOptions::default()));
+    assert!(
+        err.contains("token id 16 is outside the model's vocabulary of 16"),
+        "{err}"
+    );
+    let negative = Tensor::<2, Int>::from_data(TensorData::new(vec![-1i64, 2], [1, 2]), &device());
+    let err = invalid_input(m.forward(negative, &ForwardOptions::default()));
+    assert!(err.contains("token id -1 is outside"), "{err}");
+    // The boundary id is fine.
+    assert!(
+        m.forward(ids(&[vec![0, 15]]), &ForwardOptions::default())
+            .is_ok()
+    );
 }

