@@ -153,10 +153,10 @@ impl FusedOps for Flex {
 /// See [`FusedOps::causal_attention`]. Query `i` sits at key position `t - s + i` and sees keys
 /// `0..=t - s + i` (bottom-right aligned, as in cached decoding).
 ///
-/// Per (batch, kv head) the keys are transposed once to `[d, t]`, so the scores of a query are
-/// `d` contiguous axpy passes over the visible keys (vectorises without horizontal sums), and
-/// the output is a sum of value rows; future keys are never touched, which halves the work of a
-/// causal prefill compared with masking a full score matrix. Rows run in parallel.
+/// A task takes a block of query rows of one head: its scores are one gemm against the visible
+/// keys only (future key blocks are never computed, which halves a causal prefill compared with
+/// masking a full score matrix), then a row softmax, then one gemm with the values. Keys and
+/// values are read in place through strides: grouped-query heads share them without copies.
 fn causal_attention_f32(
     q: &[f32],
     k: &[f32],
@@ -165,117 +165,100 @@ fn causal_attention_f32(
     [t, kvh]: [usize; 2],
     out: &mut [f32],
 ) {
+    const BLOCK: usize = 64;
     let rep = h / kvh;
-    let scale = 1.0 / (d as f32).sqrt();
-    // kt[(bi * kvh + g) * d * t + dd * t + j] = k[bi, j, g, dd]; vh[(bi * kvh + g) * t * d + j * d + dd].
-    let mut kt = vec![0.0f32; b * kvh * d * t];
-    let mut vh = vec![0.0f32; b * kvh * t * d];
-    kt.par_chunks_mut(d * t)
-        .zip(vh.par_chunks_mut(t * d))
-        .enumerate()
-        .for_each(|(bg, (kt, vh))| {
-            let (bi, g) = (bg / kvh, bg % kvh);
-            for j in 0..t {
-                let src = ((bi * t + j) * kvh + g) * d;
-                for dd in 0..d {
-                    kt[dd * t + j] = k[src + dd];
-                }
-                vh[j * d..(j + 1) * d].copy_from_slice(&v[src..src + d]);
-            }
-        });
     let offset = t - s;
-    // One task per (row, head): decode steps (one row) still use every core.
-    out.par_chunks_mut(d)
-        .enumerate()
-        .with_min_len(4)
-        .for_each(|(idx, oh)| {
-            let (row, head) = (idx / h, idx % h);
-            let (bi, i) = (row / s, row % s);
+    let blocks = s.div_ceil(BLOCK);
+    let scale = 1.0 / (d as f32).sqrt();
+    let results: Vec<(usize, usize, usize, Vec<f32>)> = (0..b * h * blocks)
+        .into_par_iter()
+        .map(|task| {
+            let (bh, blk) = (task / blocks, task % blocks);
+            let (bi, head) = (bh / h, bh % h);
             let g = head / rep;
-            let head = AttentionHead {
-                q: &q[idx * d..(idx + 1) * d],
-                kt: &kt[(bi * kvh + g) * d * t..(bi * kvh + g + 1) * d * t],
-                v: &vh[(bi * kvh + g) * t * d..(bi * kvh + g + 1) * t * d],
-                t,
-                visible: offset + i + 1,
-                scale,
-            };
-            head.run(oh);
-        });
-}
-
-/// One query row of one head: `q` `[d]`, the head's transposed keys `kt` `[d, t]` and values
-/// `v` `[t, d]`, of which the first `visible` positions are attended.
-struct AttentionHead<'a> {
-    q: &'a [f32],
-    kt: &'a [f32],
-    v: &'a [f32],
-    t: usize,
-    visible: usize,
-    scale: f32,
-}
-
-impl AttentionHead<'_> {
-    /// Run with the widest SIMD the CPU has: the loops below are plain Rust, and without
-    /// `target_feature` they would compile to the SSE2 baseline.
-    fn run(&self, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                #[allow(unsafe_code)]
-                // SAFETY: the CPU supports AVX-512F, checked just above.
-                return unsafe { self.run_avx512(out) };
+            let (i0, i1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(s));
+            let rows = i1 - i0;
+            let visible = offset + i1;
+            let mut scores = vec![0.0f32; rows * visible];
+            let q0 = ((bi * s + i0) * h + head) * d;
+            let kv0 = (bi * t * kvh + g) * d;
+            let kv_row = (kvh * d) as isize;
+            #[allow(unsafe_code)]
+            // SAFETY: every pointer/stride pair addresses only inside its slice: `q` rows
+            // `i0..i1` of this head ([rows, d], row stride h·d), `k`/`v` positions `0..visible`
+            // of kv head `g` ([visible, d], row stride kvh·d, visible ≤ t), and `scores`
+            // ([rows, visible], contiguous) which this task owns.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    visible,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    visible as isize,
+                    false,
+                    q[q0..].as_ptr(),
+                    1,
+                    (h * d) as isize,
+                    k[kv0..].as_ptr(),
+                    kv_row,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                #[allow(unsafe_code)]
-                // SAFETY: the CPU supports AVX2, checked just above.
-                return unsafe { self.run_avx2(out) };
+            for r in 0..rows {
+                let row = &mut scores[r * visible..(r + 1) * visible];
+                let (seen, future) = row.split_at_mut(offset + i0 + r + 1);
+                future.iter_mut().for_each(|x| *x = 0.0);
+                let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f32;
+                for x in seen.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                seen.iter_mut().for_each(|x| *x *= inv);
             }
-        }
-        self.compute(out);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn run_avx512(&self, out: &mut [f32]) {
-        self.compute(out);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn run_avx2(&self, out: &mut [f32]) {
-        self.compute(out);
-    }
-
-    #[inline(always)]
-    fn compute(&self, out: &mut [f32]) {
-        let (t, visible) = (self.t, self.visible);
-        let mut scores = vec![0.0f32; visible];
-        for (dd, &qd) in self.q.iter().enumerate() {
-            let krow = &self.kt[dd * t..dd * t + visible];
-            for (sc, kv) in scores.iter_mut().zip(krow) {
-                *sc += qd * kv;
+            let mut o = vec![0.0f32; rows * d];
+            #[allow(unsafe_code)]
+            // SAFETY: `scores` is [rows, visible] contiguous, `v` positions `0..visible` of kv
+            // head `g` as above, `o` is this task's [rows, d] contiguous buffer.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    d,
+                    visible,
+                    o.as_mut_ptr(),
+                    1,
+                    d as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    visible as isize,
+                    v[kv0..].as_ptr(),
+                    1,
+                    kv_row,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
+            (bi, head, i0, o)
+        })
+        .collect();
+    for (bi, head, i0, o) in results {
+        for (r, row) in o.chunks_exact(d).enumerate() {
+            let dst = ((bi * s + i0 + r) * h + head) * d;
+            out[dst..dst + d].copy_from_slice(row);
         }
-        let mut max = f32::NEG_INFINITY;
-        for sc in scores.iter_mut() {
-            *sc *= self.scale;
-            max = max.max(*sc);
-        }
-        let mut sum = 0.0f32;
-        for sc in scores.iter_mut() {
-            *sc = (*sc - max).exp();
-            sum += *sc;
-        }
-        let d = out.len();
-        out.iter_mut().for_each(|x| *x = 0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            for (x, vv) in out.iter_mut().zip(&self.v[j * d..(j + 1) * d]) {
-                *x += p * vv;
-            }
-        }
-        let inv = 1.0 / sum;
-        out.iter_mut().for_each(|x| *x *= inv);
     }
 }
 
@@ -370,6 +353,20 @@ mod tests {
             let reference = reference::causal_attention(q, k, v);
             fused.into_data().assert_approx_eq::<f32>(&reference.into_data(), Tolerance::absolute(1e-5));
         }
+    }
+
+    #[test]
+    fn fused_causal_attention_matches_reference_across_query_blocks() {
+        let dev = device();
+        let (b, s, past, kvh, h, d) = (2, 150, 7, 3, 9, 64);
+        let q = Tensor::<4>::random([b, s, h, d], Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<4>::random([b, s + past, kvh, d], Distribution::Normal(0.0, 1.0), &dev);
+        let v = Tensor::<4>::random([b, s + past, kvh, d], Distribution::Normal(0.0, 1.0), &dev);
+        let fused = super::causal_attention(q.clone(), k.clone(), v.clone());
+        let reference = reference::causal_attention(q, k, v);
+        fused
+            .into_data()
+            .assert_approx_eq::<f32>(&reference.into_data(), Tolerance::absolute(1e-4));
     }
 
     #[test]
