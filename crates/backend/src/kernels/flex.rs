@@ -87,24 +87,18 @@ impl FusedOps for Flex {
         let d = shape.as_slice().last().copied().unwrap_or(1).max(1);
         let (_, w) = contiguous_f32(&weight);
         let eps = eps as f32;
-        let arch = pulp::Arch::new();
         with_slice(&x, |xs| {
             output_like(shape, |out| {
                 out.par_chunks_mut(d)
                     .zip(xs.par_chunks(d))
                     .with_min_len(MIN_ROWS_PER_TASK)
                     .for_each(|(o, row)| {
-                        arch.dispatch(
-                            #[inline(always)]
-                            || {
-                                // Same order as HF: mean of squares in f32, then x * rsqrt(var + eps), then * w.
-                                let sum: f32 = row.iter().map(|v| v * v).sum();
-                                let inv = 1.0 / (sum / d as f32 + eps).sqrt();
-                                for ((o, v), w) in o.iter_mut().zip(row).zip(&w) {
-                                    *o = w * (v * inv);
-                                }
-                            },
-                        )
+                        // Same order as HF: mean of squares in f32, then x * rsqrt(var + eps), then * w.
+                        let sum: f32 = row.iter().map(|v| v * v).sum();
+                        let inv = 1.0 / (sum / d as f32 + eps).sqrt();
+                        for ((o, v), w) in o.iter_mut().zip(row).zip(&w) {
+                            *o = w * (v * inv);
+                        }
                     });
             })
         })
@@ -113,12 +107,10 @@ impl FusedOps for Flex {
     fn rotary(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
         let shape = x.layout().shape().clone();
         let dims = shape.as_slice();
-        let [b, s, h, hd] = [dims[0], dims[1], dims[2], dims[3]];
+        let [h, hd] = [dims[2], dims[3]];
         let half = hd / 2;
         let (_, cos) = contiguous_f32(&cos);
         let (_, sin) = contiguous_f32(&sin);
-        let _ = b;
-        let arch = pulp::Arch::new();
         with_slice(&x, |xs| {
             output_like(shape, |out| {
                 // One chunk = all heads of one (batch, position).
@@ -127,24 +119,18 @@ impl FusedOps for Flex {
                     .enumerate()
                     .with_min_len(MIN_ROWS_PER_TASK)
                     .for_each(|(pos, (o, x))| {
-                        arch.dispatch(
-                            #[inline(always)]
-                            || {
-                                let c = &cos[pos * half..(pos + 1) * half];
-                                let sn = &sin[pos * half..(pos + 1) * half];
-                                for head in 0..h {
-                                    let xh = &x[head * hd..(head + 1) * hd];
-                                    let oh = &mut o[head * hd..(head + 1) * hd];
-                                    for i in 0..half {
-                                        let (x1, x2) = (xh[i], xh[i + half]);
-                                        oh[i] = x1 * c[i] - x2 * sn[i];
-                                        oh[i + half] = x2 * c[i] + x1 * sn[i];
-                                    }
-                                }
-                            },
-                        )
+                        let c = &cos[pos * half..(pos + 1) * half];
+                        let sn = &sin[pos * half..(pos + 1) * half];
+                        for head in 0..h {
+                            let xh = &x[head * hd..(head + 1) * hd];
+                            let oh = &mut o[head * hd..(head + 1) * hd];
+                            for i in 0..half {
+                                let (x1, x2) = (xh[i], xh[i + half]);
+                                oh[i] = x1 * c[i] - x2 * sn[i];
+                                oh[i + half] = x2 * c[i] + x1 * sn[i];
+                            }
+                        }
                     });
-                let _ = s;
             })
         })
     }
