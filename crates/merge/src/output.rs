@@ -1,0 +1,419 @@
+//! Writing a merge to an HF model directory, atomically: everything goes to a temporary
+//! directory next to the destination, which is renamed into place only when complete.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::config::{MergeConfig, resolve_model_path};
+use crate::execute::{NoProgress, Progress, TensorReport, TensorSink, execute};
+use crate::plan::{MergePlan, PlanOptions};
+use crate::source::{HostTensor, ModelSource};
+use crate::writer::ShardedWriter;
+use crate::{MergeError, Result};
+
+/// Tokenizer files copied from the base (or first) model.
+pub const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+];
+
+/// How to run a merge.
+#[derive(Clone)]
+pub struct MergeOptions {
+    /// Directory relative model paths fall back to (the config file's).
+    pub config_dir: Option<PathBuf>,
+    /// Largest output shard in bytes (mergekit's default: 5e9).
+    pub out_shard_size: u64,
+    pub unsafe_truncate_embeddings: bool,
+    /// Copy tokenizer files from the base model.
+    pub copy_tokenizer: bool,
+    /// Write `README.md` (model card) and `mergekit_config.yml`.
+    pub write_model_card: bool,
+    /// Replace an existing, non-empty output directory.
+    pub overwrite: bool,
+    /// Seed of the random methods (DARE, DELLA).
+    pub seed: u64,
+    /// Flush the output to disk before renaming it into place.
+    pub sync: bool,
+    /// Rayon threads (`None`: rayon's default).
+    pub threads: Option<usize>,
+}
+
+impl std::fmt::Debug for MergeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MergeOptions")
+            .field("out_shard_size", &self.out_shard_size)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MergeOptions {
+    fn default() -> Self {
+        Self {
+            config_dir: None,
+            out_shard_size: 5_000_000_000,
+            unsafe_truncate_embeddings: false,
+            copy_tokenizer: true,
+            write_model_card: true,
+            overwrite: false,
+            seed: 0,
+            sync: false,
+            threads: None,
+        }
+    }
+}
+
+/// What a finished merge produced.
+#[derive(Debug, Clone)]
+pub struct MergeSummary {
+    pub out_dir: PathBuf,
+    pub shards: Vec<PathBuf>,
+    pub tensors: usize,
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+    pub reports: Vec<TensorReport>,
+}
+
+/// Open every model the config references (LoRA inputs merged into their base first).
+///
+/// # Errors
+/// A model that cannot be opened, naming it.
+pub fn open_models(config: &MergeConfig, config_dir: Option<&Path>) -> Result<Vec<ModelSource>> {
+    config
+        .referenced_models()
+        .iter()
+        .map(|r| {
+            let dir = resolve_model_path(&r.path, config_dir);
+            let mut source = ModelSource::open(&dir, &r.to_string())?;
+            if let Some(lora) = &r.lora {
+                let adapter = resolve_model_path(lora, config_dir);
+                crate::lora::apply_adapter(&mut source, &adapter)?;
+            }
+            Ok(source)
+        })
+        .collect()
+}
+
+/// Plan a merge from a configuration (opening its models).
+///
+/// # Errors
+/// Everything [`open_models`] and [`MergePlan::new`] reject.
+pub fn plan_merge(config: &MergeConfig, options: &MergeOptions) -> Result<MergePlan> {
+    let models = open_models(config, options.config_dir.as_deref())?;
+    MergePlan::new(
+        config,
+        models,
+        &PlanOptions {
+            unsafe_truncate_embeddings: options.unsafe_truncate_embeddings,
+        },
+    )
+}
+
+/// Run `config` and write the merged model to `out_dir` (created atomically).
+///
+/// # Errors
+/// Planning errors (before anything is written), I/O errors, a failing tensor. On error no
+/// output directory is left behind.
+pub fn run_merge(
+    config: &MergeConfig,
+    config_text: Option<&str>,
+    out_dir: &Path,
+    options: &MergeOptions,
+    progress: &dyn Progress,
+) -> Result<MergeSummary> {
+    let plan = plan_merge(config, options)?;
+    write_plan(&plan, config, config_text, out_dir, options, progress)
+}
+
+/// Removes the temporary directory unless the merge completed.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Write a planned merge to `out_dir`.
+///
+/// # Errors
+/// As [`run_merge`].
+pub fn write_plan(
+    plan: &MergePlan,
+    config: &MergeConfig,
+    config_text: Option<&str>,
+    out_dir: &Path,
+    options: &MergeOptions,
+    progress: &dyn Progress,
+) -> Result<MergeSummary> {
+    if out_dir.exists() {
+        let non_empty = std::fs::read_dir(out_dir)
+            .map_err(|e| MergeError::io(out_dir, e))?
+            .next()
+            .is_some();
+        if non_empty && !options.overwrite {
+            return Err(MergeError::io(
+                out_dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "output directory exists and is not empty (use --overwrite to replace it)",
+                ),
+            ));
+        }
+    }
+    let name = out_dir
+        .file_name()
+        .ok_or_else(|| MergeError::Config(format!("bad output path {}", out_dir.display())))?
+        .to_string_lossy()
+        .to_string();
+    let parent = match out_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| MergeError::io(&parent, e))?;
+    let tmp = TempDir {
+        path: parent.join(format!(".{name}.temper-tmp-{}", std::process::id())),
+        keep: false,
+    };
+    if tmp.path.exists() {
+        std::fs::remove_dir_all(&tmp.path).map_err(|e| MergeError::io(&tmp.path, e))?;
+    }
+    std::fs::create_dir(&tmp.path).map_err(|e| MergeError::io(&tmp.path, e))?;
+
+    let writer = ShardedWriter::create(&tmp.path, &plan.tensors, options.out_shard_size)?;
+    let reports = with_threads(options.threads, || {
+        execute(plan, &writer, options.seed, progress)
+    })?;
+    if let Some(index) = writer.index() {
+        write_json(&tmp.path.join("model.safetensors.index.json"), index)?;
+    }
+    let shards = writer.finish(options.sync)?;
+
+    let base = &plan.models[plan.config_model];
+    write_config(plan, base, &tmp.path)?;
+    if options.copy_tokenizer {
+        if let Some(dir) = base.dir() {
+            for f in TOKENIZER_FILES {
+                let src = dir.join(f);
+                if src.is_file() {
+                    let dst = tmp.path.join(f);
+                    std::fs::copy(&src, &dst).map_err(|e| MergeError::io(&src, e))?;
+                }
+            }
+        }
+    }
+    if let Some(template) = &config.chat_template {
+        write_chat_template(&tmp.path, template)?;
+    }
+    if options.write_model_card {
+        let yaml = match config_text {
+            Some(t) => t.to_string(),
+            None => format!("merge_method: {}\n", config.merge_method),
+        };
+        write_file(&tmp.path.join("mergekit_config.yml"), yaml.as_bytes())?;
+        write_file(
+            &tmp.path.join("README.md"),
+            model_card(plan, &yaml).as_bytes(),
+        )?;
+    }
+
+    if out_dir.exists() {
+        std::fs::remove_dir_all(out_dir).map_err(|e| MergeError::io(out_dir, e))?;
+    }
+    std::fs::rename(&tmp.path, out_dir).map_err(|e| MergeError::io(out_dir, e))?;
+    let mut tmp = tmp;
+    tmp.keep = true;
+    let shards = shards
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| out_dir.join(n)))
+        .collect();
+    Ok(MergeSummary {
+        out_dir: out_dir.to_path_buf(),
+        shards,
+        tensors: plan.tensors.len(),
+        bytes_written: plan.out_bytes(),
+        bytes_read: bytes_read(plan),
+        reports,
+    })
+}
+
+fn bytes_read(plan: &MergePlan) -> u64 {
+    plan.tensors
+        .iter()
+        .flat_map(|t| {
+            t.inputs.iter().map(move |i| {
+                let m = &plan.models[i.model];
+                let numel: usize = t.shape.iter().product();
+                (numel * m.dtype(&i.tensor).map_or(4, |d| d.size())) as u64
+            })
+        })
+        .sum()
+}
+
+fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> T {
+    match threads
+        .filter(|n| *n > 0)
+        .and_then(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().ok())
+    {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
+fn write_config(plan: &MergePlan, base: &ModelSource, dir: &Path) -> Result<()> {
+    let Some(config) = base.config() else {
+        return Ok(());
+    };
+    let mut config = config.clone();
+    if let Some(obj) = config.as_object_mut() {
+        let dtype = serde_json::Value::String(plan.out_dtype.torch_name().to_string());
+        if obj.contains_key("torch_dtype") {
+            obj.insert("torch_dtype".into(), dtype.clone());
+        }
+        obj.insert("dtype".into(), dtype);
+        obj.insert("num_hidden_layers".into(), plan.num_layers.into());
+        // mergekit keeps the old vocab_size after truncation (the fixture shows it); a
+        // config that disagrees with its embedding does not load, so Temper fixes it.
+        if let Some(rows) = plan.vocab_rows {
+            obj.insert("vocab_size".into(), rows.into());
+        }
+    }
+    write_json(&dir.join("config.json"), &config)
+}
+
+fn write_chat_template(dir: &Path, template: &str) -> Result<()> {
+    if template == "auto" {
+        return Ok(());
+    }
+    let text = match template {
+        "chatml" => CHATML.to_string(),
+        other => other.to_string(),
+    };
+    write_file(&dir.join("chat_template.jinja"), text.as_bytes())?;
+    let tc = dir.join("tokenizer_config.json");
+    if tc.is_file() {
+        let raw = std::fs::read_to_string(&tc).map_err(|e| MergeError::io(&tc, e))?;
+        let mut v: serde_json::Value = serde_json::from_str(&raw)
+            .map_err(|e| MergeError::checkpoint(&tc, format!("invalid JSON: {e}")))?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("chat_template".into(), serde_json::Value::String(text));
+        }
+        write_json(&tc, &v)?;
+    }
+    Ok(())
+}
+
+const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+fn model_card(plan: &MergePlan, yaml: &str) -> String {
+    let models: Vec<String> = plan.refs.iter().map(|r| format!("* `{r}`")).collect();
+    format!(
+        "---\nlibrary_name: transformers\ntags:\n- merge\n- temper\n---\n# Merged model\n\n\
+         Merged with Temper (`temper merge`) using the **{}** method.\n\n## Models\n\n{}\n\n\
+         ## Configuration\n\n```yaml\n{}\n```\n",
+        plan.method.name(),
+        models.join("\n"),
+        yaml.trim_end()
+    )
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| MergeError::checkpoint(path, e.to_string()))?;
+    text.push('\n');
+    write_file(path, text.as_bytes())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| MergeError::io(path, e))
+}
+
+/// In-memory sink: one buffer per planned tensor, values rounded to the output dtype.
+struct MemorySink<'p> {
+    plan: &'p MergePlan,
+    buffers: Vec<Mutex<Vec<f32>>>,
+}
+
+impl TensorSink for MemorySink<'_> {
+    fn write(&self, tensor: usize, offset: usize, values: &[f32]) -> Result<()> {
+        let dtype = self.plan.tensors[tensor].out_dtype;
+        let mut buf = self.buffers[tensor]
+            .lock()
+            .map_err(|_| MergeError::tensor(&self.plan.tensors[tensor].name, "poisoned buffer"))?;
+        for (o, v) in buf[offset..offset + values.len()].iter_mut().zip(values) {
+            *o = dtype.round(*v);
+        }
+        Ok(())
+    }
+}
+
+/// Merge models held in memory (a trainer merging without a disk round trip).
+///
+/// `models` maps each model name used in `config` to its tensors (HF names) and optional
+/// `config.json`. Returns the merged tensors by name and the per-tensor report.
+///
+/// # Errors
+/// As [`MergePlan::new`] and the methods.
+pub fn merge_in_memory(
+    config: &MergeConfig,
+    models: BTreeMap<String, (Option<serde_json::Value>, BTreeMap<String, HostTensor>)>,
+    options: &MergeOptions,
+) -> Result<(BTreeMap<String, HostTensor>, Vec<TensorReport>)> {
+    let mut models = models;
+    let sources = config
+        .referenced_models()
+        .iter()
+        .map(|r| {
+            let (cfg, tensors) = models.remove(&r.to_string()).ok_or_else(|| {
+                MergeError::Config(format!("model {r} is used by the config but was not given"))
+            })?;
+            Ok(ModelSource::from_tensors(&r.to_string(), cfg, tensors))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let plan = MergePlan::new(
+        config,
+        sources,
+        &PlanOptions {
+            unsafe_truncate_embeddings: options.unsafe_truncate_embeddings,
+        },
+    )?;
+    let sink = MemorySink {
+        plan: &plan,
+        buffers: plan
+            .tensors
+            .iter()
+            .map(|t| Mutex::new(vec![0f32; t.numel()]))
+            .collect(),
+    };
+    let reports = with_threads(options.threads, || {
+        execute(&plan, &sink, options.seed, &NoProgress)
+    })?;
+    let out = plan
+        .tensors
+        .iter()
+        .zip(sink.buffers)
+        .map(|(t, b)| {
+            let data = b.into_inner().unwrap_or_default();
+            (
+                t.name.clone(),
+                HostTensor::new(t.shape.clone(), t.out_dtype, data),
+            )
+        })
+        .collect();
+    Ok((out, reports))
+}

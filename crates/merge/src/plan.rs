@@ -1,0 +1,551 @@
+//! Planning: which output tensors exist, which input tensors feed each one, and every
+//! parameter resolved — all checked before a single byte is written.
+//!
+//! Rules follow mergekit: within an output slice of `L` layers, layer `i` sits at fraction
+//! `x = i/(L−1)` (`1` when `L = 1`); pre-layer tensors (the embedding) come from the first
+//! slice and post-layer tensors (final norm, `lm_head`) from the last, both at `x = 0`.
+//! Parameter precedence: per-source → slice → global → the method's default. Filters match
+//! substrings of the output tensor name, first match wins.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::{MergeConfig, ModelRef, Parameters};
+use crate::method::{BaseModel, MergeMethod, ResolvedParams};
+use crate::methods::method_by_name;
+use crate::source::{ModelSource, layer_of};
+use crate::{DType, MergeError, Result};
+
+/// Options that change planning.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// Cut embedding/`lm_head` rows to the smallest vocabulary instead of failing.
+    pub unsafe_truncate_embeddings: bool,
+}
+
+/// One input of an output tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedInput {
+    /// Index into [`MergePlan::models`].
+    pub model: usize,
+    /// The tensor's name in that model.
+    pub tensor: String,
+}
+
+/// One output tensor.
+#[derive(Debug, Clone)]
+pub struct PlannedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub inputs: Vec<PlannedInput>,
+    /// Index of the base model within `inputs`.
+    pub base: Option<usize>,
+    pub params: ResolvedParams,
+    /// Layer fraction used for gradients.
+    pub x: f64,
+    /// Rows kept of vocabulary-axis tensors (embedding truncation).
+    pub rows: Option<usize>,
+    pub load_dtype: DType,
+    pub out_dtype: DType,
+}
+
+impl PlannedTensor {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Bytes in the output file.
+    pub fn out_bytes(&self) -> u64 {
+        (self.numel() * self.out_dtype.size()) as u64
+    }
+}
+
+/// A checked merge, ready to run.
+#[derive(Debug)]
+pub struct MergePlan {
+    pub method: Box<dyn MergeMethod>,
+    /// Distinct input models (the order of [`MergeConfig::referenced_models`]).
+    pub models: Vec<ModelSource>,
+    pub refs: Vec<ModelRef>,
+    pub tensors: Vec<PlannedTensor>,
+    /// The model whose config and tokenizer the output inherits.
+    pub config_model: usize,
+    /// Number of decoder layers in the output.
+    pub num_layers: usize,
+    /// Vocabulary rows of the output embedding, when it differs from the config model's.
+    pub vocab_rows: Option<usize>,
+    /// The dtype recorded in the output config.
+    pub out_dtype: DType,
+}
+
+struct Source<'c> {
+    model: usize,
+    start: usize,
+    end: usize,
+    params: Option<&'c Parameters>,
+}
+
+struct Slice<'c> {
+    sources: Vec<Source<'c>>,
+    params: Option<&'c Parameters>,
+    base: Option<usize>,
+}
+
+impl MergePlan {
+    /// Plan `config` over opened `models` (aligned with `config.referenced_models()`).
+    ///
+    /// # Errors
+    /// Unknown method or parameter, a missing parameter, the wrong number of inputs, a missing
+    /// tensor, mismatched shapes, or different vocabularies without a resolution.
+    pub fn new(
+        config: &MergeConfig,
+        models: Vec<ModelSource>,
+        options: &PlanOptions,
+    ) -> Result<Self> {
+        let refs = config.referenced_models();
+        if refs.len() != models.len() {
+            return Err(MergeError::Config(format!(
+                "{} models referenced but {} opened",
+                refs.len(),
+                models.len()
+            )));
+        }
+        let method = method_by_name(&config.merge_method)?;
+        let spec = method.spec();
+        let index_of = |m: &ModelRef| refs.iter().position(|r| r == m);
+        validate_keys(config, method.as_ref())?;
+        if config.tokenizer_source().is_some() {
+            return Err(MergeError::Config(
+                "tokenizer/tokenizer_source: vocabulary permutation is not supported for these inputs"
+                    .into(),
+            ));
+        }
+
+        // Slices, with the base model as an input where the method uses one.
+        let mut slices: Vec<Slice<'_>> = Vec::new();
+        let global_base = config.base_model.as_ref().and_then(index_of);
+        if let Some(ms) = &config.models {
+            let mut sources: Vec<Source<'_>> = ms
+                .iter()
+                .map(|m| {
+                    let model = index_of(&m.model).unwrap_or(0);
+                    Source {
+                        model,
+                        start: 0,
+                        end: models[model].num_layers(),
+                        params: Some(&m.parameters),
+                    }
+                })
+                .collect();
+            if let Some(b) = global_base {
+                if spec.base != BaseModel::Ignored && !sources.iter().any(|s| s.model == b) {
+                    sources.push(Source {
+                        model: b,
+                        start: 0,
+                        end: models[b].num_layers(),
+                        params: None,
+                    });
+                }
+            }
+            slices.push(Slice {
+                sources,
+                params: None,
+                base: global_base,
+            });
+        } else if let Some(ss) = &config.slices {
+            for (si, s) in ss.iter().enumerate() {
+                let base = s.base_model.as_ref().and_then(index_of).or(global_base);
+                let mut sources: Vec<Source<'_>> = s
+                    .sources
+                    .iter()
+                    .map(|src| Source {
+                        model: index_of(&src.model).unwrap_or(0),
+                        start: src.layer_range[0],
+                        end: src.layer_range[1],
+                        params: Some(&src.parameters),
+                    })
+                    .collect();
+                if let Some(b) = base {
+                    if spec.base != BaseModel::Ignored && !sources.iter().any(|x| x.model == b) {
+                        let (start, end) = (sources[0].start, sources[0].end);
+                        sources.push(Source {
+                            model: b,
+                            start,
+                            end,
+                            params: None,
+                        });
+                    }
+                }
+                for src in &sources {
+                    let n = models[src.model].num_layers();
+                    if src.end > n {
+                        return Err(MergeError::Config(format!(
+                            "slices[{si}]: layer_range [{}, {}] exceeds the {n} layers of {}",
+                            src.start, src.end, refs[src.model]
+                        )));
+                    }
+                }
+                slices.push(Slice {
+                    sources,
+                    params: Some(&s.parameters),
+                    base,
+                });
+            }
+        }
+
+        for (si, s) in slices.iter().enumerate() {
+            let n = s.sources.len();
+            if spec.base == BaseModel::Required && s.base.is_none() {
+                return Err(MergeError::Config(format!(
+                    "{} requires `base_model`",
+                    method.name()
+                )));
+            }
+            if n < spec.min_inputs || spec.max_inputs.is_some_and(|m| n > m) {
+                let want = match spec.max_inputs {
+                    Some(m) if m == spec.min_inputs => format!("exactly {m}"),
+                    Some(m) => format!("{}–{m}", spec.min_inputs),
+                    None => format!("at least {}", spec.min_inputs),
+                };
+                return Err(MergeError::Config(format!(
+                    "{} takes {want} input models (base model included), slice {si} has {n}",
+                    method.name()
+                )));
+            }
+            let len = s.sources[0].end - s.sources[0].start;
+            if let Some(bad) = s.sources.iter().find(|x| x.end - x.start != len) {
+                return Err(MergeError::Config(format!(
+                    "slice {si}: layer ranges differ in length ({} has {} layers, {} has {len})",
+                    refs[bad.model],
+                    bad.end - bad.start,
+                    refs[s.sources[0].model]
+                )));
+            }
+        }
+
+        let config_model = global_base
+            .or(slices[0].base)
+            .unwrap_or(slices[0].sources[0].model);
+        let load_dtype = config.load_dtype()?;
+        let save_dtype = config.save_dtype()?;
+        let mut planner = Planner {
+            config,
+            models: &models,
+            refs: &refs,
+            method: method.as_ref(),
+            options,
+            load_dtype,
+            save_dtype,
+            tensors: Vec::new(),
+            vocab_rows: None,
+        };
+
+        // Pre-layer tensors from the first slice, layers, post-layer tensors from the last.
+        let (pre, post) = non_layer_names(&models, &slices);
+        for name in &pre {
+            planner.add(name, name, &slices[0], 0.0, None)?;
+        }
+        let mut out_layer = 0usize;
+        for s in &slices {
+            let len = s.sources[0].end - s.sources[0].start;
+            for j in 0..len {
+                let first = &s.sources[0];
+                let suffixes: BTreeSet<String> = models[first.model]
+                    .tensor_names()
+                    .filter_map(|n| match layer_of(n) {
+                        Some((i, suffix)) if i == first.start + j => Some(suffix.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                if suffixes.is_empty() {
+                    return Err(MergeError::MissingTensor {
+                        tensor: format!("model.layers.{}.*", first.start + j),
+                        model: refs[first.model].to_string(),
+                    });
+                }
+                let x = if len > 1 {
+                    j as f64 / (len - 1) as f64
+                } else {
+                    1.0
+                };
+                for suffix in &suffixes {
+                    let out = format!("model.layers.{}.{suffix}", out_layer + j);
+                    planner.add(&out, suffix, s, x, Some(j))?;
+                }
+            }
+            out_layer += len;
+        }
+        let last = slices.last().unwrap_or(&slices[0]);
+        for name in &post {
+            planner.add(name, name, last, 0.0, None)?;
+        }
+
+        let out_dtype = save_dtype
+            .or(load_dtype)
+            .or_else(|| planner.tensors.first().map(|t| t.out_dtype))
+            .unwrap_or(DType::F32);
+        let (tensors, vocab_rows) = (planner.tensors, planner.vocab_rows);
+        Ok(Self {
+            method,
+            models,
+            refs,
+            tensors,
+            config_model,
+            num_layers: out_layer,
+            vocab_rows,
+            out_dtype,
+        })
+    }
+
+    /// Total bytes of the output tensors.
+    pub fn out_bytes(&self) -> u64 {
+        self.tensors.iter().map(PlannedTensor::out_bytes).sum()
+    }
+}
+
+/// Tensor names outside the decoder layers: the embedding (first slice) and everything else
+/// (last slice), as the union over the slices' models. `lm_head.weight` is planned only if
+/// some input has it (tied models produce a tied output).
+fn non_layer_names(models: &[ModelSource], slices: &[Slice<'_>]) -> (Vec<String>, Vec<String>) {
+    let collect = |s: &Slice<'_>| -> BTreeSet<String> {
+        s.sources
+            .iter()
+            .flat_map(|src| models[src.model].tensor_names())
+            .filter(|n| layer_of(n).is_none() && !n.ends_with("rotary_emb.inv_freq"))
+            .map(str::to_string)
+            .collect()
+    };
+    let first = collect(&slices[0]);
+    let last = collect(slices.last().unwrap_or(&slices[0]));
+    let is_pre = |n: &String| n.contains("embed_tokens");
+    (
+        first.iter().filter(|n| is_pre(n)).cloned().collect(),
+        last.iter().filter(|n| !is_pre(n)).cloned().collect(),
+    )
+}
+
+fn is_vocab_tensor(name: &str) -> bool {
+    name.contains("embed_tokens") || name.starts_with("lm_head")
+}
+
+struct Planner<'p> {
+    config: &'p MergeConfig,
+    models: &'p [ModelSource],
+    refs: &'p [ModelRef],
+    method: &'p dyn MergeMethod,
+    options: &'p PlanOptions,
+    load_dtype: Option<DType>,
+    save_dtype: Option<DType>,
+    tensors: Vec<PlannedTensor>,
+    vocab_rows: Option<usize>,
+}
+
+impl Planner<'_> {
+    /// Plan output tensor `out`. For layer tensors `key` is the suffix after
+    /// `model.layers.{i}.` and `layer` the index within the slice; otherwise `key` is the name.
+    fn add(
+        &mut self,
+        out: &str,
+        key: &str,
+        slice: &Slice<'_>,
+        x: f64,
+        layer: Option<usize>,
+    ) -> Result<()> {
+        let mut inputs = Vec::with_capacity(slice.sources.len());
+        let mut shapes: Vec<Vec<usize>> = Vec::new();
+        for src in &slice.sources {
+            let model = &self.models[src.model];
+            let name = match layer {
+                Some(j) => format!("model.layers.{}.{key}", src.start + j),
+                None => key.to_string(),
+            };
+            // Tied models have no lm_head: mergekit substitutes the embedding.
+            let name = if !model.contains(&name)
+                && name == "lm_head.weight"
+                && model.contains("model.embed_tokens.weight")
+            {
+                "model.embed_tokens.weight".to_string()
+            } else {
+                name
+            };
+            let shape = model
+                .shape(&name)
+                .ok_or_else(|| MergeError::MissingTensor {
+                    tensor: name.clone(),
+                    model: self.refs[src.model].to_string(),
+                })?;
+            shapes.push(shape.to_vec());
+            inputs.push(PlannedInput {
+                model: src.model,
+                tensor: name,
+            });
+        }
+
+        // Shapes must agree; vocabulary rows may differ only with an explicit resolution.
+        let mut shape = shapes[0].clone();
+        let mut rows = None;
+        if shapes.iter().any(|s| s != &shape) {
+            let describe = || {
+                inputs
+                    .iter()
+                    .zip(&shapes)
+                    .map(|(i, s)| format!("{} has {s:?}", self.refs[i.model]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let same_tail = shapes
+                .iter()
+                .all(|s| s.len() == shape.len() && s[1..] == shape[1..]);
+            if is_vocab_tensor(out) && same_tail {
+                if !self.options.unsafe_truncate_embeddings {
+                    return Err(MergeError::ShapeMismatch {
+                        tensor: out.to_string(),
+                        details: format!(
+                            "vocabulary sizes differ ({}); pass --unsafe-truncate-embeddings to keep the common rows",
+                            describe()
+                        ),
+                    });
+                }
+                let min = shapes.iter().map(|s| s[0]).min().unwrap_or(0);
+                shape[0] = min;
+                rows = Some(min);
+                self.vocab_rows = Some(min);
+            } else {
+                return Err(MergeError::ShapeMismatch {
+                    tensor: out.to_string(),
+                    details: describe(),
+                });
+            }
+        }
+
+        let base = slice
+            .base
+            .filter(|_| self.method.spec().base != BaseModel::Ignored)
+            .and_then(|b| slice.sources.iter().position(|s| s.model == b));
+        let params = self.resolve(out, slice, base, x)?;
+        let first = &inputs[0];
+        let stored = self.models[first.model]
+            .dtype(&first.tensor)
+            .unwrap_or(DType::F32);
+        let load_dtype = self.load_dtype.unwrap_or(stored);
+        let out_dtype = self.save_dtype.unwrap_or(load_dtype);
+        self.tensors.push(PlannedTensor {
+            name: out.to_string(),
+            shape,
+            inputs,
+            base,
+            params,
+            x,
+            rows,
+            load_dtype,
+            out_dtype,
+        });
+        Ok(())
+    }
+
+    fn resolve(
+        &self,
+        name: &str,
+        slice: &Slice<'_>,
+        base: Option<usize>,
+        x: f64,
+    ) -> Result<ResolvedParams> {
+        let spec = self.method.spec();
+        let global_levels = [slice.params, Some(&self.config.parameters)];
+        let lookup = |levels: &[Option<&Parameters>], p: &str| {
+            levels
+                .iter()
+                .flatten()
+                .filter_map(|lvl| lvl.get(p))
+                .find_map(|v| v.evaluate(name, x))
+        };
+        let mut out = ResolvedParams::default();
+        for p in spec.global {
+            let v = lookup(&global_levels, p.name)
+                .or(p.default)
+                .ok_or_else(|| {
+                    MergeError::Parameter(format!(
+                        "{} needs parameter `{}` (none given matches tensor {name})",
+                        self.method.name(),
+                        p.name
+                    ))
+                })?;
+            out.global.insert(p.name, v);
+        }
+        for (i, src) in slice.sources.iter().enumerate() {
+            let levels = [src.params, slice.params, Some(&self.config.parameters)];
+            let mut m = BTreeMap::new();
+            for p in spec.per_model {
+                match lookup(&levels, p.name).or(p.default) {
+                    Some(v) => {
+                        m.insert(p.name, v);
+                    }
+                    None if Some(i) == base => {}
+                    None => {
+                        return Err(MergeError::Parameter(format!(
+                            "{} needs parameter `{}` for model {} (none given matches tensor {name})",
+                            self.method.name(),
+                            p.name,
+                            self.refs[src.model]
+                        )));
+                    }
+                }
+            }
+            out.per_model.push(m);
+        }
+        Ok(out)
+    }
+}
+
+/// Reject parameters the method does not take, at the level where they were written.
+fn validate_keys(config: &MergeConfig, method: &dyn MergeMethod) -> Result<()> {
+    let spec = method.spec();
+    let unknown = |key: &str, at: &str| {
+        MergeError::Parameter(format!(
+            "{} takes no parameter `{key}` ({at}); it takes: {}",
+            method.name(),
+            spec.param_names()
+        ))
+    };
+    let check_global = |params: &Parameters, at: &str| -> Result<()> {
+        for key in params.keys() {
+            if !spec.takes(key) {
+                return Err(unknown(key, at));
+            }
+        }
+        Ok(())
+    };
+    let check_model = |params: &Parameters, at: &str| -> Result<()> {
+        for key in params.keys() {
+            if spec.per_model.iter().any(|p| p.name == key) {
+                continue;
+            }
+            if spec.global.iter().any(|p| p.name == key) {
+                return Err(MergeError::Parameter(format!(
+                    "`{key}` is a global parameter of {}; set it under `parameters:`, not per model ({at})",
+                    method.name()
+                )));
+            }
+            return Err(unknown(key, at));
+        }
+        Ok(())
+    };
+    check_global(&config.parameters, "in `parameters`")?;
+    if let Some(ms) = &config.models {
+        for m in ms {
+            check_model(&m.parameters, &format!("for model {}", m.model))?;
+        }
+    }
+    if let Some(ss) = &config.slices {
+        for (i, s) in ss.iter().enumerate() {
+            check_global(&s.parameters, &format!("in slices[{i}]"))?;
+            for src in &s.sources {
+                check_model(
+                    &src.parameters,
+                    &format!("for model {} in slices[{i}]", src.model),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
