@@ -1,6 +1,8 @@
 //! `temper`: the command-line front end of the Temper crates.
 
+mod extract_lora;
 mod inspect;
+mod merge;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use temper_llm_arch::{ChatMessage, GenerationConfig, Pretrained, Tokenizer, gene
 #[command(
     name = "temper",
     version,
-    about = "Domain-adapt Llama-family models: convert, generate, tokenize, inspect"
+    about = "Domain-adapt Llama-family models: convert, generate, tokenize, inspect, merge, extract-lora"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -85,6 +87,10 @@ enum Command {
     },
     /// Print architecture, parameter count, dtypes and config of a model directory or GGUF.
     Inspect { path: PathBuf },
+    /// Merge models with a mergekit YAML configuration (slerp, ties, linear, ...).
+    Merge(merge::MergeArgs),
+    /// Extract a PEFT LoRA adapter (truncated SVD of FT − BASE per linear module).
+    ExtractLora(extract_lora::ExtractLoraArgs),
 }
 
 fn is_gguf(path: &Path) -> bool {
@@ -230,6 +236,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { path } => {
             println!("{}", inspect::inspect(&path)?);
         }
+        Command::Merge(args) => merge::run(args)?,
+        Command::ExtractLora(args) => extract_lora::run(args)?,
     }
     Ok(())
 }

@@ -125,3 +125,88 @@ fn bad_inputs_exit_nonzero_with_a_message() {
     assert!(!ok);
     assert!(stderr.contains("junk.gguf"), "{stderr}");
 }
+
+fn merge_fixtures() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/merge"
+    ))
+}
+
+#[test]
+fn merge_writes_a_model_a_report_and_refuses_bad_configs() {
+    let fixtures = merge_fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    // Model paths in the fixture config are relative to the fixture folder: rewrite them as
+    // absolute paths in a copy of the config.
+    let config = tmp.path().join("gradient.yml");
+    let text = std::fs::read_to_string(fixtures.join("slerp_gradient_bf16/config.yml"))
+        .unwrap()
+        .replace("models/", &format!("{}/models/", fixtures.display()));
+    std::fs::write(&config, text).unwrap();
+    let out = tmp.path().join("merged");
+    let report = tmp.path().join("report.json");
+    let (ok, _, stderr) = temper(&[
+        "merge",
+        config.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("merged 39 tensors (slerp method)"),
+        "{stderr}"
+    );
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "README.md",
+        "mergekit_config.yml",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // On these bf16 inputs the file is byte-identical to mergekit's (header included).
+    assert!(
+        std::fs::read(out.join("model.safetensors")).unwrap()
+            == std::fs::read(fixtures.join("slerp_gradient_bf16/output/model.safetensors"))
+                .unwrap(),
+        "output differs from mergekit's"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let rows = report.as_array().unwrap();
+    assert_eq!(rows.len(), 39);
+    let norm = rows
+        .iter()
+        .find(|r| r["name"] == "model.norm.weight")
+        .unwrap();
+    // RMSNorm gains of two fine-tunes are nearly colinear: SLERP falls back to lerp.
+    assert_eq!(norm["linear_fallback"], true);
+    assert!(norm["cosine"].as_f64().unwrap() > 0.9995);
+    assert_eq!(norm["t"], 0.5);
+
+    // Existing output: refused, untouched.
+    let (ok, _, stderr) = temper(&["merge", config.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("--overwrite"), "{stderr}");
+
+    // A typo in a key is named.
+    let bad = tmp.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("merge_method", "merge_methd"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = temper(&[
+        "merge",
+        bad.to_str().unwrap(),
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("merge_methd"), "{stderr}");
+    assert!(!tmp.path().join("x").exists());
+}

@@ -7,8 +7,9 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::method::{CHUNK, Merged, MethodReport, TensorJob};
-use crate::plan::{MergePlan, PlannedTensor};
+use crate::plan::{MergePlan, PlannedTensor, is_vocab_tensor};
 use crate::source::InputTensor;
+use crate::vocab::permute_rows;
 use crate::{DType, MergeError, Result};
 
 /// Receives merged values (f32) for planned tensor `tensor` starting at element `offset`.
@@ -113,6 +114,14 @@ fn merge_one(
             })
         })
         .collect::<Result<_>>()?;
+    // Different vocabularies: every input re-laid-out to the output vocabulary first.
+    let inputs = match &plan.vocab {
+        Some(vocab) if is_vocab_tensor(&t.name) => {
+            let models: Vec<usize> = t.inputs.iter().map(|i| i.model).collect();
+            permute_rows(vocab, &inputs, &models)?
+        }
+        _ => inputs,
+    };
     let job = TensorJob {
         name: &t.name,
         shape: &t.shape,

@@ -9,6 +9,7 @@ use crate::config::{MergeConfig, resolve_model_path};
 use crate::execute::{NoProgress, Progress, TensorReport, TensorSink, execute};
 use crate::plan::{MergePlan, PlanOptions};
 use crate::source::{HostTensor, ModelSource};
+use crate::vocab::write_tokenizer;
 use crate::writer::ShardedWriter;
 use crate::{MergeError, Result};
 
@@ -115,6 +116,7 @@ pub fn plan_merge(config: &MergeConfig, options: &MergeOptions) -> Result<MergeP
         models,
         &PlanOptions {
             unsafe_truncate_embeddings: options.unsafe_truncate_embeddings,
+            config_dir: options.config_dir.clone(),
         },
     )
 }
@@ -206,14 +208,17 @@ pub fn write_plan(
 
     let base = &plan.models[plan.config_model];
     write_config(plan, base, &tmp.path)?;
-    if options.copy_tokenizer {
-        if let Some(dir) = base.dir() {
-            for f in TOKENIZER_FILES {
-                let src = dir.join(f);
-                if src.is_file() {
-                    let dst = tmp.path.join(f);
-                    std::fs::copy(&src, &dst).map_err(|e| MergeError::io(&src, e))?;
-                }
+    if let Some(vocab) = &plan.vocab {
+        // A built vocabulary is always written (as mergekit does): the embedding matches it only.
+        write_tokenizer(vocab, &tmp.path)?;
+    } else if options.copy_tokenizer
+        && let Some(dir) = base.dir()
+    {
+        for f in TOKENIZER_FILES {
+            let src = dir.join(f);
+            if src.is_file() {
+                let dst = tmp.path.join(f);
+                std::fs::copy(&src, &dst).map_err(|e| MergeError::io(&src, e))?;
             }
         }
     }
@@ -390,6 +395,7 @@ pub fn merge_in_memory(
         sources,
         &PlanOptions {
             unsafe_truncate_embeddings: options.unsafe_truncate_embeddings,
+            config_dir: options.config_dir.clone(),
         },
     )?;
     let sink = MemorySink {

@@ -8,11 +8,14 @@
 //! substrings of the output tensor name, first match wins.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::config::{MergeConfig, ModelRef, Parameters};
 use crate::method::{BaseModel, MergeMethod, ResolvedParams};
 use crate::methods::method_by_name;
 use crate::source::{ModelSource, layer_of};
+use crate::vocab::{VocabPlan, build_vocab_plan};
 use crate::{DType, MergeError, Result};
 
 /// Options that change planning.
@@ -20,6 +23,8 @@ use crate::{DType, MergeError, Result};
 pub struct PlanOptions {
     /// Cut embedding/`lm_head` rows to the smallest vocabulary instead of failing.
     pub unsafe_truncate_embeddings: bool,
+    /// Directory a `tokenizer` source path falls back to (the config file's), as for models.
+    pub config_dir: Option<PathBuf>,
 }
 
 /// One input of an output tensor.
@@ -74,6 +79,9 @@ pub struct MergePlan {
     pub num_layers: usize,
     /// Vocabulary rows of the output embedding, when it differs from the config model's.
     pub vocab_rows: Option<usize>,
+    /// The output vocabulary, when `tokenizer`/`tokenizer_source` is set: vocabulary tensors
+    /// are re-laid-out to it ([`crate::vocab::permute_rows`]) before merging.
+    pub vocab: Option<Arc<VocabPlan>>,
     /// The dtype recorded in the output config.
     pub out_dtype: DType,
 }
@@ -114,16 +122,28 @@ impl MergePlan {
         let spec = method.spec();
         let index_of = |m: &ModelRef| refs.iter().position(|r| r == m);
         validate_keys(config, method.as_ref())?;
-        if config.tokenizer_source().is_some() {
-            return Err(MergeError::Config(
-                "tokenizer/tokenizer_source: vocabulary permutation is not supported for these inputs"
-                    .into(),
-            ));
-        }
 
         // Slices, with the base model as an input where the method uses one.
         let mut slices: Vec<Slice<'_>> = Vec::new();
         let global_base = config.base_model.as_ref().and_then(index_of);
+
+        // The output vocabulary, from the models' tokenizers.
+        if config.tokenizer.is_some() && config.tokenizer_source.is_some() {
+            return Err(MergeError::Config(
+                "give either `tokenizer` or `tokenizer_source`, not both".into(),
+            ));
+        }
+        let vocab = match config.tokenizer_source() {
+            Some(source) => Some(Arc::new(build_vocab_plan(
+                source,
+                &models,
+                &refs,
+                global_base,
+                config.tokenizer.as_ref().and_then(|t| t.pad_to_multiple_of),
+                options.config_dir.as_deref(),
+            )?)),
+            None => None,
+        };
         if let Some(ms) = &config.models {
             let mut sources: Vec<Source<'_>> = ms
                 .iter()
@@ -137,15 +157,16 @@ impl MergePlan {
                     }
                 })
                 .collect();
-            if let Some(b) = global_base {
-                if spec.base != BaseModel::Ignored && !sources.iter().any(|s| s.model == b) {
-                    sources.push(Source {
-                        model: b,
-                        start: 0,
-                        end: models[b].num_layers(),
-                        params: None,
-                    });
-                }
+            if let Some(b) = global_base
+                && spec.base != BaseModel::Ignored
+                && !sources.iter().any(|s| s.model == b)
+            {
+                sources.push(Source {
+                    model: b,
+                    start: 0,
+                    end: models[b].num_layers(),
+                    params: None,
+                });
             }
             slices.push(Slice {
                 sources,
@@ -165,16 +186,17 @@ impl MergePlan {
                         params: Some(&src.parameters),
                     })
                     .collect();
-                if let Some(b) = base {
-                    if spec.base != BaseModel::Ignored && !sources.iter().any(|x| x.model == b) {
-                        let (start, end) = (sources[0].start, sources[0].end);
-                        sources.push(Source {
-                            model: b,
-                            start,
-                            end,
-                            params: None,
-                        });
-                    }
+                if let Some(b) = base
+                    && spec.base != BaseModel::Ignored
+                    && !sources.iter().any(|x| x.model == b)
+                {
+                    let (start, end) = (sources[0].start, sources[0].end);
+                    sources.push(Source {
+                        model: b,
+                        start,
+                        end,
+                        params: None,
+                    });
                 }
                 for src in &sources {
                     let n = models[src.model].num_layers();
@@ -238,6 +260,7 @@ impl MergePlan {
             save_dtype,
             tensors: Vec::new(),
             vocab_rows: None,
+            vocab: vocab.as_deref(),
         };
 
         // Pre-layer tensors from the first slice, layers, post-layer tensors from the last.
@@ -293,6 +316,7 @@ impl MergePlan {
             config_model,
             num_layers: out_layer,
             vocab_rows,
+            vocab,
             out_dtype,
         })
     }
@@ -324,7 +348,8 @@ fn non_layer_names(models: &[ModelSource], slices: &[Slice<'_>]) -> (Vec<String>
     )
 }
 
-fn is_vocab_tensor(name: &str) -> bool {
+/// Whether `name` has one row per token (embedding, `lm_head`).
+pub(crate) fn is_vocab_tensor(name: &str) -> bool {
     name.contains("embed_tokens") || name.starts_with("lm_head")
 }
 
@@ -338,6 +363,7 @@ struct Planner<'p> {
     save_dtype: Option<DType>,
     tensors: Vec<PlannedTensor>,
     vocab_rows: Option<usize>,
+    vocab: Option<&'p VocabPlan>,
 }
 
 impl Planner<'_> {
@@ -384,7 +410,35 @@ impl Planner<'_> {
         // Shapes must agree; vocabulary rows may differ only with an explicit resolution.
         let mut shape = shapes[0].clone();
         let mut rows = None;
-        if shapes.iter().any(|s| s != &shape) {
+        if let Some(vocab) = self.vocab.filter(|_| is_vocab_tensor(out)) {
+            // Every input is re-laid-out to the output vocabulary: rows may differ.
+            for (inp, s) in inputs.iter().zip(&shapes) {
+                let tail_differs = s.is_empty() || s.len() != shape.len() || s[1..] != shape[1..];
+                let need = vocab.rows_needed(inp.model);
+                if tail_differs || s[0] < need {
+                    let why = if tail_differs {
+                        format!(
+                            "{} has {s:?}, {} has {shape:?}",
+                            self.refs[inp.model], self.refs[inputs[0].model]
+                        )
+                    } else {
+                        format!(
+                            "{} has {s:?} but its tokenizer uses ids up to {}",
+                            self.refs[inp.model],
+                            need - 1
+                        )
+                    };
+                    return Err(MergeError::ShapeMismatch {
+                        tensor: out.to_string(),
+                        details: why,
+                    });
+                }
+            }
+            if let Some(r) = shape.first_mut() {
+                *r = vocab.rows();
+            }
+            self.vocab_rows = Some(vocab.rows());
+        } else if shapes.iter().any(|s| s != &shape) {
             let describe = || {
                 inputs
                     .iter()

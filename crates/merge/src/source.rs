@@ -468,10 +468,10 @@ impl<'a> InputTensor<'a> {
             }
             Storage::F32 { data, .. } => out.copy_from_slice(&data[range]),
         }
-        if let Some(cast) = self.cast {
-            if cast != DType::F32 {
-                out.iter_mut().for_each(|v| *v = cast.round(*v));
-            }
+        if let Some(cast) = self.cast
+            && cast != DType::F32
+        {
+            out.iter_mut().for_each(|v| *v = cast.round(*v));
         }
     }
 

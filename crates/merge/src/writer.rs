@@ -79,28 +79,30 @@ impl ShardedWriter {
             // Data in name order, like the safetensors serialiser.
             let mut sorted = members.clone();
             sorted.sort_by(|a, b| tensors[*a].name.cmp(&tensors[*b].name));
-            let mut header = serde_json::Map::new();
-            header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+            // Written by hand to keep the safetensors serialiser's key order (dtype, shape,
+            // data_offsets), so outputs can be byte-identical to mergekit's.
+            let mut header = String::from(r#"{"__metadata__":{"format":"pt"}"#);
             let mut pos = 0u64;
             let mut offsets = Vec::with_capacity(sorted.len());
             for &i in &sorted {
                 let t = &tensors[i];
                 let len = t.out_bytes();
-                header.insert(
-                    t.name.clone(),
-                    serde_json::json!({
-                        "dtype": t.out_dtype.safetensors_name(),
-                        "shape": t.shape,
-                        "data_offsets": [pos, pos + len],
-                    }),
-                );
+                let name_json = serde_json::to_string(&t.name)
+                    .map_err(|e| MergeError::tensor(&t.name, e.to_string()))?;
+                let shape: Vec<String> = t.shape.iter().map(usize::to_string).collect();
+                header.push_str(&format!(
+                    r#",{name_json}:{{"dtype":"{}","shape":[{}],"data_offsets":[{pos},{}]}}"#,
+                    t.out_dtype.safetensors_name(),
+                    shape.join(","),
+                    pos + len
+                ));
                 offsets.push((i, pos));
                 weight_map.insert(t.name.clone(), serde_json::Value::String(name.clone()));
                 pos += len;
             }
+            header.push('}');
             total += pos;
-            let mut bytes = serde_json::to_vec(&serde_json::Value::Object(header))
-                .map_err(|e| MergeError::tensor("<header>", e.to_string()))?;
+            let mut bytes = header.into_bytes();
             // The data section must start 8-byte aligned: pad the header with spaces.
             while (bytes.len() + 8) % 8 != 0 {
                 bytes.push(b' ');
