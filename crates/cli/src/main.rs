@@ -3,6 +3,7 @@
 mod extract_lora;
 mod inspect;
 mod merge;
+mod train;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,8 @@ enum Command {
     Inspect { path: PathBuf },
     /// Merge models with a mergekit YAML configuration (slerp, ties, linear, ...).
     Merge(merge::MergeArgs),
+    /// Train one stage: cpt, sft, dpo, orpo, simpo or kto (or --config stage.toml).
+    Train(train::TrainArgs),
     /// Extract a PEFT LoRA adapter (truncated SVD of FT − BASE per linear module).
     ExtractLora(extract_lora::ExtractLoraArgs),
 }
@@ -238,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Merge(args) => merge::run(args)?,
         Command::ExtractLora(args) => extract_lora::run(args)?,
+        Command::Train(args) => train::run(args)?,
     }
     Ok(())
 }

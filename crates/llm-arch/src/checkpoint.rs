@@ -17,6 +17,7 @@ use temper_backend::FloatPrecision;
 
 use crate::gguf::{GgufFile, for_each_hf_tensor};
 use crate::llama::{Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp, RmsNorm};
+use crate::projection::Projection;
 use crate::{Error, ModelConfig, Result};
 
 /// A tensor in HF layout: PyTorch shape and row-major f32 values.
@@ -414,25 +415,16 @@ pub fn load_weights(
         layers.push(DecoderLayer {
             input_layernorm: l.norm(&format!("{p}.input_layernorm"), hs, c.rms_norm_eps)?,
             self_attn: Attention {
-                q_proj: l.linear_with_bias(
-                    &format!("{p}.self_attn.q_proj"),
-                    hs,
-                    q,
-                    c.attention_bias,
-                )?,
-                k_proj: l.linear_with_bias(
-                    &format!("{p}.self_attn.k_proj"),
-                    hs,
-                    kv,
-                    c.attention_bias,
-                )?,
-                v_proj: l.linear_with_bias(
-                    &format!("{p}.self_attn.v_proj"),
-                    hs,
-                    kv,
-                    c.attention_bias,
-                )?,
-                o_proj: l.linear(&format!("{p}.self_attn.o_proj"), q, hs)?,
+                q_proj: l
+                    .linear_with_bias(&format!("{p}.self_attn.q_proj"), hs, q, c.attention_bias)?
+                    .into(),
+                k_proj: l
+                    .linear_with_bias(&format!("{p}.self_attn.k_proj"), hs, kv, c.attention_bias)?
+                    .into(),
+                v_proj: l
+                    .linear_with_bias(&format!("{p}.self_attn.v_proj"), hs, kv, c.attention_bias)?
+                    .into(),
+                o_proj: l.linear(&format!("{p}.self_attn.o_proj"), q, hs)?.into(),
                 num_heads: c.num_attention_heads,
                 num_kv_heads: c.num_key_value_heads,
                 head_dim: hd,
@@ -443,9 +435,9 @@ pub fn load_weights(
                 c.rms_norm_eps,
             )?,
             mlp: Mlp {
-                gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), hs, inter)?,
-                up_proj: l.linear(&format!("{p}.mlp.up_proj"), hs, inter)?,
-                down_proj: l.linear(&format!("{p}.mlp.down_proj"), inter, hs)?,
+                gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), hs, inter)?.into(),
+                up_proj: l.linear(&format!("{p}.mlp.up_proj"), hs, inter)?.into(),
+                down_proj: l.linear(&format!("{p}.mlp.down_proj"), inter, hs)?.into(),
             },
         });
     }
@@ -494,9 +486,14 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 /// back to `[out, in]`). This is what [`save_safetensors`] writes.
 pub fn hf_tensors(model: &LlamaForCausalLM) -> Vec<(String, HostTensor)> {
     let mut out = Vec::new();
-    let push_linear = |out: &mut Vec<(String, HostTensor)>, name: String, l: &Linear| {
-        let [d_in, d_out] = l.weight.val().dims();
-        let data = transpose(&host(l.weight.val()), d_in, d_out);
+    fn push_weight(
+        out: &mut Vec<(String, HostTensor)>,
+        name: String,
+        weight: &Param<Tensor<2>>,
+        bias: Option<&Param<Tensor<1>>>,
+    ) {
+        let [d_in, d_out] = weight.val().dims();
+        let data = transpose(&host(weight.val()), d_in, d_out);
         out.push((
             format!("{name}.weight"),
             HostTensor {
@@ -504,7 +501,7 @@ pub fn hf_tensors(model: &LlamaForCausalLM) -> Vec<(String, HostTensor)> {
                 data,
             },
         ));
-        if let Some(b) = &l.bias {
+        if let Some(b) = bias {
             out.push((
                 format!("{name}.bias"),
                 HostTensor {
@@ -513,6 +510,13 @@ pub fn hf_tensors(model: &LlamaForCausalLM) -> Vec<(String, HostTensor)> {
                 },
             ));
         }
+    }
+    let push_linear = |out: &mut Vec<(String, HostTensor)>, name: String, l: &Linear| {
+        push_weight(out, name, &l.weight, l.bias.as_ref());
+    };
+    // The base weights only: an adapter is saved on its own (PEFT files) or merged first.
+    let push_proj = |out: &mut Vec<(String, HostTensor)>, name: String, p: &Projection| {
+        push_weight(out, name, &p.weight, p.bias.as_ref());
     };
     let norm = |name: String, n: &RmsNorm| {
         let d = n.weight.val().dims()[0];
@@ -536,22 +540,22 @@ pub fn hf_tensors(model: &LlamaForCausalLM) -> Vec<(String, HostTensor)> {
     for (i, layer) in m.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
         out.push(norm(format!("{p}.input_layernorm"), &layer.input_layernorm));
-        push_linear(
+        push_proj(
             &mut out,
             format!("{p}.self_attn.q_proj"),
             &layer.self_attn.q_proj,
         );
-        push_linear(
+        push_proj(
             &mut out,
             format!("{p}.self_attn.k_proj"),
             &layer.self_attn.k_proj,
         );
-        push_linear(
+        push_proj(
             &mut out,
             format!("{p}.self_attn.v_proj"),
             &layer.self_attn.v_proj,
         );
-        push_linear(
+        push_proj(
             &mut out,
             format!("{p}.self_attn.o_proj"),
             &layer.self_attn.o_proj,
@@ -560,9 +564,9 @@ pub fn hf_tensors(model: &LlamaForCausalLM) -> Vec<(String, HostTensor)> {
             format!("{p}.post_attention_layernorm"),
             &layer.post_attention_layernorm,
         ));
-        push_linear(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
-        push_linear(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
-        push_linear(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
+        push_proj(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
+        push_proj(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
+        push_proj(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
     }
     out.push(norm("model.norm".into(), &m.norm));
     if let Some(head) = &model.lm_head {

@@ -10,12 +10,14 @@ pub mod config;
 mod error;
 pub mod gguf;
 pub mod llama;
+pub mod projection;
 pub mod rope;
 
 pub use cache::KvCache;
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use llama::{ForwardOptions, LlamaForCausalLM};
+pub use projection::{LoraAdapter, Projection};
 pub mod chat_template;
 pub mod checkpoint;
 pub mod tokenizer;

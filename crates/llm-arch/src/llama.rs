@@ -16,6 +16,7 @@ use temper_backend::kernels::reference::repeat_kv;
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::ModelConfig;
+use crate::projection::Projection;
 use crate::rope::RotaryEmbedding;
 use crate::{Error, Result};
 
@@ -36,9 +37,9 @@ impl RmsNorm {
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
+    pub gate_proj: Projection,
+    pub up_proj: Projection,
+    pub down_proj: Projection,
 }
 
 impl Mlp {
@@ -52,10 +53,10 @@ impl Mlp {
 /// Grouped-query self-attention with half-split RoPE.
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
+    pub q_proj: Projection,
+    pub k_proj: Projection,
+    pub v_proj: Projection,
+    pub o_proj: Projection,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -186,19 +187,19 @@ impl LlamaForCausalLM {
             .map(|_| DecoderLayer {
                 input_layernorm: norm(),
                 self_attn: Attention {
-                    q_proj: linear(rand([hs, q])),
-                    k_proj: linear(rand([hs, kv])),
-                    v_proj: linear(rand([hs, kv])),
-                    o_proj: linear(rand([q, hs])),
+                    q_proj: linear(rand([hs, q])).into(),
+                    k_proj: linear(rand([hs, kv])).into(),
+                    v_proj: linear(rand([hs, kv])).into(),
+                    o_proj: linear(rand([q, hs])).into(),
                     num_heads: config.num_attention_heads,
                     num_kv_heads: config.num_key_value_heads,
                     head_dim: hd,
                 },
                 post_attention_layernorm: norm(),
                 mlp: Mlp {
-                    gate_proj: linear(rand([hs, config.intermediate_size])),
-                    up_proj: linear(rand([hs, config.intermediate_size])),
-                    down_proj: linear(rand([config.intermediate_size, hs])),
+                    gate_proj: linear(rand([hs, config.intermediate_size])).into(),
+                    up_proj: linear(rand([hs, config.intermediate_size])).into(),
+                    down_proj: linear(rand([config.intermediate_size, hs])).into(),
                 },
             })
             .collect();

@@ -1,0 +1,209 @@
+//! `temper train`: one training stage (CPT, SFT, DPO, ORPO, SimPO, KTO) from flags or a TOML
+//! stage file, full fine-tuning or LoRA (`--lora-r R`, or a `[lora]` table).
+//!
+//! The output directory is an HF model directory `temper generate` loads (with LoRA: the
+//! adapter merged into the weights), or with `--adapter-only` a PEFT adapter directory
+//! (`adapter_config.json` + `adapter_model.safetensors` + tokenizer files). With LoRA, DPO and
+//! KTO use the base model with adapters disabled as their reference (no second copy).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use temper_train::{LoraSettings, Objective, StageConfig, run_stage};
+
+/// The objective named on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectiveName {
+    Cpt,
+    Sft,
+    Dpo,
+    Orpo,
+    Simpo,
+    Kto,
+}
+
+/// Arguments of `temper train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The objective (omit with --config).
+    pub objective: Option<ObjectiveName>,
+    /// A TOML stage file (`model`, `train_file`, `[trainer]`, `[trainer.objective]`, ...);
+    /// flags given as well override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// HF model directory or .gguf file.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Training rows (JSONL in TRL's shape for the objective).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Held-out rows for the evaluation loss.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Output directory (checkpoints, metrics.jsonl, loss.svg and the trained model).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Train a LoRA adapter of this rank on all seven projections instead of every weight
+    /// (overrides the rank of a `[lora]` table).
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// LoRA alpha (default 2 × rank).
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the LoRA adapter input (default 0).
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    /// With LoRA: write the PEFT adapter (adapter_config.json + adapter_model.safetensors +
+    /// tokenizer) instead of the merged model.
+    #[arg(long)]
+    pub adapter_only: bool,
+    #[arg(long, conflicts_with = "max_steps")]
+    pub epochs: Option<f64>,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub gradient_accumulation_steps: Option<usize>,
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue from the newest checkpoint in the output directory.
+    #[arg(long)]
+    pub resume: bool,
+    /// cpu, wgpu, wgpu:N or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn default_objective(name: ObjectiveName) -> Objective {
+    match name {
+        ObjectiveName::Cpt => Objective::Cpt(Default::default()),
+        ObjectiveName::Sft => Objective::Sft(Default::default()),
+        ObjectiveName::Dpo => Objective::Dpo(Default::default()),
+        ObjectiveName::Orpo => Objective::Orpo(Default::default()),
+        ObjectiveName::Simpo => Objective::Simpo(temper_objectives::CpoConfig::simpo(2.0, 0.5)),
+        ObjectiveName::Kto => Objective::Kto(Default::default()),
+    }
+}
+
+/// Build the stage from the TOML file (if any) and the flags.
+pub fn stage_from_args(args: &TrainArgs) -> Result<StageConfig> {
+    let mut stage = match &args.config {
+        Some(path) => StageConfig::from_toml_file(path)
+            .with_context(|| format!("reading {}", path.display()))?,
+        None => {
+            let (Some(model), Some(data), Some(out)) = (&args.model, &args.data, &args.out) else {
+                bail!("give --config STAGE.toml, or --model, --data and --out");
+            };
+            let mut text = String::new();
+            text.push_str(&format!("model = {:?}\n", model.display().to_string()));
+            text.push_str(&format!("train_file = {:?}\n", data.display().to_string()));
+            text.push_str(&format!(
+                "[trainer]\noutput_dir = {:?}\n",
+                out.display().to_string()
+            ));
+            StageConfig::from_toml_str(&text)?
+        }
+    };
+    if let Some(name) = args.objective {
+        if args.config.is_none() || stage.trainer.objective.name() != default_objective(name).name()
+        {
+            stage.trainer.objective = default_objective(name);
+        }
+    } else if args.config.is_none() {
+        bail!("name the objective (cpt, sft, dpo, orpo, simpo, kto) or give --config");
+    }
+    if let Some(r) = args.lora_r {
+        match stage.lora.as_mut() {
+            Some(l) => l.r = r,
+            None => stage.lora = Some(LoraSettings::new(r)),
+        }
+    }
+    if stage.lora.is_none()
+        && (args.lora_alpha.is_some() || args.lora_dropout.is_some() || args.adapter_only)
+    {
+        bail!("--lora-alpha, --lora-dropout and --adapter-only need --lora-r (or a [lora] table)");
+    }
+    if let Some(l) = stage.lora.as_mut() {
+        if let Some(a) = args.lora_alpha {
+            l.lora_alpha = Some(a);
+        }
+        if let Some(d) = args.lora_dropout {
+            l.lora_dropout = d;
+        }
+    }
+    if args.adapter_only {
+        stage.save_adapter_only = true;
+    }
+    let t = &mut stage.trainer;
+    if let Some(m) = &args.model {
+        stage.model = m.clone();
+    }
+    if let Some(d) = &args.data {
+        stage.train_file = d.clone();
+    }
+    if let Some(d) = &args.eval_data {
+        stage.eval_file = Some(d.clone());
+    }
+    if let Some(o) = &args.out {
+        t.output_dir = o.clone();
+    }
+    if let Some(e) = args.epochs {
+        t.num_train_epochs = e;
+        t.max_steps = None;
+    }
+    if let Some(n) = args.max_steps {
+        t.max_steps = Some(n);
+    }
+    if let Some(lr) = args.lr {
+        t.learning_rate = lr;
+    }
+    if let Some(b) = args.batch_size {
+        t.batch_size = b;
+    }
+    if let Some(g) = args.gradient_accumulation_steps {
+        t.gradient_accumulation_steps = g;
+    }
+    if let Some(l) = args.max_length {
+        t.max_length = Some(l);
+    }
+    if let Some(s) = args.seed {
+        t.seed = s;
+    }
+    if args.resume {
+        stage.resume = true;
+    }
+    if let Some(d) = &args.device {
+        stage.device = d.clone();
+    }
+    stage.validate()?;
+    Ok(stage)
+}
+
+/// Run `temper train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let stage = stage_from_args(&args)?;
+    let summary = run_stage(&stage, !args.quiet)?;
+    let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
+    let what = match (&stage.lora, stage.save_adapter_only) {
+        (None, _) => "model",
+        (Some(_), false) => "merged LoRA model",
+        (Some(_), true) => "LoRA adapter",
+    };
+    eprintln!(
+        "{} steps of {} (final loss {}, eval loss {}); {what}, checkpoints, metrics.jsonl and loss.svg in {}",
+        summary.steps,
+        stage.trainer.objective.name(),
+        fmt(summary.final_loss),
+        fmt(summary.eval_loss),
+        stage.trainer.output_dir.display()
+    );
+    Ok(())
+}

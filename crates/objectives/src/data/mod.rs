@@ -1,0 +1,40 @@
+//! Data preparation for the objectives, following TRL 1.16's dataset handling.
+//!
+//! Pipeline: read JSONL rows ([`jsonl`], row types in [`example`]) → tokenise them as TRL does
+//! ([`tokenize::Preprocessor`]: chat template, EOS, prompt/completion boundary, truncation,
+//! dropping) → pack CPT documents ([`pack`]) → collate batches with padding, masks and labels
+//! ([`collate`]) → burn tensors ([`collate::Batch::to_tensors`]).
+//!
+//! ```no_run
+//! use temper_objectives::data::*;
+//! # fn main() -> temper_objectives::Result<()> {
+//! let pre = Preprocessor::from_hf_dir("SmolLM2-135M-Instruct")?;
+//! let pairs = read_jsonl::<PreferenceRow>("prefs.jsonl", &ReadOptions::default())?;
+//! let prepared = pre.prepare_preference(&pairs.rows, Some(1024))?;
+//! let batch = collate_preference(&prepared.rows[..2], Some(1024), &PadOptions::new(pre.pad_id()))?;
+//! // batch.batch.to_tensors(&device): input_ids/attention_mask/labels/completion_mask [4, T]
+//! # Ok(()) }
+//! ```
+
+pub mod chat;
+pub mod collate;
+pub mod example;
+pub mod jsonl;
+pub mod pack;
+pub mod tokenize;
+
+pub use chat::ChatFormat;
+pub use collate::{
+    Batch, BatchTensors, PadOptions, PreferenceBatch, UnpairedBatch, collate_packed,
+    collate_preference, collate_sft, collate_unpaired,
+};
+pub use example::{
+    Content, Document, PreferenceRow, PromptCompletion, SftRow, UnpairedRow, extract_prompt,
+    unpair_preferences,
+};
+pub use jsonl::{JsonRow, Loaded, ReadOptions, SkippedLine, parse_jsonl, read_jsonl};
+pub use pack::{BlockPacker, PackOptions, PackedBlock, pack_documents};
+pub use tokenize::{
+    PreferenceTokens, Prepared, Preprocessor, SftOptions, SftTokens, UnpairedTokens,
+    common_prefix_length,
+};

@@ -1,0 +1,859 @@
+//! Tokenisation of dataset rows as TRL 1.16 does it (`SFTTrainer`, `DPOTrainer`, `KTOTrainer`
+//! `_prepare_dataset`).
+//!
+//! * **Standard rows** (strings) are tokenised like `tokenizer(text)`, i.e. *with* the
+//!   tokenizer's special tokens (BOS for Llama-style tokenizers; none for SmolLM2). Completions
+//!   (`completion`, `chosen`, `rejected`) and SFT/CPT `text` get the EOS **string** appended when
+//!   they do not already end with it, before tokenisation, so it is a completion target.
+//! * **Conversational rows** are rendered with the chat template and tokenised *without* adding
+//!   special tokens (the template writes them), like `apply_chat_template(tokenize=True)`. The
+//!   prompt alone is rendered with `add_generation_prompt=true`; prompt+completion without. No EOS
+//!   is appended (the template closes the turn).
+//! * **Prompt/completion boundary**: the prompt and prompt+completion are tokenised separately
+//!   and the completion starts at their longest common token prefix ([`common_prefix_length`]),
+//!   not at `len(prompt_ids)` — this survives BPE merges across the boundary and templates that
+//!   render a prompt differently alone. For preference rows the boundary is the minimum over
+//!   chosen and rejected. When the prompt is not a prefix, its diverging tail is left out of the
+//!   sequence (TRL warns once); [`Prepared::boundary_mismatches`] counts those rows.
+//! * **Truncation** keeps the start (`truncation_mode="keep_start"`, the only mode TRL 1.16
+//!   supports): SFT truncates here to `max_length` and drops rows left without any target;
+//!   preference and KTO rows are truncated by the collator, and here rows whose *prompt alone*
+//!   has `max_length` tokens or more are dropped (they would keep no completion token).
+//!   Dropped rows are listed in [`Prepared::dropped`].
+
+use std::path::Path;
+
+use serde_json::Value;
+use temper_llm_arch::gguf::{GgufFile, chat_template as gguf_chat_template, special_tokens};
+use temper_llm_arch::{ChatMessage, Tokenizer};
+
+use super::chat::ChatFormat;
+use super::example::{Content, Document, PreferenceRow, PromptCompletion, SftRow, UnpairedRow};
+use crate::{IGNORE_INDEX, ObjectiveError, Result};
+
+/// Number of leading tokens two sequences share (TRL's `common_prefix_length`).
+pub fn common_prefix_length(ids: &[u32], other: &[u32]) -> usize {
+    ids.iter().zip(other).take_while(|(a, b)| a == b).count()
+}
+
+/// SFT tokenisation options (TRL `SFTConfig`).
+#[derive(Debug, Clone)]
+pub struct SftOptions {
+    /// Truncate to this many tokens, keeping the start (`max_length`, default 1024). `None`: never.
+    pub max_length: Option<usize>,
+    /// Train only on completion tokens of prompt-completion rows (`completion_only_loss`; TRL's
+    /// default `None` means true for prompt-completion data). No effect on documents.
+    pub completion_only_loss: bool,
+    /// Train only on assistant output of conversational rows (`assistant_only_loss`, default
+    /// false). Standard (string) rows are an error with this option, as in TRL.
+    pub assistant_only_loss: bool,
+}
+
+impl Default for SftOptions {
+    fn default() -> Self {
+        Self {
+            max_length: Some(1024),
+            completion_only_loss: true,
+            assistant_only_loss: false,
+        }
+    }
+}
+
+/// A tokenised SFT/CPT row: `input_ids` and aligned (unshifted) `labels`, `-100` where the
+/// token is not a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SftTokens {
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<i64>,
+    /// For prompt-completion rows: index of the first completion token (before truncation).
+    pub completion_start: Option<usize>,
+}
+
+impl SftTokens {
+    /// A document on which every token is a target (CPT / plain language modelling).
+    pub fn all_targets(input_ids: Vec<u32>) -> Self {
+        let labels = input_ids.iter().map(|&t| i64::from(t)).collect();
+        Self {
+            input_ids,
+            labels,
+            completion_start: None,
+        }
+    }
+
+    /// Keep the first `max_length` tokens.
+    pub fn truncate(&mut self, max_length: usize) {
+        self.input_ids.truncate(max_length);
+        self.labels.truncate(max_length);
+    }
+
+    /// Whether any label is a target (TRL drops rows where none is).
+    pub fn has_target(&self) -> bool {
+        self.labels.iter().any(|&l| l != IGNORE_INDEX)
+    }
+}
+
+/// A tokenised preference pair, TRL's `prompt_ids` / `chosen_ids` / `rejected_ids` columns:
+/// the training sequences are `prompt_ids + chosen_ids` and `prompt_ids + rejected_ids`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreferenceTokens {
+    pub prompt_ids: Vec<u32>,
+    pub chosen_ids: Vec<u32>,
+    pub rejected_ids: Vec<u32>,
+}
+
+/// A tokenised KTO row (`prompt_ids` / `completion_ids` / `label`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpairedTokens {
+    pub prompt_ids: Vec<u32>,
+    pub completion_ids: Vec<u32>,
+    pub label: bool,
+}
+
+/// Rows that survived preparation, and what happened to the others.
+#[derive(Debug, Clone)]
+pub struct Prepared<T> {
+    pub rows: Vec<T>,
+    /// Indices (into the input slice) of the rows dropped for length.
+    pub dropped: Vec<usize>,
+    /// Rows whose tokenised prompt was not a prefix of prompt+completion (see module docs).
+    pub boundary_mismatches: usize,
+}
+
+/// Tokenizer + chat template + special tokens: TRL's "processing class".
+#[derive(Debug)]
+pub struct Preprocessor {
+    tokenizer: Tokenizer,
+    chat: Option<ChatFormat>,
+    eos_token: String,
+    eos_id: u32,
+    pad_id: u32,
+}
+
+fn invalid(msg: impl Into<String>) -> ObjectiveError {
+    ObjectiveError::Invalid(msg.into())
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| ObjectiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ObjectiveError::Data {
+        path: path.to_path_buf(),
+        line: e.line(),
+        msg: e.to_string(),
+    })
+}
+
+/// A token in `tokenizer_config.json`: a string or an `AddedToken` object with `content`.
+fn token_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+fn with_row<T>(i: usize, r: Result<T>) -> Result<T> {
+    r.map_err(|e| match e {
+        ObjectiveError::Invalid(m) => invalid(format!("row {i}: {m}")),
+        ObjectiveError::Arch(a) => invalid(format!("row {i}: {a}")),
+        other => other,
+    })
+}
+
+impl Preprocessor {
+    /// A preprocessor for `tokenizer`, whose end-of-sequence token is `eos_token` (TRL uses
+    /// `tokenizer.eos_token`, the string from `tokenizer_config.json`). Padding defaults to EOS.
+    ///
+    /// # Errors
+    /// `eos_token` not in the vocabulary.
+    pub fn new(tokenizer: Tokenizer, eos_token: &str) -> Result<Self> {
+        let eos_id = tokenizer
+            .token_to_id(eos_token)
+            .ok_or_else(|| invalid(format!("EOS token {eos_token:?} is not in the vocabulary")))?;
+        Ok(Self {
+            tokenizer,
+            chat: None,
+            eos_token: eos_token.to_string(),
+            eos_id,
+            pad_id: eos_id,
+        })
+    }
+
+    /// Pad with `token` (TRL: `pad_token`, else the tokenizer's pad token, else EOS).
+    ///
+    /// # Errors
+    /// `token` not in the vocabulary.
+    pub fn with_pad_token(mut self, token: &str) -> Result<Self> {
+        self.pad_id = self
+            .tokenizer
+            .token_to_id(token)
+            .ok_or_else(|| invalid(format!("pad token {token:?} is not in the vocabulary")))?;
+        Ok(self)
+    }
+
+    /// Pad with this id.
+    pub fn with_pad_id(mut self, id: u32) -> Self {
+        self.pad_id = id;
+        self
+    }
+
+    /// Use this chat template (Jinja source; `{% generation %}` markers allowed). `bos_token` is
+    /// the string templates see as `bos_token`.
+    ///
+    /// # Errors
+    /// Template syntax errors.
+    pub fn with_chat_template(mut self, source: &str, bos_token: &str) -> Result<Self> {
+        self.chat = Some(ChatFormat::new(source, bos_token, &self.eos_token)?);
+        Ok(self)
+    }
+
+    /// Load from an HF model directory without its weights: `tokenizer.json`, and from
+    /// `tokenizer_config.json` the `eos_token` (required), `pad_token`, `bos_token` and
+    /// `chat_template` (or `chat_template.jinja`).
+    ///
+    /// # Errors
+    /// Missing files, no EOS token, bad template.
+    pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config = read_json(&config_path)?;
+        let eos = token_string(config.get("eos_token"))
+            .ok_or_else(|| invalid(format!("{}: no `eos_token`", config_path.display())))?;
+        let mut p = Self::new(tokenizer, &eos)?;
+        if let Some(pad) = token_string(config.get("pad_token")) {
+            p = p.with_pad_token(&pad)?;
+        }
+        let bos = token_string(config.get("bos_token")).unwrap_or_default();
+        let jinja = dir.join("chat_template.jinja");
+        let template = if jinja.exists() {
+            Some(
+                std::fs::read_to_string(&jinja).map_err(|source| ObjectiveError::Io {
+                    path: jinja,
+                    source,
+                })?,
+            )
+        } else {
+            match config.get("chat_template") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                    .or_else(|| list.first())
+                    .and_then(|t| t.get("template"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                _ => None,
+            }
+        };
+        match template {
+            Some(t) => p.with_chat_template(&t, &bos),
+            None => Ok(p),
+        }
+    }
+
+    /// Load the tokenizer, special tokens and chat template from GGUF metadata.
+    ///
+    /// # Errors
+    /// Malformed GGUF, no EOS id, bad template.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
+        let file = GgufFile::open(path.as_ref()).map_err(temper_llm_arch::Error::from)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let st = special_tokens(&file);
+        let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
+        let eos = name(st.eos).ok_or_else(|| {
+            invalid(format!(
+                "{}: no EOS token in the GGUF metadata",
+                path.as_ref().display()
+            ))
+        })?;
+        let bos = name(st.bos).unwrap_or_default();
+        let template = gguf_chat_template(&file);
+        let mut p = Self::new(tokenizer, &eos)?;
+        if let Some(pad) = st.pad {
+            p = p.with_pad_id(pad);
+        }
+        match template {
+            Some(t) => p.with_chat_template(&t, &bos),
+            None => Ok(p),
+        }
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template, if any.
+    pub fn chat_format(&self) -> Option<&ChatFormat> {
+        self.chat.as_ref()
+    }
+
+    /// The EOS token string appended to standard completions.
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
+    }
+
+    /// The EOS id.
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// The padding id (EOS unless set).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    fn chat(&self) -> Result<&ChatFormat> {
+        self.chat
+            .as_ref()
+            .ok_or_else(|| invalid("conversational row but the preprocessor has no chat template"))
+    }
+
+    /// Tokenise a standard string like `tokenizer(text)` (with the tokenizer's special tokens).
+    ///
+    /// # Errors
+    /// Tokenizer failures.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(text, true)?)
+    }
+
+    /// Render and tokenise messages like `apply_chat_template(tokenize=True)` (no special tokens
+    /// added beyond what the template writes).
+    ///
+    /// # Errors
+    /// No chat template, render or tokenizer failures.
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let text = self.chat()?.render(messages, add_generation_prompt)?;
+        Ok(self.tokenizer.encode(&text, false)?)
+    }
+
+    /// Render and tokenise a conversation with its assistant-token mask (1 on tokens that overlap
+    /// an assistant span, see [`ChatFormat::render_with_assistant_spans`]).
+    ///
+    /// # Errors
+    /// As [`Preprocessor::encode_chat`], and templates whose assistant spans cannot be found.
+    pub fn encode_chat_with_assistant_mask(
+        &self,
+        messages: &[ChatMessage],
+    ) -> Result<(Vec<u32>, Vec<u8>)> {
+        let (text, spans) = self.chat()?.render_with_assistant_spans(messages)?;
+        let enc = self
+            .tokenizer
+            .inner()
+            .encode(text.as_str(), false)
+            .map_err(|e| invalid(format!("tokenizer: {e}")))?;
+        let ids = enc.get_ids().to_vec();
+        let mask = enc
+            .get_offsets()
+            .iter()
+            .map(|&(s, e)| {
+                let inside = spans.iter().any(|r| {
+                    if s == e {
+                        r.contains(&s)
+                    } else {
+                        s < r.end && e > r.start
+                    }
+                });
+                u8::from(inside)
+            })
+            .collect();
+        Ok((ids, mask))
+    }
+
+    fn with_eos(&self, text: &str) -> String {
+        if text.ends_with(&self.eos_token) {
+            text.to_string()
+        } else {
+            format!("{text}{}", self.eos_token)
+        }
+    }
+
+    /// Tokens of a CPT document: a `text` document with EOS appended when missing (TRL's
+    /// `add_eos`), or a rendered conversation.
+    ///
+    /// # Errors
+    /// Tokenizer or template failures.
+    pub fn tokenize_document(&self, doc: &Document) -> Result<Vec<u32>> {
+        match doc {
+            Document::Text(t) => self.encode_text(&self.with_eos(t)),
+            Document::Messages(m) => self.encode_chat(m, false),
+        }
+    }
+
+    /// Tokenise `prompt` alone and `prompt + completion`, appending EOS to standard completions.
+    /// Returns (prompt ids, prompt+completion ids).
+    fn prompt_and_full(
+        &self,
+        prompt: &Content,
+        completion: &Content,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        match (prompt, completion) {
+            (Content::Text(p), Content::Text(c)) => Ok((
+                self.encode_text(p)?,
+                self.encode_text(&format!("{p}{}", self.with_eos(c)))?,
+            )),
+            (Content::Messages(p), Content::Messages(c)) => {
+                let all: Vec<ChatMessage> = p.iter().chain(c).cloned().collect();
+                Ok((self.encode_chat(p, true)?, self.encode_chat(&all, false)?))
+            }
+            _ => Err(invalid(
+                "prompt and completion must both be strings or both be message lists",
+            )),
+        }
+    }
+
+    /// Tokenise one SFT row and build its labels (TRL's `tokenize_fn` + `build_labels`), without
+    /// truncation. Returns the tokens and whether the prompt/completion boundary diverged.
+    ///
+    /// # Errors
+    /// Tokenizer/template failures; `assistant_only_loss` on a standard row; an assistant mask
+    /// without any assistant token (TRL raises the same).
+    pub fn tokenize_sft(&self, row: &SftRow, opts: &SftOptions) -> Result<(SftTokens, bool)> {
+        let (ids, completion_mask, assistant_mask, start, mismatch) = match row {
+            SftRow::Document(Document::Text(t)) => {
+                if opts.assistant_only_loss {
+                    return Err(invalid("assistant_only_loss needs conversational rows"));
+                }
+                (
+                    self.encode_text(&self.with_eos(t))?,
+                    None,
+                    None,
+                    None,
+                    false,
+                )
+            }
+            SftRow::Document(Document::Messages(m)) => {
+                if opts.assistant_only_loss {
+                    let (ids, mask) = self.encode_chat_with_assistant_mask(m)?;
+                    (ids, None, Some(mask), None, false)
+                } else {
+                    (self.encode_chat(m, false)?, None, None, None, false)
+                }
+            }
+            SftRow::PromptCompletion(PromptCompletion { prompt, completion }) => {
+                let (prompt_ids, full, assistant_mask) =
+                    match (prompt, completion, opts.assistant_only_loss) {
+                        (Content::Messages(p), Content::Messages(c), true) => {
+                            let all: Vec<ChatMessage> = p.iter().chain(c).cloned().collect();
+                            let (full, mask) = self.encode_chat_with_assistant_mask(&all)?;
+                            (self.encode_chat(p, true)?, full, Some(mask))
+                        }
+                        (_, _, true) => {
+                            return Err(invalid("assistant_only_loss needs conversational rows"));
+                        }
+                        _ => {
+                            let (p, f) = self.prompt_and_full(prompt, completion)?;
+                            (p, f, None)
+                        }
+                    };
+                let k = common_prefix_length(&prompt_ids, &full);
+                let mask: Vec<u8> = (0..full.len()).map(|i| u8::from(i >= k)).collect();
+                (
+                    full,
+                    Some(mask),
+                    assistant_mask,
+                    Some(k),
+                    k < prompt_ids.len(),
+                )
+            }
+        };
+        if let Some(m) = &assistant_mask
+            && !m.contains(&1)
+        {
+            return Err(invalid(
+                "assistant_only_loss: a row has no assistant tokens (does the template mark them?)",
+            ));
+        }
+        let use_completion = opts.completion_only_loss;
+        let labels = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                let c = !use_completion || completion_mask.as_ref().is_none_or(|m| m[i] == 1);
+                let a = assistant_mask.as_ref().is_none_or(|m| m[i] == 1);
+                if c && a { i64::from(t) } else { IGNORE_INDEX }
+            })
+            .collect();
+        Ok((
+            SftTokens {
+                input_ids: ids,
+                labels,
+                completion_start: start,
+            },
+            mismatch,
+        ))
+    }
+
+    /// Tokenise an SFT dataset: per row [`Preprocessor::tokenize_sft`], truncation to
+    /// `max_length` (keep start) and dropping of rows without any target left.
+    ///
+    /// # Errors
+    /// The first failing row, named by index.
+    pub fn prepare_sft(&self, rows: &[SftRow], opts: &SftOptions) -> Result<Prepared<SftTokens>> {
+        let mut out = Prepared {
+            rows: Vec::with_capacity(rows.len()),
+            dropped: Vec::new(),
+            boundary_mismatches: 0,
+        };
+        for (i, row) in rows.iter().enumerate() {
+            let (mut t, mismatch) = with_row(i, self.tokenize_sft(row, opts))?;
+            out.boundary_mismatches += usize::from(mismatch);
+            if let Some(n) = opts.max_length {
+                t.truncate(n);
+            }
+            if t.has_target() {
+                out.rows.push(t);
+            } else {
+                out.dropped.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tokenise CPT documents ([`Preprocessor::tokenize_document`]), ready for
+    /// [`super::pack::pack_documents`].
+    ///
+    /// # Errors
+    /// The first failing document, named by index.
+    pub fn prepare_documents(&self, docs: &[Document]) -> Result<Vec<Vec<u32>>> {
+        docs.iter()
+            .enumerate()
+            .map(|(i, d)| with_row(i, self.tokenize_document(d)))
+            .collect()
+    }
+
+    /// Tokenise one preference pair (TRL `DPOTrainer` `tokenize_fn`): the completion boundary is
+    /// `min(common_prefix(prompt, prompt+chosen), common_prefix(prompt, prompt+rejected))`.
+    /// Returns the tokens and whether the boundary diverged from the tokenised prompt.
+    ///
+    /// # Errors
+    /// Tokenizer/template failures, mixed string/message fields.
+    pub fn tokenize_preference(&self, row: &PreferenceRow) -> Result<(PreferenceTokens, bool)> {
+        let (prompt_ids, chosen_full) = self.prompt_and_full(&row.prompt, &row.chosen)?;
+        let (_, rejected_full) = self.prompt_and_full(&row.prompt, &row.rejected)?;
+        let k = common_prefix_length(&prompt_ids, &chosen_full)
+            .min(common_prefix_length(&prompt_ids, &rejected_full));
+        let mismatch = k < prompt_ids.len();
+        Ok((
+            PreferenceTokens {
+                prompt_ids: prompt_ids[..k].to_vec(),
+                chosen_ids: chosen_full[k..].to_vec(),
+                rejected_ids: rejected_full[k..].to_vec(),
+            },
+            mismatch,
+        ))
+    }
+
+    /// Tokenise a preference dataset; with `max_length`, rows whose prompt alone has
+    /// `max_length` tokens or more are dropped (TRL, `keep_start`). Sequences are truncated later,
+    /// by [`super::collate::collate_preference`].
+    ///
+    /// # Errors
+    /// The first failing row, named by index.
+    pub fn prepare_preference(
+        &self,
+        rows: &[PreferenceRow],
+        max_length: Option<usize>,
+    ) -> Result<Prepared<PreferenceTokens>> {
+        let mut out = Prepared {
+            rows: Vec::with_capacity(rows.len()),
+            dropped: Vec::new(),
+            boundary_mismatches: 0,
+        };
+        for (i, row) in rows.iter().enumerate() {
+            let (t, mismatch) = with_row(i, self.tokenize_preference(row))?;
+            out.boundary_mismatches += usize::from(mismatch);
+            if max_length.is_some_and(|n| t.prompt_ids.len() >= n) {
+                out.dropped.push(i);
+            } else {
+                out.rows.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tokenise one KTO row (TRL `KTOTrainer` `tokenize_fn`).
+    ///
+    /// # Errors
+    /// Tokenizer/template failures, mixed string/message fields.
+    pub fn tokenize_unpaired(&self, row: &UnpairedRow) -> Result<(UnpairedTokens, bool)> {
+        let (prompt_ids, full) = self.prompt_and_full(&row.prompt, &row.completion)?;
+        let k = common_prefix_length(&prompt_ids, &full);
+        Ok((
+            UnpairedTokens {
+                prompt_ids: prompt_ids[..k].to_vec(),
+                completion_ids: full[k..].to_vec(),
+                label: row.label,
+            },
+            k < prompt_ids.len(),
+        ))
+    }
+
+    /// Tokenise a KTO dataset, dropping rows whose prompt alone fills `max_length`.
+    ///
+    /// # Errors
+    /// The first failing row, named by index.
+    pub fn prepare_unpaired(
+        &self,
+        rows: &[UnpairedRow],
+        max_length: Option<usize>,
+    ) -> Result<Prepared<UnpairedTokens>> {
+        let mut out = Prepared {
+            rows: Vec::with_capacity(rows.len()),
+            dropped: Vec::new(),
+            boundary_mismatches: 0,
+        };
+        for (i, row) in rows.iter().enumerate() {
+            let (t, mismatch) = with_row(i, self.tokenize_unpaired(row))?;
+            out.boundary_mismatches += usize::from(mismatch);
+            if max_length.is_some_and(|n| t.prompt_ids.len() >= n) {
+                out.dropped.push(i);
+            } else {
+                out.rows.push(t);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A word-level tokenizer: `<eos>`=0, `<bos>`=1, then words; BOS added as a special token.
+    fn toy_tokenizer() -> Tokenizer {
+        let json = r#"{
+          "version": "1.0",
+          "added_tokens": [
+            {"id": 0, "content": "<eos>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 1, "content": "<bos>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 2, "content": "<pad>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+          ],
+          "normalizer": null,
+          "pre_tokenizer": {"type": "Whitespace"},
+          "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<bos>": {"id": "<bos>", "ids": [1], "tokens": ["<bos>"]}}},
+          "decoder": null,
+          "model": {"type": "WordLevel", "unk_token": "[UNK]",
+            "vocab": {"<eos>": 0, "<bos>": 1, "<pad>": 2, "[UNK]": 3, "the": 4, "sky": 5, "is": 6, "blue": 7, "green": 8, ".": 9, "user": 10, "assistant": 11, ":": 12, "hi": 13, "yo": 14, "|": 15}}
+        }"#;
+        Tokenizer::from_json_str(json, "toy").unwrap()
+    }
+
+    const TEMPLATE: &str = "{% for m in messages %}{{ m.role }} : {{ m.content }} |{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}";
+
+    fn pre() -> Preprocessor {
+        Preprocessor::new(toy_tokenizer(), "<eos>")
+            .unwrap()
+            .with_pad_token("<pad>")
+            .unwrap()
+            .with_chat_template(TEMPLATE, "<bos>")
+            .unwrap()
+    }
+
+    fn text(s: &str) -> Content {
+        Content::Text(s.into())
+    }
+
+    #[test]
+    fn common_prefix() {
+        assert_eq!(common_prefix_length(&[1, 2, 3], &[1, 2, 4, 5]), 2);
+        assert_eq!(common_prefix_length(&[1, 2], &[1, 2, 3]), 2);
+        assert_eq!(common_prefix_length(&[], &[1]), 0);
+    }
+
+    #[test]
+    fn constructor_checks_special_tokens() {
+        assert!(Preprocessor::new(toy_tokenizer(), "</s>").is_err());
+        let p = Preprocessor::new(toy_tokenizer(), "<eos>").unwrap();
+        assert_eq!((p.eos_id(), p.pad_id()), (0, 0));
+        assert!(p.with_pad_token("nope").is_err());
+        assert_eq!(pre().pad_id(), 2);
+    }
+
+    #[test]
+    fn text_document_gets_bos_and_one_eos() {
+        let p = pre();
+        assert_eq!(
+            p.tokenize_document(&Document::Text("the sky".into()))
+                .unwrap(),
+            vec![1, 4, 5, 0]
+        );
+        assert_eq!(
+            p.tokenize_document(&Document::Text("the sky<eos>".into()))
+                .unwrap(),
+            vec![1, 4, 5, 0]
+        );
+        let conv = Document::Messages(vec![ChatMessage::new("user", "hi")]);
+        assert_eq!(p.tokenize_document(&conv).unwrap(), vec![10, 12, 13, 15]);
+    }
+
+    #[test]
+    fn sft_prompt_completion_masks_the_prompt() {
+        let p = pre();
+        let row = SftRow::PromptCompletion(PromptCompletion {
+            prompt: text("the sky is"),
+            completion: text(" blue ."),
+        });
+        let (t, mismatch) = p.tokenize_sft(&row, &SftOptions::default()).unwrap();
+        assert!(!mismatch);
+        assert_eq!(t.input_ids, vec![1, 4, 5, 6, 7, 9, 0]);
+        assert_eq!(t.labels, vec![-100, -100, -100, -100, 7, 9, 0]);
+        assert_eq!(t.completion_start, Some(4));
+        let all = SftOptions {
+            completion_only_loss: false,
+            ..SftOptions::default()
+        };
+        let (t, _) = p.tokenize_sft(&row, &all).unwrap();
+        assert_eq!(t.labels, vec![1, 4, 5, 6, 7, 9, 0]);
+    }
+
+    #[test]
+    fn sft_conversational_prompt_completion_and_assistant_only() {
+        let p = pre();
+        let row = SftRow::PromptCompletion(PromptCompletion {
+            prompt: Content::Messages(vec![ChatMessage::new("user", "hi")]),
+            completion: Content::Messages(vec![ChatMessage::new("assistant", "yo")]),
+        });
+        let (t, mismatch) = p.tokenize_sft(&row, &SftOptions::default()).unwrap();
+        // "user : hi |assistant : yo |" vs prompt "user : hi |assistant :"
+        assert_eq!(t.input_ids, vec![10, 12, 13, 15, 11, 12, 14, 15]);
+        assert_eq!(t.labels, vec![-100, -100, -100, -100, -100, -100, 14, 15]);
+        assert!(!mismatch);
+        let opts = SftOptions {
+            assistant_only_loss: true,
+            ..SftOptions::default()
+        };
+        let conv = SftRow::Document(Document::Messages(vec![
+            ChatMessage::new("user", "hi"),
+            ChatMessage::new("assistant", "yo"),
+        ]));
+        let (t, _) = p.tokenize_sft(&conv, &opts).unwrap();
+        assert_eq!(t.labels, vec![-100, -100, -100, -100, -100, -100, 14, 15]);
+        let err = p
+            .tokenize_sft(&SftRow::Document(Document::Text("hi".into())), &opts)
+            .unwrap_err();
+        assert!(err.to_string().contains("conversational"), "{err}");
+        let no_assistant =
+            SftRow::Document(Document::Messages(vec![ChatMessage::new("user", "hi")]));
+        assert!(p.tokenize_sft(&no_assistant, &opts).is_err());
+    }
+
+    #[test]
+    fn sft_truncates_and_drops_rows_without_targets() {
+        let p = pre();
+        let rows = vec![
+            SftRow::PromptCompletion(PromptCompletion {
+                prompt: text("the sky is"),
+                completion: text(" blue"),
+            }),
+            SftRow::Document(Document::Text("the sky is blue".into())),
+            SftRow::PromptCompletion(PromptCompletion {
+                prompt: text("the"),
+                completion: text(" sky is blue"),
+            }),
+        ];
+        let opts = SftOptions {
+            max_length: Some(4),
+            ..SftOptions::default()
+        };
+        let prepared = p.prepare_sft(&rows, &opts).unwrap();
+        assert_eq!(prepared.dropped, vec![0]);
+        assert_eq!(prepared.rows[0].input_ids, vec![1, 4, 5, 6]);
+        assert_eq!(prepared.rows[0].labels, vec![1, 4, 5, 6]);
+        assert_eq!(prepared.rows[1].labels, vec![-100, -100, 5, 6]);
+        let untruncated = p
+            .prepare_sft(
+                &rows,
+                &SftOptions {
+                    max_length: None,
+                    ..SftOptions::default()
+                },
+            )
+            .unwrap();
+        assert!(untruncated.dropped.is_empty());
+        assert_eq!(untruncated.rows[0].input_ids.len(), 6);
+    }
+
+    #[test]
+    fn preference_boundary_and_dropping() {
+        let p = pre();
+        let row = PreferenceRow {
+            prompt: text("the sky is"),
+            chosen: text(" blue ."),
+            rejected: text(" green"),
+        };
+        let (t, _) = p.tokenize_preference(&row).unwrap();
+        assert_eq!(t.prompt_ids, vec![1, 4, 5, 6]);
+        assert_eq!(t.chosen_ids, vec![7, 9, 0]);
+        assert_eq!(t.rejected_ids, vec![8, 0]);
+        let prepared = p
+            .prepare_preference(&[row.clone(), row.clone()], Some(4))
+            .unwrap();
+        assert_eq!(prepared.dropped, vec![0, 1]);
+        let prepared = p.prepare_preference(&[row], Some(5)).unwrap();
+        assert_eq!((prepared.rows.len(), prepared.dropped.len()), (1, 0));
+    }
+
+    #[test]
+    fn diverging_prompt_sets_the_boundary_at_the_common_prefix() {
+        // The generation prompt "assistant :" is not rendered when the completion follows as a
+        // user turn, so the prompt's tail is cut and the mismatch counted.
+        let p = pre();
+        let row = PreferenceRow {
+            prompt: Content::Messages(vec![ChatMessage::new("user", "hi")]),
+            chosen: Content::Messages(vec![ChatMessage::new("user", "yo")]),
+            rejected: Content::Messages(vec![ChatMessage::new("assistant", "yo")]),
+        };
+        let (t, mismatch) = p.tokenize_preference(&row).unwrap();
+        assert!(mismatch);
+        assert_eq!(t.prompt_ids, vec![10, 12, 13, 15]);
+        assert_eq!(t.chosen_ids, vec![10, 12, 14, 15]);
+        assert_eq!(t.rejected_ids, vec![11, 12, 14, 15]);
+        let prepared = p.prepare_preference(&[row], None).unwrap();
+        assert_eq!(prepared.boundary_mismatches, 1);
+    }
+
+    #[test]
+    fn unpaired_rows_and_mixed_errors() {
+        let p = pre();
+        let row = UnpairedRow {
+            prompt: text("the sky is"),
+            completion: text(" green"),
+            label: false,
+        };
+        let (t, _) = p.tokenize_unpaired(&row).unwrap();
+        assert_eq!(
+            (t.prompt_ids.len(), t.completion_ids.clone(), t.label),
+            (4, vec![8, 0], false)
+        );
+        let prepared = p.prepare_unpaired(&[row], Some(3)).unwrap();
+        assert_eq!(prepared.dropped, vec![0]);
+        let bad = UnpairedRow {
+            prompt: text("hi"),
+            completion: Content::Messages(vec![ChatMessage::new("assistant", "yo")]),
+            label: true,
+        };
+        let err = p.prepare_unpaired(&[bad], None).unwrap_err();
+        assert!(err.to_string().starts_with("row 0:"), "{err}");
+    }
+
+    #[test]
+    fn conversational_rows_need_a_template() {
+        let p = Preprocessor::new(toy_tokenizer(), "<eos>").unwrap();
+        let err = p
+            .tokenize_document(&Document::Messages(vec![ChatMessage::new("user", "hi")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("no chat template"), "{err}");
+    }
+}

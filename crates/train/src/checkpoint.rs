@@ -1,0 +1,216 @@
+//! Checkpoints: `output_dir/checkpoint-<step>/` with
+//! * `model.safetensors` — the weights (HF names, the model's own float dtype, so f32 and
+//!   bf16 round-trip exactly);
+//! * `optimizer.bpk` — burn's AdamW state record (burnpack), keyed by parameter ids that the
+//!   trainer assigns deterministically (see [`assign_param_ids`]), so a reloaded model and
+//!   the saved moments match up;
+//! * `trainer_state.json` — step, data position, seed, schedule, log history;
+//! * whatever the fine-tuning method adds ([`FineTuning::save_checkpoint_extra`]): for LoRA the
+//!   adapter as `adapter_config.json` + `adapter_model.safetensors`. A LoRA checkpoint still
+//!   stores the full (frozen, unchanged) base weights in `model.safetensors`, so it is
+//!   self-contained at the cost of disk space; on resume the base is loaded from it and the
+//!   adapter re-injected ([`FineTuning::restore_checkpoint`]) before parameter ids are
+//!   assigned, so the optimizer moments line up with the adapter matrices again.
+//!
+//! A checkpoint is written into a temporary sibling directory and renamed into place, so a
+//! crash leaves either the previous checkpoints or the complete new one; directories without
+//! `trainer_state.json` are never picked for resuming.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::tensor::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use temper_backend::FloatPrecision;
+use temper_llm_arch::LlamaForCausalLM;
+use temper_llm_arch::checkpoint::{SafetensorsSource, load_weights, save_safetensors};
+
+use crate::finetune::FineTuning;
+use crate::metrics::LogRecord;
+use crate::{Result, TrainError};
+
+/// File names inside a checkpoint directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// burn's optimizer record.
+pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+/// [`TrainerState`] as JSON.
+pub const STATE_FILE: &str = "trainer_state.json";
+
+/// Everything besides weights and optimizer moments that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Total optimizer steps of the run.
+    pub total_steps: usize,
+    /// Index of the next micro-batch of the data stream (the data position).
+    pub next_micro_batch: usize,
+    /// Seed of the data order (the only RNG the trainer draws from: the order of epoch `e` is
+    /// a function of `seed + e`).
+    pub seed: u64,
+    /// Objective name, checked on resume.
+    pub objective: String,
+    /// Attention-masked tokens seen so far (TRL's cumulative `num_tokens`).
+    pub num_tokens: f64,
+    /// Every logged row so far (train and eval).
+    pub log_history: Vec<LogRecord>,
+}
+
+/// Gives every float parameter the id `index in visit order`: fresh and reloaded models of
+/// the same architecture then share ids, which is what burn's optimizer record is keyed by.
+pub fn assign_param_ids<M: Module>(module: M) -> M {
+    struct Ids(u64);
+    impl ModuleMapper for Ids {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (_, value, mapper) = param.consume();
+            let id = ParamId::from(self.0);
+            self.0 += 1;
+            Param::from_mapped_value(id, value, mapper)
+        }
+    }
+    module.map(&mut Ids(0))
+}
+
+/// The directory name of the checkpoint after `step` steps.
+pub fn checkpoint_dir(output_dir: &Path, step: usize) -> PathBuf {
+    output_dir.join(format!("checkpoint-{step}"))
+}
+
+/// The complete checkpoints in `output_dir`, oldest first.
+pub fn list_checkpoints(output_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(output_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(usize, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("checkpoint-")?.parse::<usize>().ok()?;
+            let path = e.path();
+            path.join(STATE_FILE).is_file().then_some((step, path))
+        })
+        .collect();
+    found.sort_by_key(|(s, _)| *s);
+    found
+}
+
+/// The newest complete checkpoint in `output_dir`.
+pub fn latest_checkpoint(output_dir: &Path) -> Option<PathBuf> {
+    list_checkpoints(output_dir).pop().map(|(_, p)| p)
+}
+
+fn precision_of(model: &LlamaForCausalLM) -> FloatPrecision {
+    match model.model.embed_tokens.weight.val().dtype() {
+        DType::BF16 => FloatPrecision::BF16,
+        DType::F16 => FloatPrecision::F16,
+        _ => FloatPrecision::F32,
+    }
+}
+
+fn ckpt_err(path: &Path, message: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Writes a checkpoint atomically and returns its directory.
+///
+/// # Errors
+/// I/O or serialisation failures (the temporary directory is removed).
+pub fn save_checkpoint(
+    output_dir: &Path,
+    model: &LlamaForCausalLM,
+    optimizer: &burn::optim::ModuleOptimizer,
+    state: &TrainerState,
+    fine_tuning: &dyn FineTuning,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(output_dir).map_err(|e| TrainError::io(output_dir, e))?;
+    let final_dir = checkpoint_dir(output_dir, state.step);
+    let tmp = output_dir.join(format!(
+        ".checkpoint-{}.tmp-{}",
+        state.step,
+        std::process::id()
+    ));
+    let write = || -> Result<()> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        save_safetensors(model, &tmp.join(MODEL_FILE), precision_of(model))?;
+        fine_tuning.save_checkpoint_extra(model, &tmp)?;
+        let opt_path = tmp.join(OPTIMIZER_FILE);
+        let bytes = optimizer
+            .into_bytes()
+            .map_err(|e| ckpt_err(&opt_path, format!("serialising the optimizer: {e:?}")))?;
+        std::fs::write(&opt_path, &bytes[..]).map_err(|e| TrainError::io(&opt_path, e))?;
+        let state_path = tmp.join(STATE_FILE);
+        let json = serde_json::to_vec_pretty(state).map_err(|source| TrainError::Json {
+            path: state_path.clone(),
+            source,
+        })?;
+        std::fs::write(&state_path, json).map_err(|e| TrainError::io(&state_path, e))?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })?;
+    Ok(final_dir)
+}
+
+/// Removes the oldest checkpoints beyond `limit`.
+pub(crate) fn prune_checkpoints(output_dir: &Path, limit: usize) -> Result<()> {
+    let all = list_checkpoints(output_dir);
+    let excess = all.len().saturating_sub(limit.max(1));
+    for (_, path) in all.into_iter().take(excess) {
+        std::fs::remove_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// A loaded checkpoint.
+#[derive(Debug)]
+pub struct LoadedCheckpoint {
+    /// The weights, with the trainer's parameter ids.
+    pub model: LlamaForCausalLM,
+    /// The optimizer state as bytes for `ModuleOptimizer::from_bytes`.
+    pub optimizer: Vec<u8>,
+    /// The trainer state.
+    pub state: TrainerState,
+}
+
+/// Loads the checkpoint in `dir` for a model shaped like `like` on its device and dtype; the
+/// fine-tuning method rebuilds its extra structure (LoRA adapters) from the checkpoint.
+///
+/// # Errors
+/// Missing files, weights that do not fit the model, a malformed state.
+pub fn load_checkpoint(
+    dir: &Path,
+    like: &LlamaForCausalLM,
+    fine_tuning: &dyn FineTuning,
+) -> Result<LoadedCheckpoint> {
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|source| TrainError::Json {
+        path: state_path.clone(),
+        source,
+    })?;
+    let mut source = SafetensorsSource::open_file(dir.join(MODEL_FILE))?;
+    let model = load_weights(
+        like.config(),
+        &mut source,
+        &like.device(),
+        precision_of(like),
+    )?;
+    let model = assign_param_ids(fine_tuning.restore_checkpoint(model, dir)?);
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    let optimizer = std::fs::read(&opt_path).map_err(|e| TrainError::io(&opt_path, e))?;
+    Ok(LoadedCheckpoint {
+        model,
+        optimizer,
+        state,
+    })
+}

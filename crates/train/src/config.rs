@@ -1,0 +1,465 @@
+//! Training configuration: [`TrainerConfig`] (the hyper-parameters, HF `TrainingArguments` /
+//! TRL names and defaults where they exist) and [`StageConfig`] (model, data, reference and
+//! output of one training stage), both loadable from TOML.
+//!
+//! HF defaults are spelled out because burn's differ: AdamW ε 1e-8 (burn 1e-5), weight decay
+//! 0.0 (burn 1e-4), and `max_grad_norm` is a *global* norm (burn clips per tensor).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use temper_lora::{LoraConfig, TargetModules};
+use temper_objectives::{CausalLmConfig, CpoConfig, CpoLossType, DpoConfig, KtoConfig, OrpoConfig};
+
+use crate::{Result, TrainError};
+
+/// The training objective and its hyper-parameters (TRL's configs from `temper-objectives`).
+///
+/// In TOML: `[trainer.objective]` with `type = "sft"` (or `cpt`, `dpo`, `orpo`, `simpo`, `cpo`,
+/// `kto`) and the objective's own keys (`beta = 0.1`, `loss_type = [...]`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Objective {
+    /// Continued pre-training: every token of packed documents is a target.
+    Cpt(CausalLmConfig),
+    /// Supervised fine-tuning: completion (or assistant) tokens are targets.
+    Sft(CausalLmConfig),
+    /// DPO family (needs reference log-probs).
+    Dpo(DpoConfig),
+    /// ORPO (reference-free).
+    Orpo(OrpoConfig),
+    /// SimPO as TRL runs it (CPO trainer with `loss_type = simpo`); the loss type is forced to
+    /// `simpo` whatever the table says.
+    Simpo(CpoConfig),
+    /// CPO (reference-free).
+    Cpo(CpoConfig),
+    /// KTO on unpaired rows (needs reference log-probs).
+    Kto(KtoConfig),
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Self::Sft(CausalLmConfig::default())
+    }
+}
+
+impl Objective {
+    /// TRL's short name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Cpt(_) => "cpt",
+            Self::Sft(_) => "sft",
+            Self::Dpo(_) => "dpo",
+            Self::Orpo(_) => "orpo",
+            Self::Simpo(_) => "simpo",
+            Self::Cpo(_) => "cpo",
+            Self::Kto(_) => "kto",
+        }
+    }
+
+    /// Whether the loss compares against a reference model.
+    pub fn needs_reference(&self) -> bool {
+        matches!(self, Self::Dpo(_) | Self::Kto(_))
+    }
+
+    /// Whether the rows are preference pairs (`prompt`/`chosen`/`rejected`).
+    pub fn is_preference(&self) -> bool {
+        matches!(
+            self,
+            Self::Dpo(_) | Self::Orpo(_) | Self::Simpo(_) | Self::Cpo(_)
+        )
+    }
+
+    /// The CPO config actually used (SimPO forces its loss type).
+    pub(crate) fn cpo_config(&self) -> Option<CpoConfig> {
+        match self {
+            Self::Simpo(c) => Some(CpoConfig {
+                loss_type: CpoLossType::Simpo,
+                ..c.clone()
+            }),
+            Self::Cpo(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether the loss divides by the tokens of the whole accumulation window
+    /// (`num_items_in_batch`, CPT/SFT) rather than averaging micro-batch means (TRL's
+    /// preference trainers, `loss_is_scaled_for_ga = False`).
+    pub fn token_scaled(&self) -> bool {
+        matches!(self, Self::Cpt(_) | Self::Sft(_))
+    }
+}
+
+/// LR schedule after warm-up (HF `lr_scheduler_type`); every one warms up linearly first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// HF `constant_with_warmup` (`constant` when there is no warm-up).
+    Constant,
+    /// HF `linear` (the HF default): decays to 0 at the last step.
+    #[default]
+    Linear,
+    /// HF `cosine` with half a cycle: decays to 0 at the last step.
+    Cosine,
+}
+
+/// Hyper-parameters of a run. Defaults are HF `TrainingArguments`' unless noted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// The loss and its hyper-parameters.
+    pub objective: Objective,
+    /// Peak learning rate. Default 5e-5.
+    pub learning_rate: f64,
+    /// Epochs over the training rows (fractions allowed). Ignored when `max_steps` is set.
+    /// Default 3.
+    pub num_train_epochs: f64,
+    /// Total optimizer steps; overrides `num_train_epochs`.
+    pub max_steps: Option<usize>,
+    /// Rows per micro-batch (preference objectives: pairs). Default 8.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step. Default 1.
+    pub gradient_accumulation_steps: usize,
+    /// Truncate sequences to this many tokens (TRL default 1024). `None`: no truncation.
+    pub max_length: Option<usize>,
+    /// Seed of the data order. Default 42.
+    pub seed: u64,
+    /// Warm-up steps; when 0, `warmup_ratio` of the total steps (rounded up). Default 0.
+    pub warmup_steps: usize,
+    /// Warm-up as a fraction of the total steps. Default 0.
+    pub warmup_ratio: f64,
+    /// Schedule after warm-up. Default linear.
+    pub lr_scheduler_type: ScheduleKind,
+    /// Decoupled weight decay. Default 0.0 (burn's default is 1e-4).
+    pub weight_decay: f64,
+    /// AdamW β₁. Default 0.9.
+    pub adam_beta1: f64,
+    /// AdamW β₂. Default 0.999.
+    pub adam_beta2: f64,
+    /// AdamW ε. Default 1e-8 (burn's default is 1e-5).
+    pub adam_epsilon: f64,
+    /// Global gradient-norm clip; `None` or 0 disables. Default 1.0.
+    pub max_grad_norm: Option<f64>,
+    /// Log metrics every N optimizer steps. Default 10 (HF: 500).
+    pub logging_steps: usize,
+    /// Evaluate on the held-out rows every N steps (and at the end). `None`: only at the end.
+    pub eval_steps: Option<usize>,
+    /// Checkpoint every N steps (and always at the end). `None`: only at the end.
+    pub save_steps: Option<usize>,
+    /// Keep at most this many step checkpoints (oldest removed). `None`: keep all.
+    pub save_total_limit: Option<usize>,
+    /// Where checkpoints, metrics, the plot and the final model go.
+    pub output_dir: PathBuf,
+    /// Vocabulary tile of the chunked log-probs (no `[batch, seq, vocab]` logits). Default 4096.
+    pub vocab_tile: usize,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self {
+            objective: Objective::default(),
+            learning_rate: 5e-5,
+            num_train_epochs: 3.0,
+            max_steps: None,
+            batch_size: 8,
+            gradient_accumulation_steps: 1,
+            max_length: Some(1024),
+            seed: 42,
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+            lr_scheduler_type: ScheduleKind::Linear,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: Some(1.0),
+            logging_steps: 10,
+            eval_steps: None,
+            save_steps: None,
+            save_total_limit: None,
+            output_dir: PathBuf::from("output"),
+            vocab_tile: 4096,
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> TrainError {
+    TrainError::Config(msg.into())
+}
+
+impl TrainerConfig {
+    /// Checks ranges, so a bad value fails before the model is loaded.
+    ///
+    /// # Errors
+    /// The first invalid key.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return Err(bad(format!(
+                "learning_rate must be ≥ 0, got {}",
+                self.learning_rate
+            )));
+        }
+        if self.batch_size == 0 {
+            return Err(bad("batch_size must be positive"));
+        }
+        if self.gradient_accumulation_steps == 0 {
+            return Err(bad("gradient_accumulation_steps must be positive"));
+        }
+        if self.max_steps.is_none()
+            && !(self.num_train_epochs.is_finite() && self.num_train_epochs > 0.0)
+        {
+            return Err(bad(format!(
+                "num_train_epochs must be positive, got {}",
+                self.num_train_epochs
+            )));
+        }
+        if self.max_steps == Some(0) {
+            return Err(bad("max_steps must be positive"));
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return Err(bad(format!(
+                "warmup_ratio must be in [0, 1], got {}",
+                self.warmup_ratio
+            )));
+        }
+        for (name, v) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(bad(format!("{name} must be in [0, 1), got {v}")));
+            }
+        }
+        if !(self.adam_epsilon.is_finite() && self.adam_epsilon > 0.0) {
+            return Err(bad("adam_epsilon must be positive"));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(bad("weight_decay must be ≥ 0"));
+        }
+        if let Some(n) = self.max_grad_norm
+            && !(n.is_finite() && n >= 0.0)
+        {
+            return Err(bad(format!("max_grad_norm must be ≥ 0, got {n}")));
+        }
+        if self.logging_steps == 0 || self.eval_steps == Some(0) || self.save_steps == Some(0) {
+            return Err(bad(
+                "logging_steps, eval_steps and save_steps must be positive",
+            ));
+        }
+        if self.vocab_tile == 0 {
+            return Err(bad("vocab_tile must be positive"));
+        }
+        if self.max_length.is_some_and(|n| n < 2) {
+            return Err(bad("max_length must be at least 2"));
+        }
+        match &self.objective {
+            Objective::Dpo(c) => c.validate()?,
+            Objective::Orpo(c) => c.validate()?,
+            Objective::Kto(c) => c.validate()?,
+            Objective::Simpo(_) | Objective::Cpo(_) => {
+                if let Some(c) = self.objective.cpo_config() {
+                    c.validate()?;
+                }
+            }
+            Objective::Cpt(_) | Objective::Sft(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The clip threshold, `None` when clipping is off.
+    pub fn clip_norm(&self) -> Option<f64> {
+        self.max_grad_norm.filter(|n| *n > 0.0)
+    }
+}
+
+/// Where the reference log-probs of DPO/KTO come from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReferenceConfig {
+    /// A frozen copy of the initial policy (TRL's default), kept without autodiff.
+    #[default]
+    InitialPolicy,
+    /// A separate frozen model (HF directory or GGUF).
+    Model { path: PathBuf },
+    /// Reference log-probs precomputed by `temper_objectives::precompute_reference`
+    /// (DPO family only; the cache must cover the training rows in file order).
+    Cache { path: PathBuf },
+}
+
+/// The `[lora]` table of a stage: train a LoRA adapter (PEFT semantics) instead of every
+/// weight.
+///
+/// ```toml
+/// [lora]
+/// r = 16
+/// lora_alpha = 32            # default 2·r
+/// lora_dropout = 0.05        # default 0
+/// target_modules = "all-linear"   # default; or ["q_proj", "v_proj"], or a regex string
+/// use_rslora = false
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSettings {
+    /// Rank.
+    pub r: usize,
+    /// Scale numerator (`lora_alpha / r`, or `/ √r` with rsLoRA). Default `2·r`.
+    #[serde(default)]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the adapter input while training. Default 0 (with dropout, the adapter
+    /// forward draws from the backend RNG, so a resumed run is no longer bit-identical).
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// Which projections get an adapter. Default `all-linear` (the seven projections).
+    #[serde(default)]
+    pub target_modules: Option<TargetModules>,
+    /// rsLoRA scaling.
+    #[serde(default)]
+    pub use_rslora: bool,
+}
+
+impl LoraSettings {
+    /// Rank `r`, every other setting at its default.
+    pub fn new(r: usize) -> Self {
+        Self {
+            r,
+            lora_alpha: None,
+            lora_dropout: 0.0,
+            target_modules: None,
+            use_rslora: false,
+        }
+    }
+
+    /// `lora_alpha`, defaulting to `2·r`.
+    pub fn alpha(&self) -> f64 {
+        self.lora_alpha.unwrap_or(2.0 * self.r as f64)
+    }
+
+    /// The PEFT config these settings describe.
+    pub fn to_lora_config(&self) -> LoraConfig {
+        LoraConfig::new(self.r, self.alpha())
+            .with_lora_dropout(self.lora_dropout)
+            .with_target_modules(
+                self.target_modules
+                    .clone()
+                    .unwrap_or_else(TargetModules::all_linear),
+            )
+            .with_use_rslora(self.use_rslora)
+    }
+}
+
+/// One training stage: what to load, what to train on, where to write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// HF model directory or `.gguf` file.
+    pub model: PathBuf,
+    /// Training rows (JSONL; the row type follows the objective).
+    pub train_file: PathBuf,
+    /// Held-out rows for the evaluation loss.
+    #[serde(default)]
+    pub eval_file: Option<PathBuf>,
+    /// The reference of DPO/KTO.
+    #[serde(default)]
+    pub reference: ReferenceConfig,
+    /// `cpu`, `wgpu`, `wgpu:N`, `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// `f32`, `bf16`, `f16` (weights and compute).
+    #[serde(default = "default_precision")]
+    pub precision: String,
+    /// Resume from the newest checkpoint in `trainer.output_dir` when there is one.
+    #[serde(default)]
+    pub resume: bool,
+    /// SFT: train on completion tokens only (TRL `completion_only_loss`). Default true.
+    #[serde(default = "default_true")]
+    pub completion_only_loss: bool,
+    /// The hyper-parameters.
+    #[serde(default)]
+    pub trainer: TrainerConfig,
+    /// Train a LoRA adapter instead of every weight (`[lora]`). DPO/KTO with the default
+    /// reference then use the base model with adapters disabled (no second copy).
+    #[serde(default)]
+    pub lora: Option<LoraSettings>,
+    /// LoRA only. `false` (default): the adapter is merged and the output directory is an HF
+    /// model directory `temper generate` loads. `true`: the output directory holds the PEFT
+    /// adapter (`adapter_config.json` + `adapter_model.safetensors`) and the tokenizer files.
+    #[serde(default)]
+    pub save_adapter_only: bool,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+fn default_precision() -> String {
+    "f32".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl StageConfig {
+    /// Parses a TOML stage file; relative paths in it are resolved against its directory.
+    ///
+    /// # Errors
+    /// Unreadable file, TOML syntax, unknown keys, invalid values.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let mut stage = Self::from_toml_str(&text).map_err(|e| match e {
+            TrainError::Config(message) => TrainError::Toml {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        if let Some(base) = path.parent() {
+            let fix = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            };
+            fix(&mut stage.model);
+            fix(&mut stage.train_file);
+            if let Some(p) = stage.eval_file.as_mut() {
+                fix(p);
+            }
+            match &mut stage.reference {
+                ReferenceConfig::Model { path } | ReferenceConfig::Cache { path } => fix(path),
+                ReferenceConfig::InitialPolicy => {}
+            }
+            fix(&mut stage.trainer.output_dir);
+        }
+        Ok(stage)
+    }
+
+    /// Parses TOML text (paths are kept as written).
+    ///
+    /// # Errors
+    /// TOML syntax, unknown keys, invalid values.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let stage: Self = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        stage.validate()?;
+        Ok(stage)
+    }
+
+    /// Checks the trainer hyper-parameters and the LoRA settings.
+    ///
+    /// # Errors
+    /// The first invalid value.
+    pub fn validate(&self) -> Result<()> {
+        self.trainer.validate()?;
+        match &self.lora {
+            Some(l) => l
+                .to_lora_config()
+                .validate()
+                .map_err(|e| bad(format!("[lora]: {e}")))?,
+            None if self.save_adapter_only => {
+                return Err(bad("save_adapter_only needs a [lora] table"));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}

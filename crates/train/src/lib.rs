@@ -1,0 +1,39 @@
+//! # temper-train
+//!
+//! A resumable trainer for `temper-llm-arch` models with the objectives of
+//! `temper-objectives` (CPT, SFT, DPO family, ORPO, SimPO/CPO, KTO).
+//!
+//! * [`TrainerConfig`] — HF/TRL hyper-parameter names and defaults, set explicitly where
+//!   burn's differ (AdamW ε 1e-8 and weight decay 0; global-norm clipping).
+//! * [`Trainer`] — the loop: seeded shuffled data order, gradient accumulation with
+//!   token-correct scaling, [`clip_grad_norm`], LR schedules with warm-up ([`LrSchedule`]),
+//!   evaluation, atomic checkpoints and exact resume, a NaN guard, `metrics.jsonl` with TRL's
+//!   names, a progress bar and a loss-curve SVG.
+//! * [`FineTuning`] — what trains and whether the method brings its own reference forward:
+//!   [`FullFineTuning`], or [`LoraFineTuning`] (adapters only, base frozen, DPO/KTO reference =
+//!   adapters disabled).
+//! * [`run_stage`] — one call from a [`StageConfig`] (TOML) to a saved HF directory.
+
+pub mod checkpoint;
+pub mod clip;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod finetune;
+pub mod metrics;
+pub mod schedule;
+pub mod stage;
+pub mod trainer;
+
+pub use checkpoint::{TrainerState, assign_param_ids, latest_checkpoint};
+pub use clip::{clip_grad_norm, global_grad_norm};
+pub use config::{
+    LoraSettings, Objective, ReferenceConfig, ScheduleKind, StageConfig, TrainerConfig,
+};
+pub use data::{DataOrder, TrainRows};
+pub use error::{Result, TrainError};
+pub use finetune::{FineTuning, FullFineTuning, LoraFineTuning, adapter_param_ids, param_ids};
+pub use metrics::{LogRecord, plot_loss_curve};
+pub use schedule::LrSchedule;
+pub use stage::{load_rows, run_stage};
+pub use trainer::{METRICS_FILE, PLOT_FILE, Reference, TrainSummary, Trainer};

@@ -1,0 +1,133 @@
+//! Metric records (TRL names), the `metrics.jsonl` log and the loss-curve SVG.
+
+use std::io::Write;
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, TrainError};
+
+/// One logged row: the optimizer step and `(name, value)` pairs in logging order (`loss`,
+/// `grad_norm`, `learning_rate`, `epoch`, then the objective's metrics; evaluation rows carry
+/// `eval_loss` and `eval_*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Optimizer steps completed when the row was logged.
+    pub step: usize,
+    /// Names and values, in order.
+    pub values: Vec<(String, f64)>,
+}
+
+impl LogRecord {
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.values.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+
+    /// The row as one JSON object line: the metrics in order, then `step` (like HF's
+    /// `log_history` entries).
+    pub fn to_json_line(&self) -> String {
+        let mut s = String::from("{");
+        for (name, value) in &self.values {
+            let v = if value.is_finite() {
+                serde_json::Value::from(*value)
+            } else {
+                serde_json::Value::Null
+            };
+            s.push_str(&format!(
+                "{}: {v}, ",
+                serde_json::Value::from(name.as_str())
+            ));
+        }
+        s.push_str(&format!("\"step\": {}}}", self.step));
+        s
+    }
+}
+
+/// Rewrites `path` with `records` (used on resume, so rows logged after the checkpoint by the
+/// interrupted run disappear).
+pub(crate) fn rewrite_jsonl(path: &Path, records: &[LogRecord]) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&r.to_json_line());
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|e| TrainError::io(path, e))
+}
+
+/// Appends one row to `path`.
+pub(crate) fn append_jsonl(path: &Path, record: &LogRecord) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainError::io(path, e))?;
+    writeln!(f, "{}", record.to_json_line()).map_err(|e| TrainError::io(path, e))
+}
+
+/// Draws `loss` (and `eval_loss` when logged) against the step as an SVG.
+///
+/// # Errors
+/// Nothing to plot is not an error (no file is written); drawing or writing failures are.
+pub fn plot_loss_curve(records: &[LogRecord], path: &Path) -> Result<()> {
+    let series = |name: &str| -> Vec<(f64, f64)> {
+        records
+            .iter()
+            .filter_map(|r| r.get(name).map(|v| (r.step as f64, v)))
+            .filter(|(_, v)| v.is_finite())
+            .collect()
+    };
+    let (train, eval) = (series("loss"), series("eval_loss"));
+    if train.is_empty() && eval.is_empty() {
+        return Ok(());
+    }
+    let all = train.iter().chain(&eval);
+    let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
+    for (x, y) in all {
+        x_max = x_max.max(*x);
+        y_min = y_min.min(*y);
+        y_max = y_max.max(*y);
+    }
+    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("loss", ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..x_max, (y_min - pad)..(y_max + pad))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss")
+            .draw()?;
+        if !train.is_empty() {
+            chart
+                .draw_series(LineSeries::new(train.clone(), &BLUE))?
+                .label("loss")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        }
+        if !eval.is_empty() {
+            chart
+                .draw_series(LineSeries::new(eval.clone(), &RED))?
+                .label("eval_loss")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| {
+        TrainError::io(
+            path,
+            std::io::Error::other(format!("drawing the loss curve: {e}")),
+        )
+    })
+}

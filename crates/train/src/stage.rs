@@ -1,0 +1,251 @@
+//! [`run_stage`]: everything `temper train` needs in one call — load the model (HF directory
+//! or GGUF), inject LoRA adapters when the stage has a `[lora]` table, tokenise the JSONL data
+//! for the objective, build the reference, train (resuming when asked) and save the result:
+//! an HF directory `temper generate` loads (LoRA merged into the weights), or with
+//! `save_adapter_only` the PEFT adapter files plus the tokenizer.
+
+use std::path::Path;
+
+use burn::module::Module;
+use serde_json::json;
+use temper_backend::{DeviceSpec, FloatPrecision};
+use temper_llm_arch::checkpoint::write_atomic;
+use temper_llm_arch::{ChatTemplate, LlamaForCausalLM, Pretrained, SpecialTokens, Tokenizer};
+use temper_objectives::data::{
+    Document, PackOptions, PreferenceRow, Preprocessor, ReadOptions, SftOptions, SftRow,
+    UnpairedRow, pack_documents, read_jsonl,
+};
+use temper_objectives::{RefCache, dataset_fingerprint};
+
+use crate::config::{Objective, ReferenceConfig, StageConfig};
+use crate::data::TrainRows;
+use crate::finetune::LoraFineTuning;
+use crate::trainer::{Reference, TrainSummary, Trainer};
+use crate::{Result, TrainError};
+
+fn preprocessor(model: &Path) -> Result<Preprocessor> {
+    let is_gguf = model
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    Ok(if is_gguf {
+        Preprocessor::from_gguf(model)?
+    } else {
+        Preprocessor::from_hf_dir(model)?
+    })
+}
+
+/// Reads and tokenises `path` into the row shape of `objective`.
+///
+/// # Errors
+/// Unreadable or malformed JSONL, tokenisation failures, no rows left.
+pub fn load_rows(
+    path: &Path,
+    objective: &Objective,
+    pre: &Preprocessor,
+    max_length: Option<usize>,
+    completion_only_loss: bool,
+) -> Result<TrainRows> {
+    let opts = ReadOptions::default();
+    let rows = match objective {
+        Objective::Cpt(_) => {
+            let docs = read_jsonl::<Document>(path, &opts)?.rows;
+            let ids = pre.prepare_documents(&docs)?;
+            let block = max_length.unwrap_or(1024);
+            TrainRows::Packed(pack_documents(
+                &ids,
+                &PackOptions::new(block, Some(pre.eos_id())),
+            )?)
+        }
+        Objective::Sft(_) => {
+            let rows = read_jsonl::<SftRow>(path, &opts)?.rows;
+            let sft = SftOptions {
+                max_length,
+                completion_only_loss,
+                ..SftOptions::default()
+            };
+            TrainRows::Sequences(pre.prepare_sft(&rows, &sft)?.rows)
+        }
+        Objective::Dpo(_) | Objective::Orpo(_) | Objective::Simpo(_) | Objective::Cpo(_) => {
+            let rows = read_jsonl::<PreferenceRow>(path, &opts)?.rows;
+            TrainRows::Preference(pre.prepare_preference(&rows, max_length)?.rows)
+        }
+        Objective::Kto(_) => {
+            let rows = read_jsonl::<UnpairedRow>(path, &opts)?.rows;
+            TrainRows::Unpaired(pre.prepare_unpaired(&rows, max_length)?.rows)
+        }
+    };
+    if rows.is_empty() {
+        return Err(TrainError::Data(format!(
+            "{}: no usable rows for {}",
+            path.display(),
+            objective.name()
+        )));
+    }
+    Ok(rows)
+}
+
+/// Runs one training stage end to end and saves the trained model in `trainer.output_dir`
+/// (next to `checkpoint-*`, `metrics.jsonl` and `loss.svg`): an HF directory, or with LoRA and
+/// `save_adapter_only` the PEFT adapter directory (plus tokenizer files).
+///
+/// With `[lora]`, adapters are injected after loading (initialised from the device RNG seeded
+/// with `trainer.seed`), only they train, and DPO/KTO with the default reference
+/// (`initial_policy`) use the base with adapters disabled instead of a second model.
+///
+/// # Errors
+/// Loading, data, training (including [`TrainError::NonFiniteLoss`]) and saving failures.
+pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
+    config.validate()?;
+    let tc = &config.trainer;
+    let spec: DeviceSpec = config.device.parse()?;
+    let precision: FloatPrecision = config.precision.parse()?;
+    let train_device = spec.with_autodiff(true).device()?;
+    let plain_device = spec.with_autodiff(false).device()?;
+
+    let pretrained = Pretrained::load(&config.model, &train_device, precision)?;
+    let pre = preprocessor(&config.model)?;
+    let train = load_rows(
+        &config.train_file,
+        &tc.objective,
+        &pre,
+        tc.max_length,
+        config.completion_only_loss,
+    )?;
+    let eval = config
+        .eval_file
+        .as_ref()
+        .map(|p| {
+            load_rows(
+                p,
+                &tc.objective,
+                &pre,
+                tc.max_length,
+                config.completion_only_loss,
+            )
+        })
+        .transpose()?;
+
+    let lora = config.lora.as_ref().map(|l| {
+        LoraFineTuning::new(
+            l.to_lora_config()
+                .with_base_model_name_or_path(config.model.display().to_string()),
+        )
+    });
+
+    let reference = if tc.objective.needs_reference() {
+        match &config.reference {
+            ReferenceConfig::InitialPolicy if lora.is_some() => Reference::FromFineTuning,
+            ReferenceConfig::InitialPolicy => Reference::Model(pretrained.model.valid()),
+            ReferenceConfig::Model { path } => {
+                Reference::Model(Pretrained::load(path, &plain_device, precision)?.model)
+            }
+            ReferenceConfig::Cache { path } => {
+                let cache = RefCache::load_unchecked(path)?;
+                if let TrainRows::Preference(pairs) = &train {
+                    let fp = dataset_fingerprint(pairs, tc.max_length);
+                    if fp != cache.dataset_fingerprint {
+                        return Err(TrainError::Config(format!(
+                            "{}: the reference cache was computed for other data (or another \
+                             max_length)",
+                            path.display()
+                        )));
+                    }
+                }
+                Reference::Cache(cache)
+            }
+        }
+    } else {
+        Reference::None
+    };
+
+    let pad_id = pretrained
+        .special
+        .pad
+        .or_else(|| pretrained.special.eos.first().copied())
+        .unwrap_or(0);
+    let Pretrained {
+        model,
+        tokenizer,
+        chat_template,
+        special,
+        source,
+    } = pretrained;
+    let model = match &lora {
+        Some(l) => {
+            train_device.seed(tc.seed);
+            l.inject(model, &train_device)?
+        }
+        None => model,
+    };
+    let mut trainer =
+        Trainer::new(model, tc.clone(), train, eval, reference, pad_id)?.with_progress(progress);
+    if let Some(l) = &lora {
+        trainer = trainer.with_fine_tuning(Box::new(l.clone()));
+    }
+    if config.resume {
+        trainer.resume_latest()?;
+    }
+    let summary = trainer.train()?;
+    if summary.stopped_early {
+        return Ok(summary);
+    }
+    let model = trainer.into_model()?.valid();
+    let out = &tc.output_dir;
+    match &lora {
+        Some(l) if config.save_adapter_only => {
+            temper_lora::save_adapter(&model, l.config(), out)?;
+            save_tokenizer_files(out, &model, &tokenizer, chat_template.as_ref(), &special)?;
+        }
+        _ => {
+            let model = if lora.is_some() {
+                temper_lora::merge_and_unload(model)?
+            } else {
+                model
+            };
+            let trained = Pretrained {
+                model,
+                tokenizer,
+                chat_template,
+                special,
+                source,
+            };
+            trained.save(out, precision)?;
+        }
+    }
+    Ok(summary)
+}
+
+/// `tokenizer.json` and `tokenizer_config.json` (with the chat template) next to an adapter,
+/// as `Pretrained::save` writes them for a full model.
+fn save_tokenizer_files(
+    dir: &Path,
+    model: &LlamaForCausalLM,
+    tokenizer: &Tokenizer,
+    chat_template: Option<&ChatTemplate>,
+    special: &SpecialTokens,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    write_atomic(&dir.join("tokenizer.json"), tokenizer.to_json()?.as_bytes())?;
+    let config = model.config();
+    let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
+    let mut tok_config = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": special.bos.is_some(),
+        "add_eos_token": false,
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": config.max_position_embeddings,
+        "bos_token": token(config.bos_token_id.or(special.bos)),
+        "eos_token": token(special.eos.first().copied()),
+        "pad_token": token(special.pad),
+    });
+    if let Some(t) = chat_template {
+        tok_config["chat_template"] = json!(t.source());
+    }
+    let path = dir.join("tokenizer_config.json");
+    let bytes = serde_json::to_vec_pretty(&tok_config).map_err(|source| TrainError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    write_atomic(&path, &bytes)?;
+    Ok(())
+}

@@ -1,0 +1,450 @@
+//! LoRA training on tiny random models built here (no downloads): SFT overfits while every
+//! base weight stays bit-identical and every adapter moves; DPO uses the base with adapters
+//! disabled as its reference (first loss ln 2, since B = 0 makes policy = reference); an
+//! interrupted and resumed LoRA run equals an uninterrupted one; `run_stage` with a `[lora]`
+//! table writes a merged HF directory or a PEFT adapter directory.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use temper_llm_arch::checkpoint::hf_tensors;
+use temper_llm_arch::{ForwardOptions, LlamaForCausalLM, ModelConfig};
+use temper_lora::{LoraConfig, adapter_tensors, num_trainable_params};
+use temper_objectives::data::{PreferenceTokens, SftTokens};
+use temper_objectives::{CausalLmConfig, DpoConfig};
+use temper_train::{
+    FineTuning, LoraFineTuning, LoraSettings, Objective, Reference, ScheduleKind, StageConfig,
+    TrainRows, Trainer, TrainerConfig,
+};
+
+const VOCAB: usize = 32;
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+fn tiny_model() -> LlamaForCausalLM {
+    let config = ModelConfig::tiny(VOCAB, 32, 2, 4, 2);
+    LlamaForCausalLM::init(&config, &device())
+}
+
+fn lora() -> LoraFineTuning {
+    LoraFineTuning::new(LoraConfig::new(4, 8.0))
+}
+
+fn lora_model() -> (LlamaForCausalLM, LoraFineTuning) {
+    let l = lora();
+    let model = l.inject(tiny_model(), &device()).unwrap();
+    (model, l)
+}
+
+fn config(objective: Objective, dir: &Path, steps: usize) -> TrainerConfig {
+    TrainerConfig {
+        objective,
+        learning_rate: 1e-2,
+        max_steps: Some(steps),
+        batch_size: 4,
+        max_length: Some(16),
+        seed: 7,
+        lr_scheduler_type: ScheduleKind::Constant,
+        logging_steps: 1,
+        output_dir: dir.to_path_buf(),
+        vocab_tile: 16,
+        ..TrainerConfig::default()
+    }
+}
+
+fn sft_rows() -> Vec<SftTokens> {
+    (0..6u32)
+        .map(|k| {
+            let ids: Vec<u32> = (0..8)
+                .map(|i| 1 + (k * 3 + i) % (VOCAB as u32 - 1))
+                .collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| if i < 3 { -100 } else { i64::from(t) })
+                .collect();
+            SftTokens {
+                input_ids: ids,
+                labels,
+                completion_start: Some(3),
+            }
+        })
+        .collect()
+}
+
+fn pairs() -> Vec<PreferenceTokens> {
+    (0..6u32)
+        .map(|k| {
+            let start = 1 + (k * 5) % (VOCAB as u32 - 8);
+            let prompt: Vec<u32> = (0..3).map(|i| start + i).collect();
+            let last = prompt[2];
+            PreferenceTokens {
+                chosen_ids: (1..5).map(|i| (last + i) % VOCAB as u32).collect(),
+                rejected_ids: vec![last; 4],
+                prompt_ids: prompt,
+            }
+        })
+        .collect()
+}
+
+fn losses(summary: &temper_train::TrainSummary) -> Vec<f64> {
+    summary
+        .log_history
+        .iter()
+        .filter_map(|r| r.get("loss"))
+        .collect()
+}
+
+/// Base weights (HF names, no adapters) as bit patterns.
+fn base_bits(m: &LlamaForCausalLM) -> Vec<(String, Vec<u32>)> {
+    hf_tensors(m)
+        .into_iter()
+        .map(|(n, t)| (n, t.data.iter().map(|v| v.to_bits()).collect()))
+        .collect()
+}
+
+fn adapter_bits(m: &LlamaForCausalLM, l: &LoraFineTuning) -> Vec<(String, Vec<u32>)> {
+    adapter_tensors(m, l.config())
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, t.data.iter().map(|v| v.to_bits()).collect()))
+        .collect()
+}
+
+fn mean_of(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn lora_sft_overfits_and_leaves_the_base_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, l) = lora_model();
+    let base_before = base_bits(&model);
+    let adapters_before = adapter_bits(&model, &l);
+    // Only the adapters train: 2 layers × 7 projections × (in·r + r·out).
+    let trainable = l.trainable(&model).unwrap();
+    assert_eq!(trainable.len(), 2 * 7 * 2);
+    assert!(num_trainable_params(&model) > 0);
+    let mut trainer = Trainer::new(
+        model,
+        config(Objective::Sft(CausalLmConfig::default()), dir.path(), 25),
+        TrainRows::Sequences(sft_rows()),
+        None,
+        Reference::None,
+        0,
+    )
+    .unwrap()
+    .with_fine_tuning(Box::new(l.clone()));
+    let summary = trainer.train().unwrap();
+    let loss = losses(&summary);
+    assert_eq!(loss.len(), 25);
+    let (head, tail) = (mean_of(&loss[..3]), mean_of(&loss[loss.len() - 3..]));
+    assert!(tail < head * 0.8, "LoRA SFT loss did not fall: {loss:?}");
+
+    let trained = trainer.model().unwrap();
+    assert_eq!(
+        base_bits(trained),
+        base_before,
+        "a base weight changed under LoRA"
+    );
+    let adapters_after = adapter_bits(trained, &l);
+    assert_eq!(adapters_after.len(), adapters_before.len());
+    for ((name, a), (_, b)) in adapters_before.iter().zip(&adapters_after) {
+        assert_ne!(a, b, "{name} did not move");
+    }
+    // The checkpoint carries the adapter in PEFT's format next to the base weights.
+    let ckpt = dir.path().join("checkpoint-25");
+    for f in [
+        "model.safetensors",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "optimizer.bpk",
+    ] {
+        assert!(ckpt.join(f).is_file(), "{f} missing from the checkpoint");
+    }
+}
+
+#[test]
+fn lora_dpo_uses_the_adapters_disabled_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, l) = lora_model();
+    let base_before = base_bits(&model);
+    let mut trainer = Trainer::new(
+        model,
+        config(Objective::Dpo(DpoConfig::default()), dir.path(), 15),
+        TrainRows::Preference(pairs()),
+        None,
+        Reference::FromFineTuning,
+        0,
+    )
+    .unwrap()
+    .with_fine_tuning(Box::new(l));
+    let loss = losses(&trainer.train().unwrap());
+    // B = 0 at init: the policy equals its adapters-disabled reference, so DPO starts at ln 2.
+    assert!(
+        (loss[0] - std::f64::consts::LN_2).abs() < 1e-5,
+        "first DPO loss {} is not ln 2: {loss:?}",
+        loss[0]
+    );
+    assert!(loss[loss.len() - 1] < loss[0] * 0.8, "{loss:?}");
+    assert_eq!(base_bits(trainer.model().unwrap()), base_before);
+}
+
+#[test]
+fn lora_reference_forward_is_the_base_model() {
+    let (model, l) = lora_model();
+    // Move the adapters away from B = 0 so adapted and base differ.
+    let model = temper_lora::unload(model).no_grad();
+    let base = model.clone();
+    let mut cfg = LoraConfig::new(4, 8.0);
+    cfg.init_lora_weights = temper_lora::InitLoraWeights::Bool(false);
+    let adapted = temper_lora::inject(model, &cfg, &device()).unwrap();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 3], [1, 4]), &device());
+    let opts = ForwardOptions::default();
+    let reference = l
+        .reference_hidden(&adapted, ids.clone(), &opts)
+        .unwrap()
+        .unwrap();
+    let plain = base.forward_hidden(ids.clone(), &opts, None).unwrap();
+    let policy = adapted.forward_hidden(ids, &opts, None).unwrap();
+    let diff = |a: Tensor<3>, b: Tensor<3>| {
+        (a - b)
+            .abs()
+            .max()
+            .into_data()
+            .iter::<f32>()
+            .next()
+            .unwrap()
+    };
+    assert_eq!(diff(reference.clone(), plain), 0.0);
+    assert!(diff(reference, policy) > 1e-4);
+    // The policy itself still has its adapters enabled afterwards.
+    assert!(
+        temper_lora::projections(&adapted)
+            .iter()
+            .all(|(_, p)| p.lora.as_ref().is_some_and(|a| a.enabled))
+    );
+}
+
+#[test]
+fn resumed_lora_run_equals_uninterrupted_run() {
+    let (init, l) = lora_model();
+    let cfg = |dir: &Path| {
+        let mut c = config(Objective::Sft(CausalLmConfig::default()), dir, 6);
+        c.batch_size = 2;
+        c.save_steps = Some(2);
+        c.lr_scheduler_type = ScheduleKind::Cosine;
+        c.warmup_steps = 1;
+        c
+    };
+    let rows = || TrainRows::Sequences(sft_rows());
+    let new = |dir: &Path| {
+        Trainer::new(init.clone(), cfg(dir), rows(), None, Reference::None, 0)
+            .unwrap()
+            .with_fine_tuning(Box::new(l.clone()))
+    };
+
+    let a = tempfile::tempdir().unwrap();
+    let mut full = new(a.path());
+    let summary_a = full.train().unwrap();
+
+    let b = tempfile::tempdir().unwrap();
+    let mut first = new(b.path()).with_stop_after(Some(3));
+    assert!(first.train().unwrap().stopped_early);
+    drop(first);
+    let mut second = new(b.path());
+    assert!(second.resume_latest().unwrap());
+    assert_eq!(second.state().step, 2);
+    let summary_b = second.train().unwrap();
+
+    let (ma, mb) = (full.model().unwrap(), second.model().unwrap());
+    assert_eq!(base_bits(ma), base_bits(mb));
+    assert_eq!(adapter_bits(ma, &l), adapter_bits(mb, &l));
+    assert_eq!(base_bits(ma), base_bits(&init));
+    assert_eq!(summary_a.log_history, summary_b.log_history);
+}
+
+const TOKENIZER_JSON: &str = r#"{
+  "version": "1.0", "truncation": null, "padding": null,
+  "added_tokens": [
+    {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+    {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+    {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+  ],
+  "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+  "model": {"type": "WordLevel", "unk_token": "<unk>",
+    "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "the": 3, "cat": 4, "sat": 5, "on": 6, "mat": 7, "a": 8, "dog": 9, "ran": 10}}
+}"#;
+
+fn write_base(dir: &Path) {
+    use temper_llm_arch::{Pretrained, SpecialTokens, Tokenizer};
+    let mut mc = ModelConfig::tiny(VOCAB, 32, 2, 4, 2);
+    mc.tie_word_embeddings = true;
+    mc.bos_token_id = Some(1);
+    mc.eos_token_ids = vec![2];
+    let base = Pretrained {
+        model: LlamaForCausalLM::init(&mc, &Device::flex()),
+        tokenizer: Tokenizer::from_json_str(TOKENIZER_JSON, "<test>").unwrap(),
+        chat_template: None,
+        special: SpecialTokens {
+            bos: None,
+            eos: vec![2],
+            pad: None,
+        },
+        source: "<memory>".into(),
+    };
+    base.save(&dir.join("base"), temper_backend::FloatPrecision::F32)
+        .unwrap();
+    let rows = [
+        r#"{"prompt": "the cat", "completion": " sat on the mat"}"#,
+        r#"{"prompt": "a dog", "completion": " ran on a mat"}"#,
+        r#"{"prompt": "the dog", "completion": " sat on a mat"}"#,
+    ];
+    std::fs::write(dir.join("train.jsonl"), rows.join("\n")).unwrap();
+    let pairs = [
+        r#"{"prompt": "the cat", "chosen": " sat on the mat", "rejected": " ran"}"#,
+        r#"{"prompt": "a dog", "chosen": " ran on a mat", "rejected": " sat"}"#,
+    ];
+    std::fs::write(dir.join("pairs.jsonl"), pairs.join("\n")).unwrap();
+}
+
+const STAGE: &str = r#"
+model = "base"
+train_file = "train.jsonl"
+
+[lora]
+r = 4
+
+[trainer]
+learning_rate = 1e-2
+max_steps = 6
+batch_size = 3
+logging_steps = 2
+save_steps = 3
+max_length = 16
+vocab_tile = 16
+output_dir = "out"
+
+[trainer.objective]
+type = "sft"
+"#;
+
+#[test]
+fn stage_config_lora_table() {
+    let stage = StageConfig::from_toml_str(STAGE).unwrap();
+    let l = stage.lora.clone().unwrap();
+    assert_eq!(l, LoraSettings::new(4));
+    assert!(!stage.save_adapter_only);
+    let c = l.to_lora_config();
+    assert_eq!((c.r, c.lora_alpha), (4, 8.0));
+    assert_eq!(
+        c.target_modules,
+        Some(temper_lora::TargetModules::all_linear())
+    );
+
+    let text = STAGE.replace(
+        "r = 4",
+        "r = 8\nlora_alpha = 4\nlora_dropout = 0.1\nuse_rslora = true\n\
+         target_modules = [\"q_proj\", \"v_proj\"]",
+    );
+    let text = format!("save_adapter_only = true\n{text}");
+    let stage = StageConfig::from_toml_str(&text).unwrap();
+    assert!(stage.save_adapter_only);
+    let c = stage.lora.unwrap().to_lora_config();
+    assert_eq!((c.r, c.lora_alpha, c.lora_dropout), (8, 4.0, 0.1));
+    assert!(c.use_rslora);
+    assert_eq!(
+        c.target_modules,
+        Some(temper_lora::TargetModules::names(&["q_proj", "v_proj"]))
+    );
+
+    // Unknown keys, r = 0, and adapter-only output without [lora] are rejected.
+    assert!(StageConfig::from_toml_str(&STAGE.replace("r = 4", "r = 4\nrank = 2")).is_err());
+    assert!(StageConfig::from_toml_str(&STAGE.replace("r = 4", "r = 0")).is_err());
+    let no_lora = format!(
+        "save_adapter_only = true\n{}",
+        STAGE.replace("[lora]\nr = 4\n", "")
+    );
+    assert!(StageConfig::from_toml_str(&no_lora).is_err());
+}
+
+#[test]
+fn run_stage_with_lora_writes_merged_or_adapter_dirs() {
+    use temper_backend::FloatPrecision;
+    use temper_llm_arch::Pretrained;
+    let dir = tempfile::tempdir().unwrap();
+    write_base(dir.path());
+    std::fs::write(dir.path().join("stage.toml"), STAGE).unwrap();
+    let stage = StageConfig::from_toml_file(dir.path().join("stage.toml")).unwrap();
+
+    // Merged (default): an HF directory that loads as a plain model and differs from the base.
+    let summary = temper_train::run_stage(&stage, false).unwrap();
+    assert_eq!(summary.steps, 6);
+    let out = dir.path().join("out");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    assert!(out.join("checkpoint-3/adapter_model.safetensors").is_file());
+    let base = Pretrained::load(
+        dir.path().join("base"),
+        &Device::flex(),
+        FloatPrecision::F32,
+    )
+    .unwrap();
+    let merged = Pretrained::load(&out, &Device::flex(), FloatPrecision::F32).unwrap();
+    assert!(temper_lora::adapter_paths(&merged.model).is_empty());
+    let (wb, wm) = (hf_tensors(&base.model), hf_tensors(&merged.model));
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    let pick = |w: &[(String, temper_llm_arch::checkpoint::HostTensor)]| {
+        w.iter().find(|(n, _)| n == q).unwrap().1.data.clone()
+    };
+    assert_ne!(pick(&wb), pick(&wm), "merging changed nothing");
+    let norm = "model.norm.weight";
+    let pick_norm = |w: &[(String, temper_llm_arch::checkpoint::HostTensor)]| {
+        w.iter().find(|(n, _)| n == norm).unwrap().1.data.clone()
+    };
+    assert_eq!(pick_norm(&wb), pick_norm(&wm), "a non-adapted weight moved");
+
+    // Resuming the finished run trains no further.
+    let mut again = stage.clone();
+    again.resume = true;
+    let s2 = temper_train::run_stage(&again, false).unwrap();
+    assert_eq!(s2.log_history, summary.log_history);
+
+    // Adapter only: PEFT files + tokenizer, loadable onto the base.
+    let mut adapter_stage = stage.clone();
+    adapter_stage.save_adapter_only = true;
+    adapter_stage.trainer.output_dir = dir.path().join("adapter");
+    temper_train::run_stage(&adapter_stage, false).unwrap();
+    let ad = dir.path().join("adapter");
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(ad.join(f).is_file(), "{f} missing");
+    }
+    assert!(!ad.join("model.safetensors").exists());
+    let cfg = temper_lora::LoraConfig::load(&ad).unwrap();
+    assert_eq!((cfg.r, cfg.lora_alpha), (4, 8.0));
+    let (loaded, _) = temper_lora::load_adapter(base.model, &ad, &Device::flex()).unwrap();
+    assert_eq!(temper_lora::adapter_paths(&loaded).len(), 2 * 7);
+
+    // DPO through run_stage: the default reference becomes the adapters-disabled base.
+    let text = STAGE
+        .replace("train.jsonl", "pairs.jsonl")
+        .replace("type = \"sft\"", "type = \"dpo\"")
+        .replace("batch_size = 3", "batch_size = 2")
+        .replace("logging_steps = 2", "logging_steps = 1")
+        .replace("output_dir = \"out\"", "output_dir = \"dpo\"");
+    std::fs::write(dir.path().join("dpo.toml"), text).unwrap();
+    let dpo = StageConfig::from_toml_file(dir.path().join("dpo.toml")).unwrap();
+    let s = temper_train::run_stage(&dpo, false).unwrap();
+    let l = losses(&s);
+    assert!((l[0] - std::f64::consts::LN_2).abs() < 1e-5, "{l:?}");
+}
