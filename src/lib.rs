@@ -6,6 +6,7 @@
 //! |---------------|-------------------|-----------------------------------------------------------|
 //! | [`backend`]   | `temper-backend`  | burn backend features, `DeviceSpec`, dtype policy, fused kernels |
 //! | [`llm_arch`]  | `temper-llm-arch` | Llama/Mistral/SmolLM2 decoders, HF + GGUF checkpoints, tokenizer, chat templates, generation |
+//! | [`lora`]      | `temper-lora`     | PEFT-compatible LoRA: injection, frozen base, adapter files, merge |
 //! | [`objectives`] | `temper-objectives` | CPT/SFT, DPO family, ORPO, CPO/SimPO, KTO losses, chunked log-probs, reference cache, data collation |
 //!
 //! It also owns the workspace's `examples/` and `benches/`.
@@ -13,4 +14,5 @@
 pub use temper_backend as backend;
 pub use temper_backend::burn;
 pub use temper_llm_arch as llm_arch;
+pub use temper_lora as lora;
 pub use temper_objectives as objectives;

@@ -176,7 +176,20 @@ impl FineTuning for LoraFineTuning {
 
     fn restore_checkpoint(&self, base: LlamaForCausalLM, dir: &Path) -> Result<LlamaForCausalLM> {
         let device = base.device();
-        let (model, _) = temper_lora::load_adapter(base, dir, &device)?;
+        let (mut model, _) = temper_lora::load_adapter(base, dir, &device)?;
+        // The loader hands back transposed views of PEFT's `[r, in]` / `[out, r]` tensors; a
+        // fresh contiguous copy makes the resumed run compute exactly what the uninterrupted
+        // one does (strided operands change the matmul's rounding in the last bit).
+        let contiguous = |p: &Param<Tensor<2>>| {
+            let t = p.val();
+            Param::from_tensor(Tensor::from_data(t.to_data(), &t.device()))
+        };
+        for (_, proj) in temper_lora::projections_mut(&mut model) {
+            if let Some(lora) = proj.lora.as_mut() {
+                lora.lora_a = contiguous(&lora.lora_a);
+                lora.lora_b = contiguous(&lora.lora_b);
+            }
+        }
         Ok(model)
     }
 }

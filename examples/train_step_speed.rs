@@ -1,0 +1,216 @@
+//! Speed of one training step on SmolLM2-135M dimensions (f32, CPU) — the Temper side of
+//! `shared/anchors/torch/train_step.py` (torch + PEFT), printed as one JSON line per mode.
+//!
+//! Workload (same as the anchor): a randomly initialised Llama with SmolLM2-135M dimensions
+//! (hidden 576, 30 layers, 9 / 3 heads, head_dim 64, intermediate 1536, vocab 49152, tied
+//! embeddings, RoPE θ 1e5; 134,515,008 params), batch 4 × 256 random token ids, labels =
+//! input ids (every token a target), f32, AdamW (lr 1e-4, betas 0.9 / 0.999, ε 1e-8, weight
+//! decay 0) on the trainable parameters only. Median of 5 timed steps after 2 warm-ups.
+//!
+//! Modes (run each in its own process so the peak RSS is per mode):
+//! * `lora` — LoRA r 16, α 32, dropout 0 on all seven projections
+//!   (`LoraConfig::new(16, 32.0)`), base frozen: 4,884,480 trainable params;
+//! * `full` — every parameter trained;
+//! * `forward` — forward + loss only, no autodiff.
+//!
+//! Step = `forward_hidden` → `chunked_token_logps` (vocabulary tiles, no `[b, s, vocab]`
+//! logits; the tied LM head's gradient is computed only in `full`) → token-mean NLL →
+//! backward → AdamW step.
+//!
+//! ```sh
+//! RAYON_NUM_THREADS=2 cargo run --release --example train_step_speed -- lora
+//! RAYON_NUM_THREADS=2 cargo run --release --example train_step_speed -- full [WARMUP TIMED]
+//! ```
+
+use std::time::Instant;
+
+use temper_llm::backend::DeviceSpec;
+use temper_llm::burn::module::Module;
+use temper_llm::burn::optim::{AdamWConfig, GradientsParams};
+use temper_llm::burn::tensor::{Int, Tensor, TensorData};
+use temper_llm::llm_arch::{ForwardOptions, LlamaForCausalLM, ModelConfig};
+use temper_llm::lora::{LoraConfig, num_trainable_params};
+use temper_llm::objectives::{ChunkConfig, chunked_token_logps, lm_head_weight, token_mean_nll};
+
+const BATCH: usize = 4;
+const SEQ: usize = 256;
+const LR: f64 = 1e-4;
+
+/// A field of `/proc/self/status` in KiB, as MiB.
+fn status_mib(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Process CPU time (user + sys, all threads) in seconds, from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15 (1-based).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // `rest` starts at field 3, so field k is f[k - 3]. USER_HZ is 100 on Linux.
+    (ticks(14 - 3) + ticks(15 - 3)) / 100.0
+}
+
+fn loadavg1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn smollm2_135m_config() -> ModelConfig {
+    let value = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
+        "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+        "tie_word_embeddings": true, "hidden_act": "silu", "attention_bias": false,
+        "bos_token_id": 0, "eos_token_id": 0,
+    });
+    ModelConfig::from_json(&value, std::path::Path::new("<smollm2-135m>"))
+        .expect("the SmolLM2-135M config literal is complete")
+}
+
+/// Deterministic pseudo-random token ids in `[0, vocab)` (splitmix64).
+fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<i64> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z % vocab as u64) as i64
+        })
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map_or("lora", String::as_str).to_string();
+    let warmup: usize = args.get(1).map_or(Ok(2), |s| s.parse())?;
+    let timed: usize = args.get(2).map_or(Ok(5), |s| s.parse())?;
+    anyhow::ensure!(
+        matches!(mode.as_str(), "lora" | "full" | "forward"),
+        "mode must be lora, full or forward, got {mode:?}"
+    );
+    anyhow::ensure!(timed > 0, "need at least one timed step");
+    let load1_start = loadavg1();
+
+    let train = mode != "forward";
+    let device = DeviceSpec::CPU.with_autodiff(train).device()?;
+    let config = smollm2_135m_config();
+    let t_init = Instant::now();
+    let mut model = LlamaForCausalLM::init(&config, &device);
+    if mode == "lora" {
+        model = temper_llm::lora::inject(model, &LoraConfig::new(16, 32.0), &device)?;
+    } else if mode == "forward" {
+        model = model.no_grad();
+    }
+    let init_s = t_init.elapsed().as_secs_f64();
+    let params_total = config.num_parameters()
+        + if mode == "lora" {
+            num_trainable_params(&model)
+        } else {
+            0
+        };
+    let params_trainable = num_trainable_params(&model);
+
+    let ids = random_ids(BATCH * SEQ, config.vocab_size, 1);
+    let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BATCH, SEQ]), &device);
+    let options = ForwardOptions::default();
+    let chunk = ChunkConfig::default();
+    let mut optim = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
+        .init();
+
+    let (mut times, mut cpu_times, mut losses) = (vec![], vec![], vec![]);
+    let mut phases: Vec<[f64; 3]> = vec![];
+    for i in 0..warmup + timed {
+        let (t0, c0) = (Instant::now(), cpu_seconds());
+        let hidden = model.forward_hidden(input_ids.clone(), &options, None)?;
+        let logps = chunked_token_logps(hidden, lm_head_weight(&model), input_ids.clone(), &chunk)?;
+        let loss = token_mean_nll(&logps, None)?;
+        let loss_value = loss.clone().into_scalar::<f32>();
+        let t_fwd = t0.elapsed().as_secs_f64();
+        let (mut t_bwd, mut t_opt) = (0.0, 0.0);
+        if train {
+            let t1 = Instant::now();
+            let grads = loss.backward();
+            let grads = GradientsParams::from_grads(grads, &model);
+            t_bwd = t1.elapsed().as_secs_f64();
+            let t2 = Instant::now();
+            model = optim.step(LR, model, grads);
+            // Force the lazy update so the step's time is all inside the step.
+            let _ = lm_head_weight(&model)
+                .slice([0..1, 0..1])
+                .into_scalar::<f32>();
+            t_opt = t2.elapsed().as_secs_f64();
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        let dc = cpu_seconds() - c0;
+        eprintln!(
+            "{mode} step {i}: {dt:.3} s (forward+loss {t_fwd:.3}, backward {t_bwd:.3}, \
+             adamw {t_opt:.3}), cpu {dc:.2} s, loss {loss_value:.5}, rss {:.0} MiB",
+            status_mib("VmRSS:")
+        );
+        losses.push(loss_value as f64);
+        if i >= warmup {
+            times.push(dt);
+            cpu_times.push(dc);
+            phases.push([t_fwd, t_bwd, t_opt]);
+        }
+    }
+    let med = median(times.clone());
+    let phase_median = |k: usize| median(phases.iter().map(|p| p[k]).collect());
+    let round = |x: f64, d: i32| (x * 10f64.powi(d)).round() / 10f64.powi(d);
+    let report = serde_json::json!({
+        "tool": "temper",
+        "mode": mode,
+        "params_total": params_total,
+        "params_trainable": params_trainable,
+        "batch": BATCH,
+        "seq": SEQ,
+        "dtype": "float32",
+        "warmup": warmup,
+        "timed": timed,
+        "init_s": round(init_s, 3),
+        "step_times_s": times.iter().map(|t| round(*t, 4)).collect::<Vec<_>>(),
+        "median_step_s": round(med, 4),
+        "tokens_per_s": round((BATCH * SEQ) as f64 / med, 1),
+        "median_step_cpu_s": round(median(cpu_times), 4),
+        "median_forward_loss_s": round(phase_median(0), 4),
+        "median_backward_s": round(phase_median(1), 4),
+        "median_adamw_s": round(phase_median(2), 4),
+        "peak_rss_mib": round(status_mib("VmHWM:"), 1),
+        "first_loss": round(losses[0], 5),
+        "last_loss": round(losses[losses.len() - 1], 5),
+        "rayon_threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "loadavg_1m_start": load1_start,
+        "loadavg_1m_end": loadavg1(),
+    });
+    println!("{report}");
+    Ok(())
+}
