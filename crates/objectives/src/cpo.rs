@@ -21,9 +21,6 @@
 //! `rewards/margins`, `logps/rejected|chosen` = mean ℓ, `logits/rejected|chosen` = mean of all
 //! logits at every position (needs [`TokenStats`]), `nll_loss`.
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
@@ -69,27 +66,7 @@ impl CpoLossType {
     }
 }
 
-impl fmt::Display for CpoLossType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for CpoLossType {
-    type Err = ObjectiveError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name() == s.trim())
-            .ok_or_else(|| {
-                ObjectiveError::Invalid(format!(
-                    "unknown CPO loss type `{s}`; expected one of: {}",
-                    Self::ALL.map(Self::name).join(", ")
-                ))
-            })
-    }
-}
+crate::named::impl_named!(CpoLossType, "CPO loss type");
 
 /// CPO/SimPO hyper-parameters (TRL `CPOConfig` defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -228,27 +228,7 @@ impl FDivergenceType {
     }
 }
 
-impl fmt::Display for FDivergenceType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for FDivergenceType {
-    type Err = ObjectiveError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name() == s.trim())
-            .ok_or_else(|| {
-                ObjectiveError::Invalid(format!(
-                    "unknown f-divergence `{s}`; expected one of: {}",
-                    Self::ALL.map(Self::name).join(", ")
-                ))
-            })
-    }
-}
+crate::named::impl_named!(FDivergenceType, "f-divergence");
 
 /// DPO hyper-parameters, with TRL 1.16's defaults and names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,9 +24,6 @@
 //! the batch has both. A group that is absent from the batch has no metrics (TRL skips them
 //! too).
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -63,27 +60,7 @@ impl KtoLossType {
     }
 }
 
-impl fmt::Display for KtoLossType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for KtoLossType {
-    type Err = ObjectiveError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name() == s.trim())
-            .ok_or_else(|| {
-                ObjectiveError::Invalid(format!(
-                    "unknown KTO loss type `{s}`; expected one of: {}",
-                    Self::ALL.map(Self::name).join(", ")
-                ))
-            })
-    }
-}
+crate::named::impl_named!(KtoLossType, "KTO loss type");
 
 /// KTO hyper-parameters (TRL `KTOConfig` defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,9 +24,6 @@
 //!
 //! Gradient accumulation: average the micro-batch losses, as TRL does.
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -72,27 +69,7 @@ impl OrpoNll {
     }
 }
 
-impl fmt::Display for OrpoNll {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for OrpoNll {
-    type Err = ObjectiveError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name() == s.trim())
-            .ok_or_else(|| {
-                ObjectiveError::Invalid(format!(
-                    "unknown ORPO NLL variant `{s}`; expected one of: {}",
-                    Self::ALL.map(Self::name).join(", ")
-                ))
-            })
-    }
-}
+crate::named::impl_named!(OrpoNll, "ORPO NLL variant");
 
 /// ORPO hyper-parameters (TRL `ORPOConfig` defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
