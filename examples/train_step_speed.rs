@@ -127,12 +127,8 @@ fn main() -> anyhow::Result<()> {
         model = model.no_grad();
     }
     let init_s = t_init.elapsed().as_secs_f64();
-    let params_total = config.num_parameters()
-        + if mode == "lora" {
-            num_trainable_params(&model)
-        } else {
-            0
-        };
+    // The base model's parameters, as the anchor counts them (before PEFT).
+    let params_total = config.num_parameters();
     let params_trainable = num_trainable_params(&model);
 
     let ids = random_ids(BATCH * SEQ, config.vocab_size, 1);
