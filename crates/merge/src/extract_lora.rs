@@ -27,6 +27,7 @@ use rayon::prelude::*;
 use safetensors::tensor::TensorView;
 
 use crate::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, transpose};
+use crate::output::{TempDir, with_threads};
 use crate::source::{InputTensor, ModelSource};
 use crate::{DType, MergeError, Result};
 
@@ -643,20 +644,6 @@ struct Factors {
     zero: bool,
 }
 
-/// Removes the temporary directory unless the extraction completed.
-struct TempDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 /// Extract a rank-`rank` LoRA adapter that turns the model at `base_dir` into (approximately)
 /// the one at `model_dir`, and write it as a PEFT adapter directory `out_dir`.
 ///
@@ -671,15 +658,9 @@ pub fn extract_lora(
     out_dir: &Path,
     options: &ExtractOptions,
 ) -> Result<ExtractSummary> {
-    let run = || extract_inner(model_dir, base_dir, rank, out_dir, options);
-    match options
-        .threads
-        .filter(|n| *n > 0)
-        .and_then(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().ok())
-    {
-        Some(pool) => pool.install(run),
-        None => run(),
-    }
+    with_threads(options.threads, || {
+        extract_inner(model_dir, base_dir, rank, out_dir, options)
+    })
 }
 
 fn extract_inner(

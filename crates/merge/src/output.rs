@@ -137,10 +137,10 @@ pub fn run_merge(
     write_plan(&plan, config, config_text, out_dir, options, progress)
 }
 
-/// Removes the temporary directory unless the merge completed.
-struct TempDir {
-    path: PathBuf,
-    keep: bool,
+/// Removes the temporary directory unless the work (a merge, an extraction) completed.
+pub(crate) struct TempDir {
+    pub(crate) path: PathBuf,
+    pub(crate) keep: bool,
 }
 
 impl Drop for TempDir {
@@ -270,7 +270,8 @@ fn bytes_read(plan: &MergePlan) -> u64 {
         .sum()
 }
 
-fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> T {
+/// Run `f` on a pool of `threads` workers (`None` or 0: rayon's global pool).
+pub(crate) fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> T {
     match threads
         .filter(|n| *n > 0)
         .and_then(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().ok())
