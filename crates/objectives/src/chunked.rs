@@ -258,11 +258,12 @@ fn chunked(
     let stats = stats.map(|s| {
         // Constants on the device of the log-probs.
         let lift = |x: Tensor<1>| {
+            // Under the log-probs' checkpointing strategy: `autodiff()` alone gives the
+            // default one, which refuses to meet a checkpointed tensor.
             let x = x.inner();
-            if picked.is_autodiff() {
-                x.autodiff()
-            } else {
-                x
+            match picked.gradient_checkpointing_strategy() {
+                Some(strategy) => x.autodiff().with_gradient_checkpointing_strategy(strategy),
+                None => x,
             }
         };
         let hit = s
@@ -713,7 +714,13 @@ mod custom {
         let weight = if weight.is_autodiff() {
             weight
         } else {
-            weight.autodiff()
+            // A frozen (plain) weight joins the hidden states' checkpointing strategy.
+            match hidden.gradient_checkpointing_strategy() {
+                Some(strategy) => weight
+                    .autodiff()
+                    .with_gradient_checkpointing_strategy(strategy),
+                None => weight.autodiff(),
+            }
         };
         let Ok(hidden_ad) = hidden.clone().try_into_primitive::<Autodiff<B, C>>() else {
             return Err(Box::new((hidden, weight, targets)));

@@ -456,3 +456,35 @@ fn token_stats_match_the_dense_ones() -> TestResult {
     }
     Ok(())
 }
+
+/// The stats path and a frozen (plain) weight under gradient checkpointing: the constants the
+/// stats are lifted to, and the weight, must carry the hidden states' strategy.
+#[test]
+fn stats_and_frozen_weight_under_gradient_checkpointing() -> TestResult {
+    let device = Device::flex().autodiff().gradient_checkpointing();
+    let c = case(6, [2, 6, 4, 11], 3);
+    let [b, t, h, v] = c.dims;
+    let hidden = Tensor::<3>::from_data(TensorData::new(c.hidden.clone(), [b, t, h]), &device)
+        .require_grad();
+    let labels = || Tensor::<2, Int>::from_data(TensorData::new(c.labels.clone(), [b, t]), &device);
+    let mask = Tensor::<2, Int>::ones([b, t], &device);
+    for frozen in [false, true] {
+        let weight = Tensor::<2>::from_data(TensorData::new(c.weight.clone(), [h, v]), &device);
+        let weight = if frozen {
+            weight.inner()
+        } else {
+            weight.require_grad()
+        };
+        let (out, stats) = temper_objectives::chunked_token_logps_with_stats(
+            hidden.clone(),
+            weight,
+            labels(),
+            mask.clone(),
+            &ChunkConfig::with_vocab_tile(4),
+        )?;
+        let loss = out.logps.sum() + stats.entropy.sum() * 0.0;
+        let grads = loss.backward();
+        assert!(hidden.grad(&grads).is_some());
+    }
+    Ok(())
+}

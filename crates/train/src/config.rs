@@ -152,6 +152,10 @@ pub struct TrainerConfig {
     pub output_dir: PathBuf,
     /// Vocabulary tile of the chunked log-probs (no `[batch, seq, vocab]` logits). Default 4096.
     pub vocab_tile: usize,
+    /// Gradient checkpointing (HF's name): burn's balanced strategy recomputes memory-bound
+    /// activations in the backward pass instead of keeping them. Same losses and gradients,
+    /// less activation memory, more compute. Default false.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainerConfig {
@@ -179,6 +183,7 @@ impl Default for TrainerConfig {
             save_total_limit: None,
             output_dir: PathBuf::from("output"),
             vocab_tile: 4096,
+            gradient_checkpointing: false,
         }
     }
 }

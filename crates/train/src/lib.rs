@@ -36,4 +36,6 @@ pub use finetune::{FineTuning, FullFineTuning, LoraFineTuning, adapter_param_ids
 pub use metrics::{LogRecord, plot_loss_curve};
 pub use schedule::LrSchedule;
 pub use stage::{load_rows, run_stage};
-pub use trainer::{METRICS_FILE, PLOT_FILE, Reference, TrainSummary, Trainer};
+pub use trainer::{
+    METRICS_FILE, PLOT_FILE, Reference, TrainSummary, Trainer, with_gradient_checkpointing,
+};

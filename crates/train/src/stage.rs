@@ -100,6 +100,13 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     let spec: DeviceSpec = config.device.parse()?;
     let precision: FloatPrecision = config.precision.parse()?;
     let train_device = spec.with_autodiff(true).device()?;
+    // The strategy is a property of the parameters, fixed by the device they are created on
+    // (a later `to_device` keeps it), so the policy is loaded straight onto this device.
+    let train_device = if tc.gradient_checkpointing {
+        train_device.gradient_checkpointing()
+    } else {
+        train_device
+    };
     let plain_device = spec.with_autodiff(false).device()?;
 
     let pretrained = Pretrained::load(&config.model, &train_device, precision)?;

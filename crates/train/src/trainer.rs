@@ -16,9 +16,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{Module, ParamId};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Bytes, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bytes, Device, GradientCheckpointingStrategy, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use temper_llm_arch::{ForwardOptions, LlamaForCausalLM};
 use temper_objectives::data::{
@@ -237,6 +237,11 @@ impl Trainer {
             kind: config.lr_scheduler_type,
         };
         let model = assign_param_ids(model);
+        let model = if config.gradient_checkpointing {
+            with_gradient_checkpointing(model)
+        } else {
+            model
+        };
         let state = TrainerState {
             step: 0,
             total_steps,
@@ -364,7 +369,11 @@ impl Trainer {
                 message: format!("optimizer state: {e:?}"),
             })?;
         self.optim = optim;
-        self.model = Some(loaded.model);
+        self.model = Some(if self.config.gradient_checkpointing {
+            with_gradient_checkpointing(loaded.model)
+        } else {
+            loaded.model
+        });
         self.state = loaded.state;
         self.last_checkpoint = Some(dir.to_path_buf());
         std::fs::create_dir_all(&self.config.output_dir)
@@ -877,6 +886,33 @@ impl Trainer {
         let b = sums.len() / 2;
         Ok(RefLogps::from_values(&sums[..b], &sums[b..], &device)?)
     }
+}
+
+/// Puts every autodiff float parameter of `module` under burn's balanced gradient
+/// checkpointing, keeping ids, values and which parameters require gradients.
+///
+/// In burn 0.22 the strategy travels with each tensor and is set by the device a parameter is
+/// created on; `Module::to_device`/`fork` keep the tensors' own strategy, and `to_device` of
+/// an initialized autodiff module is itself a differentiable op (the parameters become
+/// non-leaf nodes: the second backward then fails with "graph tape has already been
+/// consumed"). This re-roots each parameter as a leaf carrying the strategy instead.
+/// Parameters already under it, or without autodiff, are left as they are.
+pub fn with_gradient_checkpointing<M: Module>(module: M) -> M {
+    struct Balanced;
+    impl ModuleMapper for Balanced {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| {
+                let strategy = GradientCheckpointingStrategy::Balanced;
+                if !t.is_autodiff() || t.gradient_checkpointing_strategy() == Some(strategy) {
+                    return t;
+                }
+                let require_grad = t.is_require_grad();
+                let t = t.detach().with_gradient_checkpointing_strategy(strategy);
+                if require_grad { t.require_grad() } else { t }
+            })
+        }
+    }
+    module.map(&mut Balanced)
 }
 
 fn adamw(config: &TrainerConfig) -> AdamWConfig {
