@@ -1,0 +1,35 @@
+//! Errors of benchmark evaluation.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or scoring a benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// A benchmark line that is not a valid question.
+    #[error("{}:{line}: {reason}", path.display())]
+    Malformed {
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        reason: String,
+    },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The model, tokenizer or chat template failed.
+    #[error(transparent)]
+    Model(#[from] temper_llm_arch::Error),
+    /// Log-prob computation failed.
+    #[error(transparent)]
+    Objective(#[from] temper_objectives::ObjectiveError),
+    /// Inconsistent arguments (empty inputs, mismatched record sets, ...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, EvalError>;

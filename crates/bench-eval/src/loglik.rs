@@ -1,0 +1,303 @@
+//! Log-likelihood multiple choice with lm-evaluation-harness semantics.
+//!
+//! For each choice the request is `(context, target_delimiter + choice)`. As in lm-eval's
+//! `_encode_pair`, trailing whitespace of the context is moved to the continuation, the whole
+//! string is encoded once, and the continuation tokens are the whole encoding minus the first
+//! `len(encode(context))` tokens. The score of a choice is the summed log-prob of its
+//! continuation tokens; `acc` picks the highest sum, `acc_norm` the highest sum divided by the
+//! choice's character length, `acc_bytes` by its UTF-8 byte length (lm-eval's `len(choice)`,
+//! without the delimiter). True/false questions are scored as the choices `["True", "False"]`.
+
+use burn::tensor::{Int, Tensor, TensorData};
+use temper_llm_arch::{ChatMessage, ChatTemplate, ForwardOptions, LlamaForCausalLM, Tokenizer};
+use temper_objectives::{IGNORE_INDEX, token_logps};
+
+use crate::question::Question;
+use crate::results::QuestionRecord;
+use crate::{EvalError, Result};
+
+/// Token ids of a request: the context and the continuation to score.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedPair {
+    pub context: Vec<u32>,
+    pub continuation: Vec<u32>,
+}
+
+/// lm-eval's `_encode_pair`: move the context's trailing whitespace to the continuation, encode
+/// the whole string (no special tokens), and split it after `len(encode(context))` tokens.
+///
+/// # Errors
+/// Tokenizer errors.
+pub fn encode_pair(
+    tokenizer: &Tokenizer,
+    context: &str,
+    continuation: &str,
+) -> Result<EncodedPair> {
+    let trimmed = context.trim_end();
+    let moved = &context[trimmed.len()..];
+    let continuation = format!("{moved}{continuation}");
+    let whole = tokenizer.encode(&format!("{trimmed}{continuation}"), false)?;
+    let n_ctx = tokenizer.encode(trimmed, false)?.len().min(whole.len());
+    Ok(EncodedPair {
+        context: whole[..n_ctx].to_vec(),
+        continuation: whole[n_ctx..].to_vec(),
+    })
+}
+
+/// Settings of log-likelihood scoring.
+#[derive(Debug, Clone)]
+pub struct LoglikConfig {
+    /// Put between the context and each choice (lm-eval's `target_delimiter`).
+    pub target_delimiter: String,
+    /// Solved examples prepended to every question, separated by `few_shot_separator`.
+    pub few_shot: Vec<Question>,
+    /// lm-eval's `fewshot_delimiter`.
+    pub few_shot_separator: String,
+    /// Wrap the (few-shot) context as a user turn of the model's chat template.
+    pub use_chat_template: bool,
+    /// Sequences per forward pass.
+    pub batch_size: usize,
+    /// Right-padding id (never attended to).
+    pub pad_token_id: u32,
+    /// Token put before a request whose context encodes to nothing (lm-eval uses EOS/BOS).
+    pub empty_context_token: Option<u32>,
+    /// Longer requests lose tokens from the left of the context.
+    pub max_length: Option<usize>,
+}
+
+impl Default for LoglikConfig {
+    fn default() -> Self {
+        Self {
+            target_delimiter: " ".into(),
+            few_shot: vec![],
+            few_shot_separator: "\n\n".into(),
+            use_chat_template: false,
+            batch_size: 8,
+            pad_token_id: 0,
+            empty_context_token: None,
+            max_length: None,
+        }
+    }
+}
+
+/// The zero-shot context of a question: `Question: {question}\nAnswer:`.
+pub fn question_context(q: &Question) -> String {
+    format!("Question: {}\nAnswer:", q.question.trim())
+}
+
+/// The context of a question with the few-shot examples (`context + delimiter + gold`, joined
+/// by the separator) before it, optionally wrapped in the chat template.
+///
+/// # Errors
+/// Chat-template render errors, or `use_chat_template` without a template.
+pub fn format_context(
+    q: &Question,
+    config: &LoglikConfig,
+    chat_template: Option<&ChatTemplate>,
+) -> Result<String> {
+    let mut parts: Vec<String> = config
+        .few_shot
+        .iter()
+        .map(|s| {
+            format!(
+                "{}{}{}",
+                question_context(s),
+                config.target_delimiter,
+                s.gold_text()
+            )
+        })
+        .collect();
+    parts.push(question_context(q));
+    let text = parts.join(&config.few_shot_separator);
+    if !config.use_chat_template {
+        return Ok(text);
+    }
+    let template = chat_template.ok_or_else(|| {
+        EvalError::Invalid("use_chat_template is set but the model has no chat template".into())
+    })?;
+    Ok(template.render(&[ChatMessage::new("user", text)], true)?)
+}
+
+/// Summed continuation log-probs of encoded requests, `batch_size` rows per forward pass,
+/// right-padded with an attention mask.
+///
+/// # Errors
+/// Empty continuations, model errors.
+pub fn score_pairs(
+    model: &LlamaForCausalLM,
+    pairs: &[EncodedPair],
+    config: &LoglikConfig,
+) -> Result<Vec<f64>> {
+    let mut rows: Vec<(Vec<u32>, usize)> = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        if p.continuation.is_empty() {
+            return Err(EvalError::Invalid(
+                "a continuation encodes to no tokens".into(),
+            ));
+        }
+        let mut ctx = p.context.clone();
+        if ctx.is_empty() {
+            let t = config.empty_context_token.ok_or_else(|| {
+                EvalError::Invalid("empty context and no empty_context_token".into())
+            })?;
+            ctx.push(t);
+        }
+        let mut seq = ctx;
+        seq.extend_from_slice(&p.continuation);
+        if let Some(max) = config.max_length
+            && seq.len() > max
+        {
+            if p.continuation.len() >= max {
+                return Err(EvalError::Invalid(format!(
+                    "a continuation of {} tokens does not fit max_length {max}",
+                    p.continuation.len()
+                )));
+            }
+            seq.drain(..seq.len() - max);
+        }
+        rows.push((seq, p.continuation.len()));
+    }
+    let device = model.device();
+    let bs = config.batch_size.max(1);
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(bs) {
+        let b = chunk.len();
+        let len = chunk.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * len);
+        let mut labels = Vec::with_capacity(b * len);
+        let mut mask = Vec::with_capacity(b);
+        for (seq, n_cont) in chunk {
+            let start = seq.len() - n_cont;
+            for (i, &t) in seq.iter().enumerate() {
+                ids.push(i64::from(t));
+                labels.push(if i >= start {
+                    i64::from(t)
+                } else {
+                    IGNORE_INDEX
+                });
+            }
+            let pad = len - seq.len();
+            ids.extend(std::iter::repeat_n(i64::from(config.pad_token_id), pad));
+            labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
+            mask.push(
+                std::iter::repeat_n(1u8, seq.len())
+                    .chain(std::iter::repeat_n(0u8, pad))
+                    .collect(),
+            );
+        }
+        let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, len]), &device);
+        let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [b, len]), &device);
+        let options = ForwardOptions {
+            attention_mask: Some(mask),
+            position_ids: None,
+        };
+        let logits = model.forward(input, &options)?;
+        let sums = token_logps(logits, labels)?.sum();
+        let host: Vec<f32> = sums
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| EvalError::Invalid(format!("reading log-probs: {e:?}")))?;
+        out.extend(host.into_iter().map(f64::from));
+    }
+    Ok(out)
+}
+
+/// Scores of one question's choices and the predictions of the three metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceScores {
+    /// Summed continuation log-prob per choice.
+    pub logprobs: Vec<f64>,
+    /// Character length of each choice.
+    pub chars: Vec<usize>,
+    /// UTF-8 byte length of each choice.
+    pub bytes: Vec<usize>,
+}
+
+fn argmax(values: impl Iterator<Item = f64>) -> usize {
+    let mut best = (0, f64::NEG_INFINITY);
+    for (i, v) in values.enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
+}
+
+impl ChoiceScores {
+    /// `acc`'s pick: the highest summed log-prob.
+    pub fn pred_acc(&self) -> usize {
+        argmax(self.logprobs.iter().copied())
+    }
+    /// `acc_norm`'s pick: log-prob / character length.
+    pub fn pred_norm(&self) -> usize {
+        argmax(
+            self.logprobs
+                .iter()
+                .zip(&self.chars)
+                .map(|(l, &c)| l / c.max(1) as f64),
+        )
+    }
+    /// `acc_bytes`'s pick: log-prob / byte length.
+    pub fn pred_bytes(&self) -> usize {
+        argmax(
+            self.logprobs
+                .iter()
+                .zip(&self.bytes)
+                .map(|(l, &c)| l / c.max(1) as f64),
+        )
+    }
+}
+
+/// Score every choice of every multiple-choice / true-false question (short-answer questions
+/// are skipped). Requests of all questions are batched together; `progress(done, total)` is
+/// called after each question.
+///
+/// # Errors
+/// Tokenizer, template and model errors.
+pub fn evaluate_loglik(
+    model: &LlamaForCausalLM,
+    tokenizer: &Tokenizer,
+    chat_template: Option<&ChatTemplate>,
+    questions: &[Question],
+    config: &LoglikConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<QuestionRecord>> {
+    let scorable: Vec<&Question> = questions.iter().filter(|q| q.choices().is_some()).collect();
+    let total = scorable.len();
+    let mut records = Vec::with_capacity(total);
+    // Group questions so that one batch holds about `batch_size` requests.
+    let mut i = 0;
+    while i < scorable.len() {
+        let mut group = Vec::new();
+        let mut pairs = Vec::new();
+        while i < scorable.len() && (group.is_empty() || pairs.len() < config.batch_size.max(1)) {
+            let q = scorable[i];
+            let ctx = format_context(q, config, chat_template)?;
+            let choices = q.choices().unwrap_or_default();
+            for c in &choices {
+                pairs.push(encode_pair(
+                    tokenizer,
+                    &ctx,
+                    &format!("{}{c}", config.target_delimiter),
+                )?);
+            }
+            group.push((q, choices));
+            i += 1;
+        }
+        let sums = score_pairs(model, &pairs, config)?;
+        let mut at = 0;
+        for (q, choices) in group {
+            let n = choices.len();
+            let scores = ChoiceScores {
+                logprobs: sums[at..at + n].to_vec(),
+                chars: choices.iter().map(|c| c.chars().count()).collect(),
+                bytes: choices.iter().map(String::len).collect(),
+            };
+            at += n;
+            records.push(QuestionRecord::from_loglik(q, &scores));
+            progress(records.len(), total);
+        }
+    }
+    Ok(records)
+}
