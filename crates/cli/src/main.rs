@@ -1,5 +1,6 @@
 //! `temper`: the command-line front end of the Temper crates.
 
+mod eval;
 mod extract_lora;
 mod inspect;
 mod merge;
@@ -20,7 +21,7 @@ use temper_llm_arch::{ChatMessage, GenerationConfig, Pretrained, Tokenizer, gene
 #[command(
     name = "temper",
     version,
-    about = "Domain-adapt Llama-family models: convert, generate, tokenize, inspect, merge, extract-lora"
+    about = "Domain-adapt Llama-family models: convert, generate, tokenize, inspect, merge, extract-lora, train, eval"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -90,6 +91,8 @@ enum Command {
     Inspect { path: PathBuf },
     /// Merge models with a mergekit YAML configuration (slerp, ties, linear, ...).
     Merge(merge::MergeArgs),
+    /// Evaluate a model on a benchmark (log-likelihood or the paper's generative protocol).
+    Eval(eval::EvalArgs),
     /// Train one stage: cpt, sft, dpo, orpo, simpo or kto (or --config stage.toml).
     Train(train::TrainArgs),
     /// Extract a PEFT LoRA adapter (truncated SVD of FT − BASE per linear module).
@@ -242,6 +245,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Merge(args) => merge::run(args)?,
         Command::ExtractLora(args) => extract_lora::run(args)?,
         Command::Train(args) => train::run(args)?,
+        Command::Eval(args) => eval::run(args)?,
     }
     Ok(())
 }

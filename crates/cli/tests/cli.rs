@@ -210,3 +210,58 @@ fn merge_writes_a_model_a_report_and_refuses_bad_configs() {
     assert!(stderr.contains("merge_methd"), "{stderr}");
     assert!(!tmp.path().join("x").exists());
 }
+
+#[test]
+fn eval_scores_a_benchmark_and_writes_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bench = tmp.path().join("bench.jsonl");
+    std::fs::write(
+        &bench,
+        concat!(
+            r#"{"id": "q1", "category": "general", "type": "mc", "question": "What is the capital of France?", "choices": ["Berlin", "Paris", "Madrid"], "answer": 1}"#,
+            "\n",
+            r#"{"id": "q2", "category": "general", "type": "tf", "question": "Water freezes at 0 degrees Celsius at sea level.", "answer": true}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("eval");
+    let (ok, stdout, stderr) = temper(&[
+        "eval",
+        "--model",
+        gguf().to_str().unwrap(),
+        "--bench",
+        bench.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("acc_norm"), "{stdout}");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("records.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2);
+    // The log-likelihood of " Paris" after the question dwarfs the other capitals'.
+    assert_eq!(records[0]["id"], "q1");
+    assert_eq!(records[0]["prediction"], "Paris");
+    assert_eq!(records[0]["correct"], true);
+    assert_eq!(records[1]["logprobs"].as_array().unwrap().len(), 2);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["acc"]["overall"]["n"], 2);
+
+    // A malformed line names the file and the line.
+    std::fs::write(&bench, "{\"type\": \"mc\", \"question\": \"x\"}\n").unwrap();
+    let (ok, _, stderr) = temper(&[
+        "eval",
+        "--model",
+        gguf().to_str().unwrap(),
+        "--bench",
+        bench.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("bench.jsonl:1"), "{stderr}");
+}

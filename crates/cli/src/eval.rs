@@ -1,0 +1,156 @@
+//! `temper eval --model PATH --bench FILE.jsonl [--mode loglik|generate] [--out DIR]`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use temper_backend::{DeviceSpec, FloatPrecision};
+use temper_bench_eval::generative::{GenerativeConfig, evaluate_generative};
+use temper_bench_eval::load_questions;
+use temper_bench_eval::loglik::{LoglikConfig, evaluate_loglik};
+use temper_bench_eval::results::{Metric, Summary, summarize, write_records};
+use temper_llm_arch::Pretrained;
+
+/// How answers are obtained.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// lm-evaluation-harness log-likelihood multiple choice (acc, acc_norm, acc_bytes).
+    Loglik,
+    /// The paper's protocol: greedy generation, first answer letter / True-False parsed.
+    Generate,
+}
+
+/// Arguments of `temper eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// An HF model directory or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The benchmark (JSONL, one question a line).
+    #[arg(long)]
+    pub bench: PathBuf,
+    #[arg(long, value_enum, default_value = "loglik")]
+    pub mode: Mode,
+    /// Write summary.json and records.jsonl (per question) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Wrap the log-likelihood context in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// cpu, wgpu, wgpu:N or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn print_summary(name: &str, s: &Summary) {
+    println!(
+        "{name:9} {:.4} ± {:.4}  (n = {})",
+        s.overall.accuracy, s.overall.stderr, s.overall.n
+    );
+    for (cat, a) in &s.per_category {
+        println!(
+            "  {cat:20} {:.4} ± {:.4}  (n = {})",
+            a.accuracy, a.stderr, a.n
+        );
+    }
+}
+
+/// Run `temper eval`.
+pub fn run(args: EvalArgs) -> Result<()> {
+    let questions = load_questions(&args.bench)?;
+    let device = args.device.device()?;
+    let p = Pretrained::load(&args.model, &device, FloatPrecision::F32)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(questions.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} questions [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let progress = |done: usize, _total: usize| bar.set_position(done as u64);
+    let pad = p
+        .special
+        .pad
+        .or(p.special.eos.first().copied())
+        .unwrap_or(0);
+    let records = match args.mode {
+        Mode::Loglik => {
+            let config = LoglikConfig {
+                use_chat_template: args.chat,
+                batch_size: args.batch_size,
+                pad_token_id: pad,
+                empty_context_token: p.special.bos.or(p.special.eos.first().copied()),
+                ..LoglikConfig::default()
+            };
+            evaluate_loglik(
+                &p.model,
+                &p.tokenizer,
+                p.chat_template.as_ref(),
+                &questions,
+                &config,
+                progress,
+            )?
+        }
+        Mode::Generate => {
+            let config = GenerativeConfig {
+                batch_size: args.batch_size,
+                eos_token_ids: p.special.eos.clone(),
+                pad_token_id: pad,
+                ..GenerativeConfig::default()
+            };
+            evaluate_generative(
+                &p.model,
+                &p.tokenizer,
+                p.chat_template.as_ref(),
+                &questions,
+                &config,
+                progress,
+            )?
+        }
+    };
+    bar.finish_and_clear();
+    let metrics: &[(&str, Metric)] = match args.mode {
+        Mode::Loglik => &[
+            ("acc", Metric::Acc),
+            ("acc_norm", Metric::AccNorm),
+            ("acc_bytes", Metric::AccBytes),
+        ],
+        Mode::Generate => &[("acc", Metric::Acc)],
+    };
+    let summaries: Vec<(&str, Summary)> = metrics
+        .iter()
+        .map(|(n, m)| (*n, summarize(&records, *m)))
+        .collect();
+    for (name, s) in &summaries {
+        print_summary(name, s);
+    }
+    if args.mode == Mode::Generate {
+        println!(
+            "unparsed outputs: {} (counted as wrong)",
+            summaries[0].1.unparsed
+        );
+    }
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        write_records(out.join("records.jsonl"), &records)?;
+        let json: serde_json::Map<String, serde_json::Value> = summaries
+            .iter()
+            .map(|(n, s)| Ok(((*n).to_string(), serde_json::to_value(s)?)))
+            .collect::<Result<_>>()?;
+        let path = out.join("summary.json");
+        let tmp = out.join("summary.json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {} and records.jsonl", path.display());
+    }
+    Ok(())
+}
