@@ -27,8 +27,9 @@ use rayon::prelude::*;
 use safetensors::tensor::TensorView;
 
 use crate::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, transpose};
-use crate::output::{TempDir, with_threads};
+use crate::output::with_threads;
 use crate::source::{InputTensor, ModelSource};
+use crate::staging::StagingDir;
 use crate::{DType, MergeError, Result};
 
 /// The linear modules of a Llama-family decoder layer.
@@ -673,7 +674,8 @@ fn extract_inner(
     if rank == 0 {
         return Err(MergeError::Config("LoRA rank must be at least 1".into()));
     }
-    check_out_dir(out_dir, options.overwrite)?;
+    // Created first, so a bad destination fails before any SVD; removed again on error.
+    let tmp = StagingDir::new(out_dir, options.overwrite, "temper-lora-tmp")?;
     let ft = ModelSource::open(model_dir, &model_dir.display().to_string())?;
     let base = ModelSource::open(base_dir, &base_dir.display().to_string())?;
     let (candidates, not_extracted) = select(&ft, &base, options)?;
@@ -743,7 +745,6 @@ fn extract_inner(
         "alpha_pattern": alpha_pattern,
     });
 
-    let tmp = make_temp_dir(out_dir)?;
     let mut views: Vec<(String, TensorView<'_>)> = Vec::with_capacity(2 * factors.len());
     for f in &factors {
         let (a_key, b_key) = match f.report.kind {
@@ -764,11 +765,11 @@ fn extract_inner(
         views.push((a_key, a_view));
         views.push((b_key, b_view));
     }
-    let weights = tmp.path.join(ADAPTER_WEIGHTS);
+    let weights = tmp.path().join(ADAPTER_WEIGHTS);
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(metadata), &weights)
         .map_err(|e| MergeError::checkpoint(&weights, e.to_string()))?;
-    let config_path = tmp.path.join(ADAPTER_CONFIG);
+    let config_path = tmp.path().join(ADAPTER_CONFIG);
     let mut text = serde_json::to_string_pretty(&config)
         .map_err(|e| MergeError::checkpoint(&config_path, e.to_string()))?;
     text.push('\n');
@@ -785,12 +786,7 @@ fn extract_inner(
         .map(|m| m.len())
         .sum();
 
-    if out_dir.exists() {
-        std::fs::remove_dir_all(out_dir).map_err(|e| MergeError::io(out_dir, e))?;
-    }
-    std::fs::rename(&tmp.path, out_dir).map_err(|e| MergeError::io(out_dir, e))?;
-    let mut tmp = tmp;
-    tmp.keep = true;
+    tmp.commit()?;
 
     Ok(ExtractSummary {
         out_dir: out_dir.to_path_buf(),
@@ -801,53 +797,6 @@ fn extract_inner(
         not_extracted,
         bytes_written,
     })
-}
-
-fn check_out_dir(out_dir: &Path, overwrite: bool) -> Result<()> {
-    if out_dir.exists() {
-        if !out_dir.is_dir() {
-            return Err(MergeError::checkpoint(
-                out_dir,
-                "output path exists and is not a directory",
-            ));
-        }
-        let non_empty = std::fs::read_dir(out_dir)
-            .map_err(|e| MergeError::io(out_dir, e))?
-            .next()
-            .is_some();
-        if non_empty && !overwrite {
-            return Err(MergeError::io(
-                out_dir,
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "output directory exists and is not empty (use --overwrite to replace it)",
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn make_temp_dir(out_dir: &Path) -> Result<TempDir> {
-    let name = out_dir
-        .file_name()
-        .ok_or_else(|| MergeError::Config(format!("bad output path {}", out_dir.display())))?
-        .to_string_lossy()
-        .to_string();
-    let parent = match out_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| MergeError::io(&parent, e))?;
-    let tmp = TempDir {
-        path: parent.join(format!(".{name}.temper-lora-tmp-{}", std::process::id())),
-        keep: false,
-    };
-    if tmp.path.exists() {
-        std::fs::remove_dir_all(&tmp.path).map_err(|e| MergeError::io(&tmp.path, e))?;
-    }
-    std::fs::create_dir(&tmp.path).map_err(|e| MergeError::io(&tmp.path, e))?;
-    Ok(tmp)
 }
 
 /// The modules to extract, and the differing tensors the adapter will miss (with why).

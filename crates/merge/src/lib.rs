@@ -29,6 +29,7 @@ pub mod methods;
 pub mod output;
 pub mod plan;
 pub mod source;
+mod staging;
 pub mod vocab;
 pub mod writer;
 

@@ -9,6 +9,7 @@ use crate::config::{MergeConfig, resolve_model_path};
 use crate::execute::{NoProgress, Progress, TensorReport, TensorSink, execute};
 use crate::plan::{MergePlan, PlanOptions};
 use crate::source::{HostTensor, ModelSource};
+use crate::staging::StagingDir;
 use crate::vocab::write_tokenizer;
 use crate::writer::ShardedWriter;
 use crate::{MergeError, Result};
@@ -137,20 +138,6 @@ pub fn run_merge(
     write_plan(&plan, config, config_text, out_dir, options, progress)
 }
 
-/// Removes the temporary directory unless the work (a merge, an extraction) completed.
-pub(crate) struct TempDir {
-    pub(crate) path: PathBuf,
-    pub(crate) keep: bool,
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 /// Write a planned merge to `out_dir`.
 ///
 /// # Errors
@@ -163,86 +150,49 @@ pub fn write_plan(
     options: &MergeOptions,
     progress: &dyn Progress,
 ) -> Result<MergeSummary> {
-    if out_dir.exists() {
-        let non_empty = std::fs::read_dir(out_dir)
-            .map_err(|e| MergeError::io(out_dir, e))?
-            .next()
-            .is_some();
-        if non_empty && !options.overwrite {
-            return Err(MergeError::io(
-                out_dir,
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "output directory exists and is not empty (use --overwrite to replace it)",
-                ),
-            ));
-        }
-    }
-    let name = out_dir
-        .file_name()
-        .ok_or_else(|| MergeError::Config(format!("bad output path {}", out_dir.display())))?
-        .to_string_lossy()
-        .to_string();
-    let parent = match out_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| MergeError::io(&parent, e))?;
-    let tmp = TempDir {
-        path: parent.join(format!(".{name}.temper-tmp-{}", std::process::id())),
-        keep: false,
-    };
-    if tmp.path.exists() {
-        std::fs::remove_dir_all(&tmp.path).map_err(|e| MergeError::io(&tmp.path, e))?;
-    }
-    std::fs::create_dir(&tmp.path).map_err(|e| MergeError::io(&tmp.path, e))?;
+    let tmp = StagingDir::new(out_dir, options.overwrite, "temper-tmp")?;
 
-    let writer = ShardedWriter::create(&tmp.path, &plan.tensors, options.out_shard_size)?;
+    let writer = ShardedWriter::create(tmp.path(), &plan.tensors, options.out_shard_size)?;
     let reports = with_threads(options.threads, || {
         execute(plan, &writer, options.seed, progress)
     })?;
     if let Some(index) = writer.index() {
-        write_json(&tmp.path.join("model.safetensors.index.json"), index)?;
+        write_json(tmp.path().join("model.safetensors.index.json"), index)?;
     }
     let shards = writer.finish(options.sync)?;
 
     let base = &plan.models[plan.config_model];
-    write_config(plan, base, &tmp.path)?;
+    write_config(plan, base, tmp.path())?;
     if let Some(vocab) = &plan.vocab {
         // A built vocabulary is always written (as mergekit does): the embedding matches it only.
-        write_tokenizer(vocab, &tmp.path)?;
+        write_tokenizer(vocab, tmp.path())?;
     } else if options.copy_tokenizer
         && let Some(dir) = base.dir()
     {
         for f in TOKENIZER_FILES {
             let src = dir.join(f);
             if src.is_file() {
-                let dst = tmp.path.join(f);
+                let dst = tmp.path().join(f);
                 std::fs::copy(&src, &dst).map_err(|e| MergeError::io(&src, e))?;
             }
         }
     }
     if let Some(template) = &config.chat_template {
-        write_chat_template(&tmp.path, template)?;
+        write_chat_template(tmp.path(), template)?;
     }
     if options.write_model_card {
         let yaml = match config_text {
             Some(t) => t.to_string(),
             None => format!("merge_method: {}\n", config.merge_method),
         };
-        write_file(&tmp.path.join("mergekit_config.yml"), yaml.as_bytes())?;
+        write_file(tmp.path().join("mergekit_config.yml"), yaml.as_bytes())?;
         write_file(
-            &tmp.path.join("README.md"),
+            tmp.path().join("README.md"),
             model_card(plan, &yaml).as_bytes(),
         )?;
     }
 
-    if out_dir.exists() {
-        std::fs::remove_dir_all(out_dir).map_err(|e| MergeError::io(out_dir, e))?;
-    }
-    std::fs::rename(&tmp.path, out_dir).map_err(|e| MergeError::io(out_dir, e))?;
-    let mut tmp = tmp;
-    tmp.keep = true;
+    tmp.commit()?;
     let shards = shards
         .iter()
         .filter_map(|p| p.file_name().map(|n| out_dir.join(n)))
