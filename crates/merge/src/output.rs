@@ -157,7 +157,7 @@ pub fn write_plan(
         execute(plan, &writer, options.seed, progress)
     })?;
     if let Some(index) = writer.index() {
-        write_json(tmp.path().join("model.safetensors.index.json"), index)?;
+        write_json(&tmp.path().join("model.safetensors.index.json"), index)?;
     }
     let shards = writer.finish(options.sync)?;
 
@@ -185,9 +185,9 @@ pub fn write_plan(
             Some(t) => t.to_string(),
             None => format!("merge_method: {}\n", config.merge_method),
         };
-        write_file(tmp.path().join("mergekit_config.yml"), yaml.as_bytes())?;
+        write_file(&tmp.path().join("mergekit_config.yml"), yaml.as_bytes())?;
         write_file(
-            tmp.path().join("README.md"),
+            &tmp.path().join("README.md"),
             model_card(plan, &yaml).as_bytes(),
         )?;
     }
