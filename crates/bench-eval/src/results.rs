@@ -148,22 +148,32 @@ pub fn summarize(records: &[QuestionRecord], metric: Metric) -> Summary {
     }
 }
 
-/// Write records as JSONL.
+/// Write records as JSONL, atomically (a temporary file renamed into place), so an
+/// interrupted write never leaves a truncated file behind.
 ///
 /// # Errors
 /// I/O errors.
 pub fn write_records(path: impl AsRef<Path>, records: &[QuestionRecord]) -> Result<()> {
     let path = path.as_ref();
-    let io = |source| EvalError::Io {
-        path: path.to_path_buf(),
-        source,
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| EvalError::Io { path: p, source }
     };
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-    for r in records {
-        let line = serde_json::to_string(r).map_err(|e| EvalError::Invalid(e.to_string()))?;
-        writeln!(f, "{line}").map_err(io)?;
-    }
-    f.flush().map_err(io)
+    let write = || -> Result<()> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io(&tmp))?);
+        for r in records {
+            let line = serde_json::to_string(r).map_err(|e| EvalError::Invalid(e.to_string()))?;
+            writeln!(f, "{line}").map_err(io(&tmp))?;
+        }
+        f.flush().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// Read records written by [`write_records`].
