@@ -54,7 +54,11 @@ fn main() -> anyhow::Result<()> {
             .to_string()
         });
     let load_avg_start = loadavg();
-    let device = DeviceSpec::CPU.device()?;
+    // `TEMPER_DEVICE=wgpu` (with `--features wgpu`) runs the same figures on a GPU.
+    let spec: DeviceSpec = std::env::var("TEMPER_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()?;
+    let device = spec.device()?;
     let t0 = Instant::now();
     let p = Pretrained::load(&path, &device, FloatPrecision::F32)?;
     let load_s = t0.elapsed().as_secs_f64();

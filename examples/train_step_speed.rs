@@ -32,8 +32,13 @@ use temper_llm::llm_arch::{ForwardOptions, LlamaForCausalLM, ModelConfig};
 use temper_llm::lora::{LoraConfig, num_trainable_params};
 use temper_llm::objectives::{ChunkConfig, chunked_token_logps, lm_head_weight, token_mean_nll};
 
+/// The anchor's shape; `TEMPER_BATCH` / `TEMPER_SEQ` override it (larger shapes on a GPU).
 const BATCH: usize = 4;
 const SEQ: usize = 256;
+
+fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
+    std::env::var(name).map_or(Ok(default), |v| Ok(v.parse()?))
+}
 const LR: f64 = 1e-4;
 
 /// A field of `/proc/self/status` in KiB, as MiB.
@@ -117,7 +122,11 @@ fn main() -> anyhow::Result<()> {
     let load1_start = loadavg1();
 
     let train = mode != "forward";
-    let device = DeviceSpec::CPU.with_autodiff(train).device()?;
+    // `TEMPER_DEVICE=wgpu` (with `--features wgpu`) runs the same step on a GPU.
+    let spec: DeviceSpec = std::env::var("TEMPER_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()?;
+    let device = spec.with_autodiff(train).device()?;
     let config = smollm2_135m_config();
     let t_init = Instant::now();
     let mut model = LlamaForCausalLM::init(&config, &device);
@@ -131,8 +140,12 @@ fn main() -> anyhow::Result<()> {
     let params_total = config.num_parameters();
     let params_trainable = num_trainable_params(&model);
 
-    let ids = random_ids(BATCH * SEQ, config.vocab_size, 1);
-    let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BATCH, SEQ]), &device);
+    let (batch, seq) = (
+        env_usize("TEMPER_BATCH", BATCH)?,
+        env_usize("TEMPER_SEQ", SEQ)?,
+    );
+    let ids = random_ids(batch * seq, config.vocab_size, 1);
+    let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, seq]), &device);
     let options = ForwardOptions::default();
     let chunk = ChunkConfig::default();
     let mut optim = AdamWConfig::new()
@@ -187,15 +200,16 @@ fn main() -> anyhow::Result<()> {
         "mode": mode,
         "params_total": params_total,
         "params_trainable": params_trainable,
-        "batch": BATCH,
-        "seq": SEQ,
+        "batch": batch,
+        "seq": seq,
+        "device": spec.to_string(),
         "dtype": "float32",
         "warmup": warmup,
         "timed": timed,
         "init_s": round(init_s, 3),
         "step_times_s": times.iter().map(|t| round(*t, 4)).collect::<Vec<_>>(),
         "median_step_s": round(med, 4),
-        "tokens_per_s": round((BATCH * SEQ) as f64 / med, 1),
+        "tokens_per_s": round((batch * seq) as f64 / med, 1),
         "median_step_cpu_s": round(median(cpu_times), 4),
         "median_forward_loss_s": round(phase_median(0), 4),
         "median_backward_s": round(phase_median(1), 4),

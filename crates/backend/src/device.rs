@@ -67,11 +67,10 @@ impl DeviceSpec {
             BackendKind::Wgpu(index) => {
                 #[cfg(feature = "wgpu")]
                 {
-                    use burn::tensor::DeviceKind;
-                    Ok(Device::wgpu(match index {
-                        None => DeviceKind::DefaultDevice,
-                        Some(i) => DeviceKind::DiscreteGpu(i),
-                    }))
+                    wgpu_vulkan_device(index).map_err(|reason| BackendError::InvalidDevice {
+                        spec: self.to_string(),
+                        reason,
+                    })
                 }
                 #[cfg(not(feature = "wgpu"))]
                 {
@@ -100,6 +99,40 @@ impl DeviceSpec {
             feature,
         }
     }
+}
+
+/// The wgpu device on the Vulkan API, initialised once per adapter index.
+///
+/// The API is pinned because without a Vulkan driver wgpu would silently fall back to OpenGL
+/// (no f16, no i64): slower, and failing later and obscurely. burn refuses to initialise one
+/// runtime twice, so the device is kept.
+#[cfg(feature = "wgpu")]
+fn wgpu_vulkan_device(index: Option<usize>) -> Result<Device, String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use burn::tensor::DeviceKind;
+    use burn::tensor::wgpu::WgpuBackend;
+
+    static DEVICES: OnceLock<Mutex<HashMap<Option<usize>, Device>>> = OnceLock::new();
+    let mut devices = DEVICES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(device) = devices.get(&index) {
+        return Ok(device.clone());
+    }
+    let kind = match index {
+        None => DeviceKind::DefaultDevice,
+        Some(i) => DeviceKind::DiscreteGpu(i),
+    };
+    let device = Device::wgpu_options()
+        .device_kind(kind)
+        .graphics_api(WgpuBackend::Vulkan)
+        .init()
+        .map_err(|e| format!("no Vulkan adapter for wgpu ({e}); install a Vulkan driver (Mesa's lavapipe on a CPU-only machine)"))?;
+    devices.insert(index, device.clone());
+    Ok(device)
 }
 
 impl Default for DeviceSpec {

@@ -5,6 +5,7 @@
 //!   `acc_bytes`), batched with right padding.
 //! * [`generative`]: the paper's generative protocol (one word or letter, greedy decoding) and
 //!   the answer parser.
+//! * [`run`]: [`evaluate_model`], either mode with the special tokens read off the model.
 //! * [`results`]: accuracy with standard errors, per-question records, McNemar and paired
 //!   bootstrap tests, merge analysis.
 
@@ -13,6 +14,8 @@ pub mod generative;
 pub mod loglik;
 pub mod question;
 pub mod results;
+pub mod run;
 
 pub use error::{EvalError, Result};
 pub use question::{Question, QuestionKind, load_questions, parse_questions};
+pub use run::{EvalMode, EvalSettings, evaluate_model};

@@ -5,20 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use temper_backend::{DeviceSpec, FloatPrecision};
-use temper_bench_eval::generative::{GenerativeConfig, evaluate_generative};
-use temper_bench_eval::load_questions;
-use temper_bench_eval::loglik::{LoglikConfig, evaluate_loglik};
-use temper_bench_eval::results::{Metric, Summary, summarize, write_records};
+use temper_bench_eval::results::{Summary, summarize, write_records};
+use temper_bench_eval::{EvalMode, EvalSettings, evaluate_model, load_questions};
 use temper_llm_arch::Pretrained;
-
-/// How answers are obtained.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// lm-evaluation-harness log-likelihood multiple choice (acc, acc_norm, acc_bytes).
-    Loglik,
-    /// The paper's protocol: greedy generation, first answer letter / True-False parsed.
-    Generate,
-}
 
 /// Arguments of `temper eval`.
 #[derive(clap::Args, Debug)]
@@ -29,8 +18,10 @@ pub struct EvalArgs {
     /// The benchmark (JSONL, one question a line).
     #[arg(long)]
     pub bench: PathBuf,
-    #[arg(long, value_enum, default_value = "loglik")]
-    pub mode: Mode,
+    /// loglik: lm-eval log-likelihood multiple choice (acc, acc_norm, acc_bytes); generate:
+    /// the paper's protocol (greedy decoding, first answer letter or True/False parsed).
+    #[arg(long, value_parser = parse_mode, default_value = "loglik")]
+    pub mode: EvalMode,
     /// Write summary.json and records.jsonl (per question) here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -45,6 +36,14 @@ pub struct EvalArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+fn parse_mode(s: &str) -> Result<EvalMode, String> {
+    match s {
+        "loglik" => Ok(EvalMode::Loglik),
+        "generate" => Ok(EvalMode::Generate),
+        other => Err(format!("unknown mode `{other}` (loglik or generate)")),
+    }
 }
 
 fn print_summary(name: &str, s: &Summary) {
@@ -76,55 +75,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let progress = |done: usize, _total: usize| bar.set_position(done as u64);
-    let pad = p
-        .special
-        .pad
-        .or(p.special.eos.first().copied())
-        .unwrap_or(0);
-    let records = match args.mode {
-        Mode::Loglik => {
-            let config = LoglikConfig {
-                use_chat_template: args.chat,
-                batch_size: args.batch_size,
-                pad_token_id: pad,
-                empty_context_token: p.special.bos.or(p.special.eos.first().copied()),
-                ..LoglikConfig::default()
-            };
-            evaluate_loglik(
-                &p.model,
-                &p.tokenizer,
-                p.chat_template.as_ref(),
-                &questions,
-                &config,
-                progress,
-            )?
-        }
-        Mode::Generate => {
-            let config = GenerativeConfig {
-                batch_size: args.batch_size,
-                eos_token_ids: p.special.eos.clone(),
-                pad_token_id: pad,
-                ..GenerativeConfig::default()
-            };
-            evaluate_generative(
-                &p.model,
-                &p.tokenizer,
-                p.chat_template.as_ref(),
-                &questions,
-                &config,
-                progress,
-            )?
-        }
+    let settings = EvalSettings {
+        mode: args.mode,
+        batch_size: args.batch_size,
+        chat: args.chat,
+        ..EvalSettings::default()
     };
+    let records = evaluate_model(&p, &questions, &settings, progress)?;
     bar.finish_and_clear();
-    let metrics: &[(&str, Metric)] = match args.mode {
-        Mode::Loglik => &[
-            ("acc", Metric::Acc),
-            ("acc_norm", Metric::AccNorm),
-            ("acc_bytes", Metric::AccBytes),
-        ],
-        Mode::Generate => &[("acc", Metric::Acc)],
-    };
+    let metrics = args.mode.metrics();
     let summaries: Vec<(&str, Summary)> = metrics
         .iter()
         .map(|(n, m)| (*n, summarize(&records, *m)))
@@ -132,7 +91,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     for (name, s) in &summaries {
         print_summary(name, s);
     }
-    if args.mode == Mode::Generate {
+    if args.mode == EvalMode::Generate {
         println!(
             "unparsed outputs: {} (counted as wrong)",
             summaries[0].1.unparsed

@@ -4,6 +4,7 @@ mod eval;
 mod extract_lora;
 mod inspect;
 mod merge;
+mod pipeline;
 mod train;
 
 use std::io::Write;
@@ -21,7 +22,7 @@ use temper_llm_arch::{ChatMessage, GenerationConfig, Pretrained, Tokenizer, gene
 #[command(
     name = "temper",
     version,
-    about = "Domain-adapt Llama-family models: convert, generate, tokenize, inspect, merge, extract-lora, train, eval"
+    about = "Domain-adapt Llama-family models: convert, generate, tokenize, inspect, merge, extract-lora, train, eval, pipeline"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -93,6 +94,9 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Evaluate a model on a benchmark (log-likelihood or the paper's generative protocol).
     Eval(eval::EvalArgs),
+    /// The paper's study in one command: CPT → SFT → ORPO from an instruct model, each stage
+    /// SLERP-merged with it, every variant benchmarked, report.{md,html,json}.
+    Pipeline(pipeline::PipelineArgs),
     /// Train one stage: cpt, sft, dpo, orpo, simpo or kto (or --config stage.toml).
     Train(train::TrainArgs),
     /// Extract a PEFT LoRA adapter (truncated SVD of FT − BASE per linear module).
@@ -246,6 +250,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ExtractLora(args) => extract_lora::run(args)?,
         Command::Train(args) => train::run(args)?,
         Command::Eval(args) => eval::run(args)?,
+        Command::Pipeline(args) => pipeline::run(args)?,
     }
     Ok(())
 }

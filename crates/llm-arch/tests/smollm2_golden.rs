@@ -5,7 +5,8 @@
 //! filled by `scripts/fetch-smollm2.sh`) and, for the HF-directory run, `TEMPER_SMOLLM2_DIR`
 //! (default: the GGUF converted by the test into a temporary directory).
 //!
-//! The same test runs on any fixture file of the same schema.
+//! The same test runs on any fixture file of the same schema, and on any device:
+//! `TEMPER_TEST_DEVICE` (default `cpu`; `wgpu` in a build with the `wgpu` feature).
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,14 @@ fn env_path(var: &str, default: &str) -> PathBuf {
         || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
         PathBuf::from,
     )
+}
+
+fn device() -> Device {
+    let spec: temper_backend::DeviceSpec = std::env::var("TEMPER_TEST_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .unwrap();
+    spec.device().unwrap()
 }
 
 fn golden() -> Value {
@@ -175,7 +184,7 @@ fn check_against_golden(p: &Pretrained, label: &str) {
 
 #[test]
 fn gguf_and_converted_hf_directory_match_transformers() {
-    let device = Device::flex();
+    let device = device();
     let gguf = Pretrained::load(gguf_path(), &device, FloatPrecision::F32).unwrap();
     check_against_golden(&gguf, "gguf");
 
@@ -213,7 +222,7 @@ fn gguf_and_converted_hf_directory_match_transformers() {
 
 #[test]
 fn cached_prefill_equals_uncached_forward_on_smollm2() {
-    let device = Device::flex();
+    let device = device();
     let p = Pretrained::load(gguf_path(), &device, FloatPrecision::F32).unwrap();
     let tokens = p
         .tokenizer

@@ -1,0 +1,85 @@
+//! `temper pipeline [--config FILE] [--preset default|smoke] [--out DIR]`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use temper_pipeline::{PipelineConfig, PipelineOptions, Preset, run_pipeline};
+
+/// Arguments of `temper pipeline`.
+#[derive(clap::Args, Debug)]
+pub struct PipelineArgs {
+    /// A pipeline TOML (paths relative to its directory). Default: the built-in preset.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// A built-in pipeline: `default` (the full study, < 30 min on 2 CPU cores) or `smoke`
+    /// (the same stages on a tiny slice). Paths are relative to the current directory.
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+    /// Output directory. Default: `runs/<pipeline name>`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override the config's device (cpu, wgpu, wgpu:N, cuda:N).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Print the resolved config as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Run `temper pipeline`.
+pub fn run(args: PipelineArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => PipelineConfig::from_file(path)?,
+        None => {
+            let preset: Preset = args.preset.parse()?;
+            PipelineConfig::preset(preset, &std::env::current_dir()?)?
+        }
+    };
+    if let Some(device) = args.device {
+        config.device = device;
+    }
+    if args.print_config {
+        print!(
+            "{}",
+            toml::to_string(&config).context("printing the config")?
+        );
+        return Ok(());
+    }
+    let out_dir = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+    let report = run_pipeline(
+        &config,
+        &PipelineOptions {
+            out_dir: out_dir.clone(),
+            progress: !args.quiet,
+        },
+    )?;
+    for v in &report.variants {
+        println!(
+            "{:40} {:.4} ± {:.4}",
+            v.name, v.summary.overall.accuracy, v.summary.overall.stderr
+        );
+    }
+    for row in &report.analyses {
+        let a = &row.analysis;
+        println!(
+            "{:40} expected {:.4}, gain over better parent {:+.4} (McNemar p {:.3}, bootstrap p {:.3}){}",
+            row.merged,
+            a.expected,
+            a.gain_over_best,
+            a.mcnemar.p_value,
+            a.bootstrap.p_value,
+            if a.synergy { "  SYNERGY" } else { "" }
+        );
+    }
+    println!(
+        "report: {} ({:.0} s)",
+        out_dir.join("report.html").display(),
+        report.total_seconds
+    );
+    Ok(())
+}

