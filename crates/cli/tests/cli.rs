@@ -265,3 +265,43 @@ fn eval_scores_a_benchmark_and_writes_records() {
     assert!(!ok);
     assert!(stderr.contains("bench.jsonl:1"), "{stderr}");
 }
+
+#[test]
+fn pipeline_prints_its_config_and_rejects_bad_ones() {
+    let (ok, out, err) = temper(&["pipeline", "--preset", "smoke", "--print-config"]);
+    assert!(ok, "{err}");
+    let config: toml::Table = toml::from_str(&out).unwrap();
+    let stages: Vec<&str> = config["stage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["cpt", "sft", "orpo"]);
+    assert!(out.contains("merge_method: slerp"), "{out}");
+
+    // The printed config is a valid config file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, &out).unwrap();
+    let (ok, again, err) = temper(&[
+        "pipeline",
+        "--config",
+        path.to_str().unwrap(),
+        "--print-config",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(again, out);
+
+    std::fs::write(&path, out.replace("max_steps = 2", "max_stepz = 2")).unwrap();
+    let (ok, _, err) = temper(&["pipeline", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("stage `cpt`") && err.contains("max_stepz"),
+        "{err}"
+    );
+
+    let (ok, _, err) = temper(&["pipeline", "--preset", "huge"]);
+    assert!(!ok);
+    assert!(err.contains("unknown preset `huge`"), "{err}");
+}

@@ -219,6 +219,7 @@ pub fn merge_distances(series: &[(String, Vec<f64>)]) -> Result<String> {
         chart
             .configure_mesh()
             .x_desc("tensor (checkpoint order)")
+            .x_label_formatter(&|x: &f64| format!("{x:.0}"))
             .y_desc("1 − cos")
             .y_label_formatter(&|y: &f64| format!("{y:.0e}"))
             .draw()?;

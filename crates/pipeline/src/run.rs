@@ -550,9 +550,11 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
     if let Some(limit) = bench.limit {
         questions.truncate(limit);
     }
+    // What the records depend on; the metric and the test settings only change the analysis.
     let bench_fingerprint = Fingerprint::new("bench")
         .str("file", &file_sha256(&bench.file)?)
-        .json("settings", bench)
+        .json("settings", &bench.eval_settings())
+        .json("limit", &bench.limit)
         .finish();
 
     let instruct = runner.instruct()?;
