@@ -7,12 +7,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use temper_backend::{DeviceSpec, FloatPrecision};
 use temper_bench_eval::results::{Summary, summarize, write_records};
 use temper_bench_eval::{EvalMode, EvalSettings, evaluate_model, load_questions};
-use temper_llm_arch::Pretrained;
 
 /// Arguments of `temper eval`.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// An HF model directory or a .gguf file.
+    /// An HF model directory, a .gguf file or a PEFT adapter directory.
     #[arg(long)]
     pub model: PathBuf,
     /// The benchmark (JSONL, one question a line).
@@ -63,8 +62,7 @@ fn print_summary(name: &str, s: &Summary) {
 pub fn run(args: EvalArgs) -> Result<()> {
     let questions = load_questions(&args.bench)?;
     let device = args.device.device()?;
-    let p = Pretrained::load(&args.model, &device, FloatPrecision::F32)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let p = crate::load_model(&args.model, &device, FloatPrecision::F32)?;
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {

@@ -44,7 +44,7 @@ enum Command {
     },
     /// Generate a continuation; prints only the new text, streaming.
     Generate {
-        /// An HF model directory or a .gguf file.
+        /// An HF model directory, a .gguf file or a PEFT adapter directory (merged onto its base).
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
@@ -169,8 +169,7 @@ fn run(cli: Cli) -> Result<()> {
             dtype,
         } => {
             let device = device.device()?;
-            let p = Pretrained::load(&model, &device, dtype)
-                .with_context(|| format!("loading {}", model.display()))?;
+            let p = load_model(&model, &device, dtype)?;
             let text = if chat {
                 let template = p
                     .chat_template
@@ -253,6 +252,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pipeline(args) => pipeline::run(args)?,
     }
     Ok(())
+}
+
+/// An HF directory, a GGUF file, or a PEFT adapter directory (loaded onto the base model its
+/// `adapter_config.json` names and merged).
+pub(crate) fn load_model(
+    path: &Path,
+    device: &burn::tensor::Device,
+    dtype: FloatPrecision,
+) -> Result<Pretrained> {
+    let loaded = if temper_lora::is_adapter_dir(path) {
+        temper_lora::load_merged_adapter(path, None, device, dtype).map_err(anyhow::Error::from)
+    } else {
+        Pretrained::load(path, device, dtype).map_err(anyhow::Error::from)
+    };
+    loaded.with_context(|| format!("loading {}", path.display()))
 }
 
 fn main() {

@@ -23,6 +23,7 @@
 //! OLoRA / LoftQ init, adapters on `lm_head` / embeddings, several named adapters at once.
 
 mod adapter;
+mod adapter_dir;
 pub mod config;
 mod error;
 mod peft;
@@ -31,6 +32,7 @@ pub use adapter::{
     adapter_paths, inject, merge, merge_and_unload, num_trainable_params, projections,
     projections_mut, set_adapters_enabled, unload, unmerge, with_adapters_disabled,
 };
+pub use adapter_dir::{is_adapter_dir, load_merged_adapter, resolve_base_model};
 pub use config::{ADAPTER_CONFIG, ALL_LINEAR, InitLoraWeights, LoraConfig, TargetModules};
 pub use error::{LoraError, Result};
 pub use peft::{

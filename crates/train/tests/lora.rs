@@ -444,6 +444,50 @@ fn run_stage_with_lora_writes_merged_or_adapter_dirs() {
     let (loaded, _) = temper_lora::load_adapter(base.model, &ad, &Device::flex()).unwrap();
     assert_eq!(temper_lora::adapter_paths(&loaded).len(), 2 * 7);
 
+    // The adapter directory as `--model`: its base (named in adapter_config.json) with the
+    // adapter merged is the merged run's output (same seed, same steps).
+    assert!(temper_lora::is_adapter_dir(&ad) && !temper_lora::is_adapter_dir(&out));
+    let from_adapter =
+        temper_lora::load_merged_adapter(&ad, None, &Device::flex(), FloatPrecision::F32).unwrap();
+    assert!(temper_lora::adapter_paths(&from_adapter.model).is_empty());
+    for ((n1, t1), (n2, t2)) in hf_tensors(&merged.model)
+        .iter()
+        .zip(&hf_tensors(&from_adapter.model))
+    {
+        assert_eq!(n1, n2);
+        let max = t1
+            .data
+            .iter()
+            .zip(&t2.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max < 1e-6, "{n1}: {max}");
+    }
+    let moved = dir.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(ad.join(f), moved.join(f)).unwrap();
+    }
+    let mut cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(moved.join("adapter_config.json")).unwrap())
+            .unwrap();
+    cfg_json["base_model_name_or_path"] = "no/such-model".into();
+    std::fs::write(moved.join("adapter_config.json"), cfg_json.to_string()).unwrap();
+    let err = temper_lora::load_merged_adapter(&moved, None, &Device::flex(), FloatPrecision::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("base model `no/such-model` not found"),
+        "{err}"
+    );
+    temper_lora::load_merged_adapter(
+        &moved,
+        Some(&dir.path().join("base")),
+        &Device::flex(),
+        FloatPrecision::F32,
+    )
+    .unwrap();
+
     // DPO through run_stage: the default reference becomes the adapters-disabled base.
     let text = STAGE
         .replace("train.jsonl", "pairs.jsonl")
