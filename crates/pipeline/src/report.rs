@@ -102,6 +102,15 @@ impl MergeResult {
     }
 }
 
+/// A variant against the instruct parent, question by question.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct VsInstruct {
+    /// Accuracy difference (variant − instruct).
+    pub diff: f64,
+    pub mcnemar_p: f64,
+    pub bootstrap_p: f64,
+}
+
 /// One benchmarked variant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantResult {
@@ -116,6 +125,10 @@ pub struct VariantResult {
     pub summary: Summary,
     /// Every metric of the mode.
     pub summaries: BTreeMap<String, Summary>,
+    /// Paired comparison with the instruct parent under the report's metric (`None` for the
+    /// parent itself).
+    #[serde(default)]
+    pub vs_instruct: Option<VsInstruct>,
 }
 
 /// A merged variant against its parents.
@@ -270,6 +283,7 @@ fn escape(s: &str) -> String {
 fn variant_table(r: &PipelineReport) -> Table {
     let cats = r.categories();
     let mut header = vec!["Variant".to_string(), format!("{} (%)", r.metric_name())];
+    header.push("vs Instruct (McNemar p)".into());
     header.extend(cats.iter().cloned());
     header.push("eval time".into());
     let rows = r
@@ -279,6 +293,10 @@ fn variant_table(r: &PipelineReport) -> Table {
             let mut row = vec![
                 v.name.clone(),
                 pct(v.summary.overall.accuracy, v.summary.overall.stderr),
+                v.vs_instruct.map_or_else(
+                    || "–".into(),
+                    |c| format!("{:+.1} (p {:.3})", c.diff * 100.0, c.mcnemar_p),
+                ),
             ];
             for c in &cats {
                 row.push(

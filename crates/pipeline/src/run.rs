@@ -22,7 +22,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use temper_backend::{DeviceSpec, FloatPrecision};
 use temper_bench_eval::results::{
-    QuestionRecord, Summary, merge_analysis, read_records, summarize, write_records,
+    QuestionRecord, Summary, mcnemar_exact, merge_analysis, pair_by_id, paired_bootstrap,
+    read_records, summarize, write_records,
 };
 use temper_bench_eval::{Question, evaluate_model, load_questions};
 use temper_llm_arch::Pretrained;
@@ -32,7 +33,7 @@ use crate::config::{PipelineConfig, StageSpec};
 use crate::fingerprint::{Fingerprint, file_sha256};
 use crate::report::{
     MergeResult, MergeRow, PipelineReport, StageResult, TensorStat, VariantKind, VariantResult,
-    write_report,
+    VsInstruct, write_report,
 };
 use crate::{PipelineError, Result};
 
@@ -506,6 +507,7 @@ impl Runner<'_> {
             skipped,
             summary: summarize(&records, bench.metric),
             summaries,
+            vs_instruct: None,
         };
         Ok((result, records))
     }
@@ -597,6 +599,25 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
         let (result, recs) = runner.evaluate(variant, &questions, &bench_fingerprint)?;
         records.insert(variant.name.clone(), recs);
         results.push(result);
+    }
+    for result in &mut results {
+        if result.kind == VariantKind::Parent {
+            continue;
+        }
+        let eval_err = |source| PipelineError::Eval {
+            variant: result.name.clone(),
+            source: Box::new(source),
+        };
+        let (a, b) = pair_by_id(&records[&result.name], &records["Instruct"], bench.metric)
+            .map_err(eval_err)?;
+        let mcnemar = mcnemar_exact(&a, &b).map_err(eval_err)?;
+        let bootstrap =
+            paired_bootstrap(&a, &b, bench.bootstrap_resamples, bench.seed).map_err(eval_err)?;
+        result.vs_instruct = Some(VsInstruct {
+            diff: bootstrap.diff,
+            mcnemar_p: mcnemar.p_value,
+            bootstrap_p: bootstrap.p_value,
+        });
     }
     let mut analyses = Vec::new();
     for variant in &variants {

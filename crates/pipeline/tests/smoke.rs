@@ -55,6 +55,12 @@ fn smoke_pipeline_runs_every_variant_writes_the_report_and_resumes() {
     for v in &report.variants {
         assert_eq!(v.summary.overall.n, limit, "{}", v.name);
         assert!(!v.skipped, "{}", v.name);
+        assert_eq!(
+            v.vs_instruct.is_none(),
+            v.kind == VariantKind::Parent,
+            "{}",
+            v.name
+        );
         assert!(
             out.path()
                 .join("eval")
