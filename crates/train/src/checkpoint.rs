@@ -6,11 +6,13 @@
 //!   the saved moments match up;
 //! * `trainer_state.json` — step, data position, seed, schedule, log history;
 //! * whatever the fine-tuning method adds ([`FineTuning::save_checkpoint_extra`]): for LoRA the
-//!   adapter as `adapter_config.json` + `adapter_model.safetensors`. A LoRA checkpoint still
-//!   stores the full (frozen, unchanged) base weights in `model.safetensors`, so it is
-//!   self-contained at the cost of disk space; on resume the base is loaded from it and the
-//!   adapter re-injected ([`FineTuning::restore_checkpoint`]) before parameter ids are
-//!   assigned, so the optimizer moments line up with the adapter matrices again.
+//!   adapter as `adapter_config.json` + `adapter_model.safetensors`. When training changes no
+//!   base weight (LoRA without `modules_to_save`), `model.safetensors` is replaced by
+//!   `base_weights.json`, a fingerprint of the frozen weights: the checkpoint is then the size
+//!   of the adapter, and a resume takes the base from the model it resumes into (after
+//!   checking the fingerprint) and re-injects the adapter ([`FineTuning::restore_checkpoint`])
+//!   before parameter ids are assigned, so the optimizer moments line up with the adapter
+//!   matrices again. Checkpoints with `model.safetensors` load as before.
 //!
 //! A checkpoint is written into a temporary sibling directory and renamed into place, so a
 //! crash leaves either the previous checkpoints or the complete new one; directories without
@@ -35,6 +37,30 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 /// [`TrainerState`] as JSON.
 pub const STATE_FILE: &str = "trainer_state.json";
+/// Fingerprint of the frozen weights, instead of [`MODEL_FILE`] when training changes none.
+pub const BASE_FINGERPRINT_FILE: &str = "base_weights.json";
+
+/// FNV-1a over every weight's name, shape and f32 bytes (HF order): tells two sets of frozen
+/// weights apart without storing them.
+fn weights_fingerprint(model: &LlamaForCausalLM) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (name, t) in temper_llm_arch::checkpoint::hf_tensors(model) {
+        eat(name.as_bytes());
+        for d in &t.shape {
+            eat(&(*d as u64).to_le_bytes());
+        }
+        for v in &t.data {
+            eat(&v.to_le_bytes());
+        }
+    }
+    format!("{h:016x}")
+}
 
 /// Everything besides weights and optimizer moments that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,7 +163,14 @@ pub fn save_checkpoint(
             std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        save_safetensors(model, &tmp.join(MODEL_FILE), precision_of(model))?;
+        if fine_tuning.checkpoint_needs_weights() {
+            save_safetensors(model, &tmp.join(MODEL_FILE), precision_of(model))?;
+        } else {
+            let base = fine_tuning.frozen_base(model.clone());
+            let path = tmp.join(BASE_FINGERPRINT_FILE);
+            let json = serde_json::json!({ "fnv1a64": weights_fingerprint(&base) });
+            std::fs::write(&path, json.to_string()).map_err(|e| TrainError::io(&path, e))?;
+        }
         fine_tuning.save_checkpoint_extra(model, &tmp)?;
         let opt_path = tmp.join(OPTIMIZER_FILE);
         let bytes = optimizer
@@ -198,14 +231,37 @@ pub fn load_checkpoint(
         path: state_path.clone(),
         source,
     })?;
-    let mut source = SafetensorsSource::open_file(dir.join(MODEL_FILE))?;
-    let model = load_weights(
-        like.config(),
-        &mut source,
-        &like.device(),
-        precision_of(like),
-    )?;
-    let model = assign_param_ids(fine_tuning.restore_checkpoint(model, dir)?);
+    let base = if dir.join(MODEL_FILE).exists() {
+        let mut source = SafetensorsSource::open_file(dir.join(MODEL_FILE))?;
+        load_weights(
+            like.config(),
+            &mut source,
+            &like.device(),
+            precision_of(like),
+        )?
+    } else {
+        let path = dir.join(BASE_FINGERPRINT_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ckpt_err(
+                dir,
+                format!("neither {MODEL_FILE} nor {BASE_FINGERPRINT_FILE}: {e}"),
+            )
+        })?;
+        let saved: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| TrainError::Json {
+                path: path.clone(),
+                source,
+            })?;
+        let base = fine_tuning.frozen_base(like.clone());
+        if saved["fnv1a64"].as_str() != Some(weights_fingerprint(&base).as_str()) {
+            return Err(ckpt_err(
+                dir,
+                "the checkpoint was trained on other base weights than the model it is resumed into",
+            ));
+        }
+        base
+    };
+    let model = assign_param_ids(fine_tuning.restore_checkpoint(base, dir)?);
     let opt_path = dir.join(OPTIMIZER_FILE);
     let optimizer = std::fs::read(&opt_path).map_err(|e| TrainError::io(&opt_path, e))?;
     Ok(LoadedCheckpoint {

@@ -54,6 +54,19 @@ pub trait FineTuning: std::fmt::Debug {
     fn restore_checkpoint(&self, base: LlamaForCausalLM, _dir: &Path) -> Result<LlamaForCausalLM> {
         Ok(base)
     }
+
+    /// Whether a checkpoint must hold the model's weights. `false` when training changes none
+    /// of them (LoRA without `modules_to_save`): the checkpoint then keeps a fingerprint of
+    /// the frozen weights only, and a resume takes them from the model it resumes into
+    /// ([`FineTuning::frozen_base`]) once the fingerprint matches. Default: `true`.
+    fn checkpoint_needs_weights(&self) -> bool {
+        true
+    }
+
+    /// The model without what training added (LoRA: the adapters unloaded). Default: as is.
+    fn frozen_base(&self, model: LlamaForCausalLM) -> LlamaForCausalLM {
+        model
+    }
 }
 
 /// Every parameter trains; no built-in reference.
@@ -172,6 +185,19 @@ impl FineTuning for LoraFineTuning {
 
     fn save_checkpoint_extra(&self, model: &LlamaForCausalLM, dir: &Path) -> Result<()> {
         Ok(temper_lora::save_adapter(model, &self.config, dir)?)
+    }
+
+    fn checkpoint_needs_weights(&self) -> bool {
+        // Only the adapters train; `modules_to_save` would change base weights.
+        !self
+            .config
+            .modules_to_save
+            .as_ref()
+            .is_none_or(Vec::is_empty)
+    }
+
+    fn frozen_base(&self, model: LlamaForCausalLM) -> LlamaForCausalLM {
+        temper_lora::unload(model)
     }
 
     fn restore_checkpoint(&self, base: LlamaForCausalLM, dir: &Path) -> Result<LlamaForCausalLM> {

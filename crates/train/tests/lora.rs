@@ -161,16 +161,18 @@ fn lora_sft_overfits_and_leaves_the_base_bit_identical() {
     for ((name, a), (_, b)) in adapters_before.iter().zip(&adapters_after) {
         assert_ne!(a, b, "{name} did not move");
     }
-    // The checkpoint carries the adapter in PEFT's format next to the base weights.
+    // The checkpoint carries the adapter in PEFT's format and only a fingerprint of the
+    // frozen base weights.
     let ckpt = dir.path().join("checkpoint-40");
     for f in [
-        "model.safetensors",
+        "base_weights.json",
         "adapter_config.json",
         "adapter_model.safetensors",
         "optimizer.bpk",
     ] {
         assert!(ckpt.join(f).is_file(), "{f} missing from the checkpoint");
     }
+    assert!(!ckpt.join("model.safetensors").exists());
 }
 
 #[test]
@@ -275,6 +277,16 @@ fn resumed_lora_run_equals_uninterrupted_run() {
     assert_eq!(adapter_bits(ma, &l), adapter_bits(mb, &l));
     assert_eq!(base_bits(ma), base_bits(&init));
     assert_eq!(summary_a.log_history, summary_b.log_history);
+
+    // Resuming into other base weights is refused (the checkpoint holds only their
+    // fingerprint).
+    let (other, _) = lora_model();
+    assert_ne!(base_bits(&other), base_bits(&init));
+    let mut wrong = Trainer::new(other, cfg(b.path()), rows(), None, Reference::None, 0)
+        .unwrap()
+        .with_fine_tuning(Box::new(l.clone()));
+    let err = wrong.resume_latest().unwrap_err().to_string();
+    assert!(err.contains("other base weights"), "{err}");
 }
 
 const TOKENIZER_JSON: &str = r#"{
