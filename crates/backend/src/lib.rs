@@ -8,10 +8,11 @@
 //! * [`FloatPrecision`] is the compute dtype policy (`f32`, `bf16`, `f16`) and checks that a
 //!   device supports it.
 //! * [`kernels`] is where the hot fused ops of the Llama family (RMSNorm, half-split rotary
-//!   embedding) are chosen per backend: a fused CPU kernel on Flex through a burn backend
-//!   extension, the portable tensor-op reference everywhere else (and under autodiff).
-//!   Model code only calls [`kernels::rms_norm`] and [`kernels::rotary`], so GPU kernels can be
-//!   added here without touching it.
+//!   embedding, SwiGLU, causal GQA attention) are chosen per backend through one burn backend
+//!   extension ([`kernels::FusedOps`]): `#[cube]` kernels with custom backward nodes on the
+//!   CubeCL backends (feature `gpu-kernels`, on with `wgpu`/`cuda`), fused CPU kernels on Flex,
+//!   the portable tensor-op reference elsewhere. Model code only calls the wrappers in
+//!   [`kernels`], so kernels can be added here without touching it.
 
 pub use burn;
 pub use burn::tensor::Device;

@@ -7,7 +7,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
@@ -45,8 +44,9 @@ pub struct Mlp {
 impl Mlp {
     /// `[batch, seq, hidden]` → `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(kernels::swiglu(gate, self.up_proj.forward(x)))
     }
 }
 
@@ -80,8 +80,7 @@ impl Attention {
         let v = self.v_proj.forward(x).reshape([b, s, kvh, hd]);
         // Sequence-major `[b, s, heads, hd]` throughout: the fused kernels read it directly and
         // the output reshapes to `[b, s, hidden]` without a transpose.
-        let q = kernels::rotary(q, cos.clone(), sin.clone());
-        let k = kernels::rotary(k, cos, sin);
+        let (q, k) = kernels::rotary_qk(q, k, cos, sin);
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v),
             None => (k, v),
@@ -404,7 +403,12 @@ fn build_mask(
     let padding = match padding {
         Some(p) => {
             check_mask_shape(p, b, total)?;
-            Some(p).filter(|p| p.iter().any(|r| r.contains(&0)))
+            // Right padding alone (training batches) needs no mask when nothing is cached:
+            // causal masking already hides the trailing padding from every real token, and
+            // what padded positions compute is never read (their labels are ignored). That
+            // keeps training on the fused causal kernel.
+            let right_only = past == 0 && p.iter().all(|r| !r.windows(2).any(|w| w[0] == 0 && w[1] != 0));
+            Some(p).filter(|p| !right_only && p.iter().any(|r| r.contains(&0)))
         }
         None => None,
     };

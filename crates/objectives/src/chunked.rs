@@ -324,33 +324,21 @@ fn target_logps_impl(
         return Ok((f.logps, f.stats));
     }
     #[cfg(feature = "flex")]
-    {
-        use burn::backend::Flex;
-        use burn::backend::autodiff::checkpoint::strategy::{
-            BalancedCheckpointing, NoCheckpointing,
-        };
-        let (hidden, weight, targets) = match custom::tracked::<Flex, NoCheckpointing>(
-            hidden, weight, targets, *config, with_stats,
-        ) {
+    let (hidden, weight, targets) =
+        match custom::tracked_any::<burn::backend::Flex>(hidden, weight, targets, *config, with_stats) {
             Ok(out) => return Ok(out),
             Err(inputs) => *inputs,
         };
-        let (hidden, weight, targets) = match custom::tracked::<Flex, BalancedCheckpointing>(
-            hidden, weight, targets, *config, with_stats,
-        ) {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let (hidden, weight, targets) =
+        match custom::tracked_any::<burn::backend::Cube>(hidden, weight, targets, *config, with_stats) {
             Ok(out) => return Ok(out),
             Err(inputs) => *inputs,
         };
-        let f = forward_values(hidden, weight, targets, *config, with_stats);
-        return Ok((f.logps, f.stats));
-    }
     // No custom node for this backend: differentiable tile ops (same values and gradients,
     // backward memory ∝ rows × vocab).
-    #[allow(unreachable_code)]
-    {
-        let f = forward_values(hidden, weight, targets, *config, with_stats);
-        Ok((f.logps, f.stats))
-    }
+    let f = forward_values(hidden, weight, targets, *config, with_stats);
+    Ok((f.logps, f.stats))
 }
 
 /// Whether [`target_logps`] / [`chunked_token_logps`] keep backward memory bounded on
@@ -361,24 +349,16 @@ pub fn bounded_backward(device: &Device) -> bool {
     if !device.is_autodiff() {
         return true;
     }
+    let probe = Tensor::<1>::zeros([1], device);
     #[cfg(feature = "flex")]
-    {
-        use burn::backend::Flex;
-        use burn::backend::autodiff::checkpoint::strategy::{
-            BalancedCheckpointing, NoCheckpointing,
-        };
-        let probe = Tensor::<1>::zeros([1], device);
-        if probe
-            .clone()
-            .try_into_primitive::<burn::backend::Autodiff<Flex, NoCheckpointing>>()
-            .is_ok()
-            || probe
-                .try_into_primitive::<burn::backend::Autodiff<Flex, BalancedCheckpointing>>()
-                .is_ok()
-        {
-            return true;
-        }
+    if custom::is_on::<burn::backend::Flex>(&probe) {
+        return true;
     }
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if custom::is_on::<burn::backend::Cube>(&probe) {
+        return true;
+    }
+    let _ = probe;
     false
 }
 
@@ -629,12 +609,14 @@ fn backward_values(
 
 /// The custom autodiff node (see the module docs). Generic over the backend; instantiated for
 /// the backends enabled by this crate's features.
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "flex", feature = "wgpu", feature = "cuda")), allow(dead_code))]
 mod custom {
     use super::{ChunkConfig, Forward, RowStats, backward_values, forward_values};
 
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::checkpoint::strategy::{
+        BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+    };
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor};
@@ -698,6 +680,43 @@ mod custom {
     }
 
     type Inputs = (Tensor<2>, Tensor<2>, Tensor<1, Int>);
+
+    /// [`tracked`] for backend `B` under either checkpointing strategy the trainer uses.
+    pub(super) fn tracked_any<B: Backend>(
+        hidden: Tensor<2>,
+        weight: Tensor<2>,
+        targets: Tensor<1, Int>,
+        config: ChunkConfig,
+        with_stats: bool,
+    ) -> Result<(Tensor<1>, Option<RowStats>), Box<Inputs>>
+    where
+        DispatchTensor: DispatchKindConversion<B>
+            + DispatchKindConversion<Autodiff<B, NoCheckpointing>>
+            + DispatchKindConversion<Autodiff<B, BalancedCheckpointing>>,
+    {
+        let (hidden, weight, targets) =
+            match tracked::<B, NoCheckpointing>(hidden, weight, targets, config, with_stats) {
+                Ok(out) => return Ok(out),
+                Err(inputs) => *inputs,
+            };
+        tracked::<B, BalancedCheckpointing>(hidden, weight, targets, config, with_stats)
+    }
+
+    /// Whether `probe` is an autodiff tensor of backend `B` (either strategy).
+    pub(super) fn is_on<B: Backend>(probe: &Tensor<1>) -> bool
+    where
+        DispatchTensor: DispatchKindConversion<Autodiff<B, NoCheckpointing>>
+            + DispatchKindConversion<Autodiff<B, BalancedCheckpointing>>,
+    {
+        probe
+            .clone()
+            .try_into_primitive::<Autodiff<B, NoCheckpointing>>()
+            .is_ok()
+            || probe
+                .clone()
+                .try_into_primitive::<Autodiff<B, BalancedCheckpointing>>()
+                .is_ok()
+    }
 
     /// Runs the tiled forward on `Autodiff<B, C>` tensors and registers the custom backward.
     /// Gives the inputs back when they do not live on that backend / strategy.

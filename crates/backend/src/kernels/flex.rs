@@ -4,31 +4,24 @@
 //! four to six times; here each row is read once and written once, rows in parallel.
 
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Backend, Flex, backend_extension, tensor::FloatTensor};
+use burn::backend::Flex;
 use burn::tensor::{DType, Shape, Tensor};
 use rayon::prelude::*;
 
-/// The fused ops of the Llama family as a burn backend extension.
-///
-/// Only Flex implements it today; GPU backends take the reference path (see
-/// [`super::kernel_path`]) until CubeCL kernels are added here.
-#[backend_extension(Flex)]
-pub trait FusedOps: Backend {
-    /// `x` `[..., d]` (f32), `weight` `[d]` → like `x`.
-    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
-    /// `x` `[b, s, h, hd]`, `cos`/`sin` `[b, s, hd/2]` (f32) → like `x`.
-    fn rotary(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-    ) -> FloatTensor<Self>;
-    /// Causal grouped-query attention, sequence-major: `q` `[b, s, h, d]`, `k`/`v`
-    /// `[b, t, kv_heads, d]` (f32) → `[b, s, h, d]`.
-    fn causal_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-    ) -> FloatTensor<Self>;
+use super::FusedOps;
+use super::reference;
+
+/// A Flex primitive as a tensor, for the tensor-op reference paths.
+fn tensor<const D: usize>(x: FlexTensor) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(x)
+}
+
+/// Back to the primitive. Every tensor here was computed on Flex from Flex inputs.
+fn primitive<const D: usize>(x: Tensor<D>) -> FlexTensor {
+    match x.try_into_primitive::<Flex>() {
+        Ok(p) => p,
+        Err(e) => unreachable!("a Flex computation left Flex: {e:?}"),
+    }
 }
 
 /// Minimum rows per rayon task: below this the split costs more than it saves.
@@ -65,6 +58,69 @@ fn output_like(shape: Shape, fill: impl FnOnce(&mut [f32])) -> FlexTensor {
 }
 
 impl FusedOps for Flex {
+    fn rms_norm_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        eps: f64,
+    ) -> (FlexTensor, FlexTensor) {
+        let (dx, dw) = reference::rms_norm_backward(tensor(x), tensor(weight), tensor(grad), eps);
+        (primitive(dx), primitive(dw))
+    }
+
+    fn rotary_qk(
+        q: FlexTensor,
+        k: FlexTensor,
+        cos: FlexTensor,
+        sin: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        (
+            Self::rotary(q, cos.clone(), sin.clone()),
+            Self::rotary(k, cos, sin),
+        )
+    }
+
+    fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        primitive::<1>(reference::swiglu(tensor(gate), tensor(up)))
+    }
+
+    fn swiglu_backward(
+        gate: FlexTensor,
+        up: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let (dg, du) = reference::swiglu_backward::<1>(tensor(gate), tensor(up), tensor(grad));
+        (primitive(dg), primitive(du))
+    }
+
+    fn causal_attention_lse(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let (out, lse) = reference::causal_attention_lse(tensor(q), tensor(k), tensor(v));
+        (primitive(out), primitive(lse))
+    }
+
+    fn causal_attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        out: FlexTensor,
+        lse: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (dq, dk, dv) = reference::causal_attention_backward(
+            tensor(q),
+            tensor(k),
+            tensor(v),
+            tensor(out),
+            tensor(lse),
+            tensor(grad),
+        );
+        (primitive(dq), primitive(dk), primitive(dv))
+    }
+
     fn causal_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> FlexTensor {
         let qs = q.layout().shape().clone();
         let ks = k.layout().shape().clone();
@@ -248,7 +304,8 @@ fn causal_attention_f32(
     }
 }
 
-pub(super) fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+#[cfg(test)]
+fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
     Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::rms_norm(
         x.into_dispatch(),
         weight.into_dispatch(),
@@ -256,7 +313,8 @@ pub(super) fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64
     ))
 }
 
-pub(super) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+#[cfg(test)]
+fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::causal_attention(
         q.into_dispatch(),
         k.into_dispatch(),
@@ -264,7 +322,8 @@ pub(super) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tens
     ))
 }
 
-pub(super) fn rotary(x: Tensor<4>, cos: Tensor<3>, sin: Tensor<3>) -> Tensor<4> {
+#[cfg(test)]
+fn rotary(x: Tensor<4>, cos: Tensor<3>, sin: Tensor<3>) -> Tensor<4> {
     Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::rotary(
         x.into_dispatch(),
         cos.into_dispatch(),

@@ -1,0 +1,383 @@
+//! Causal grouped-query attention, flash style: scores are computed tile by tile in
+//! registers and shared memory and never written to global memory.
+//!
+//! Layout is sequence-major (`q` `[b, s, h, d]`, `k`/`v` `[b, t, kvh, d]`); query head `hq`
+//! reads KV head `hq / (h / kvh)` in place, so no `repeat_kv` copy exists. Query row `i` sits
+//! at key position `t − s + i` and sees keys `0..=t − s + i`.
+//!
+//! * forward: a cube takes `BLOCK` query rows of one `(batch, head)`, a unit owns one row
+//!   (its `q`, running max, running sum and output accumulator live in registers); key/value
+//!   tiles of `BLOCK` rows are staged in shared memory; each tile updates the online softmax
+//!   once. Writes the output and the row log-sum-exp.
+//! * backward, two kernels without atomics: `dq` (a unit per query row, sweeping key tiles,
+//!   also writing `δ_i = Σ dO_i·O_i`) and `dk`/`dv` (a unit per key row of one KV head,
+//!   sweeping the query tiles of every query head in its group). Both recompute
+//!   `p_ij = exp(s_ij − lse_i)` from the saved log-sum-exp.
+//!
+//! Masked scores are `-1e30`, not `-inf`: WGSL has no infinity literal.
+
+use burn::cubecl;
+use burn::cubecl::prelude::*;
+
+/// Rows per cube and per staged tile.
+pub(super) const BLOCK: usize = 32;
+
+
+#[cube(launch)]
+pub(super) fn attention_forward_kernel<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    out: &mut Tensor<F>,
+    lse: &mut Tensor<f32>,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] unroll: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let s = q.shape(1);
+    let h = q.shape(2);
+    let t = k.shape(1);
+    let kvh = k.shape(2);
+    let q_blocks = s.div_ceil(BLOCK);
+    let cube = CUBE_POS;
+    if cube >= q.shape(0) * h * q_blocks {
+        terminate!();
+    }
+    let qb = cube % q_blocks;
+    let bh = cube / q_blocks;
+    let head = bh % h;
+    let bi = bh / h;
+    let g = head / (h / kvh);
+    let unit = UNIT_POS as usize;
+    let i = qb * BLOCK + unit;
+    let valid = i < s;
+    let offset = t - s;
+
+    let mut qr = Array::<f32>::new(head_dim);
+    let mut acc = Array::<f32>::new(head_dim);
+    let mut scores = Array::<f32>::new(BLOCK);
+    let q_base = ((bi * s + i) * h + head) * head_dim;
+    #[unroll(unroll)]
+    for dd in 0..head_dim {
+        acc[dd] = 0.0f32;
+        qr[dd] = 0.0f32;
+    }
+    if valid {
+        #[unroll(unroll)]
+        for dd in 0..head_dim {
+            qr[dd] = f32::cast_from(q[q_base + dd]) * scale;
+        }
+    }
+    let mut m = f32::new(-1.0e30);
+    let mut l = 0.0f32;
+    // Keys the last row of this block sees; this row sees `0..my_end`.
+    let kv_end = offset + usize::min(qb * BLOCK + BLOCK, s);
+    let my_end = offset + i + 1;
+
+    let mut k_tile = Shared::<[f32]>::new_slice(BLOCK * head_dim);
+    let mut v_tile = Shared::<[f32]>::new_slice(BLOCK * head_dim);
+    let mut j0 = 0;
+    while j0 < kv_end {
+        stage_tile::<F>(k, v, &mut k_tile, &mut v_tile, bi, g, j0, head_dim);
+        sync_cube();
+        if valid {
+            let mut tile_max = f32::new(-1.0e30);
+            for jj in 0..BLOCK {
+                let mut dot = f32::new(-1.0e30);
+                if j0 + jj < my_end {
+                    dot = 0.0f32;
+                    #[unroll(unroll)]
+                    for dd in 0..head_dim {
+                        dot += qr[dd] * k_tile[jj * head_dim + dd];
+                    }
+                }
+                scores[jj] = dot;
+                tile_max = f32::max(tile_max, dot);
+            }
+            let m_new = f32::max(m, tile_max);
+            let corr = f32::exp(m - m_new);
+            l *= corr;
+            #[unroll(unroll)]
+            for dd in 0..head_dim {
+                acc[dd] *= corr;
+            }
+            for jj in 0..BLOCK {
+                if j0 + jj < my_end {
+                    let p = f32::exp(scores[jj] - m_new);
+                    l += p;
+                    #[unroll(unroll)]
+                    for dd in 0..head_dim {
+                        acc[dd] += p * v_tile[jj * head_dim + dd];
+                    }
+                }
+            }
+            m = m_new;
+        }
+        sync_cube();
+        j0 += BLOCK;
+    }
+    if valid {
+        let inv = 1.0f32 / l;
+        #[unroll(unroll)]
+        for dd in 0..head_dim {
+            out[q_base + dd] = F::cast_from(acc[dd] * inv);
+        }
+        lse[(bi * h + head) * s + i] = m + f32::ln(l);
+    }
+}
+
+/// Stages keys/values `j0..j0 + BLOCK` of KV head `g` into shared memory (zeros past `t`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_tile<F: Float>(
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    k_tile: &mut Shared<[f32]>,
+    v_tile: &mut Shared<[f32]>,
+    bi: usize,
+    g: usize,
+    j0: usize,
+    #[comptime] head_dim: usize,
+) {
+    let t = k.shape(1);
+    let kvh = k.shape(2);
+    let mut e = UNIT_POS as usize;
+    while e < BLOCK * head_dim {
+        let j = j0 + e / head_dim;
+        if j < t {
+            let off = ((bi * t + j) * kvh + g) * head_dim + e % head_dim;
+            k_tile[e] = f32::cast_from(k[off]);
+            v_tile[e] = f32::cast_from(v[off]);
+        } else {
+            k_tile[e] = 0.0f32;
+            v_tile[e] = 0.0f32;
+        }
+        e += CUBE_DIM as usize;
+    }
+}
+
+/// `dq_i = scale · Σ_j p_ij (dO_i·v_j − δ_i) k_j`; also writes `δ_i = dO_i·O_i` for the
+/// `dk`/`dv` kernel.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_dq_kernel<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    out: &Tensor<F>,
+    lse: &Tensor<f32>,
+    grad: &Tensor<F>,
+    dq: &mut Tensor<F>,
+    delta: &mut Tensor<f32>,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] unroll: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let s = q.shape(1);
+    let h = q.shape(2);
+    let t = k.shape(1);
+    let kvh = k.shape(2);
+    let q_blocks = s.div_ceil(BLOCK);
+    let cube = CUBE_POS;
+    if cube >= q.shape(0) * h * q_blocks {
+        terminate!();
+    }
+    let qb = cube % q_blocks;
+    let bh = cube / q_blocks;
+    let head = bh % h;
+    let bi = bh / h;
+    let g = head / (h / kvh);
+    let unit = UNIT_POS as usize;
+    let i = qb * BLOCK + unit;
+    let valid = i < s;
+    let offset = t - s;
+
+    let mut qr = Array::<f32>::new(head_dim);
+    let mut gr = Array::<f32>::new(head_dim);
+    let mut acc = Array::<f32>::new(head_dim);
+    let base = ((bi * s + i) * h + head) * head_dim;
+    let mut lse_i = 0.0f32;
+    let mut delta_i = 0.0f32;
+    #[unroll(unroll)]
+    for dd in 0..head_dim {
+        acc[dd] = 0.0f32;
+        qr[dd] = 0.0f32;
+        gr[dd] = 0.0f32;
+    }
+    if valid {
+        #[unroll(unroll)]
+        for dd in 0..head_dim {
+            qr[dd] = f32::cast_from(q[base + dd]) * scale;
+            gr[dd] = f32::cast_from(grad[base + dd]);
+            delta_i += gr[dd] * f32::cast_from(out[base + dd]);
+        }
+        lse_i = lse[(bi * h + head) * s + i];
+        delta[(bi * h + head) * s + i] = delta_i;
+    }
+    let kv_end = offset + usize::min(qb * BLOCK + BLOCK, s);
+    let my_end = offset + i + 1;
+    let mut k_tile = Shared::<[f32]>::new_slice(BLOCK * head_dim);
+    let mut v_tile = Shared::<[f32]>::new_slice(BLOCK * head_dim);
+    let mut j0 = 0;
+    while j0 < kv_end {
+        stage_tile::<F>(k, v, &mut k_tile, &mut v_tile, bi, g, j0, head_dim);
+        sync_cube();
+        if valid {
+            for jj in 0..BLOCK {
+                if j0 + jj < my_end {
+                    let mut dot = 0.0f32;
+                    let mut dp = 0.0f32;
+                    #[unroll(unroll)]
+                    for dd in 0..head_dim {
+                        dot += qr[dd] * k_tile[jj * head_dim + dd];
+                        dp += gr[dd] * v_tile[jj * head_dim + dd];
+                    }
+                    let ds = f32::exp(dot - lse_i) * (dp - delta_i);
+                    #[unroll(unroll)]
+                    for dd in 0..head_dim {
+                        acc[dd] += ds * k_tile[jj * head_dim + dd];
+                    }
+                }
+            }
+        }
+        sync_cube();
+        j0 += BLOCK;
+    }
+    if valid {
+        #[unroll(unroll)]
+        for dd in 0..head_dim {
+            dq[base + dd] = F::cast_from(acc[dd] * scale);
+        }
+    }
+}
+
+/// For key row `j` of KV head `g`, over the query heads `hq` of its group and the queries
+/// `i` that see it: `dv_j = Σ p_ij dO_i`, `dk_j = scale · Σ p_ij (dO_i·v_j − δ_i) q_i`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_dkv_kernel<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    lse: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    grad: &Tensor<F>,
+    dk: &mut Tensor<F>,
+    dv: &mut Tensor<F>,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] unroll: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let s = q.shape(1);
+    let h = q.shape(2);
+    let t = k.shape(1);
+    let kvh = k.shape(2);
+    let rep = h / kvh;
+    let k_blocks = t.div_ceil(BLOCK);
+    let cube = CUBE_POS;
+    if cube >= q.shape(0) * kvh * k_blocks {
+        terminate!();
+    }
+    let kb = cube % k_blocks;
+    let bg = cube / k_blocks;
+    let g = bg % kvh;
+    let bi = bg / kvh;
+    let unit = UNIT_POS as usize;
+    let j = kb * BLOCK + unit;
+    let valid = j < t;
+    let offset = t - s;
+
+    let mut kr = Array::<f32>::new(head_dim);
+    let mut vr = Array::<f32>::new(head_dim);
+    let mut dk_acc = Array::<f32>::new(head_dim);
+    let mut dv_acc = Array::<f32>::new(head_dim);
+    let base = ((bi * t + j) * kvh + g) * head_dim;
+    #[unroll(unroll)]
+    for dd in 0..head_dim {
+        kr[dd] = 0.0f32;
+        vr[dd] = 0.0f32;
+        dk_acc[dd] = 0.0f32;
+        dv_acc[dd] = 0.0f32;
+    }
+    if valid {
+        #[unroll(unroll)]
+        for dd in 0..head_dim {
+            kr[dd] = f32::cast_from(k[base + dd]) * scale;
+            vr[dd] = f32::cast_from(v[base + dd]);
+        }
+    }
+    // The first query that sees the first key of this block: i ≥ j − offset.
+    let first_key = kb * BLOCK;
+    let mut i_start = 0;
+    if first_key > offset {
+        i_start = (first_key - offset) / BLOCK * BLOCK;
+    }
+    let mut q_tile = Shared::<[f32]>::new_slice(BLOCK * head_dim);
+    let mut g_tile = Shared::<[f32]>::new_slice(BLOCK * head_dim);
+    let mut lse_tile = Shared::<[f32]>::new_slice(BLOCK);
+    let mut delta_tile = Shared::<[f32]>::new_slice(BLOCK);
+    for r in 0..rep {
+        let head = g * rep + r;
+        let mut i0 = i_start;
+        while i0 < s {
+            // Stage queries/output gradients i0..i0 + BLOCK of `head`.
+            let mut e = unit;
+            while e < BLOCK * head_dim {
+                let i = i0 + e / head_dim;
+                if i < s {
+                    let off = ((bi * s + i) * h + head) * head_dim + e % head_dim;
+                    q_tile[e] = f32::cast_from(q[off]);
+                    g_tile[e] = f32::cast_from(grad[off]);
+                } else {
+                    q_tile[e] = 0.0f32;
+                    g_tile[e] = 0.0f32;
+                }
+                e += CUBE_DIM as usize;
+            }
+            if unit < BLOCK {
+                let i = i0 + unit;
+                if i < s {
+                    lse_tile[unit] = lse[(bi * h + head) * s + i];
+                    delta_tile[unit] = delta[(bi * h + head) * s + i];
+                } else {
+                    lse_tile[unit] = 0.0f32;
+                    delta_tile[unit] = 0.0f32;
+                }
+            }
+            sync_cube();
+            if valid {
+                for ii in 0..BLOCK {
+                    let i = i0 + ii;
+                    if i < s && offset + i >= j {
+                        let mut dot = 0.0f32;
+                        let mut dp = 0.0f32;
+                        #[unroll(unroll)]
+                        for dd in 0..head_dim {
+                            dot += kr[dd] * q_tile[ii * head_dim + dd];
+                            dp += vr[dd] * g_tile[ii * head_dim + dd];
+                        }
+                        let p = f32::exp(dot - lse_tile[ii]);
+                        let ds = p * (dp - delta_tile[ii]);
+                        #[unroll(unroll)]
+                        for dd in 0..head_dim {
+                            dv_acc[dd] += p * g_tile[ii * head_dim + dd];
+                            dk_acc[dd] += ds * q_tile[ii * head_dim + dd];
+                        }
+                    }
+                }
+            }
+            sync_cube();
+            i0 += BLOCK;
+        }
+    }
+    if valid {
+        #[unroll(unroll)]
+        for dd in 0..head_dim {
+            dk[base + dd] = F::cast_from(dk_acc[dd] * scale);
+            dv[base + dd] = F::cast_from(dv_acc[dd]);
+        }
+    }
+}

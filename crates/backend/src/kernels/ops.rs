@@ -1,0 +1,108 @@
+//! The fused ops of the Llama family as one burn backend extension.
+//!
+//! Each op has a forward and, where autodiff needs one, a backward entry. Backends implement
+//! them as follows:
+//!
+//! * `Flex` ([`super::flex`]): fused CPU kernels for the inference forwards, the portable
+//!   tensor-op reference ([`super::reference`]) for everything else;
+//! * `Cube` ([`super::cube`], feature `gpu-kernels`): `#[cube]` kernels, one source for wgpu
+//!   (Vulkan/Metal/DX12), CUDA and ROCm; `Fusion` wraps them lazily so they join burn's fused
+//!   stream;
+//! * `Autodiff<B, C>` ([`super::autodiff`]): custom backward nodes that call the backward
+//!   entries of the inner backend, so no intermediate of the tensor-op composition is kept.
+//!
+//! Shapes are fixed per method (the public wrappers in [`super`] reshape): row-major,
+//! contiguous or not (implementations make inputs contiguous as needed).
+
+use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
+
+/// Fused RMSNorm, rotary embedding, SwiGLU and causal attention. See the module docs.
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(feature = "gpu-kernels"),
+    Fusion: cfg(all(feature = "gpu-kernels", feature = "fusion")),
+    Autodiff
+)]
+pub trait FusedOps: Backend {
+    /// RMSNorm: `x` `[rows, d]`, `weight` `[d]` → `[rows, d]`.
+    #[fusion(dtype = x, shape = x)]
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+
+    /// Gradients of [`FusedOps::rms_norm`] wrt `x` (`[rows, d]`) and `weight` (`[d]`) given
+    /// the output gradient `grad` `[rows, d]`.
+    #[fusion(meta = |x, weight, _grad, _eps| (x.clone(), weight.clone()))]
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Half-split rotary embedding: `x` `[b, s, h, hd]`, `cos`/`sin` `[b, s, hd/2]` → like `x`.
+    /// Its gradient is the same rotation with `-sin`.
+    #[fusion(dtype = x, shape = x)]
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>)
+    -> FloatTensor<Self>;
+
+    /// [`FusedOps::rotary`] of queries `[b, s, h, hd]` and keys `[b, s, kv_heads, hd]` in one
+    /// launch.
+    #[fusion(meta = |q, k, _cos, _sin| (q.clone(), k.clone()))]
+    fn rotary_qk(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// SwiGLU `silu(gate) * up`, elementwise over equal shapes.
+    #[fusion(dtype = gate, shape = gate)]
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Gradients of [`FusedOps::swiglu`] wrt `gate` and `up` given the output gradient.
+    #[fusion(meta = |gate, up, _grad| (gate.clone(), up.clone()))]
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Causal grouped-query attention, sequence-major, scale `1/sqrt(d)`: `q` `[b, s, h, d]`,
+    /// `k`/`v` `[b, t, kv_heads, d]` with `t ≥ s` (query `i` sees keys `0..=t-s+i`) →
+    /// `[b, s, h, d]`.
+    #[fusion(dtype = q, shape = q)]
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// [`FusedOps::causal_attention`] that also returns each query row's log-sum-exp of its
+    /// scaled scores, `[b, h, s]` in f32: all the backward pass needs besides the inputs.
+    #[fusion(meta = |q, _k, _v| {
+        let [b, s, h, _] = q.shape.dims::<4>();
+        (
+            q.clone(),
+            burn::backend::fusion::custom::TensorSpec::new(
+                burn::tensor::Shape::new([b, h, s]),
+                burn::tensor::DType::F32,
+            ),
+        )
+    })]
+    fn causal_attention_lse(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients of [`FusedOps::causal_attention`] wrt `q`, `k`, `v`, recomputing the scores
+    /// from the inputs, the forward output `out` and its `lse`; `grad` is the output gradient.
+    #[fusion(meta = |q, k, v, _out, _lse, _grad| (q.clone(), k.clone(), v.clone()))]
+    fn causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
