@@ -4,7 +4,12 @@
 # Expects (carried into the repo root, see docs/gpu.md): .gl/*.deb (Vulkan loader),
 # .gpu/bins.tar.xz (smollm2_golden test, smollm2_speed, train_step_speed built with
 # --features wgpu,gpu-fast), .gpu/golden.json and the GGUF at $GGUF.
+# PARTS (default "parity infer train torch") picks what runs; TEMPER_KERNELS=reference runs
+# Temper with the tensor-op reference instead of its CubeCL kernels (file names get a suffix).
 set -u
+PARTS=${PARTS:-parity infer train torch}
+SUFFIX=${TEMPER_KERNELS:+_$TEMPER_KERNELS}
+has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 GGUF=${GGUF:-/tmp/smollm2.gguf}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/bins
@@ -18,23 +23,31 @@ ls -la /tmp/bins
 export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-balanced}
 step() { echo "=== $*"; }
 
+if has parity; then
 step parity
 TEMPER_TEST_DEVICE=wgpu TEMPER_SMOLLM2_GGUF=$GGUF TEMPER_SMOLLM2_GOLDEN=.gpu/golden.json \
-  timeout 300 /tmp/bins/smollm2_golden --test-threads 1 2>&1 | tail -15 | tee "$OUT/parity.txt"
+  timeout 300 /tmp/bins/smollm2_golden --test-threads 1 2>&1 | tail -15 | tee "$OUT/parity$SUFFIX.txt"
+fi
 
+if has infer; then
 step temper inference
-TEMPER_DEVICE=wgpu timeout 200 /tmp/bins/smollm2_speed "$GGUF" > "$OUT/temper_infer.json" 2> "$OUT/temper_infer.log"
-tail -3 "$OUT/temper_infer.log"; cat "$OUT/temper_infer.json"
+TEMPER_DEVICE=wgpu timeout 200 /tmp/bins/smollm2_speed "$GGUF" > "$OUT/temper_infer$SUFFIX.json" 2> "$OUT/temper_infer$SUFFIX.log"
+tail -3 "$OUT/temper_infer$SUFFIX.log"; cat "$OUT/temper_infer$SUFFIX.json"
+fi
 
+if has train; then
 for shape in "4 256" "16 512"; do
   set -- $shape
   for mode in lora full; do
     step "temper train $mode $1x$2"
     TEMPER_DEVICE=wgpu TEMPER_BATCH=$1 TEMPER_SEQ=$2 timeout 200 /tmp/bins/train_step_speed $mode 3 10 \
-      > "$OUT/temper_${mode}_$1x$2.json" 2> "$OUT/temper_${mode}_$1x$2.log"
-    tail -2 "$OUT/temper_${mode}_$1x$2.log"; cat "$OUT/temper_${mode}_$1x$2.json"
+      > "$OUT/temper_${mode}_$1x$2$SUFFIX.json" 2> "$OUT/temper_${mode}_$1x$2$SUFFIX.log"
+    tail -2 "$OUT/temper_${mode}_$1x$2$SUFFIX.log"; cat "$OUT/temper_${mode}_$1x$2$SUFFIX.json"
   done
 done
+fi
 
+if has torch; then
 step torch
 PYTHONUNBUFFERED=1 timeout 300 python3 benches/gpu/torch_cuda.py --json-out "$OUT/torch.json" 2>&1 | tail -20
+fi

@@ -22,7 +22,10 @@ fn spec() -> DeviceSpec {
 }
 
 fn test_device(autodiff: bool) -> Device {
-    spec().with_autodiff(autodiff).device().expect("test device")
+    spec()
+        .with_autodiff(autodiff)
+        .device()
+        .expect("test device")
 }
 
 fn flex(autodiff: bool) -> Device {
@@ -66,7 +69,13 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
         .zip(want)
         .map(|(g, w)| (g - w).abs())
         .enumerate()
-        .fold((0, 0.0f32), |(bi, be), (i, e)| if e > be || e.is_nan() { (i, e) } else { (bi, be) });
+        .fold((0, 0.0f32), |(bi, be), (i, e)| {
+            if e > be || e.is_nan() {
+                (i, e)
+            } else {
+                (bi, be)
+            }
+        });
     assert!(
         err <= tol * scale,
         "{what}: max abs error {err} at {i} (got {}, want {}), tolerance {} (max |want| {scale})",
@@ -87,12 +96,24 @@ fn rms_norm_fused(x: Tensor<2>, w: Tensor<1>, eps: f64) -> Tensor<2> {
 }
 
 fn check_rms_norm(rows: usize, d: usize, seed: u64) {
-    let (xs, ws, gs) = (values(rows * d, seed, 3.0), values(d, seed + 1, 1.5), values(rows * d, seed + 2, 1.0));
+    let (xs, ws, gs) = (
+        values(rows * d, seed, 3.0),
+        values(d, seed + 1, 1.5),
+        values(rows * d, seed + 2, 1.0),
+    );
     let eps = 1e-5;
     // Forward, no autodiff.
     let dev = test_device(false);
-    let got = host(rms_norm_fused(tensor(&xs, [rows, d], &dev), tensor(&ws, [d], &dev), eps));
-    let want = host(reference::rms_norm(tensor(&xs, [rows, d], &flex(false)), tensor(&ws, [d], &flex(false)), eps));
+    let got = host(rms_norm_fused(
+        tensor(&xs, [rows, d], &dev),
+        tensor(&ws, [d], &dev),
+        eps,
+    ));
+    let want = host(reference::rms_norm(
+        tensor(&xs, [rows, d], &flex(false)),
+        tensor(&ws, [d], &flex(false)),
+        eps,
+    ));
     assert_close(&format!("rms_norm [{rows}, {d}]"), &got, &want, TOL);
     // Gradients of sum(out · g) wrt x and weight.
     let grads = |fused: bool| {
@@ -105,7 +126,10 @@ fn check_rms_norm(rows: usize, d: usize, seed: u64) {
             reference::rms_norm(x.clone(), w.clone(), eps)
         };
         let g = (out * tensor(&gs, [rows, d], &dev)).sum().backward();
-        (host(x.grad(&g).expect("x grad")), host(w.grad(&g).expect("w grad")))
+        (
+            host(x.grad(&g).expect("x grad")),
+            host(w.grad(&g).expect("w grad")),
+        )
     };
     let ((gx, gw), (rx, rw)) = (grads(true), grads(false));
     assert_close(&format!("rms_norm dx [{rows}, {d}]"), &gx, &rx, TOL);
@@ -114,7 +138,10 @@ fn check_rms_norm(rows: usize, d: usize, seed: u64) {
 
 #[test]
 fn rms_norm_matches_reference() {
-    for (i, (rows, d)) in [(1, 1), (3, 7), (5, 129), (17, 576), (2, 1000)].into_iter().enumerate() {
+    for (i, (rows, d)) in [(1, 1), (3, 7), (5, 129), (17, 576), (2, 1000)]
+        .into_iter()
+        .enumerate()
+    {
         check_rms_norm(rows, d, 10 + i as u64);
     }
 }
@@ -129,13 +156,20 @@ fn check_rotary(b: usize, s: usize, h: usize, kvh: usize, hd: usize, seed: u64) 
     let gq = values(qs.len(), seed + 3, 1.0);
     let gk = values(ks.len(), seed + 4, 1.0);
     let run = |fused: bool, autodiff: bool| {
-        let dev = if fused { test_device(autodiff) } else { flex(autodiff) };
+        let dev = if fused {
+            test_device(autodiff)
+        } else {
+            flex(autodiff)
+        };
         let mut q = tensor(&qs, [b, s, h, hd], &dev);
         let mut k = tensor(&ks, [b, s, kvh, hd], &dev);
         if autodiff {
             (q, k) = (q.require_grad(), k.require_grad());
         }
-        let (c, sn) = (tensor(&cos, [b, s, half], &dev), tensor(&sin, [b, s, half], &dev));
+        let (c, sn) = (
+            tensor(&cos, [b, s, half], &dev),
+            tensor(&sin, [b, s, half], &dev),
+        );
         let (rq, rk) = if fused {
             let (rq, rk) = <Dispatch as FusedOps>::rotary_qk(
                 q.clone().into_dispatch(),
@@ -143,9 +177,15 @@ fn check_rotary(b: usize, s: usize, h: usize, kvh: usize, hd: usize, seed: u64) 
                 c.into_dispatch(),
                 sn.into_dispatch(),
             );
-            (Tensor::<4>::from_dispatch(rq), Tensor::<4>::from_dispatch(rk))
+            (
+                Tensor::<4>::from_dispatch(rq),
+                Tensor::<4>::from_dispatch(rk),
+            )
         } else {
-            (reference::rotary(q.clone(), c.clone(), sn.clone()), reference::rotary(k.clone(), c, sn))
+            (
+                reference::rotary(q.clone(), c.clone(), sn.clone()),
+                reference::rotary(k.clone(), c, sn),
+            )
         };
         if !autodiff {
             return vec![host(rq), host(rk)];
@@ -153,13 +193,26 @@ fn check_rotary(b: usize, s: usize, h: usize, kvh: usize, hd: usize, seed: u64) 
         let loss = (rq * tensor(&gq, [b, s, h, hd], &dev)).sum()
             + (rk * tensor(&gk, [b, s, kvh, hd], &dev)).sum();
         let g = loss.backward();
-        vec![host(q.grad(&g).expect("q grad")), host(k.grad(&g).expect("k grad"))]
+        vec![
+            host(q.grad(&g).expect("q grad")),
+            host(k.grad(&g).expect("k grad")),
+        ]
     };
     let what = format!("rotary b{b} s{s} h{h}/{kvh} hd{hd}");
     for autodiff in [false, true] {
         let (got, want) = (run(true, autodiff), run(false, autodiff));
-        assert_close(&format!("{what} q (autodiff {autodiff})"), &got[0], &want[0], TOL);
-        assert_close(&format!("{what} k (autodiff {autodiff})"), &got[1], &want[1], TOL);
+        assert_close(
+            &format!("{what} q (autodiff {autodiff})"),
+            &got[0],
+            &want[0],
+            TOL,
+        );
+        assert_close(
+            &format!("{what} k (autodiff {autodiff})"),
+            &got[1],
+            &want[1],
+            TOL,
+        );
     }
 }
 
@@ -171,9 +224,17 @@ fn rotary_matches_reference() {
 }
 
 fn check_swiglu(n: usize, seed: u64) {
-    let (gs, us, os) = (values(n, seed, 8.0), values(n, seed + 1, 2.0), values(n, seed + 2, 1.0));
+    let (gs, us, os) = (
+        values(n, seed, 8.0),
+        values(n, seed + 1, 2.0),
+        values(n, seed + 2, 1.0),
+    );
     let run = |fused: bool, autodiff: bool| {
-        let dev = if fused { test_device(autodiff) } else { flex(autodiff) };
+        let dev = if fused {
+            test_device(autodiff)
+        } else {
+            flex(autodiff)
+        };
         let mut g = tensor(&gs, [n], &dev);
         let mut u = tensor(&us, [n], &dev);
         if autodiff {
@@ -191,7 +252,10 @@ fn check_swiglu(n: usize, seed: u64) {
             return vec![host(out)];
         }
         let grads = (out * tensor(&os, [n], &dev)).sum().backward();
-        vec![host(g.grad(&grads).expect("gate grad")), host(u.grad(&grads).expect("up grad"))]
+        vec![
+            host(g.grad(&grads).expect("gate grad")),
+            host(u.grad(&grads).expect("up grad")),
+        ]
     };
     let (got, want) = (run(true, false), run(false, false));
     assert_close(&format!("swiglu [{n}]"), &got[0], &want[0], TOL);
@@ -226,7 +290,11 @@ fn check_attention(a: Attn, seed: u64) {
     let vs = values(b * t * kvh * d, seed + 2, 1.0);
     let gs = values(b * s * h * d, seed + 3, 1.0);
     let run = |fused: bool, autodiff: bool| {
-        let dev = if fused { test_device(autodiff) } else { flex(autodiff) };
+        let dev = if fused {
+            test_device(autodiff)
+        } else {
+            flex(autodiff)
+        };
         let mut q = tensor(&qs, [b, s, h, d], &dev);
         let mut k = tensor(&ks, [b, t, kvh, d], &dev);
         let mut v = tensor(&vs, [b, t, kvh, d], &dev);
@@ -265,13 +333,41 @@ fn check_attention(a: Attn, seed: u64) {
 fn attention_matches_reference_on_edge_shapes() {
     let cases = [
         // One row, one key.
-        Attn { b: 1, s: 1, t: 1, h: 1, kvh: 1, d: 8 },
+        Attn {
+            b: 1,
+            s: 1,
+            t: 1,
+            h: 1,
+            kvh: 1,
+            d: 8,
+        },
         // GQA ratio 3, several query/key tiles, SmolLM2's head dim.
-        Attn { b: 1, s: 70, t: 70, h: 3, kvh: 1, d: 64 },
+        Attn {
+            b: 1,
+            s: 70,
+            t: 70,
+            h: 3,
+            kvh: 1,
+            d: 64,
+        },
         // Decode against a cache: one query row, 45 keys, ratio 4.
-        Attn { b: 2, s: 1, t: 45, h: 4, kvh: 1, d: 16 },
+        Attn {
+            b: 2,
+            s: 1,
+            t: 45,
+            h: 4,
+            kvh: 1,
+            d: 16,
+        },
         // Prefill after a cache (t > s), ratio 1.
-        Attn { b: 2, s: 5, t: 38, h: 2, kvh: 2, d: 16 },
+        Attn {
+            b: 2,
+            s: 5,
+            t: 38,
+            h: 2,
+            kvh: 2,
+            d: 16,
+        },
     ];
     for (i, a) in cases.into_iter().enumerate() {
         check_attention(a, 70 + i as u64);
@@ -309,16 +405,37 @@ fn wrappers_route_by_device_and_agree_with_reference() {
     assert_eq!(kernels::kernel_path(&dev, DType::F32), KernelPath::Fused);
     let on_cpu = matches!(spec().kind, temper_backend::BackendKind::Cpu);
     let ad = kernels::kernel_path(&test_device(true), DType::F32);
-    assert_eq!(ad, if on_cpu { KernelPath::Reference } else { KernelPath::Fused });
+    assert_eq!(
+        ad,
+        if on_cpu {
+            KernelPath::Reference
+        } else {
+            KernelPath::Fused
+        }
+    );
 
     let xs = values(2 * 3 * 40, 90, 2.0);
     let ws = values(40, 91, 1.0);
-    let got = host(kernels::rms_norm(tensor(&xs, [2, 3, 40], &dev), tensor(&ws, [40], &dev), 1e-6));
-    let want = host(reference::rms_norm(tensor(&xs, [2, 3, 40], &flex(false)), tensor(&ws, [40], &flex(false)), 1e-6));
+    let got = host(kernels::rms_norm(
+        tensor(&xs, [2, 3, 40], &dev),
+        tensor(&ws, [40], &dev),
+        1e-6,
+    ));
+    let want = host(reference::rms_norm(
+        tensor(&xs, [2, 3, 40], &flex(false)),
+        tensor(&ws, [40], &flex(false)),
+        1e-6,
+    ));
     assert_close("rms_norm wrapper [2, 3, 40]", &got, &want, TOL);
 
-    let got = host(kernels::swiglu(tensor(&xs, [2, 3, 40], &dev), tensor(&xs, [2, 3, 40], &dev)));
-    let want = host(reference::swiglu(tensor(&xs, [2, 3, 40], &flex(false)), tensor(&xs, [2, 3, 40], &flex(false))));
+    let got = host(kernels::swiglu(
+        tensor(&xs, [2, 3, 40], &dev),
+        tensor(&xs, [2, 3, 40], &dev),
+    ));
+    let want = host(reference::swiglu(
+        tensor(&xs, [2, 3, 40], &flex(false)),
+        tensor(&xs, [2, 3, 40], &flex(false)),
+    ));
     assert_close("swiglu wrapper [2, 3, 40]", &got, &want, TOL);
 }
 
@@ -355,7 +472,10 @@ fn half_precision_matches_f32_reference() {
         tensor(&ws, [576], &dev).cast(DType::F16),
         1e-5,
     ));
-    let want = host(reference::rms_norm(tensor(&xs, [7, 576], &f), tensor(&ws, [576], &f), 1e-5));
+    let want = host(reference::rms_norm(
+        tensor(&xs, [7, 576], &f),
+        tensor(&ws, [576], &f),
+        1e-5,
+    ));
     assert_close("rms_norm f16", &got, &want, 5e-3);
 }
-

@@ -407,7 +407,9 @@ fn build_mask(
             // causal masking already hides the trailing padding from every real token, and
             // what padded positions compute is never read (their labels are ignored). That
             // keeps training on the fused causal kernel.
-            let right_only = past == 0 && p.iter().all(|r| !r.windows(2).any(|w| w[0] == 0 && w[1] != 0));
+            let right_only = past == 0
+                && p.iter()
+                    .all(|r| !r.windows(2).any(|w| w[0] == 0 && w[1] != 0));
             Some(p).filter(|p| !right_only && p.iter().any(|r| r.contains(&0)))
         }
         None => None,

@@ -324,17 +324,19 @@ fn target_logps_impl(
         return Ok((f.logps, f.stats));
     }
     #[cfg(feature = "flex")]
-    let (hidden, weight, targets) =
-        match custom::tracked_any::<burn::backend::Flex>(hidden, weight, targets, *config, with_stats) {
-            Ok(out) => return Ok(out),
-            Err(inputs) => *inputs,
-        };
+    let (hidden, weight, targets) = match custom::tracked_any::<burn::backend::Flex>(
+        hidden, weight, targets, *config, with_stats,
+    ) {
+        Ok(out) => return Ok(out),
+        Err(inputs) => *inputs,
+    };
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    let (hidden, weight, targets) =
-        match custom::tracked_any::<burn::backend::Cube>(hidden, weight, targets, *config, with_stats) {
-            Ok(out) => return Ok(out),
-            Err(inputs) => *inputs,
-        };
+    let (hidden, weight, targets) = match custom::tracked_any::<burn::backend::Cube>(
+        hidden, weight, targets, *config, with_stats,
+    ) {
+        Ok(out) => return Ok(out),
+        Err(inputs) => *inputs,
+    };
     // No custom node for this backend: differentiable tile ops (same values and gradients,
     // backward memory ∝ rows × vocab).
     let f = forward_values(hidden, weight, targets, *config, with_stats);
@@ -609,7 +611,10 @@ fn backward_values(
 
 /// The custom autodiff node (see the module docs). Generic over the backend; instantiated for
 /// the backends enabled by this crate's features.
-#[cfg_attr(not(any(feature = "flex", feature = "wgpu", feature = "cuda")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "flex", feature = "wgpu", feature = "cuda")),
+    allow(dead_code)
+)]
 mod custom {
     use super::{ChunkConfig, Forward, RowStats, backward_values, forward_values};
 

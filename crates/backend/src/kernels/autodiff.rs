@@ -9,12 +9,12 @@
 //! The `*_backward` and `causal_attention_lse` entries are not differentiable themselves:
 //! called on autodiff tensors they compute on the inner backend and return untracked tensors.
 
+use burn::backend::AutodiffBackend;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
-use burn::backend::AutodiffBackend;
 use burn::backend::tensor::FloatTensor;
 
 use super::FusedOps;
@@ -105,11 +105,7 @@ impl<B: FusedOps> Backward<B, 3> for AttentionBackward {
 }
 
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
-    fn rms_norm(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        eps: f64,
-    ) -> FloatTensor<Self> {
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         match RmsNormBackward
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
@@ -121,9 +117,11 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 let out = B::rms_norm(x.into_primitive(), weight.clone(), eps);
                 prep.finish((x_id, weight, eps), out)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::rms_norm(x.into_primitive(), weight.into_primitive(), eps))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::rms_norm(
+                x.into_primitive(),
+                weight.into_primitive(),
+                eps,
+            )),
         }
     }
 
@@ -148,7 +146,11 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         sin: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         let (cos, sin) = (cos.into_primitive(), sin.into_primitive());
-        match RotaryBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+        match RotaryBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => {
                 let out = B::rotary(x.into_primitive(), cos.clone(), sin.clone());
                 prep.finish((cos, sin), out)
@@ -190,8 +192,11 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         up: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (dg, du) =
-            B::swiglu_backward(gate.into_primitive(), up.into_primitive(), grad.into_primitive());
+        let (dg, du) = B::swiglu_backward(
+            gate.into_primitive(),
+            up.into_primitive(),
+            grad.into_primitive(),
+        );
         (untracked::<B, C>(dg), untracked::<B, C>(du))
     }
 
@@ -206,8 +211,11 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(mut prep) => {
-                let (q_id, k_id, v_id) =
-                    (prep.checkpoint(&q), prep.checkpoint(&k), prep.checkpoint(&v));
+                let (q_id, k_id, v_id) = (
+                    prep.checkpoint(&q),
+                    prep.checkpoint(&k),
+                    prep.checkpoint(&v),
+                );
                 let (out, lse) = B::causal_attention_lse(
                     q.into_primitive(),
                     k.into_primitive(),

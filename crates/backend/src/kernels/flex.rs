@@ -3,8 +3,8 @@
 //! RMSNorm and RoPE are memory-bound: as tensor-op chains they read and write the activations
 //! four to six times; here each row is read once and written once, rows in parallel.
 
-use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, Tensor};
 use rayon::prelude::*;
 

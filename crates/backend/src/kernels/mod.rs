@@ -3,13 +3,14 @@
 //! Model code calls [`rms_norm`], [`rotary_qk`], [`swiglu`] and [`causal_attention`]; this
 //! module picks the implementation:
 //!
-//! | device                                   | path                                             |
-//! |------------------------------------------|--------------------------------------------------|
-//! | wgpu / cuda (feature `gpu-kernels`), with or without autodiff | `#[cube]` kernels ([`FusedOps`] on `Cube`), custom backward nodes under autodiff |
-//! | Flex, f32, no autodiff                   | fused CPU kernels ([`FusedOps`] on `Flex`)        |
+//! | device                                    | path                                            |
+//! |-------------------------------------------|-------------------------------------------------|
+//! | wgpu / cuda (feature `gpu-kernels`)       | `#[cube]` kernels ([`FusedOps`] on `Cube`); under autodiff with custom backward nodes (attention: see [`flash_pays_under_autodiff`]) |
+//! | Flex, f32, no autodiff                    | fused CPU kernels ([`FusedOps`] on `Flex`)       |
 //! | Flex under autodiff, other dtypes on Flex | [`reference`] (burn tensor ops, differentiable)  |
 //!
-//! `TEMPER_KERNELS=reference` forces the reference everywhere (for A/B measurements).
+//! `TEMPER_KERNELS=reference` forces the reference everywhere, `TEMPER_KERNELS=reference:attention,swiglu`
+//! for the named ops only (A/B measurements, kernel by kernel).
 //! Adding a kernel means a method on [`FusedOps`], its implementations, and a wrapper here; no
 //! model code changes.
 
@@ -36,19 +37,66 @@ pub enum KernelPath {
     Reference,
 }
 
-/// Whether `TEMPER_KERNELS=reference` is set (read once).
-fn forced_reference() -> bool {
-    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| {
-        std::env::var("TEMPER_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("reference"))
-    })
+/// The fused ops, for [`kernel_path_for`] and `TEMPER_KERNELS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedOp {
+    RmsNorm,
+    Rotary,
+    Swiglu,
+    Attention,
+}
+
+impl FusedOp {
+    const ALL: [FusedOp; 4] = [Self::RmsNorm, Self::Rotary, Self::Swiglu, Self::Attention];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::RmsNorm => "rms_norm",
+            Self::Rotary => "rotary",
+            Self::Swiglu => "swiglu",
+            Self::Attention => "attention",
+        }
+    }
+}
+
+/// Which ops `TEMPER_KERNELS` sends to the reference (read once): `reference` for all of
+/// them, `reference:attention,swiglu` for some (names as in [`FusedOp`], snake case).
+fn forced_reference(op: FusedOp) -> bool {
+    static FORCED: std::sync::OnceLock<Vec<FusedOp>> = std::sync::OnceLock::new();
+    FORCED
+        .get_or_init(|| parse_forced(&std::env::var("TEMPER_KERNELS").unwrap_or_default()))
+        .contains(&op)
+}
+
+fn parse_forced(value: &str) -> Vec<FusedOp> {
+    let value = value.trim().to_ascii_lowercase();
+    match value.strip_prefix("reference") {
+        Some("") => FusedOp::ALL.to_vec(),
+        Some(list) => {
+            let names: Vec<&str> = list
+                .trim_start_matches(':')
+                .split(',')
+                .map(str::trim)
+                .collect();
+            FusedOp::ALL
+                .into_iter()
+                .filter(|op| names.contains(&op.name()))
+                .collect()
+        }
+        None => Vec::new(),
+    }
+}
+
+/// [`kernel_path`] for one op, honouring `TEMPER_KERNELS`.
+pub fn kernel_path_for(op: FusedOp, device: &Device, dtype: DType) -> KernelPath {
+    if forced_reference(op) {
+        return KernelPath::Reference;
+    }
+    kernel_path(device, dtype)
 }
 
 /// The implementation the fused ops use for tensors of `dtype` on `device`.
 pub fn kernel_path(device: &Device, dtype: DType) -> KernelPath {
-    if forced_reference() {
-        return KernelPath::Reference;
-    }
     let inner = device.clone().inner();
     #[cfg(feature = "gpu-kernels")]
     if matches!(inner.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
@@ -72,7 +120,7 @@ pub fn kernel_path(device: &Device, dtype: DType) -> KernelPath {
 ///
 /// Shapes: `x` `[..., d]`, `weight` `[d]`, output like `x`.
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
-    match kernel_path(&x.device(), x.dtype()) {
+    match kernel_path_for(FusedOp::RmsNorm, &x.device(), x.dtype()) {
         KernelPath::Fused if weight.dtype() == x.dtype() => {
             let shape = x.dims();
             let d = shape[D - 1];
@@ -94,7 +142,15 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Te
 /// with `total ≥ seq` (the cached keys first); query `i` sees keys `0..=total - seq + i`.
 /// `heads` must be a multiple of `kv_heads`. Output `[batch, seq, heads, head_dim]`.
 pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    match kernel_path(&q.device(), q.dtype()) {
+    let [b, s, h, _] = q.dims();
+    let t = k.dims()[1];
+    let path = match kernel_path_for(FusedOp::Attention, &q.device(), q.dtype()) {
+        KernelPath::Fused if q.device().is_autodiff() && !flash_pays_under_autodiff(b, h, s, t) => {
+            KernelPath::Reference
+        }
+        path => path,
+    };
+    match path {
         KernelPath::Fused => Tensor::from_dispatch(<Dispatch as FusedOps>::causal_attention(
             q.into_dispatch(),
             k.into_dispatch(),
@@ -104,13 +160,27 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     }
 }
 
+/// Whether training (autodiff) should take the flash kernel for attention of `b × h` heads,
+/// `s` queries over `t` keys.
+///
+/// Measured on an H100 (docs/gpu.md): the flash kernel makes the SmolLM2 training step 24 %
+/// faster at 4 × 256 and 11 % slower at 16 × 512 than burn's matmul attention, whose
+/// backward keeps the `[b, h, s, t]` probabilities of every layer. So: the kernel for short
+/// contexts, burn's attention in between, and the kernel again wherever those
+/// probabilities would take 256 MiB per layer or more (memory, not speed, decides there).
+pub fn flash_pays_under_autodiff(b: usize, h: usize, s: usize, t: usize) -> bool {
+    const FAST_UP_TO_KEYS: usize = 384;
+    const MATERIALISED_LIMIT_BYTES: usize = 256 << 20;
+    t <= FAST_UP_TO_KEYS || b * h * s * t * 4 >= MATERIALISED_LIMIT_BYTES
+}
+
 /// Rotary position embedding in the half-split (`rotate_half`, GPT-NeoX) layout that HF
 /// Llama/Mistral checkpoints use: element `i` of a head pairs with element `i + head_dim/2`.
 ///
 /// Shapes: `x` `[batch, seq, heads, head_dim]`, `cos`/`sin` `[batch, seq, head_dim/2]`
 /// (per row, so left-padded rows can have their own positions); output like `x`.
 pub fn rotary(x: Tensor<4>, cos: Tensor<3>, sin: Tensor<3>) -> Tensor<4> {
-    match kernel_path(&x.device(), x.dtype()) {
+    match kernel_path_for(FusedOp::Rotary, &x.device(), x.dtype()) {
         KernelPath::Fused if cos.dtype() == x.dtype() => {
             Tensor::from_dispatch(<Dispatch as FusedOps>::rotary(
                 x.into_dispatch(),
@@ -124,8 +194,13 @@ pub fn rotary(x: Tensor<4>, cos: Tensor<3>, sin: Tensor<3>) -> Tensor<4> {
 
 /// [`rotary`] of the queries `[batch, seq, heads, head_dim]` and keys
 /// `[batch, seq, kv_heads, head_dim]` with the same angles (one launch on GPU backends).
-pub fn rotary_qk(q: Tensor<4>, k: Tensor<4>, cos: Tensor<3>, sin: Tensor<3>) -> (Tensor<4>, Tensor<4>) {
-    match kernel_path(&q.device(), q.dtype()) {
+pub fn rotary_qk(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    cos: Tensor<3>,
+    sin: Tensor<3>,
+) -> (Tensor<4>, Tensor<4>) {
+    match kernel_path_for(FusedOp::Rotary, &q.device(), q.dtype()) {
         KernelPath::Fused if cos.dtype() == q.dtype() && k.dtype() == q.dtype() => {
             let (q, k) = <Dispatch as FusedOps>::rotary_qk(
                 q.into_dispatch(),
@@ -144,7 +219,7 @@ pub fn rotary_qk(q: Tensor<4>, k: Tensor<4>, cos: Tensor<3>, sin: Tensor<3>) -> 
 
 /// SwiGLU activation `silu(gate) * up` (the Llama MLP), shapes equal.
 pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
-    match kernel_path(&gate.device(), gate.dtype()) {
+    match kernel_path_for(FusedOp::Swiglu, &gate.device(), gate.dtype()) {
         KernelPath::Fused if up.dtype() == gate.dtype() => {
             let shape = gate.dims();
             let n = shape.iter().product::<usize>();
@@ -155,5 +230,22 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
             Tensor::<1>::from_dispatch(out).reshape(shape)
         }
         _ => reference::swiglu(gate, up),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FusedOp, parse_forced};
+
+    #[test]
+    fn temper_kernels_names_all_or_some_ops() {
+        assert!(parse_forced("").is_empty());
+        assert!(parse_forced("fused").is_empty());
+        assert_eq!(parse_forced(" Reference "), FusedOp::ALL.to_vec());
+        assert_eq!(
+            parse_forced("reference:swiglu, attention"),
+            vec![FusedOp::Swiglu, FusedOp::Attention]
+        );
+        assert!(parse_forced("reference:nothing").is_empty());
     }
 }

@@ -41,8 +41,11 @@ pub trait FusedOps: Backend {
     /// Half-split rotary embedding: `x` `[b, s, h, hd]`, `cos`/`sin` `[b, s, hd/2]` → like `x`.
     /// Its gradient is the same rotation with `-sin`.
     #[fusion(dtype = x, shape = x)]
-    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>)
-    -> FloatTensor<Self>;
+    fn rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 
     /// [`FusedOps::rotary`] of queries `[b, s, h, hd]` and keys `[b, s, kv_heads, hd]` in one
     /// launch.

@@ -163,6 +163,10 @@ pub fn causal_attention_backward(
     let dq = ds.clone().matmul(kh).swap_dims(1, 2);
     let dk = ds.swap_dims(2, 3).matmul(qh); // [b, h, t, d]
     // Sum the query heads of each group back onto their KV head.
-    let fold = |x: Tensor<4>| x.reshape([b, kvh, rep, t, d]).sum_dim(2).reshape([b, kvh, t, d]);
+    let fold = |x: Tensor<4>| {
+        x.reshape([b, kvh, rep, t, d])
+            .sum_dim(2)
+            .reshape([b, kvh, t, d])
+    };
     (dq, fold(dk).swap_dims(1, 2), fold(dv).swap_dims(1, 2))
 }

@@ -10,8 +10,8 @@
 //!   tiles of `BLOCK` rows are staged in shared memory; each tile updates the online softmax
 //!   once. Writes the output and the row log-sum-exp.
 //! * backward, two kernels without atomics: `dq` (a unit per query row, sweeping key tiles,
-//!   also writing `δ_i = Σ dO_i·O_i`) and `dk`/`dv` (a unit per key row of one KV head,
-//!   sweeping the query tiles of every query head in its group). Both recompute
+//!   also writing `δ_i = Σ dO_i·O_i`) and `dk`/`dv` (a unit per key row and query head,
+//!   sweeping that head's query tiles; the heads of a KV group are summed afterwards). Both recompute
 //!   `p_ij = exp(s_ij − lse_i)` from the saved log-sum-exp.
 //!
 //! Masked scores are `-1e30`, not `-inf`: WGSL has no infinity literal.
@@ -21,7 +21,6 @@ use burn::cubecl::prelude::*;
 
 /// Rows per cube and per staged tile.
 pub(super) const BLOCK: usize = 32;
-
 
 #[cube(launch)]
 pub(super) fn attention_forward_kernel<F: Float>(
@@ -86,11 +85,7 @@ pub(super) fn attention_forward_kernel<F: Float>(
             for jj in 0..BLOCK {
                 let mut dot = f32::new(-1.0e30);
                 if j0 + jj < my_end {
-                    dot = 0.0f32;
-                    #[unroll(unroll)]
-                    for dd in 0..head_dim {
-                        dot += qr[dd] * k_tile[jj * head_dim + dd];
-                    }
+                    dot = row_dot(&qr, &k_tile, jj * head_dim, head_dim, unroll);
                 }
                 scores[jj] = dot;
                 tile_max = f32::max(tile_max, dot);
@@ -125,6 +120,36 @@ pub(super) fn attention_forward_kernel<F: Float>(
         }
         lse[(bi * h + head) * s + i] = m + f32::ln(l);
     }
+}
+
+/// `Σ_d a[d]·b[off + d]` with four independent accumulators: one serial chain of `head_dim`
+/// dependent FMAs per score would make the kernels latency-bound.
+#[cube]
+fn row_dot(
+    a: &Array<f32>,
+    b: &Shared<[f32]>,
+    off: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] unroll: bool,
+) -> f32 {
+    let mut s0 = 0.0f32;
+    let mut s1 = 0.0f32;
+    let mut s2 = 0.0f32;
+    let mut s3 = 0.0f32;
+    let quads = comptime!(head_dim / 4);
+    #[unroll(unroll)]
+    for qd in 0..quads {
+        let i = qd * 4;
+        s0 += a[i] * b[off + i];
+        s1 += a[i + 1] * b[off + i + 1];
+        s2 += a[i + 2] * b[off + i + 2];
+        s3 += a[i + 3] * b[off + i + 3];
+    }
+    #[unroll(unroll)]
+    for i in comptime!(quads * 4)..head_dim {
+        s0 += a[i] * b[off + i];
+    }
+    (s0 + s1) + (s2 + s3)
 }
 
 /// Stages keys/values `j0..j0 + BLOCK` of KV head `g` into shared memory (zeros past `t`).
@@ -227,13 +252,8 @@ pub(super) fn attention_dq_kernel<F: Float>(
         if valid {
             for jj in 0..BLOCK {
                 if j0 + jj < my_end {
-                    let mut dot = 0.0f32;
-                    let mut dp = 0.0f32;
-                    #[unroll(unroll)]
-                    for dd in 0..head_dim {
-                        dot += qr[dd] * k_tile[jj * head_dim + dd];
-                        dp += gr[dd] * v_tile[jj * head_dim + dd];
-                    }
+                    let dot = row_dot(&qr, &k_tile, jj * head_dim, head_dim, unroll);
+                    let dp = row_dot(&gr, &v_tile, jj * head_dim, head_dim, unroll);
                     let ds = f32::exp(dot - lse_i) * (dp - delta_i);
                     #[unroll(unroll)]
                     for dd in 0..head_dim {
@@ -253,8 +273,10 @@ pub(super) fn attention_dq_kernel<F: Float>(
     }
 }
 
-/// For key row `j` of KV head `g`, over the query heads `hq` of its group and the queries
-/// `i` that see it: `dv_j = Σ p_ij dO_i`, `dk_j = scale · Σ p_ij (dO_i·v_j − δ_i) q_i`.
+/// For key row `j` of KV head `g` and one query head `hq` of its group, over the queries `i`
+/// that see it: `dv_j = Σ p_ij dO_i`, `dk_j = scale · Σ p_ij (dO_i·v_j − δ_i) q_i`, written
+/// per query head (`[b, t, h, d]`, f32) so the heads of a group run in parallel; the caller
+/// sums each group.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_dkv_kernel<F: Float>(
@@ -264,8 +286,8 @@ pub(super) fn attention_dkv_kernel<F: Float>(
     lse: &Tensor<f32>,
     delta: &Tensor<f32>,
     grad: &Tensor<F>,
-    dk: &mut Tensor<F>,
-    dv: &mut Tensor<F>,
+    dk: &mut Tensor<f32>,
+    dv: &mut Tensor<f32>,
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] unroll: bool,
@@ -275,16 +297,16 @@ pub(super) fn attention_dkv_kernel<F: Float>(
     let h = q.shape(2);
     let t = k.shape(1);
     let kvh = k.shape(2);
-    let rep = h / kvh;
     let k_blocks = t.div_ceil(BLOCK);
     let cube = CUBE_POS;
-    if cube >= q.shape(0) * kvh * k_blocks {
+    if cube >= q.shape(0) * h * k_blocks {
         terminate!();
     }
     let kb = cube % k_blocks;
-    let bg = cube / k_blocks;
-    let g = bg % kvh;
-    let bi = bg / kvh;
+    let bh = cube / k_blocks;
+    let head = bh % h;
+    let bi = bh / h;
+    let g = head / (h / kvh);
     let unit = UNIT_POS as usize;
     let j = kb * BLOCK + unit;
     let valid = j < t;
@@ -311,73 +333,65 @@ pub(super) fn attention_dkv_kernel<F: Float>(
     }
     // The first query that sees the first key of this block: i ≥ j − offset.
     let first_key = kb * BLOCK;
-    let mut i_start = 0;
+    let mut i0 = 0;
     if first_key > offset {
-        i_start = (first_key - offset) / BLOCK * BLOCK;
+        i0 = (first_key - offset) / BLOCK * BLOCK;
     }
     let mut q_tile = Shared::<[f32]>::new_slice(BLOCK * head_dim);
     let mut g_tile = Shared::<[f32]>::new_slice(BLOCK * head_dim);
     let mut lse_tile = Shared::<[f32]>::new_slice(BLOCK);
     let mut delta_tile = Shared::<[f32]>::new_slice(BLOCK);
-    for r in 0..rep {
-        let head = g * rep + r;
-        let mut i0 = i_start;
-        while i0 < s {
-            // Stage queries/output gradients i0..i0 + BLOCK of `head`.
-            let mut e = unit;
-            while e < BLOCK * head_dim {
-                let i = i0 + e / head_dim;
-                if i < s {
-                    let off = ((bi * s + i) * h + head) * head_dim + e % head_dim;
-                    q_tile[e] = f32::cast_from(q[off]);
-                    g_tile[e] = f32::cast_from(grad[off]);
-                } else {
-                    q_tile[e] = 0.0f32;
-                    g_tile[e] = 0.0f32;
-                }
-                e += CUBE_DIM as usize;
+    while i0 < s {
+        // Stage queries/output gradients i0..i0 + BLOCK of `head`.
+        let mut e = unit;
+        while e < BLOCK * head_dim {
+            let i = i0 + e / head_dim;
+            if i < s {
+                let off = ((bi * s + i) * h + head) * head_dim + e % head_dim;
+                q_tile[e] = f32::cast_from(q[off]);
+                g_tile[e] = f32::cast_from(grad[off]);
+            } else {
+                q_tile[e] = 0.0f32;
+                g_tile[e] = 0.0f32;
             }
-            if unit < BLOCK {
-                let i = i0 + unit;
-                if i < s {
-                    lse_tile[unit] = lse[(bi * h + head) * s + i];
-                    delta_tile[unit] = delta[(bi * h + head) * s + i];
-                } else {
-                    lse_tile[unit] = 0.0f32;
-                    delta_tile[unit] = 0.0f32;
-                }
+            e += CUBE_DIM as usize;
+        }
+        if unit < BLOCK {
+            let i = i0 + unit;
+            if i < s {
+                lse_tile[unit] = lse[(bi * h + head) * s + i];
+                delta_tile[unit] = delta[(bi * h + head) * s + i];
+            } else {
+                lse_tile[unit] = 0.0f32;
+                delta_tile[unit] = 0.0f32;
             }
-            sync_cube();
-            if valid {
-                for ii in 0..BLOCK {
-                    let i = i0 + ii;
-                    if i < s && offset + i >= j {
-                        let mut dot = 0.0f32;
-                        let mut dp = 0.0f32;
-                        #[unroll(unroll)]
-                        for dd in 0..head_dim {
-                            dot += kr[dd] * q_tile[ii * head_dim + dd];
-                            dp += vr[dd] * g_tile[ii * head_dim + dd];
-                        }
-                        let p = f32::exp(dot - lse_tile[ii]);
-                        let ds = p * (dp - delta_tile[ii]);
-                        #[unroll(unroll)]
-                        for dd in 0..head_dim {
-                            dv_acc[dd] += p * g_tile[ii * head_dim + dd];
-                            dk_acc[dd] += ds * q_tile[ii * head_dim + dd];
-                        }
+        }
+        sync_cube();
+        if valid {
+            for ii in 0..BLOCK {
+                let i = i0 + ii;
+                if i < s && offset + i >= j {
+                    let dot = row_dot(&kr, &q_tile, ii * head_dim, head_dim, unroll);
+                    let dp = row_dot(&vr, &g_tile, ii * head_dim, head_dim, unroll);
+                    let p = f32::exp(dot - lse_tile[ii]);
+                    let ds = p * (dp - delta_tile[ii]);
+                    #[unroll(unroll)]
+                    for dd in 0..head_dim {
+                        dv_acc[dd] += p * g_tile[ii * head_dim + dd];
+                        dk_acc[dd] += ds * q_tile[ii * head_dim + dd];
                     }
                 }
             }
-            sync_cube();
-            i0 += BLOCK;
         }
+        sync_cube();
+        i0 += BLOCK;
     }
     if valid {
+        let out = ((bi * t + j) * h + head) * head_dim;
         #[unroll(unroll)]
         for dd in 0..head_dim {
-            dk[base + dd] = F::cast_from(dk_acc[dd] * scale);
-            dv[base + dd] = F::cast_from(dv_acc[dd]);
+            dk[out + dd] = dk_acc[dd] * scale;
+            dv[out + dd] = dv_acc[dd];
         }
     }
 }

@@ -7,8 +7,8 @@ mod rms_norm;
 mod rotary;
 mod swiglu;
 
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::ops::FloatTensorOps;
 use burn::cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeBackend;
@@ -36,7 +36,10 @@ fn cube_count(n: usize) -> CubeCount {
 
 fn elementwise(like: &CubeTensor, n: usize) -> (CubeCount, CubeDim) {
     let dim = CubeDim::new(&like.client, n.max(1));
-    (calculate_cube_count_elemwise(&like.client, n.max(1), dim), dim)
+    (
+        calculate_cube_count_elemwise(&like.client, n.max(1), dim),
+        dim,
+    )
 }
 
 /// Whether the attention kernels unroll their loops over the head dimension. On a GPU that
@@ -77,7 +80,11 @@ impl FusedOps for CubeBackend {
         grad: CubeTensor,
         eps: f64,
     ) -> (CubeTensor, CubeTensor) {
-        let (x, weight, grad) = (into_contiguous(x), into_contiguous(weight), into_contiguous(grad));
+        let (x, weight, grad) = (
+            into_contiguous(x),
+            into_contiguous(weight),
+            into_contiguous(grad),
+        );
         let [rows, d] = dims::<2>(&x);
         let dx = empty(&x, x.meta.shape().clone(), x.dtype);
         let gxr = empty(&x, x.meta.shape().clone(), DType::F32);
@@ -105,7 +112,11 @@ impl FusedOps for CubeBackend {
     }
 
     fn rotary(x: CubeTensor, cos: CubeTensor, sin: CubeTensor) -> CubeTensor {
-        let (x, cos, sin) = (into_contiguous(x), into_contiguous(cos), into_contiguous(sin));
+        let (x, cos, sin) = (
+            into_contiguous(x),
+            into_contiguous(cos),
+            into_contiguous(sin),
+        );
         let out = empty(&x, x.meta.shape().clone(), x.dtype);
         let pairs = x.meta.shape().num_elements() / 2;
         let (count, dim) = elementwise(&x, pairs);
@@ -170,7 +181,11 @@ impl FusedOps for CubeBackend {
         up: CubeTensor,
         grad: CubeTensor,
     ) -> (CubeTensor, CubeTensor) {
-        let (gate, up, grad) = (into_contiguous(gate), into_contiguous(up), into_contiguous(grad));
+        let (gate, up, grad) = (
+            into_contiguous(gate),
+            into_contiguous(up),
+            into_contiguous(grad),
+        );
         let dgate = empty(&gate, gate.meta.shape().clone(), gate.dtype);
         let dup = empty(&gate, gate.meta.shape().clone(), gate.dtype);
         let (count, dim) = elementwise(&gate, gate.meta.shape().num_elements());
@@ -192,7 +207,11 @@ impl FusedOps for CubeBackend {
         Self::causal_attention_lse(q, k, v).0
     }
 
-    fn causal_attention_lse(q: CubeTensor, k: CubeTensor, v: CubeTensor) -> (CubeTensor, CubeTensor) {
+    fn causal_attention_lse(
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+    ) -> (CubeTensor, CubeTensor) {
         let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
         let [b, s, h, d] = dims::<4>(&q);
         let out = empty(&q, q.meta.shape().clone(), q.dtype);
@@ -223,13 +242,18 @@ impl FusedOps for CubeBackend {
         grad: CubeTensor,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
         let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
-        let (out, lse, grad) = (into_contiguous(out), into_contiguous(lse), into_contiguous(grad));
+        let (out, lse, grad) = (
+            into_contiguous(out),
+            into_contiguous(lse),
+            into_contiguous(grad),
+        );
         let [b, s, h, d] = dims::<4>(&q);
         let [_, t, kvh, _] = dims::<4>(&k);
         let scale = 1.0 / (d as f32).sqrt();
         let dq = empty(&q, q.meta.shape().clone(), q.dtype);
-        let dk = empty(&k, k.meta.shape().clone(), k.dtype);
-        let dv = empty(&v, v.meta.shape().clone(), v.dtype);
+        // Per query head, in f32; summed over each KV group below.
+        let dk = empty(&k, Shape::new([b, t, h, d]), DType::F32);
+        let dv = empty(&k, Shape::new([b, t, h, d]), DType::F32);
         let delta = empty(&q, Shape::new([b, h, s]), DType::F32);
         attention::attention_dq_kernel::launch(
             &q.client,
@@ -250,11 +274,11 @@ impl FusedOps for CubeBackend {
         );
         attention::attention_dkv_kernel::launch(
             &q.client,
-            cube_count(b * kvh * t.div_ceil(attention::BLOCK)),
+            cube_count(b * h * t.div_ceil(attention::BLOCK)),
             CubeDim::new_1d(attention::BLOCK as u32),
             q.clone().into_tensor_arg(),
-            k.into_tensor_arg(),
-            v.into_tensor_arg(),
+            k.clone().into_tensor_arg(),
+            v.clone().into_tensor_arg(),
             lse.into_tensor_arg(),
             delta.into_tensor_arg(),
             grad.into_tensor_arg(),
@@ -265,6 +289,20 @@ impl FusedOps for CubeBackend {
             unroll_head_dim(&q),
             dtype_to_storage_type(q.dtype),
         );
+        let fold = |x: CubeTensor, like: &CubeTensor| {
+            let x = if h == kvh {
+                x
+            } else {
+                let x = Self::float_reshape(x, Shape::new([b, t, kvh, h / kvh, d]));
+                Self::float_reshape(Self::float_sum_dim(x, 3), Shape::new([b, t, kvh, d]))
+            };
+            if like.dtype == DType::F32 {
+                x
+            } else {
+                Self::float_cast(x, like.dtype.into())
+            }
+        };
+        let (dk, dv) = (fold(dk, &k), fold(dv, &v));
         (dq, dk, dv)
     }
 }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU kernels and the SmolLM2 parity test on burn's wgpu backend, without a GPU: Mesa's
+# lavapipe is a CPU Vulkan driver (../shared/docs/wgpu-lavapipe.md). A second test build with
+# the wgpu feature (burn's WGSL path; `fusion` on, `autotune` off: tuning costs ~40 s per
+# process); ≈ 15 min to build on 2 cores, ≈ 6 min to run. Needs the model from
+# scripts/fetch-smollm2.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ ! -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      mesa-vulkan-drivers libvulkan1 >/dev/null
+  else
+    echo "test-lavapipe: install mesa-vulkan-drivers and libvulkan1 (needs root)" >&2
+    exit 1
+  fi
+fi
+# Only silences Mesa's "XDG_RUNTIME_DIR is invalid" noise.
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+
+# DeviceSpec pins the Vulkan API, so a missing driver fails instead of falling back to OpenGL.
+TEMPER_TEST_DEVICE=wgpu cargo nextest run --no-fail-fast \
+  -p temper-backend -p temper-llm-arch \
+  --features temper-backend/wgpu,temper-backend/fusion \
+  -E 'binary(kernels) | binary(smollm2_golden)' "$@"
