@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU kernels and the SmolLM2 parity test on burn's wgpu backend, without a GPU: Mesa's
-# lavapipe is a CPU Vulkan driver (../shared/docs/wgpu-lavapipe.md). A second test build with
+# The GPU kernels, the chunked log-prob autodiff node and the SmolLM2 parity test on burn's
+# wgpu backend, without a GPU: Mesa's lavapipe is a CPU Vulkan driver
+# (../shared/docs/wgpu-lavapipe.md). A second test build with
 # the wgpu feature (burn's WGSL path; `fusion` on, `autotune` off: tuning costs ~40 s per
 # process); ≈ 15 min to build on 2 cores, ≈ 6 min to run. Needs the model from
 # scripts/fetch-smollm2.sh.
@@ -22,6 +23,6 @@ export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 
 # DeviceSpec pins the Vulkan API, so a missing driver fails instead of falling back to OpenGL.
 TEMPER_TEST_DEVICE=wgpu cargo nextest run --no-fail-fast \
-  -p temper-backend -p temper-llm-arch \
-  --features temper-backend/wgpu,temper-backend/fusion \
-  -E 'binary(kernels) | binary(smollm2_golden)' "$@"
+  -p temper-backend -p temper-llm-arch -p temper-objectives \
+  --features temper-backend/wgpu,temper-backend/fusion,temper-objectives/wgpu \
+  -E 'binary(kernels) | binary(smollm2_golden) | test(on_the_test_device)' "$@"

@@ -38,8 +38,8 @@
 //! is `-100` (prompts, padding) are not computed at all.
 //!
 //! The custom node is available for autodiff tensors of the backends this crate is compiled
-//! for (cargo feature `flex`: burn's Flex CPU backend, with or without gradient
-//! checkpointing). On any other backend under autodiff, [`target_logps`] falls back to the same
+//! for (cargo feature `flex`: burn's Flex CPU backend; `wgpu`/`cuda`: burn's CubeCL backend;
+//! with or without gradient checkpointing). On any other backend under autodiff, [`target_logps`] falls back to the same
 //! tiled computation with ordinary differentiable ops: values and gradients are identical, but
 //! backward memory is again proportional to `rows × vocab`. Without autodiff (e.g. a reference
 //! model's forward) every backend takes the bounded-memory path.
@@ -345,7 +345,7 @@ fn target_logps_impl(
 
 /// Whether [`target_logps`] / [`chunked_token_logps`] keep backward memory bounded on
 /// `device`: true without autodiff (there is no backward) and for autodiff devices of the
-/// backends the custom node is compiled for (Flex with the `flex` feature); false where the
+/// backends the custom node is compiled for (Flex with `flex`, CubeCL with `wgpu`/`cuda`); false where the
 /// differentiable-ops fallback runs (values and gradients are the same, memory is not).
 pub fn bounded_backward(device: &Device) -> bool {
     if !device.is_autodiff() {

@@ -488,3 +488,23 @@ fn stats_and_frozen_weight_under_gradient_checkpointing() -> TestResult {
     }
     Ok(())
 }
+
+/// The custom node on `TEMPER_TEST_DEVICE` (default `cpu`; `wgpu` in a build with the `wgpu`
+/// feature, as CI's lavapipe run): bounded backward memory there too, and chunked = dense in
+/// values and gradients, plain and under gradient checkpointing.
+#[test]
+fn chunked_matches_dense_on_the_test_device() -> TestResult {
+    let spec: temper_backend::DeviceSpec = std::env::var("TEMPER_TEST_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .expect("TEMPER_TEST_DEVICE");
+    let device = spec.with_autodiff(true).device().expect("test device");
+    assert!(temper_objectives::bounded_backward(&device));
+    let c = case(9, [2, 7, 8, 45], 3);
+    let cfg = ChunkConfig {
+        vocab_tile: 16,
+        row_block: 5,
+    };
+    compare(&c, &device, cfg)?;
+    compare(&c, &device.gradient_checkpointing(), cfg)
+}
