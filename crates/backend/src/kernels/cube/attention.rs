@@ -53,21 +53,10 @@ pub(super) fn attention_forward_kernel<F: Float>(
     let valid = i < s;
     let offset = t - s;
 
-    let mut qr = Array::<f32>::new(head_dim);
-    let mut acc = Array::<f32>::new(head_dim);
-    let mut scores = Array::<f32>::new(BLOCK);
     let q_base = ((bi * s + i) * h + head) * head_dim;
-    #[unroll(unroll)]
-    for dd in 0..head_dim {
-        acc[dd] = 0.0f32;
-        qr[dd] = 0.0f32;
-    }
-    if valid {
-        #[unroll(unroll)]
-        for dd in 0..head_dim {
-            qr[dd] = f32::cast_from(q[q_base + dd]) * scale;
-        }
-    }
+    let qr = load_row::<F>(q, q_base, scale, valid, head_dim, unroll);
+    let mut acc = zeros(head_dim, unroll);
+    let mut scores = Array::<f32>::new(BLOCK);
     let mut m = f32::new(-1.0e30);
     let mut l = 0.0f32;
     // Keys the last row of this block sees; this row sees `0..my_end`.
@@ -120,6 +109,37 @@ pub(super) fn attention_forward_kernel<F: Float>(
         }
         lse[(bi * h + head) * s + i] = m + f32::ln(l);
     }
+}
+
+/// `head_dim` zeros (registers on a GPU when unrolled).
+#[cube]
+fn zeros(#[comptime] head_dim: usize, #[comptime] unroll: bool) -> Array<f32> {
+    let mut a = Array::<f32>::new(head_dim);
+    #[unroll(unroll)]
+    for dd in 0..head_dim {
+        a[dd] = 0.0f32;
+    }
+    a
+}
+
+/// `x[base..base + head_dim] · scale` in f32, or zeros for a row past the end (`!valid`).
+#[cube]
+fn load_row<F: Float>(
+    x: &Tensor<F>,
+    base: usize,
+    scale: f32,
+    valid: bool,
+    #[comptime] head_dim: usize,
+    #[comptime] unroll: bool,
+) -> Array<f32> {
+    let mut a = zeros(head_dim, unroll);
+    if valid {
+        #[unroll(unroll)]
+        for dd in 0..head_dim {
+            a[dd] = f32::cast_from(x[base + dd]) * scale;
+        }
+    }
+    a
 }
 
 /// `Σ_d a[d]·b[off + d]` with four independent accumulators: one serial chain of `head_dim`
@@ -219,23 +239,15 @@ pub(super) fn attention_dq_kernel<F: Float>(
     let valid = i < s;
     let offset = t - s;
 
-    let mut qr = Array::<f32>::new(head_dim);
-    let mut gr = Array::<f32>::new(head_dim);
-    let mut acc = Array::<f32>::new(head_dim);
     let base = ((bi * s + i) * h + head) * head_dim;
+    let qr = load_row::<F>(q, base, scale, valid, head_dim, unroll);
+    let gr = load_row::<F>(grad, base, 1.0f32, valid, head_dim, unroll);
+    let mut acc = zeros(head_dim, unroll);
     let mut lse_i = 0.0f32;
     let mut delta_i = 0.0f32;
-    #[unroll(unroll)]
-    for dd in 0..head_dim {
-        acc[dd] = 0.0f32;
-        qr[dd] = 0.0f32;
-        gr[dd] = 0.0f32;
-    }
     if valid {
         #[unroll(unroll)]
         for dd in 0..head_dim {
-            qr[dd] = f32::cast_from(q[base + dd]) * scale;
-            gr[dd] = f32::cast_from(grad[base + dd]);
             delta_i += gr[dd] * f32::cast_from(out[base + dd]);
         }
         lse_i = lse[(bi * h + head) * s + i];
@@ -312,25 +324,11 @@ pub(super) fn attention_dkv_kernel<F: Float>(
     let valid = j < t;
     let offset = t - s;
 
-    let mut kr = Array::<f32>::new(head_dim);
-    let mut vr = Array::<f32>::new(head_dim);
-    let mut dk_acc = Array::<f32>::new(head_dim);
-    let mut dv_acc = Array::<f32>::new(head_dim);
     let base = ((bi * t + j) * kvh + g) * head_dim;
-    #[unroll(unroll)]
-    for dd in 0..head_dim {
-        kr[dd] = 0.0f32;
-        vr[dd] = 0.0f32;
-        dk_acc[dd] = 0.0f32;
-        dv_acc[dd] = 0.0f32;
-    }
-    if valid {
-        #[unroll(unroll)]
-        for dd in 0..head_dim {
-            kr[dd] = f32::cast_from(k[base + dd]) * scale;
-            vr[dd] = f32::cast_from(v[base + dd]);
-        }
-    }
+    let kr = load_row::<F>(k, base, scale, valid, head_dim, unroll);
+    let vr = load_row::<F>(v, base, 1.0f32, valid, head_dim, unroll);
+    let mut dk_acc = zeros(head_dim, unroll);
+    let mut dv_acc = zeros(head_dim, unroll);
     // The first query that sees the first key of this block: i ≥ j − offset.
     let first_key = kb * BLOCK;
     let mut i0 = 0;

@@ -24,6 +24,26 @@ pub(super) fn cube_sum(partial: &mut Shared<[f32]>, #[comptime] block: usize) ->
     total
 }
 
+/// `Σ x[base..base + d]²` in f32 over the cube (every unit must call it).
+#[cube]
+fn row_sum_squares<F: Float>(
+    x: &Tensor<F>,
+    base: usize,
+    d: usize,
+    partial: &mut Shared<[f32]>,
+    #[comptime] block: usize,
+) -> f32 {
+    let mut acc = 0.0f32;
+    let mut i = UNIT_POS as usize;
+    while i < d {
+        let v = f32::cast_from(x[base + i]);
+        acc += v * v;
+        i += block;
+    }
+    partial[UNIT_POS as usize] = acc;
+    cube_sum(partial, block)
+}
+
 /// `out = weight · x / sqrt(mean(x²) + eps)` for `x` `[rows, d]`, `weight` `[d]`.
 #[cube(launch)]
 pub(super) fn rms_norm_kernel<F: Float>(
@@ -42,16 +62,8 @@ pub(super) fn rms_norm_kernel<F: Float>(
     }
     let unit = UNIT_POS as usize;
     let base = row * d;
-    let mut acc = 0.0f32;
-    let mut i = unit;
-    while i < d {
-        let v = f32::cast_from(x[base + i]);
-        acc += v * v;
-        i += block;
-    }
     let mut partial = Shared::<[f32]>::new_slice(block);
-    partial[unit] = acc;
-    let total = cube_sum(&mut partial, block);
+    let total = row_sum_squares::<F>(x, base, d, &mut partial, block);
     let inv = 1.0f32 / f32::sqrt(total / f32::cast_from(d as u32) + eps);
     let mut i = unit;
     while i < d {
@@ -83,18 +95,16 @@ pub(super) fn rms_norm_backward_kernel<F: Float>(
     }
     let unit = UNIT_POS as usize;
     let base = row * d;
-    let mut squares = 0.0f32;
+    let mut partial = Shared::<[f32]>::new_slice(block);
+    let squares = row_sum_squares::<F>(x, base, d, &mut partial, block);
     let mut dot = 0.0f32;
     let mut i = unit;
     while i < d {
-        let v = f32::cast_from(x[base + i]);
-        squares += v * v;
-        dot += f32::cast_from(grad[base + i]) * f32::cast_from(weight[i]) * v;
+        dot += f32::cast_from(grad[base + i])
+            * f32::cast_from(weight[i])
+            * f32::cast_from(x[base + i]);
         i += block;
     }
-    let mut partial = Shared::<[f32]>::new_slice(block);
-    partial[unit] = squares;
-    let squares = cube_sum(&mut partial, block);
     partial[unit] = dot;
     let dot = cube_sum(&mut partial, block);
     let dn = f32::cast_from(d as u32);
