@@ -374,6 +374,33 @@ fn attention_matches_reference_on_edge_shapes() {
     }
 }
 
+/// Fewer keys than queries, or KV heads that do not divide the query heads, are refused with
+/// the shapes in the message (on a GPU they would otherwise index past the keys).
+#[test]
+fn attention_refuses_inconsistent_shapes() {
+    let dev = test_device(false);
+    for (q, k) in [([1, 4, 2, 8], [1, 3, 2, 8]), ([1, 4, 3, 8], [1, 4, 2, 8])] {
+        let (qt, kt) = (Tensor::<4>::zeros(q, &dev), Tensor::<4>::zeros(k, &dev));
+        let result = std::panic::catch_unwind(|| {
+            Tensor::<4>::from_dispatch(<Dispatch as FusedOps>::causal_attention(
+                qt.into_dispatch(),
+                kt.clone().into_dispatch(),
+                kt.into_dispatch(),
+            ))
+            .into_data()
+        });
+        let message = match result {
+            Ok(_) => panic!("q {q:?} with k {k:?} was accepted"),
+            Err(e) => e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_default(),
+        };
+        assert!(message.contains("causal_attention: q"), "{message}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 

@@ -127,6 +127,17 @@ impl FusedOps for Flex {
         let (qd, kd) = (qs.as_slice(), ks.as_slice());
         let dims = [qd[0], qd[1], qd[2], qd[3]];
         let (t, kvh) = (kd[1], kd[2]);
+        assert!(
+            kd[0] == qd[0]
+                && kd[3] == qd[3]
+                && v.layout().shape() == &ks
+                && kvh > 0
+                && qd[2] % kvh == 0
+                && t >= qd[1],
+            "causal_attention: q {qd:?}, k {kd:?}, v {:?} (expected k = v = [batch, keys ≥ \
+             queries, kv_heads dividing heads, head_dim])",
+            v.layout().shape().as_slice()
+        );
         with_slice(&q, |q| {
             with_slice(&k, |k| {
                 with_slice(&v, |v| {

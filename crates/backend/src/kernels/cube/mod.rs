@@ -55,6 +55,18 @@ fn dims<const D: usize>(x: &CubeTensor) -> [usize; D] {
     x.meta.shape().dims::<D>()
 }
 
+/// The attention kernels' shape contract, checked on the host: a violation would make the
+/// kernels index out of range or loop past the keys (`t − s` underflowing), not fail.
+fn check_attention_shapes(q: &CubeTensor, k: &CubeTensor, v: &CubeTensor) {
+    let ([b, s, h, d], [kb, t, kvh, kd]) = (dims::<4>(q), dims::<4>(k));
+    assert!(
+        kb == b && kd == d && dims::<4>(v) == [b, t, kvh, d] && kvh > 0 && h % kvh == 0 && t >= s,
+        "causal_attention: q [{b}, {s}, {h}, {d}], k [{kb}, {t}, {kvh}, {kd}], v {:?} \
+         (expected k = v = [batch, keys ≥ queries, kv_heads dividing heads, head_dim])",
+        dims::<4>(v)
+    );
+}
+
 impl FusedOps for CubeBackend {
     fn rms_norm(x: CubeTensor, weight: CubeTensor, eps: f64) -> CubeTensor {
         let (x, weight) = (into_contiguous(x), into_contiguous(weight));
@@ -212,6 +224,7 @@ impl FusedOps for CubeBackend {
         k: CubeTensor,
         v: CubeTensor,
     ) -> (CubeTensor, CubeTensor) {
+        check_attention_shapes(&q, &k, &v);
         let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
         let [b, s, h, d] = dims::<4>(&q);
         let out = empty(&q, q.meta.shape().clone(), q.dtype);
@@ -241,6 +254,7 @@ impl FusedOps for CubeBackend {
         lse: CubeTensor,
         grad: CubeTensor,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        check_attention_shapes(&q, &k, &v);
         let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
         let (out, lse, grad) = (
             into_contiguous(out),
