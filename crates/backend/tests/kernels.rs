@@ -3,9 +3,9 @@
 //! The fused side runs on `TEMPER_TEST_DEVICE` (default `cpu`; `wgpu` in a build with the
 //! `wgpu` feature, e.g. on Mesa lavapipe) and is called through the backend extension directly,
 //! so it is exercised whatever [`kernels::kernel_path`] would choose:
-//! * on `cpu`: Flex's fused CPU kernels (no autodiff) and the custom autodiff nodes with Flex's
-//!   backward entries (hand-derived gradients, checked here against burn's autodiff of the
-//!   reference);
+//! * on `cpu`: Flex's fused CPU kernels, forward and backward (the custom autodiff nodes call
+//!   Flex's fused backward entries; hand-derived gradients, checked here against burn's
+//!   autodiff of the reference);
 //! * on `wgpu`: the `#[cube]` kernels, forward and backward.
 
 use burn::backend::Dispatch;
@@ -430,15 +430,10 @@ proptest! {
 fn wrappers_route_by_device_and_agree_with_reference() {
     let dev = test_device(false);
     assert_eq!(kernels::kernel_path(&dev, DType::F32), KernelPath::Fused);
-    let on_cpu = matches!(spec().kind, temper_backend::BackendKind::Cpu);
-    let ad = kernels::kernel_path(&test_device(true), DType::F32);
+    // Training takes the fused path too (custom backward nodes) on every backend.
     assert_eq!(
-        ad,
-        if on_cpu {
-            KernelPath::Reference
-        } else {
-            KernelPath::Fused
-        }
+        kernels::kernel_path(&test_device(true), DType::F32),
+        KernelPath::Fused
     );
 
     let xs = values(2 * 3 * 40, 90, 2.0);

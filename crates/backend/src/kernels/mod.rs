@@ -6,8 +6,8 @@
 //! | device                                    | path                                            |
 //! |-------------------------------------------|-------------------------------------------------|
 //! | wgpu / cuda (feature `gpu-kernels`)       | `#[cube]` kernels ([`FusedOps`] on `Cube`); under autodiff with custom backward nodes (attention: see [`flash_pays_under_autodiff`]) |
-//! | Flex, f32, no autodiff                    | fused CPU kernels ([`FusedOps`] on `Flex`)       |
-//! | Flex under autodiff, other dtypes on Flex | [`reference`] (burn tensor ops, differentiable)  |
+//! | Flex, f32 (with or without autodiff)      | fused, parallel CPU kernels ([`FusedOps`] on `Flex`); under autodiff the same custom backward nodes |
+//! | other dtypes on Flex                      | [`reference`] (burn tensor ops, differentiable)  |
 //!
 //! `TEMPER_KERNELS=reference` forces the reference everywhere, `TEMPER_KERNELS=reference:attention,swiglu`
 //! for the named ops only (A/B measurements, kernel by kernel).
@@ -105,9 +105,7 @@ pub fn kernel_path(device: &Device, dtype: DType) -> KernelPath {
         return KernelPath::Fused;
     }
     #[cfg(feature = "flex")]
-    if !device.is_autodiff()
-        && dtype == DType::F32
-        && matches!(inner.as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+    if dtype == DType::F32 && matches!(inner.as_dispatch(), burn::backend::DispatchDevice::Flex(_))
     {
         return KernelPath::Fused;
     }
@@ -145,7 +143,11 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     let [b, s, h, _] = q.dims();
     let t = k.dims()[1];
     let path = match kernel_path_for(FusedOp::Attention, &q.device(), q.dtype()) {
-        KernelPath::Fused if q.device().is_autodiff() && !flash_pays_under_autodiff(b, h, s, t) => {
+        KernelPath::Fused
+            if q.device().is_autodiff()
+                && is_gpu(&q.device())
+                && !flash_pays_under_autodiff(b, h, s, t) =>
+        {
             KernelPath::Reference
         }
         path => path,
@@ -160,7 +162,20 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     }
 }
 
-/// Whether training (autodiff) should take the flash kernel for attention of `b × h` heads,
+/// Whether `device` runs on a CubeCL (GPU) backend.
+fn is_gpu(device: &Device) -> bool {
+    #[cfg(feature = "gpu-kernels")]
+    if matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Cube(_)
+    ) {
+        return true;
+    }
+    let _ = device;
+    false
+}
+
+/// Whether training (autodiff) on a GPU should take the flash kernel for attention of `b × h` heads,
 /// `s` queries over `t` keys.
 ///
 /// Measured on an H100 (docs/gpu.md): the flash kernel makes the SmolLM2 training step 24 %

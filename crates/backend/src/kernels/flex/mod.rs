@@ -1,0 +1,448 @@
+//! Fused CPU kernels for burn's Flex backend, forward and backward.
+//!
+//! burn-flex runs element-wise ops on one thread and as separate passes; these kernels read
+//! each input once, write each output once, split the work over rayon and vectorise through
+//! [`simd`]. Under autodiff the custom nodes of [`super::autodiff`] call the backward entries
+//! here, so a training step's RMSNorm, SwiGLU and attention run fused and in parallel in both
+//! directions. Inputs of another dtype than f32 take the tensor-op reference.
+
+mod attention;
+mod norm;
+mod simd;
+mod swiglu;
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::FusedOps;
+use super::reference;
+
+/// A Flex primitive as a tensor, for the tensor-op reference paths.
+fn tensor<const D: usize>(x: FlexTensor) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(x)
+}
+
+/// Back to the primitive. Every tensor here was computed on Flex from Flex inputs.
+fn primitive<const D: usize>(x: Tensor<D>) -> FlexTensor {
+    match x.try_into_primitive::<Flex>() {
+        Ok(p) => p,
+        Err(e) => unreachable!("a Flex computation left Flex: {e:?}"),
+    }
+}
+
+/// Minimum rows per rayon task: below this the split costs more than it saves.
+const MIN_ROWS_PER_TASK: usize = 8;
+
+fn all_f32(ts: &[&FlexTensor]) -> bool {
+    ts.iter().all(|t| t.dtype() == DType::F32)
+}
+
+fn contiguous_f32(t: &FlexTensor) -> (Shape, Vec<f32>) {
+    let shape = t.layout().shape().clone();
+    let t = t.to_contiguous();
+    let data = match t.as_slice::<f32>() {
+        Some(s) => s.to_vec(),
+        None => t
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default(),
+    };
+    (shape, data)
+}
+
+/// Runs `f` on the tensor's elements in row-major order, copying only when it is strided.
+fn with_slice<R>(t: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
+    if let Some(s) = t.as_slice::<f32>() {
+        f(s)
+    } else {
+        let (_, data) = contiguous_f32(t);
+        f(&data)
+    }
+}
+
+fn output_like(shape: Shape, fill: impl FnOnce(&mut [f32])) -> FlexTensor {
+    let mut out = FlexTensor::empty(shape, DType::F32);
+    fill(out.storage_mut::<f32>());
+    out
+}
+
+fn two_outputs(
+    [a, b]: [Shape; 2],
+    fill: impl FnOnce(&mut [f32], &mut [f32]),
+) -> (FlexTensor, FlexTensor) {
+    let mut a = FlexTensor::empty(a, DType::F32);
+    let mut b = FlexTensor::empty(b, DType::F32);
+    fill(a.storage_mut::<f32>(), b.storage_mut::<f32>());
+    (a, b)
+}
+
+/// The shapes of an attention call, checked: a kernel given fewer keys than queries or KV
+/// heads that do not divide the heads would read out of bounds.
+fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> attention::Dims {
+    let (qs, ks) = (q.layout().shape(), k.layout().shape());
+    let (qd, kd) = (qs.as_slice(), ks.as_slice());
+    let ok = qd.len() == 4
+        && kd.len() == 4
+        && kd[0] == qd[0]
+        && kd[3] == qd[3]
+        && v.layout().shape() == ks
+        && kd[2] > 0
+        && qd[2] % kd[2] == 0
+        && kd[1] >= qd[1];
+    assert!(
+        ok,
+        "causal_attention: q {qd:?}, k {kd:?}, v {:?} (expected k = v = [batch, keys ≥ \
+         queries, kv_heads dividing heads, head_dim])",
+        v.layout().shape().as_slice()
+    );
+    attention::Dims {
+        b: qd[0],
+        s: qd[1],
+        h: qd[2],
+        d: qd[3],
+        t: kd[1],
+        kvh: kd[2],
+    }
+}
+
+impl FusedOps for Flex {
+    fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
+        if !all_f32(&[&x, &weight]) {
+            return primitive::<2>(reference::rms_norm(tensor(x), tensor(weight), eps));
+        }
+        let (_, w) = contiguous_f32(&weight);
+        with_slice(&x, |xs| {
+            output_like(x.layout().shape().clone(), |out| {
+                norm::rms_norm(xs, &w, eps as f32, out)
+            })
+        })
+    }
+
+    fn rms_norm_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        eps: f64,
+    ) -> (FlexTensor, FlexTensor) {
+        if !all_f32(&[&x, &weight, &grad]) {
+            let (dx, dw) =
+                reference::rms_norm_backward(tensor(x), tensor(weight), tensor(grad), eps);
+            return (primitive(dx), primitive(dw));
+        }
+        let (w_shape, w) = contiguous_f32(&weight);
+        with_slice(&x, |xs| {
+            with_slice(&grad, |gs| {
+                two_outputs([x.layout().shape().clone(), w_shape], |dx, dw| {
+                    norm::rms_norm_backward(xs, &w, gs, eps as f32, dx, dw)
+                })
+            })
+        })
+    }
+
+    fn rotary(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+        if !all_f32(&[&x, &cos, &sin]) {
+            return primitive(reference::rotary(tensor(x), tensor(cos), tensor(sin)));
+        }
+        let shape = x.layout().shape().clone();
+        let dims = shape.as_slice();
+        let [h, hd] = [dims[2], dims[3]];
+        let half = hd / 2;
+        let (_, cos) = contiguous_f32(&cos);
+        let (_, sin) = contiguous_f32(&sin);
+        with_slice(&x, |xs| {
+            output_like(shape, |out| {
+                // One chunk = all heads of one (batch, position).
+                out.par_chunks_mut(h * hd)
+                    .zip(xs.par_chunks(h * hd))
+                    .enumerate()
+                    .with_min_len(MIN_ROWS_PER_TASK)
+                    .for_each(|(pos, (o, x))| {
+                        let c = &cos[pos * half..(pos + 1) * half];
+                        let sn = &sin[pos * half..(pos + 1) * half];
+                        for head in 0..h {
+                            let xh = &x[head * hd..(head + 1) * hd];
+                            let oh = &mut o[head * hd..(head + 1) * hd];
+                            for i in 0..half {
+                                let (x1, x2) = (xh[i], xh[i + half]);
+                                oh[i] = x1 * c[i] - x2 * sn[i];
+                                oh[i + half] = x2 * c[i] + x1 * sn[i];
+                            }
+                        }
+                    });
+            })
+        })
+    }
+
+    fn rotary_qk(
+        q: FlexTensor,
+        k: FlexTensor,
+        cos: FlexTensor,
+        sin: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        (
+            Self::rotary(q, cos.clone(), sin.clone()),
+            Self::rotary(k, cos, sin),
+        )
+    }
+
+    fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        if !all_f32(&[&gate, &up]) || gate.layout().shape() != up.layout().shape() {
+            return primitive::<1>(reference::swiglu(tensor(gate), tensor(up)));
+        }
+        with_slice(&gate, |g| {
+            with_slice(&up, |u| {
+                output_like(gate.layout().shape().clone(), |out| {
+                    swiglu::swiglu(g, u, out)
+                })
+            })
+        })
+    }
+
+    fn swiglu_backward(
+        gate: FlexTensor,
+        up: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = gate.layout().shape().clone();
+        if !all_f32(&[&gate, &up, &grad])
+            || up.layout().shape() != &shape
+            || grad.layout().shape() != &shape
+        {
+            let (dg, du) = reference::swiglu_backward::<1>(tensor(gate), tensor(up), tensor(grad));
+            return (primitive(dg), primitive(du));
+        }
+        with_slice(&gate, |g| {
+            with_slice(&up, |u| {
+                with_slice(&grad, |gr| {
+                    two_outputs([shape.clone(), shape.clone()], |dg, du| {
+                        swiglu::swiglu_backward(g, u, gr, dg, du)
+                    })
+                })
+            })
+        })
+    }
+
+    fn causal_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> FlexTensor {
+        let dims = attention_dims(&q, &k, &v);
+        if !all_f32(&[&q, &k, &v]) {
+            return primitive(reference::causal_attention(tensor(q), tensor(k), tensor(v)));
+        }
+        with_slice(&q, |qs| {
+            with_slice(&k, |ks| {
+                with_slice(&v, |vs| {
+                    output_like(q.layout().shape().clone(), |out| {
+                        attention::forward(qs, ks, vs, dims, out, None)
+                    })
+                })
+            })
+        })
+    }
+
+    fn causal_attention_lse(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let dims = attention_dims(&q, &k, &v);
+        if !all_f32(&[&q, &k, &v]) {
+            let (out, lse) = reference::causal_attention_lse(tensor(q), tensor(k), tensor(v));
+            return (primitive(out), primitive(lse));
+        }
+        let lse_shape = Shape::new([dims.b, dims.h, dims.s]);
+        with_slice(&q, |qs| {
+            with_slice(&k, |ks| {
+                with_slice(&v, |vs| {
+                    two_outputs([q.layout().shape().clone(), lse_shape], |out, lse| {
+                        attention::forward(qs, ks, vs, dims, out, Some(lse))
+                    })
+                })
+            })
+        })
+    }
+
+    fn causal_attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        out: FlexTensor,
+        lse: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let dims = attention_dims(&q, &k, &v);
+        if !all_f32(&[&q, &k, &v, &out, &lse, &grad]) {
+            let (dq, dk, dv) = reference::causal_attention_backward(
+                tensor(q),
+                tensor(k),
+                tensor(v),
+                tensor(out),
+                tensor(lse),
+                tensor(grad),
+            );
+            return (primitive(dq), primitive(dk), primitive(dv));
+        }
+        let mut dq = FlexTensor::empty(q.layout().shape().clone(), DType::F32);
+        let mut dk = FlexTensor::empty(k.layout().shape().clone(), DType::F32);
+        let mut dv = FlexTensor::empty(v.layout().shape().clone(), DType::F32);
+        with_slice(&q, |qs| {
+            with_slice(&k, |ks| {
+                with_slice(&v, |vs| {
+                    with_slice(&out, |os| {
+                        with_slice(&lse, |ls| {
+                            with_slice(&grad, |gs| {
+                                attention::backward(
+                                    qs,
+                                    ks,
+                                    vs,
+                                    os,
+                                    ls,
+                                    gs,
+                                    dims,
+                                    [
+                                        dq.storage_mut::<f32>(),
+                                        dk.storage_mut::<f32>(),
+                                        dv.storage_mut::<f32>(),
+                                    ],
+                                )
+                            })
+                        })
+                    })
+                })
+            })
+        });
+        (dq, dk, dv)
+    }
+}
+
+#[cfg(test)]
+fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::rms_norm(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        eps,
+    ))
+}
+
+#[cfg(test)]
+fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::causal_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+    ))
+}
+
+#[cfg(test)]
+fn rotary(x: Tensor<4>, cos: Tensor<3>, sin: Tensor<3>) -> Tensor<4> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::rotary(
+        x.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::{KernelPath, kernel_path, reference};
+    use burn::tensor::{Device, Distribution, Tensor, Tolerance};
+    use proptest::prelude::*;
+
+    fn device() -> Device {
+        Device::flex()
+    }
+
+    #[test]
+    fn flex_f32_takes_the_fused_path_with_and_without_autodiff() {
+        let d = device();
+        assert_eq!(kernel_path(&d, burn::tensor::DType::F32), KernelPath::Fused);
+        assert_eq!(
+            kernel_path(&d.clone().autodiff(), burn::tensor::DType::F32),
+            KernelPath::Fused
+        );
+        assert_eq!(
+            kernel_path(&d, burn::tensor::DType::BF16),
+            KernelPath::Reference
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn fused_rms_norm_matches_reference(rows in 1usize..9, d in 1usize..80, eps in 1e-6f64..1e-2) {
+            let dev = device();
+            let x = Tensor::<3>::random([1, rows, d], Distribution::Normal(0.0, 3.0), &dev);
+            let w = Tensor::<1>::random([d], Distribution::Normal(1.0, 0.5), &dev);
+            let fused = super::rms_norm(x.clone(), w.clone(), eps);
+            let reference = reference::rms_norm(x, w, eps);
+            fused.into_data().assert_approx_eq::<f32>(&reference.into_data(), Tolerance::absolute(1e-5));
+        }
+
+        #[test]
+        fn fused_rotary_matches_reference(b in 1usize..3, s in 1usize..6, h in 1usize..4, half in 1usize..9) {
+            let dev = device();
+            let hd = half * 2;
+            let x = Tensor::<4>::random([b, s, h, hd], Distribution::Normal(0.0, 1.0), &dev);
+            let angle = Tensor::<3>::random([b, s, half], Distribution::Uniform(-6.0, 6.0), &dev);
+            let (cos, sin) = (angle.clone().cos(), angle.sin());
+            // A non-contiguous input exercises the copy path.
+            let xt = x.clone().swap_dims(1, 2).swap_dims(1, 2);
+            let fused = super::rotary(xt, cos.clone(), sin.clone());
+            let reference = reference::rotary(x, cos, sin);
+            fused.into_data().assert_approx_eq::<f32>(&reference.into_data(), Tolerance::absolute(1e-5));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn fused_causal_attention_matches_reference(
+            b in 1usize..3, s in 1usize..21, past in 0usize..20, kvh in 1usize..3, rep in 1usize..4, d in 1usize..9,
+        ) {
+            let dev = device();
+            let (h, t, d) = (kvh * rep, s + past, d * 2);
+            let q = Tensor::<4>::random([b, s, h, d], Distribution::Normal(0.0, 1.0), &dev);
+            let k = Tensor::<4>::random([b, t, kvh, d], Distribution::Normal(0.0, 1.0), &dev);
+            let v = Tensor::<4>::random([b, t, kvh, d], Distribution::Normal(0.0, 1.0), &dev);
+            let fused = super::causal_attention(q.clone(), k.clone(), v.clone());
+            let reference = reference::causal_attention(q, k, v);
+            fused.into_data().assert_approx_eq::<f32>(&reference.into_data(), Tolerance::absolute(1e-5));
+        }
+    }
+
+    #[test]
+    fn fused_causal_attention_matches_reference_across_query_blocks() {
+        let dev = device();
+        let (b, s, past, kvh, h, d) = (2, 150, 7, 3, 9, 64);
+        let q = Tensor::<4>::random([b, s, h, d], Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<4>::random([b, s + past, kvh, d], Distribution::Normal(0.0, 1.0), &dev);
+        let v = Tensor::<4>::random([b, s + past, kvh, d], Distribution::Normal(0.0, 1.0), &dev);
+        let fused = super::causal_attention(q.clone(), k.clone(), v.clone());
+        let reference = reference::causal_attention(q, k, v);
+        fused
+            .into_data()
+            .assert_approx_eq::<f32>(&reference.into_data(), Tolerance::absolute(1e-4));
+    }
+
+    #[test]
+    fn rotary_by_zero_angle_is_identity_and_preserves_pair_norms() {
+        let dev = device();
+        let x = Tensor::<4>::random([1, 3, 2, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let zeros = Tensor::<3>::zeros([1, 3, 4], &dev);
+        let out = super::rotary(x.clone(), zeros.clone().cos(), zeros.sin());
+        out.into_data()
+            .assert_approx_eq::<f32>(&x.clone().into_data(), Tolerance::absolute(1e-7));
+        // A rotation keeps ‖(x_i, x_{i+half})‖.
+        let angle = Tensor::<3>::random([1, 3, 4], Distribution::Uniform(-3.0, 3.0), &dev);
+        let out = super::rotary(x.clone(), angle.clone().cos(), angle.sin());
+        let norms = |t: Tensor<4>| {
+            let a = t.clone().narrow(3, 0, 4);
+            let b = t.narrow(3, 4, 4);
+            (a.powi_scalar(2) + b.powi_scalar(2)).into_data()
+        };
+        norms(out).assert_approx_eq::<f32>(&norms(x), Tolerance::absolute(1e-5));
+    }
+}

@@ -1,0 +1,83 @@
+//! RMSNorm forward and backward on contiguous f32 rows, rows in parallel.
+//!
+//! Each row is read once and written once (the tensor-op chain reads and writes it four to six
+//! times). The weight gradient is summed per fixed block of rows and the block sums are added
+//! in order, so the result does not depend on the thread count or on scheduling (resumed
+//! training runs stay bit-identical).
+
+use rayon::prelude::*;
+
+use super::simd::{dispatch, dot};
+
+/// Rows per rayon task and per partial weight-gradient sum.
+const ROWS_PER_BLOCK: usize = 16;
+
+/// `1 / sqrt(mean(row²) + eps)`.
+#[inline(always)]
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    1.0 / (dot(row, row) / row.len() as f32 + eps).sqrt()
+}
+
+/// `out = weight · x / sqrt(mean(x²) + eps)` per row of `d` (HF's order: normalise, then scale).
+pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len().max(1);
+    out.par_chunks_mut(d * ROWS_PER_BLOCK)
+        .zip(x.par_chunks(d * ROWS_PER_BLOCK))
+        .for_each(|(o, xs)| {
+            dispatch(|| {
+                for (o, row) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+                    let inv = inv_rms(row, eps);
+                    for ((o, v), w) in o.iter_mut().zip(row).zip(weight) {
+                        *o = w * (v * inv);
+                    }
+                }
+            })
+        });
+}
+
+/// With `r = 1/sqrt(mean(x²) + eps)` and `gw = grad·weight`: `∂x = r·gw − x·r³·mean(gw·x)`,
+/// `∂weight = Σ_rows grad·x·r`.
+pub(super) fn rms_norm_backward(
+    x: &[f32],
+    weight: &[f32],
+    grad: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dweight: &mut [f32],
+) {
+    let d = weight.len().max(1);
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(d * ROWS_PER_BLOCK)
+        .zip(
+            x.par_chunks(d * ROWS_PER_BLOCK)
+                .zip(grad.par_chunks(d * ROWS_PER_BLOCK)),
+        )
+        .map(|(dxs, (xs, gs))| {
+            dispatch(|| {
+                let mut dw = vec![0.0f32; d];
+                for ((dx, row), g) in dxs
+                    .chunks_exact_mut(d)
+                    .zip(xs.chunks_exact(d))
+                    .zip(gs.chunks_exact(d))
+                {
+                    let r = inv_rms(row, eps);
+                    for ((dx, gv), w) in dx.iter_mut().zip(g).zip(weight) {
+                        *dx = gv * w; // gw, finished below
+                    }
+                    let c = r * r * r * dot(dx, row) / d as f32;
+                    for ((dx, v), (gv, dw)) in dx.iter_mut().zip(row).zip(g.iter().zip(&mut dw)) {
+                        *dx = r * *dx - v * c;
+                        *dw += gv * v * r;
+                    }
+                }
+                dw
+            })
+        })
+        .collect();
+    dweight.iter_mut().for_each(|v| *v = 0.0);
+    for part in partials {
+        for (acc, v) in dweight.iter_mut().zip(part) {
+            *acc += v;
+        }
+    }
+}
