@@ -501,3 +501,106 @@ fn half_precision_matches_f32_reference() {
     ));
     assert_close("rms_norm f16", &got, &want, 5e-3);
 }
+
+/// `MatmulOps::matmul_t` (Flex: gemm through strides) against burn's matmul of the transposed
+/// tensors: values and both gradients, for every transpose combination, with a strided
+/// (transposed-view) operand.
+fn check_matmul(m: usize, k: usize, n: usize, seed: u64) {
+    let ls = values(m * k, seed, 1.0);
+    let rs = values(k * n, seed + 1, 1.0);
+    let gs = values(m * n, seed + 2, 1.0);
+    for tl in [false, true] {
+        for tr in [false, true] {
+            let run = |fused: bool| {
+                let dev = flex(true);
+                // Stored as the flags say, so that op(stored) is [m, k] / [k, n]; with the flag,
+                // `lhs` is a transposed view (strided).
+                let lhs = if tl {
+                    tensor(&ls, [m, k], &dev).transpose().require_grad()
+                } else {
+                    tensor(&ls, [m, k], &dev).require_grad()
+                };
+                // Without the flag, a transposed view of `[n, k]` (strided).
+                let rhs = if tr {
+                    tensor(&rs, [n, k], &dev).require_grad()
+                } else {
+                    tensor(&rs, [n, k], &dev).transpose().require_grad()
+                };
+                let op = |t: Tensor<2>, flag: bool| if flag { t.transpose() } else { t };
+                let out = if fused {
+                    Tensor::<2>::from_dispatch(<Dispatch as kernels::MatmulOps>::matmul_t(
+                        lhs.clone().into_dispatch(),
+                        rhs.clone().into_dispatch(),
+                        tl,
+                        tr,
+                    ))
+                } else {
+                    op(lhs.clone(), tl).matmul(op(rhs.clone(), tr))
+                };
+                assert_eq!(out.dims(), [m, n]);
+                let grads = (out.clone() * tensor(&gs, [m, n], &dev)).sum().backward();
+                vec![
+                    host(out),
+                    host(lhs.grad(&grads).expect("lhs grad")),
+                    host(rhs.grad(&grads).expect("rhs grad")),
+                ]
+            };
+            let (got, want) = (run(true), run(false));
+            for (i, what) in ["out", "d lhs", "d rhs"].iter().enumerate() {
+                assert_close(
+                    &format!("matmul_t {what} [{m}, {k}]·[{k}, {n}] tl {tl} tr {tr}"),
+                    &got[i],
+                    &want[i],
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_t_matches_burn_matmul() {
+    check_matmul(1, 1, 1, 300);
+    check_matmul(3, 7, 5, 301);
+    // Large enough for the multi-threaded gemm path.
+    check_matmul(200, 300, 150, 302);
+}
+
+#[test]
+fn linear_wrapper_matches_burn_linear_with_bias_and_batch_dims() {
+    let dev = flex(true);
+    let (xs, ws, bs) = (
+        values(2 * 5 * 9, 310, 1.0),
+        values(9 * 4, 311, 1.0),
+        values(4, 312, 1.0),
+    );
+    let run = |fused: bool| {
+        let x = tensor(&xs, [2, 5, 9], &dev).require_grad();
+        let w = tensor(&ws, [9, 4], &dev).require_grad();
+        let b = tensor(&bs, [4], &dev).require_grad();
+        let out = if fused {
+            kernels::linear(x.clone(), w.clone(), Some(b.clone()))
+        } else {
+            burn::tensor::module::linear(x.clone(), w.clone(), Some(b.clone()))
+        };
+        let grads = (out.clone() * out.clone()).sum().backward();
+        [
+            host(out),
+            host(x.grad(&grads).expect("x")),
+            host(w.grad(&grads).expect("w")),
+            host(b.grad(&grads).expect("b")),
+        ]
+    };
+    let (got, want) = (run(true), run(false));
+    for (i, what) in ["out", "dx", "dw", "db"].iter().enumerate() {
+        assert_close(&format!("linear {what}"), &got[i], &want[i], 1e-5);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+    #[test]
+    fn matmul_t_matches_burn_matmul_on_random_shapes(m in 1usize..40, k in 1usize..40, n in 1usize..40, seed in 0u64..1000) {
+        check_matmul(m, k, n, seed);
+    }
+}

@@ -331,9 +331,7 @@ impl LlamaForCausalLM {
                 let [b, s, h] = hidden.dims();
                 let w = self.model.embed_tokens.weight.val();
                 let v = w.dims()[0];
-                hidden
-                    .reshape([b * s, h])
-                    .matmul(w.transpose())
+                temper_backend::kernels::matmul(hidden.reshape([b * s, h]), w.transpose())
                     .reshape([b, s, v])
             }
         }

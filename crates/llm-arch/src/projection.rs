@@ -11,7 +11,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, Linear};
 use burn::tensor::Tensor;
-use burn::tensor::module::linear;
+use temper_backend::kernels::linear;
 
 /// A low-rank adapter `scale · B(A(dropout(x)))` on a projection, in burn's layout: `lora_a`
 /// `[in, r]` (PEFT `lora_A.weight` transposed) and `lora_b` `[r, out]` (PEFT `lora_B.weight`
@@ -47,7 +47,9 @@ impl LoraAdapter {
     /// The low-rank update alone: `[..., in]` → `[..., out]`.
     pub fn delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let x = self.dropout.forward(x);
-        linear(linear(x, self.lora_a.val(), None), self.lora_b.val(), None) * self.scale
+        // Scaling the `[tokens, r]` intermediate is r/out of the work of scaling the output.
+        let xa = linear(x, self.lora_a.val(), None) * self.scale;
+        linear(xa, self.lora_b.val(), None)
     }
 
     /// The dense update `scale · A·B`, `[in, out]`, for merging (not used by the forward).

@@ -45,6 +45,7 @@
 //! model's forward) every backend takes the bounded-memory path.
 
 use burn::tensor::{DType, Device, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
+use temper_backend::kernels::matmul;
 
 use crate::logprobs::{TokenLogps, shift_labels};
 use crate::metrics::TokenStats;
@@ -452,7 +453,7 @@ fn forward_values(
         let mut state: Option<Online> = None;
         for (v0, v1) in blocks(v, config.vocab_tile) {
             let wt = weight.clone().slice([0..h, v0..v1]).cast(cd);
-            let logits = hb.clone().matmul(wt); // [rows, tile]
+            let logits = matmul(hb.clone(), wt); // [rows, tile]
             let (col, inside) = tile_targets(&tb, v0, v1, cd);
             let pick = logits
                 .clone()
@@ -580,7 +581,7 @@ fn backward_values(
             let gb = grad.clone().slice(r0..r1);
             let lb = lse.clone().slice(r0..r1);
             let (col, inside) = tile_targets(&targets.clone().slice(r0..r1), v0, v1, cd);
-            let logits = hb.clone().matmul(wt.clone());
+            let logits = matmul(hb.clone(), wt.clone());
             // ∂L/∂z = g·(onehot − p) = −g·p, plus g at the target column.
             let dz = (logits - lb.unsqueeze_dim::<2>(1)).exp() * gb.clone().neg().unsqueeze_dim(1);
             let dz = dz.scatter(
@@ -590,11 +591,11 @@ fn backward_values(
                 IndexingUpdateOp::Add,
             );
             if need_hidden {
-                let update = dz.clone().matmul(wt.clone().transpose());
+                let update = matmul(dz.clone(), wt.clone().transpose());
                 grad_hidden[bi] = grad_hidden[bi].clone() + update;
             }
             if need_weight {
-                let update = hb.transpose().matmul(dz);
+                let update = matmul(hb.transpose(), dz);
                 gw_tile = Some(match gw_tile {
                     None => update,
                     Some(acc) => acc + update,

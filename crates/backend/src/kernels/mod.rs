@@ -21,8 +21,10 @@ mod autodiff;
 mod cube;
 #[cfg(feature = "flex")]
 mod flex;
+mod matmul;
 mod ops;
 
+pub use matmul::MatmulOps;
 pub use ops::FusedOps;
 
 use burn::backend::Dispatch;
@@ -40,6 +42,8 @@ pub enum KernelPath {
 /// The fused ops, for [`kernel_path_for`] and `TEMPER_KERNELS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FusedOp {
+    /// [`linear`]: Flex only (GPU backends keep burn's matmul).
+    Linear,
     RmsNorm,
     Rotary,
     Swiglu,
@@ -47,10 +51,17 @@ pub enum FusedOp {
 }
 
 impl FusedOp {
-    const ALL: [FusedOp; 4] = [Self::RmsNorm, Self::Rotary, Self::Swiglu, Self::Attention];
+    const ALL: [FusedOp; 5] = [
+        Self::Linear,
+        Self::RmsNorm,
+        Self::Rotary,
+        Self::Swiglu,
+        Self::Attention,
+    ];
 
     fn name(self) -> &'static str {
         match self {
+            Self::Linear => "linear",
             Self::RmsNorm => "rms_norm",
             Self::Rotary => "rotary",
             Self::Swiglu => "swiglu",
@@ -111,6 +122,59 @@ pub fn kernel_path(device: &Device, dtype: DType) -> KernelPath {
     }
     let _ = (inner, dtype);
     KernelPath::Reference
+}
+
+/// `x · weight + bias` over the last dimension, as burn's `linear` (`weight` `[in, out]`, the
+/// transpose of PyTorch's): `x` `[..., in]` → `[..., out]`.
+///
+/// On Flex (f32) through [`MatmulOps`]: gemm called directly, both gradients included; other
+/// devices use burn's `linear`.
+pub fn linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let device = x.device();
+    let fused = kernel_path_for(FusedOp::Linear, &device, x.dtype()) == KernelPath::Fused
+        && !is_gpu(&device)
+        && weight.dtype() == x.dtype();
+    if !fused {
+        return burn::tensor::module::linear(x, weight, bias);
+    }
+    let mut shape = x.dims();
+    let d_in = shape[D - 1];
+    let d_out = weight.dims()[1];
+    let rows = shape.iter().product::<usize>() / d_in.max(1);
+    let out = Tensor::<2>::from_dispatch(<Dispatch as MatmulOps>::matmul_t(
+        x.reshape([rows, d_in]).into_dispatch(),
+        weight.into_dispatch(),
+        false,
+        false,
+    ));
+    shape[D - 1] = d_out;
+    let out = out.reshape(shape);
+    match bias {
+        Some(b) => out + b.unsqueeze::<D>(),
+        None => out,
+    }
+}
+
+/// `lhs · rhs` of 2-D tensors: on Flex (f32) through [`MatmulOps`] (transposed views are read
+/// through their strides, not copied), elsewhere burn's matmul. Differentiable.
+pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
+    let device = lhs.device();
+    let fused = kernel_path_for(FusedOp::Linear, &device, lhs.dtype()) == KernelPath::Fused
+        && !is_gpu(&device)
+        && rhs.dtype() == lhs.dtype();
+    if !fused {
+        return lhs.matmul(rhs);
+    }
+    Tensor::from_dispatch(<Dispatch as MatmulOps>::matmul_t(
+        lhs.into_dispatch(),
+        rhs.into_dispatch(),
+        false,
+        false,
+    ))
 }
 
 /// Root-mean-square normalisation over the last dimension, as HF's `LlamaRMSNorm`:

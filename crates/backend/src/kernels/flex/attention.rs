@@ -15,7 +15,11 @@
 
 use rayon::prelude::*;
 
+use super::gemm::{View, matmul};
 use super::simd::{dispatch, dot, exp};
+
+/// One task's output block: batch, head, first row, values, per-row statistics.
+type Block = (usize, usize, usize, Vec<f32>, Vec<f32>);
 
 /// Query rows (forward, `∂Q`) or key rows (`∂K`, `∂V`) per task.
 const BLOCK: usize = 64;
@@ -55,81 +59,6 @@ impl Dims {
     }
 }
 
-/// A strided read-only matrix: element `(i, j)` at `data[i·rs + j·cs]`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> View<'a> {
-    fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
-        Self { data, rs, cs }
-    }
-    /// Panics unless every element of a `rows × cols` view lies inside `data`.
-    fn check(&self, rows: usize, cols: usize) {
-        assert!(
-            (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len(),
-            "attention: a {rows}×{cols} view (strides {}, {}) overruns {} elements",
-            self.rs,
-            self.cs,
-            self.data.len()
-        );
-    }
-}
-
-/// `dst[m, n]` (row-major, contiguous) `= (accumulate ? dst : 0) + alpha · lhs[m, k] · rhs[k, n]`,
-/// single-threaded (the tasks are the parallelism).
-fn matmul(
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: View<'_>,
-    rhs: View<'_>,
-    [m, k, n]: [usize; 3],
-    alpha: f32,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst.len() >= m * n, "attention: output buffer too small");
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].iter_mut().for_each(|x| *x = 0.0);
-        }
-        return;
-    }
-    lhs.check(m, k);
-    rhs.check(k, n);
-    #[allow(unsafe_code)]
-    // SAFETY: `check` proved every element the strides address lies inside `lhs.data` and
-    // `rhs.data`, and `dst` holds the contiguous `m × n` output; `dst` is a unique borrow, so
-    // it cannot alias the inputs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 /// Forward. Writes `out` `[b, s, h, d]` and, when given, `lse` `[b, h, s]` (log-sum-exp of each
 /// row's scaled scores).
 pub(super) fn forward(
@@ -145,7 +74,7 @@ pub(super) fn forward(
     } = dims;
     let (rep, offset, scale) = (dims.rep(), dims.offset(), dims.scale());
     let blocks = s.div_ceil(BLOCK);
-    let results: Vec<(usize, usize, usize, Vec<f32>, Vec<f32>)> = (0..b * h * blocks)
+    let results: Vec<Block> = (0..b * h * blocks)
         .into_par_iter()
         .map(|task| {
             let (bh, blk) = (task / blocks, task % blocks);
@@ -251,7 +180,7 @@ pub(super) fn backward(
 
     // Pass 1: ∂Q and δ per (batch, head, query block).
     let blocks = s.div_ceil(BLOCK);
-    let results: Vec<(usize, usize, usize, Vec<f32>, Vec<f32>)> = (0..b * h * blocks)
+    let results: Vec<Block> = (0..b * h * blocks)
         .into_par_iter()
         .map(|task| {
             let (bh, blk) = (task / blocks, task % blocks);
@@ -314,7 +243,7 @@ pub(super) fn backward(
 
     // Pass 2: ∂K, ∂V per (batch, KV head, key block), over the group's query heads.
     let blocks = t.div_ceil(BLOCK);
-    let results: Vec<(usize, usize, usize, Vec<f32>, Vec<f32>)> = (0..b * kvh * blocks)
+    let results: Vec<Block> = (0..b * kvh * blocks)
         .into_par_iter()
         .map(|task| {
             let (bg, blk) = (task / blocks, task % blocks);

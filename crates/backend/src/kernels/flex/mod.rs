@@ -7,17 +7,18 @@
 //! directions. Inputs of another dtype than f32 take the tensor-op reference.
 
 mod attention;
+mod gemm;
 mod norm;
 mod simd;
 mod swiglu;
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::FusedOps;
 use super::reference;
+use super::{FusedOps, MatmulOps};
 
 /// A Flex primitive as a tensor, for the tensor-op reference paths.
 fn tensor<const D: usize>(x: FlexTensor) -> Tensor<D> {
@@ -64,20 +65,41 @@ fn with_slice<R>(t: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
     }
 }
 
+/// A new f32 tensor of `shape` filled by `fill`. The buffer is handed to burn as it is:
+/// `FlexTensor::empty` would copy a fresh allocation once more (to re-align it), on this
+/// thread, before anything is computed.
 fn output_like(shape: Shape, fill: impl FnOnce(&mut [f32])) -> FlexTensor {
-    let mut out = FlexTensor::empty(shape, DType::F32);
-    fill(out.storage_mut::<f32>());
-    out
+    let mut data = vec![0.0f32; shape.num_elements()];
+    fill(&mut data);
+    FlexTensor::from_data(TensorData::new(data, shape))
 }
 
 fn two_outputs(
     [a, b]: [Shape; 2],
     fill: impl FnOnce(&mut [f32], &mut [f32]),
 ) -> (FlexTensor, FlexTensor) {
-    let mut a = FlexTensor::empty(a, DType::F32);
-    let mut b = FlexTensor::empty(b, DType::F32);
-    fill(a.storage_mut::<f32>(), b.storage_mut::<f32>());
-    (a, b)
+    let mut da = vec![0.0f32; a.num_elements()];
+    let mut db = vec![0.0f32; b.num_elements()];
+    fill(&mut da, &mut db);
+    (
+        FlexTensor::from_data(TensorData::new(da, a)),
+        FlexTensor::from_data(TensorData::new(db, b)),
+    )
+}
+
+/// A 2-D f32 tensor as a strided view of its storage, without copying; `None` for other
+/// ranks or dtypes and for negative strides.
+fn view_2d(t: &FlexTensor) -> Option<(gemm::View<'_>, [usize; 2])> {
+    let layout = t.layout();
+    let (dims, strides) = (layout.shape().as_slice(), layout.strides());
+    if t.dtype() != DType::F32 || dims.len() != 2 || strides.iter().any(|s| *s < 0) {
+        return None;
+    }
+    let data = &t.storage::<f32>()[layout.start_offset()..];
+    Some((
+        gemm::View::new(data, strides[0] as usize, strides[1] as usize),
+        [dims[0], dims[1]],
+    ))
 }
 
 /// The shapes of an attention call, checked: a kernel given fewer keys than queries or KV
@@ -284,9 +306,10 @@ impl FusedOps for Flex {
             );
             return (primitive(dq), primitive(dk), primitive(dv));
         }
-        let mut dq = FlexTensor::empty(q.layout().shape().clone(), DType::F32);
-        let mut dk = FlexTensor::empty(k.layout().shape().clone(), DType::F32);
-        let mut dv = FlexTensor::empty(v.layout().shape().clone(), DType::F32);
+        let (q_shape, k_shape) = (q.layout().shape().clone(), k.layout().shape().clone());
+        let mut dq = vec![0.0f32; q_shape.num_elements()];
+        let mut dk = vec![0.0f32; k_shape.num_elements()];
+        let mut dv = vec![0.0f32; k_shape.num_elements()];
         with_slice(&q, |qs| {
             with_slice(&k, |ks| {
                 with_slice(&v, |vs| {
@@ -301,11 +324,7 @@ impl FusedOps for Flex {
                                     ls,
                                     gs,
                                     dims,
-                                    [
-                                        dq.storage_mut::<f32>(),
-                                        dk.storage_mut::<f32>(),
-                                        dv.storage_mut::<f32>(),
-                                    ],
+                                    [&mut dq, &mut dk, &mut dv],
                                 )
                             })
                         })
@@ -313,7 +332,51 @@ impl FusedOps for Flex {
                 })
             })
         });
-        (dq, dk, dv)
+        (
+            FlexTensor::from_data(TensorData::new(dq, q_shape)),
+            FlexTensor::from_data(TensorData::new(dk, k_shape.clone())),
+            FlexTensor::from_data(TensorData::new(dv, k_shape)),
+        )
+    }
+}
+
+impl MatmulOps for Flex {
+    fn matmul_t(
+        lhs: FlexTensor,
+        rhs: FlexTensor,
+        transpose_lhs: bool,
+        transpose_rhs: bool,
+    ) -> FlexTensor {
+        let (lhs, rhs) = match (view_2d(&lhs), view_2d(&rhs)) {
+            (Some(_), Some(_)) => (lhs, rhs),
+            // Negative strides or another dtype: burn's matmul on (transposed) tensors.
+            _ if !all_f32(&[&lhs, &rhs]) => {
+                let op = |t: FlexTensor, tr: bool| {
+                    let t = tensor::<2>(t);
+                    if tr { t.transpose() } else { t }
+                };
+                return primitive(op(lhs, transpose_lhs).matmul(op(rhs, transpose_rhs)));
+            }
+            _ => (lhs.to_contiguous(), rhs.to_contiguous()),
+        };
+        let (Some((mut a, [mut m, mut k])), Some((mut b, [mut k2, mut n]))) =
+            (view_2d(&lhs), view_2d(&rhs))
+        else {
+            unreachable!("contiguous 2-D f32 tensors have a view")
+        };
+        if transpose_lhs {
+            (a, m, k) = (a.t(), k, m);
+        }
+        if transpose_rhs {
+            (b, k2, n) = (b.t(), n, k2);
+        }
+        assert_eq!(
+            k, k2,
+            "matmul: inner dimensions differ ([{m}, {k}] · [{k2}, {n}])"
+        );
+        output_like(Shape::new([m, n]), |out| {
+            gemm::matmul_parallel(out, false, a, b, [m, k, n], 1.0)
+        })
     }
 }
 
