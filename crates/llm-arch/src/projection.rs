@@ -11,7 +11,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, Linear};
 use burn::tensor::Tensor;
-use temper_backend::kernels::linear;
+use temper_backend::kernels::{linear, lora_linear};
 
 /// A low-rank adapter `scale · B(A(dropout(x)))` on a projection, in burn's layout: `lora_a`
 /// `[in, r]` (PEFT `lora_A.weight` transposed) and `lora_b` `[r, out]` (PEFT `lora_B.weight`
@@ -47,9 +47,7 @@ impl LoraAdapter {
     /// The low-rank update alone: `[..., in]` → `[..., out]`.
     pub fn delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let x = self.dropout.forward(x);
-        // Scaling the `[tokens, r]` intermediate is r/out of the work of scaling the output.
-        let xa = linear(x, self.lora_a.val(), None) * self.scale;
-        linear(xa, self.lora_b.val(), None)
+        linear(linear(x, self.lora_a.val(), None), self.lora_b.val(), None) * self.scale
     }
 
     /// The dense update `scale · A·B`, `[in, out]`, for merging (not used by the forward).
@@ -88,6 +86,15 @@ impl Projection {
     /// present, enabled and not merged.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.lora {
+            // Without dropout the base and the update read the same input: one fused node.
+            Some(lora) if lora.is_active() && lora.dropout.prob == 0.0 => lora_linear(
+                x,
+                self.weight.val(),
+                self.bias.as_ref().map(Param::val),
+                lora.lora_a.val(),
+                lora.lora_b.val(),
+                lora.scale,
+            ),
             Some(lora) if lora.is_active() => self.forward_base(x.clone()) + lora.delta(x),
             _ => self.forward_base(x),
         }

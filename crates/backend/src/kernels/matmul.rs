@@ -8,12 +8,16 @@
 //! hands over without a copy. Under autodiff a custom node computes only the gradients of
 //! tracked inputs (a frozen LoRA base weight gets none).
 
+// `backend_extension` expands the signatures into dispatch arms for compiled-out backends
+// that ignore their arguments.
+#![allow(unused_variables)]
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
-use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
+use burn::backend::{AutodiffBackend, Backend, backend_extension, tensor::FloatTensor};
 
 /// `op(lhs) · op(rhs)` for 2-D tensors.
 #[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
@@ -26,6 +30,76 @@ pub trait MatmulOps: Backend {
         transpose_lhs: bool,
         transpose_rhs: bool,
     ) -> FloatTensor<Self>;
+
+    /// `acc + alpha · op(lhs) · op(rhs)` (flags as in [`MatmulOps::matmul_t`]), accumulated in
+    /// place where `acc`'s buffer allows. Not differentiable: under autodiff it computes on
+    /// the inner backend and returns an untracked tensor.
+    fn matmul_t_add(
+        acc: FloatTensor<Self>,
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        transpose_lhs: bool,
+        transpose_rhs: bool,
+        alpha: f64,
+    ) -> FloatTensor<Self>;
+
+    /// A projection with a LoRA adapter, `x·W + scale·(x·A)·B`: `x` `[rows, in]`, `w`
+    /// `[in, out]`, `a` `[in, r]`, `b` `[r, out]` → `[rows, out]`, the update accumulated into
+    /// the base product (no `[rows, out]` sum pass). Under autodiff one node computes the
+    /// gradients of the tracked inputs only (with a frozen base: `x`, `A`, `B`).
+    fn lora_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let xa = Self::matmul_t(x.clone(), a, false, false);
+        let base = Self::matmul_t(x, w, false, false);
+        Self::matmul_t_add(base, xa, b, false, false, scale)
+    }
+}
+
+#[derive(Debug)]
+struct LoraLinearBackward;
+
+/// What the LoRA node keeps: `x` (for `∂W`, `∂A`), `w`, `a` (for `∂x`), `b` (for `∂x`, `∂A`),
+/// `x·A` (for `∂B`), each only when a gradient needs it, and the scale.
+type LoraState<B> = (
+    Option<NodeId>,
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+    f64,
+);
+
+impl<B: MatmulOps> Backward<B, 4> for LoraLinearBackward {
+    type State = LoraState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        let [node_x, node_w, node_a, node_b] = ops.parents;
+        let g = grads.consume::<B>(&ops.node);
+        let (x, w, a, b, xa, scale) = ops.state;
+        let x: Option<FloatTensor<B>> = x.map(|id| cp.retrieve_node_output(id));
+        // ∂(x·A) = scale · G·Bᵀ, shared by ∂x and ∂A.
+        let g_xa =
+            b.map(|b| B::float_mul_scalar(B::matmul_t(g.clone(), b, false, true), scale.into()));
+        if let (Some(node), Some(xa)) = (&node_b, xa) {
+            let db = B::matmul_t(xa, g.clone(), true, false);
+            grads.register::<B>(node.id, B::float_mul_scalar(db, scale.into()));
+        }
+        if let (Some(node), Some(x), Some(g_xa)) = (&node_a, &x, &g_xa) {
+            grads.register::<B>(node.id, B::matmul_t(x.clone(), g_xa.clone(), true, false));
+        }
+        if let (Some(node), Some(x)) = (&node_w, &x) {
+            grads.register::<B>(node.id, B::matmul_t(x.clone(), g.clone(), true, false));
+        }
+        if let (Some(node), Some(w), Some(a), Some(g_xa)) = (&node_x, w, a, g_xa) {
+            let dx = B::matmul_t(g, w, false, true);
+            grads.register::<B>(node.id, B::matmul_t_add(dx, g_xa, a, false, true, 1.0));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -96,6 +170,68 @@ impl<B: MatmulOps, C: CheckpointStrategy> MatmulOps for Autodiff<B, C> {
                 rhs.into_primitive(),
                 transpose_lhs,
                 transpose_rhs,
+            )),
+        }
+    }
+
+    fn matmul_t_add(
+        acc: FloatTensor<Self>,
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        transpose_lhs: bool,
+        transpose_rhs: bool,
+        alpha: f64,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::matmul_t_add(
+            acc.into_primitive(),
+            lhs.into_primitive(),
+            rhs.into_primitive(),
+            transpose_lhs,
+            transpose_rhs,
+            alpha,
+        ))
+    }
+
+    fn lora_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let [x_t, w_t, a_t, b_t] = [&x, &w, &a, &b].map(|t| t.is_tracked());
+        match LoraLinearBackward
+            .prepare::<C>([x.node(), w.node(), a.node(), b.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_id = (w_t || a_t).then(|| prep.checkpoint(&x));
+                let (x, w, a, b) = (
+                    x.into_primitive(),
+                    w.into_primitive(),
+                    a.into_primitive(),
+                    b.into_primitive(),
+                );
+                let xa = B::matmul_t(x.clone(), a.clone(), false, false);
+                let base = B::matmul_t(x, w.clone(), false, false);
+                let out = B::matmul_t_add(base, xa.clone(), b.clone(), false, false, scale);
+                let state = (
+                    x_id,
+                    x_t.then_some(w),
+                    x_t.then_some(a),
+                    (x_t || a_t).then_some(b),
+                    b_t.then_some(xa),
+                    scale,
+                );
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::lora_linear(
+                x.into_primitive(),
+                w.into_primitive(),
+                a.into_primitive(),
+                b.into_primitive(),
+                scale,
             )),
         }
     }

@@ -159,6 +159,54 @@ pub fn linear<const D: usize>(
     }
 }
 
+/// A projection with a LoRA adapter, `x·W + bias + scale·(x·A)·B` (`weight` `[in, out]`,
+/// `lora_a` `[in, r]`, `lora_b` `[r, out]`): `x` `[..., in]` → `[..., out]`.
+///
+/// On Flex (f32) one [`MatmulOps::lora_linear`] node: the update is accumulated into the base
+/// product by gemm and the backward computes only what tracked inputs need. Elsewhere the
+/// composition of burn ops (same values).
+pub fn lora_linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    lora_a: Tensor<2>,
+    lora_b: Tensor<2>,
+    scale: f64,
+) -> Tensor<D> {
+    let device = x.device();
+    let dtype = x.dtype();
+    let fused = kernel_path_for(FusedOp::Linear, &device, dtype) == KernelPath::Fused
+        && !is_gpu(&device)
+        && [&weight, &lora_a, &lora_b]
+            .iter()
+            .all(|t| t.dtype() == dtype);
+    if !fused {
+        let update = burn::tensor::module::linear(
+            burn::tensor::module::linear(x.clone(), lora_a, None),
+            lora_b,
+            None,
+        ) * scale;
+        return burn::tensor::module::linear(x, weight, bias) + update;
+    }
+    let mut shape = x.dims();
+    let d_in = shape[D - 1];
+    let d_out = weight.dims()[1];
+    let rows = shape.iter().product::<usize>() / d_in.max(1);
+    let out = Tensor::<2>::from_dispatch(<Dispatch as MatmulOps>::lora_linear(
+        x.reshape([rows, d_in]).into_dispatch(),
+        weight.into_dispatch(),
+        lora_a.into_dispatch(),
+        lora_b.into_dispatch(),
+        scale,
+    ));
+    shape[D - 1] = d_out;
+    let out = out.reshape(shape);
+    match bias {
+        Some(b) => out + b.unsqueeze::<D>(),
+        None => out,
+    }
+}
+
 /// `lhs · rhs` of 2-D tensors: on Flex (f32) through [`MatmulOps`] (transposed views are read
 /// through their strides, not copied), elsewhere burn's matmul. Differentiable.
 pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {

@@ -378,6 +378,51 @@ impl MatmulOps for Flex {
             gemm::matmul_parallel(out, false, a, b, [m, k, n], 1.0)
         })
     }
+
+    fn matmul_t_add(
+        acc: FlexTensor,
+        lhs: FlexTensor,
+        rhs: FlexTensor,
+        transpose_lhs: bool,
+        transpose_rhs: bool,
+        alpha: f64,
+    ) -> FlexTensor {
+        let product = |acc: FlexTensor| {
+            let op = |t: FlexTensor, tr: bool| {
+                let t = tensor::<2>(t);
+                if tr { t.transpose() } else { t }
+            };
+            let p = op(lhs.clone(), transpose_lhs).matmul(op(rhs.clone(), transpose_rhs));
+            primitive(tensor::<2>(acc) + p * alpha)
+        };
+        let (Some((a, [m, k])), Some((b, [k2, n]))) = (view_2d(&lhs), view_2d(&rhs)) else {
+            return product(acc);
+        };
+        let (a, m, k) = if transpose_lhs {
+            (a.t(), k, m)
+        } else {
+            (a, m, k)
+        };
+        let (b, k2, n) = if transpose_rhs {
+            (b.t(), n, k2)
+        } else {
+            (b, k2, n)
+        };
+        let acc_dims = acc.layout().shape().as_slice().to_vec();
+        if k != k2 || acc_dims != [m, n] || acc.dtype() != DType::F32 {
+            return product(acc);
+        }
+        // In place when `acc` is the only owner of a contiguous buffer (a fresh product is),
+        // else into a copy.
+        let mut acc = if acc.is_contiguous() && acc.layout().start_offset() == 0 {
+            acc
+        } else {
+            acc.to_contiguous()
+        };
+        let out = acc.storage_mut::<f32>();
+        gemm::matmul_parallel(&mut out[..m * n], true, a, b, [m, k, n], alpha as f32);
+        acc
+    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,12 @@ use super::simd::{dispatch, dot};
 /// Rows per rayon task and per partial weight-gradient sum.
 const ROWS_PER_BLOCK: usize = 16;
 
-/// `1 / sqrt(mean(row²) + eps)`.
+/// `1 / sqrt(mean(row²) + eps)`, the squares summed in order as PyTorch's CPU reduction of
+/// a short row does (the forward feeds inference parity; a lane-split sum moves logits by ulps).
 #[inline(always)]
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    1.0 / (dot(row, row) / row.len() as f32 + eps).sqrt()
+    let sum: f32 = row.iter().map(|v| v * v).sum();
+    1.0 / (sum / row.len() as f32 + eps).sqrt()
 }
 
 /// `out = weight · x / sqrt(mean(x²) + eps)` per row of `d` (HF's order: normalise, then scale).
