@@ -127,8 +127,10 @@ pub fn kernel_path(device: &Device, dtype: DType) -> KernelPath {
 /// `x · weight + bias` over the last dimension, as burn's `linear` (`weight` `[in, out]`, the
 /// transpose of PyTorch's): `x` `[..., in]` → `[..., out]`.
 ///
-/// On Flex (f32) through [`MatmulOps`]: gemm called directly, both gradients included; other
-/// devices use burn's `linear`.
+/// Training on Flex (f32 under autodiff) goes through [`MatmulOps`]: gemm called directly,
+/// gradients only for tracked inputs. Inference and other devices use burn's `linear` (the
+/// numerics the parity and PEFT-merge tests were measured with; burn-flex's output copy costs
+/// little there next to the forward's own gemms).
 pub fn linear<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
@@ -136,6 +138,7 @@ pub fn linear<const D: usize>(
 ) -> Tensor<D> {
     let device = x.device();
     let fused = kernel_path_for(FusedOp::Linear, &device, x.dtype()) == KernelPath::Fused
+        && device.is_autodiff()
         && !is_gpu(&device)
         && weight.dtype() == x.dtype();
     if !fused {
@@ -162,9 +165,9 @@ pub fn linear<const D: usize>(
 /// A projection with a LoRA adapter, `x·W + bias + scale·(x·A)·B` (`weight` `[in, out]`,
 /// `lora_a` `[in, r]`, `lora_b` `[r, out]`): `x` `[..., in]` → `[..., out]`.
 ///
-/// On Flex (f32) one [`MatmulOps::lora_linear`] node: the update is accumulated into the base
-/// product by gemm and the backward computes only what tracked inputs need. Elsewhere the
-/// composition of burn ops (same values).
+/// Training on Flex (f32 under autodiff): one [`MatmulOps::lora_linear`] node, the update
+/// accumulated into the base product by gemm and the backward computing only what tracked
+/// inputs need. Elsewhere the composition of burn ops (same values up to rounding).
 pub fn lora_linear<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
@@ -176,6 +179,7 @@ pub fn lora_linear<const D: usize>(
     let device = x.device();
     let dtype = x.dtype();
     let fused = kernel_path_for(FusedOp::Linear, &device, dtype) == KernelPath::Fused
+        && device.is_autodiff()
         && !is_gpu(&device)
         && [&weight, &lora_a, &lora_b]
             .iter()
