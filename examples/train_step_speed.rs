@@ -17,6 +17,9 @@
 //! logits; the tied LM head's gradient is computed only in `full`) → token-mean NLL →
 //! backward → AdamW step.
 //!
+//! Like `temper train`, it first sets [`retain_freed_memory`](temper_llm::backend::alloc) (glibc
+//! keeps freed buffers for the next step); `TEMPER_RETAIN_FREED_MEMORY=0` measures without it.
+//!
 //! ```sh
 //! RAYON_NUM_THREADS=2 cargo run --release --example train_step_speed -- lora
 //! RAYON_NUM_THREADS=2 cargo run --release --example train_step_speed -- full [WARMUP TIMED]
@@ -26,11 +29,12 @@ use std::time::Instant;
 
 use temper_llm::backend::DeviceSpec;
 use temper_llm::burn::module::Module;
-use temper_llm::burn::optim::{AdamWConfig, GradientsParams};
+use temper_llm::burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use temper_llm::burn::tensor::{Int, Tensor, TensorData};
 use temper_llm::llm_arch::{ForwardOptions, LlamaForCausalLM, ModelConfig};
 use temper_llm::lora::{LoraConfig, num_trainable_params};
 use temper_llm::objectives::{ChunkConfig, chunked_token_logps, lm_head_weight, token_mean_nll};
+use temper_llm::train::FusedAdamWConfig;
 
 /// The anchor's shape; `TEMPER_BATCH` / `TEMPER_SEQ` override it (larger shapes on a GPU).
 const BATCH: usize = 4;
@@ -110,6 +114,8 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<i64> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // What `temper train` does: freed activation buffers are reused, not re-faulted each step.
+    let alloc_policy = temper_llm::backend::alloc::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map_or("lora", String::as_str).to_string();
     let warmup: usize = args.get(1).map_or(Ok(2), |s| s.parse())?;
@@ -148,12 +154,19 @@ fn main() -> anyhow::Result<()> {
     let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, seq]), &device);
     let options = ForwardOptions::default();
     let chunk = ChunkConfig::default();
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.0)
-        .init();
+    // The trainer's optimizer (`FusedAdamW`); `TEMPER_OPTIMIZER=burn` times burn's `AdamW`
+    // (same hyper-parameters, same bits) for comparison.
+    let burn_adamw = std::env::var("TEMPER_OPTIMIZER").is_ok_and(|v| v == "burn");
+    let mut optim: ModuleOptimizer = if burn_adamw {
+        AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-8)
+            .with_weight_decay(0.0)
+            .init()
+    } else {
+        FusedAdamWConfig::default().init()
+    };
 
     let (mut times, mut cpu_times, mut losses) = (vec![], vec![], vec![]);
     let mut phases: Vec<[f64; 3]> = vec![];
@@ -218,6 +231,8 @@ fn main() -> anyhow::Result<()> {
         "first_loss": round(losses[0], 5),
         "last_loss": round(losses[losses.len() - 1], 5),
         "rayon_threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "alloc_policy": format!("{alloc_policy:?}"),
+        "optimizer": if burn_adamw { "burn AdamW" } else { "FusedAdamW" },
         "loadavg_1m_start": load1_start,
         "loadavg_1m_end": loadavg1(),
     });

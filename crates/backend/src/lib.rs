@@ -13,10 +13,13 @@
 //!   CubeCL backends (feature `gpu-kernels`, on with `wgpu`/`cuda`), fused CPU kernels on Flex,
 //!   the portable tensor-op reference elsewhere. Model code only calls the wrappers in
 //!   [`kernels`], so kernels can be added here without touching it.
+//! * [`alloc::retain_freed_memory`] is the allocator policy binaries set for long CPU runs
+//!   (freed activation buffers reused instead of re-faulted from the OS every step).
 
 pub use burn;
 pub use burn::tensor::Device;
 
+pub mod alloc;
 mod device;
 mod dtype;
 mod error;

@@ -270,6 +270,9 @@ pub(crate) fn load_model(
 }
 
 fn main() {
+    // Training and generation allocate and free the same large buffers every step: keep them
+    // for reuse instead of re-faulting fresh pages from the OS (see `temper_backend::alloc`).
+    temper_backend::alloc::retain_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

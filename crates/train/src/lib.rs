@@ -5,6 +5,8 @@
 //!
 //! * [`TrainerConfig`] — HF/TRL hyper-parameter names and defaults, set explicitly where
 //!   burn's differ (AdamW ε 1e-8 and weight decay 0; global-norm clipping).
+//! * [`FusedAdamW`] — burn's AdamW arithmetic and record, one fused parallel update per
+//!   parameter.
 //! * [`Trainer`] — the loop: seeded shuffled data order, gradient accumulation with
 //!   token-correct scaling, [`clip_grad_norm`], LR schedules with warm-up ([`LrSchedule`]),
 //!   evaluation, atomic checkpoints and exact resume, a NaN guard, `metrics.jsonl` with TRL's
@@ -14,6 +16,7 @@
 //!   adapters disabled).
 //! * [`run_stage`] — one call from a [`StageConfig`] (TOML) to a saved HF directory.
 
+pub mod adamw;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
@@ -25,6 +28,7 @@ pub mod schedule;
 pub mod stage;
 pub mod trainer;
 
+pub use adamw::{FusedAdamW, FusedAdamWConfig};
 pub use checkpoint::{TrainerState, assign_param_ids, latest_checkpoint};
 pub use clip::{clip_grad_norm, global_grad_norm};
 pub use config::{

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Device, GradientCheckpointingStrategy, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use temper_llm_arch::{ForwardOptions, LlamaForCausalLM};
@@ -31,6 +31,7 @@ use temper_objectives::{
     chunked_token_logps_with_stats, cpo_loss, dpo_loss, kto_loss, lm_head_weight, orpo_loss,
 };
 
+use crate::adamw::FusedAdamWConfig;
 use crate::checkpoint::{
     TrainerState, assign_param_ids, latest_checkpoint, load_checkpoint, prune_checkpoints,
     save_checkpoint,
@@ -915,12 +916,13 @@ pub fn with_gradient_checkpointing<M: Module>(module: M) -> M {
     module.map(&mut Balanced)
 }
 
-fn adamw(config: &TrainerConfig) -> AdamWConfig {
-    AdamWConfig::new()
-        .with_beta_1(config.adam_beta1 as f32)
-        .with_beta_2(config.adam_beta2 as f32)
-        .with_epsilon(config.adam_epsilon as f32)
-        .with_weight_decay(config.weight_decay as f32)
+fn adamw(config: &TrainerConfig) -> FusedAdamWConfig {
+    FusedAdamWConfig {
+        adam_beta1: config.adam_beta1 as f32,
+        adam_beta2: config.adam_beta2 as f32,
+        adam_epsilon: config.adam_epsilon as f32,
+        weight_decay: config.weight_decay as f32,
+    }
 }
 
 /// Per-name mean over micro-batches/steps, in first-seen order.

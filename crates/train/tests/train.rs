@@ -10,7 +10,7 @@ use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, GradientCheckpointingStrategy, Int, Tensor, TensorData};
 use temper_llm_arch::checkpoint::hf_tensors;
-use temper_llm_arch::{LlamaForCausalLM, ModelConfig};
+use temper_llm_arch::{ForwardOptions, LlamaForCausalLM, ModelConfig};
 use temper_objectives::data::{
     PackOptions, PreferenceTokens, SftTokens, UnpairedTokens, pack_documents,
 };
@@ -735,4 +735,62 @@ fn with_gradient_checkpointing_keeps_weights_and_leaf_parameters() {
         let grads = hidden.sum().backward();
         assert!(model.model.embed_tokens.weight.grad(&grads).is_some());
     }
+}
+
+#[test]
+fn fused_adamw_equals_burn_adamw_and_shares_its_record() {
+    use burn::optim::{AdamWConfig, ModuleOptimizer};
+    use temper_train::FusedAdamWConfig;
+
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(
+            (0..12).map(|i| (i * 5 % VOCAB) as i64).collect::<Vec<_>>(),
+            [2, 6],
+        ),
+        &device(),
+    );
+    let step = |model: LlamaForCausalLM, optim: &mut ModuleOptimizer, lr: f64| {
+        let logits = model
+            .forward(ids.clone(), &ForwardOptions::default())
+            .unwrap();
+        let grads = (logits.clone() * logits).mean().backward();
+        let grads = GradientsParams::from_grads(grads, &model);
+        optim.step(lr, model, grads)
+    };
+    let burn_adamw = || {
+        AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.99)
+            .with_epsilon(1e-8)
+            .with_weight_decay(0.05)
+            .init()
+    };
+    let fused = FusedAdamWConfig {
+        adam_beta1: 0.9,
+        adam_beta2: 0.99,
+        adam_epsilon: 1e-8,
+        weight_decay: 0.05,
+    };
+    let lrs = [3e-3, 2e-3, 1e-3];
+
+    let init = tiny_model();
+    let (mut a, mut b) = (init.clone(), init.clone());
+    let (mut opt_a, mut opt_b) = (burn_adamw(), fused.init());
+    for (i, lr) in lrs.into_iter().enumerate() {
+        a = step(a, &mut opt_a, lr);
+        b = step(b, &mut opt_b, lr);
+        assert_eq!(weights(&a), weights(&b), "weights after step {}", i + 1);
+    }
+    assert_ne!(weights(&a), weights(&init), "the steps moved the weights");
+
+    // burn's record continues with the fused optimizer (and the other way round).
+    let bytes_a = opt_a.into_bytes().unwrap();
+    let bytes_b = opt_b.into_bytes().unwrap();
+    let mut from_burn = fused.init().from_bytes(bytes_a).unwrap();
+    let mut from_fused = burn_adamw().from_bytes(bytes_b).unwrap();
+    let (a4, b4) = (
+        step(a, &mut from_burn, 5e-4),
+        step(b, &mut from_fused, 5e-4),
+    );
+    assert_eq!(weights(&a4), weights(&b4), "weights after the resumed step");
 }

@@ -23,9 +23,11 @@ mod cube;
 mod flex;
 mod matmul;
 mod ops;
+mod optim;
 
 pub use matmul::MatmulOps;
 pub use ops::FusedOps;
+pub use optim::{AdamWStep, adamw_update, reference_adamw_update};
 
 use burn::backend::Dispatch;
 use burn::tensor::{DType, Device, Tensor};
@@ -48,15 +50,18 @@ pub enum FusedOp {
     Rotary,
     Swiglu,
     Attention,
+    /// [`adamw_update`]: Flex only.
+    AdamW,
 }
 
 impl FusedOp {
-    const ALL: [FusedOp; 5] = [
+    const ALL: [FusedOp; 6] = [
         Self::Linear,
         Self::RmsNorm,
         Self::Rotary,
         Self::Swiglu,
         Self::Attention,
+        Self::AdamW,
     ];
 
     fn name(self) -> &'static str {
@@ -66,6 +71,7 @@ impl FusedOp {
             Self::Rotary => "rotary",
             Self::Swiglu => "swiglu",
             Self::Attention => "attention",
+            Self::AdamW => "adamw",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! here, so a training step's RMSNorm, SwiGLU and attention run fused and in parallel in both
 //! directions. Inputs of another dtype than f32 take the tensor-op reference.
 
+mod adamw;
 mod attention;
 mod gemm;
 mod norm;
@@ -31,6 +32,57 @@ fn primitive<const D: usize>(x: Tensor<D>) -> FlexTensor {
         Ok(p) => p,
         Err(e) => unreachable!("a Flex computation left Flex: {e:?}"),
     }
+}
+
+/// A Flex f32 tensor as one owned, contiguous buffer that can be written in place: moved as it
+/// is when it already is one, copied otherwise (shared storage, an offset or strides).
+fn owned_contiguous(mut t: FlexTensor) -> FlexTensor {
+    let n = t.layout().shape().num_elements();
+    let in_place = t.is_unique()
+        && t.layout().contiguous_offsets() == Some((0, n))
+        && t.storage::<f32>().len() == n;
+    if in_place {
+        return t;
+    }
+    let (shape, data) = contiguous_f32(&t);
+    t = FlexTensor::from_data(TensorData::new(data, shape));
+    t
+}
+
+/// [`crate::kernels::adamw_update`] on Flex: `param`, `m`, `v` updated in place.
+pub(super) fn adamw_update<const D: usize>(
+    step: &crate::kernels::AdamWStep,
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moments: Option<(Tensor<D>, Tensor<D>)>,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    let mut param = owned_contiguous(primitive(param));
+    let grad = primitive(grad);
+    let first = moments.is_none();
+    let (mut m, mut v) = match moments {
+        Some((m, v)) => (
+            owned_contiguous(primitive(m)),
+            owned_contiguous(primitive(v)),
+        ),
+        None => {
+            let shape = param.layout().shape().clone();
+            (
+                output_like(shape.clone(), |_| {}),
+                output_like(shape, |_| {}),
+            )
+        }
+    };
+    with_slice(&grad, |g| {
+        adamw::adamw(
+            step,
+            first,
+            g,
+            param.storage_mut::<f32>(),
+            m.storage_mut::<f32>(),
+            v.storage_mut::<f32>(),
+        );
+    });
+    (tensor(param), tensor(m), tensor(v))
 }
 
 /// Minimum rows per rayon task: below this the split costs more than it saves.
