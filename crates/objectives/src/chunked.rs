@@ -45,7 +45,7 @@
 //! model's forward) every backend takes the bounded-memory path.
 
 use burn::tensor::{DType, Device, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
-use temper_backend::kernels::matmul;
+use temper_backend::kernels::{VocabTiling, matmul, target_logps_backward, target_logps_forward};
 
 use crate::logprobs::{TokenLogps, shift_labels};
 use crate::metrics::TokenStats;
@@ -441,6 +441,20 @@ fn forward_values(
     config: ChunkConfig,
     with_stats: bool,
 ) -> Forward {
+    let tiling = VocabTiling {
+        vocab_tile: config.vocab_tile,
+        row_block: config.row_block,
+    };
+    if let Some(f) = target_logps_forward(&hidden, &weight, &targets, tiling, with_stats) {
+        // Flex, f32: the same computation as one fused kernel per tile.
+        return Forward {
+            logps: f.logps,
+            lse: f.lse,
+            stats: f
+                .stats
+                .map(|(entropy, argmax)| RowStats { entropy, argmax }),
+        };
+    }
     let [n, h] = hidden.dims();
     let v = weight.dims()[1];
     let cd = compute_dtype(hidden.dtype(), weight.dtype());
@@ -555,6 +569,22 @@ fn backward_values(
     need_hidden: bool,
     need_weight: bool,
 ) -> (Option<Tensor<2>>, Option<Tensor<2>>) {
+    let tiling = VocabTiling {
+        vocab_tile: config.vocab_tile,
+        row_block: config.row_block,
+    };
+    if let Some(grads) = target_logps_backward(
+        &hidden,
+        &weight,
+        &targets,
+        &lse,
+        &grad,
+        tiling,
+        need_hidden,
+        need_weight,
+    ) {
+        return grads;
+    }
     let [n, h] = hidden.dims();
     let v = weight.dims()[1];
     let (h_dtype, w_dtype) = (hidden.dtype(), weight.dtype());

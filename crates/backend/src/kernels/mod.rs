@@ -24,10 +24,12 @@ mod flex;
 mod matmul;
 mod ops;
 mod optim;
+mod target_logps;
 
 pub use matmul::MatmulOps;
 pub use ops::FusedOps;
 pub use optim::{AdamWStep, adamw_update, reference_adamw_update};
+pub use target_logps::{TargetLogps, VocabTiling, target_logps_backward, target_logps_forward};
 
 use burn::backend::Dispatch;
 use burn::tensor::{DType, Device, Tensor};
@@ -52,16 +54,19 @@ pub enum FusedOp {
     Attention,
     /// [`adamw_update`]: Flex only.
     AdamW,
+    /// [`target_logps_forward`] / [`target_logps_backward`]: Flex only.
+    LmHead,
 }
 
 impl FusedOp {
-    const ALL: [FusedOp; 6] = [
+    const ALL: [FusedOp; 7] = [
         Self::Linear,
         Self::RmsNorm,
         Self::Rotary,
         Self::Swiglu,
         Self::Attention,
         Self::AdamW,
+        Self::LmHead,
     ];
 
     fn name(self) -> &'static str {
@@ -72,6 +77,7 @@ impl FusedOp {
             Self::Swiglu => "swiglu",
             Self::Attention => "attention",
             Self::AdamW => "adamw",
+            Self::LmHead => "lm_head",
         }
     }
 }

@@ -22,6 +22,22 @@ impl<'a> View<'a> {
         }
     }
 
+    /// The view starting at row `r0` (`r0` inside the data).
+    pub(super) fn rows_from(self, r0: usize) -> Self {
+        Self {
+            data: &self.data[r0 * self.rs..],
+            ..self
+        }
+    }
+
+    /// The view starting at column `c0` (`c0` inside the data).
+    pub(super) fn cols_from(self, c0: usize) -> Self {
+        Self {
+            data: &self.data[c0 * self.cs..],
+            ..self
+        }
+    }
+
     /// Panics unless every element of a `rows × cols` view lies inside `data`.
     fn check(&self, rows: usize, cols: usize) {
         assert!(

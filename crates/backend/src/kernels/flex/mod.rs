@@ -12,6 +12,7 @@ mod gemm;
 mod norm;
 mod simd;
 mod swiglu;
+mod target_logps;
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
@@ -83,6 +84,92 @@ pub(super) fn adamw_update<const D: usize>(
         );
     });
     (tensor(param), tensor(m), tensor(v))
+}
+
+/// [`crate::kernels::target_logps_forward`] on Flex.
+pub(super) fn target_logps_forward(
+    hidden: &Tensor<2>,
+    weight: &Tensor<2>,
+    targets: &Tensor<1, burn::tensor::Int>,
+    tiling: crate::kernels::VocabTiling,
+    with_stats: bool,
+) -> Option<crate::kernels::TargetLogps> {
+    let device = hidden.device();
+    let hp = hidden.clone().try_into_primitive::<Flex>().ok()?;
+    let wp = weight.clone().try_into_primitive::<Flex>().ok()?;
+    let ids = targets
+        .to_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .ok()?;
+    let (hv, [rows, h]) = view_2d(&hp)?;
+    let (wv, [_, vocab]) = view_2d(&wp)?;
+    let dims = target_logps::Dims {
+        rows,
+        hidden: h,
+        vocab,
+        vocab_tile: tiling.vocab_tile,
+        row_block: tiling.row_block,
+    };
+    let states = target_logps::forward(hv, wv, &ids, dims, with_stats);
+    let per_row = |f: fn(&target_logps::RowState) -> f32| {
+        tensor::<1>(FlexTensor::from_data(TensorData::new(
+            states.iter().map(f).collect::<Vec<f32>>(),
+            [rows],
+        )))
+    };
+    let stats = with_stats.then(|| {
+        let argmax: Vec<i64> = states.iter().map(target_logps::RowState::argmax).collect();
+        (
+            per_row(target_logps::RowState::entropy),
+            Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(argmax, [rows]), &device),
+        )
+    });
+    Some(crate::kernels::TargetLogps {
+        logps: per_row(target_logps::RowState::logp),
+        lse: per_row(target_logps::RowState::lse),
+        stats,
+    })
+}
+
+/// [`crate::kernels::target_logps_backward`] on Flex.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn target_logps_backward(
+    hidden: &Tensor<2>,
+    weight: &Tensor<2>,
+    targets: &Tensor<1, burn::tensor::Int>,
+    lse: &Tensor<1>,
+    grad: &Tensor<1>,
+    tiling: crate::kernels::VocabTiling,
+    need_hidden: bool,
+    need_weight: bool,
+) -> Option<(Option<Tensor<2>>, Option<Tensor<2>>)> {
+    let hp = hidden.clone().try_into_primitive::<Flex>().ok()?;
+    let wp = weight.clone().try_into_primitive::<Flex>().ok()?;
+    let ids = targets
+        .to_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .ok()?;
+    let lse = lse.to_data().convert::<f32>().try_into_vec::<f32>().ok()?;
+    let grad = grad.to_data().convert::<f32>().try_into_vec::<f32>().ok()?;
+    let (hv, [rows, h]) = view_2d(&hp)?;
+    let (wv, [_, vocab]) = view_2d(&wp)?;
+    let dims = target_logps::Dims {
+        rows,
+        hidden: h,
+        vocab,
+        vocab_tile: tiling.vocab_tile,
+        row_block: tiling.row_block,
+    };
+    let (dh, dwt) =
+        target_logps::backward(hv, wv, &ids, &lse, &grad, dims, need_hidden, need_weight);
+    let dh = dh.map(|d| tensor::<2>(FlexTensor::from_data(TensorData::new(d, [rows, h]))));
+    // ∂W was accumulated transposed (contiguous tile rows); hand it back as a `[hidden, vocab]`
+    // view: a tied embedding's gradient (`[vocab, hidden]`) is then this very buffer.
+    let dw =
+        dwt.map(|d| tensor::<2>(FlexTensor::from_data(TensorData::new(d, [vocab, h]))).transpose());
+    Some((dh, dw))
 }
 
 /// Minimum rows per rayon task: below this the split costs more than it saves.
