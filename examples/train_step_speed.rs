@@ -169,7 +169,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     let (mut times, mut cpu_times, mut losses) = (vec![], vec![], vec![]);
-    let mut phases: Vec<[f64; 3]> = vec![];
+    let mut phases: Vec<[f64; 5]> = vec![];
     for i in 0..warmup + timed {
         let (t0, c0) = (Instant::now(), cpu_seconds());
         let hidden = model.forward_hidden(input_ids.clone(), &options, None)?;
@@ -177,12 +177,14 @@ fn main() -> anyhow::Result<()> {
         let loss = token_mean_nll(&logps, None)?;
         let loss_value = loss.clone().into_scalar::<f32>();
         let t_fwd = t0.elapsed().as_secs_f64();
-        let (mut t_bwd, mut t_opt) = (0.0, 0.0);
+        let c_fwd = cpu_seconds() - c0;
+        let (mut t_bwd, mut t_opt, mut c_bwd) = (0.0, 0.0, 0.0);
         if train {
-            let t1 = Instant::now();
+            let (t1, c1) = (Instant::now(), cpu_seconds());
             let grads = loss.backward();
             let grads = GradientsParams::from_grads(grads, &model);
             t_bwd = t1.elapsed().as_secs_f64();
+            c_bwd = cpu_seconds() - c1;
             let t2 = Instant::now();
             model = optim.step(LR, model, grads);
             // Force the lazy update so the step's time is all inside the step.
@@ -195,14 +197,15 @@ fn main() -> anyhow::Result<()> {
         let dc = cpu_seconds() - c0;
         eprintln!(
             "{mode} step {i}: {dt:.3} s (forward+loss {t_fwd:.3}, backward {t_bwd:.3}, \
-             adamw {t_opt:.3}), cpu {dc:.2} s, loss {loss_value:.5}, rss {:.0} MiB",
+             adamw {t_opt:.3}), cpu {dc:.2} s (forward+loss {c_fwd:.2}, backward {c_bwd:.2}), \
+             loss {loss_value:.5}, rss {:.0} MiB",
             status_mib("VmRSS:")
         );
         losses.push(loss_value as f64);
         if i >= warmup {
             times.push(dt);
             cpu_times.push(dc);
-            phases.push([t_fwd, t_bwd, t_opt]);
+            phases.push([t_fwd, t_bwd, t_opt, c_fwd, c_bwd]);
         }
     }
     let med = median(times.clone());
@@ -227,6 +230,8 @@ fn main() -> anyhow::Result<()> {
         "median_forward_loss_s": round(phase_median(0), 4),
         "median_backward_s": round(phase_median(1), 4),
         "median_adamw_s": round(phase_median(2), 4),
+        "median_forward_loss_cpu_s": round(phase_median(3), 3),
+        "median_backward_cpu_s": round(phase_median(4), 3),
         "peak_rss_mib": round(status_mib("VmHWM:"), 1),
         "first_loss": round(losses[0], 5),
         "last_loss": round(losses[losses.len() - 1], 5),

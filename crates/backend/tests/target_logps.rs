@@ -40,7 +40,15 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 }
 
 /// `rows × hidden` hidden states against a `hidden × vocab` head, tiled as given.
-fn check(rows: usize, hidden: usize, vocab: usize, tiling: VocabTiling, tied: bool, seed: u64) {
+fn check(
+    rows: usize,
+    hidden: usize,
+    vocab: usize,
+    tiling: VocabTiling,
+    tied: bool,
+    keep: bool,
+    seed: u64,
+) {
     let device = Device::flex();
     let h = Tensor::<2>::from_data(
         TensorData::new(values(rows * hidden, seed, 2.0), [rows, hidden]),
@@ -66,9 +74,21 @@ fn check(rows: usize, hidden: usize, vocab: usize, tiling: VocabTiling, tied: bo
     let upstream = values(rows, seed + 2, 1.0);
     let g = Tensor::<1>::from_data(TensorData::new(upstream.clone(), [rows]), &device);
 
-    let fused = target_logps_forward(&h, &w, &targets, tiling, true).expect("Flex f32 applies");
-    let (dh, dw) = target_logps_backward(&h, &w, &targets, &fused.lse, &g, tiling, true, true)
-        .expect("Flex f32 applies");
+    let fused =
+        target_logps_forward(&h, &w, &targets, tiling, true, keep).expect("Flex f32 applies");
+    assert_eq!(fused.logits.is_some(), keep);
+    let (dh, dw) = target_logps_backward(
+        &h,
+        &w,
+        &targets,
+        &fused.lse,
+        &g,
+        tiling,
+        true,
+        true,
+        fused.logits.clone(),
+    )
+    .expect("Flex f32 applies");
 
     // Dense reference under autodiff: Σ g · log_softmax(h·W)[target].
     let ad = device.clone().autodiff();
@@ -122,13 +142,14 @@ fn check(rows: usize, hidden: usize, vocab: usize, tiling: VocabTiling, tied: bo
         tiling,
         false,
         true,
+        None,
     )
     .expect("applies");
     assert!(none_h.is_none() && some_w.is_some());
 }
 
 fn lse_of(h: &Tensor<2>, w: &Tensor<2>, t: &Tensor<1, Int>, tiling: VocabTiling) -> Tensor<1> {
-    target_logps_forward(h, w, t, tiling, false)
+    target_logps_forward(h, w, t, tiling, false, false)
         .expect("applies")
         .lse
 }
@@ -139,11 +160,13 @@ fn matches_dense_on_odd_tiles_blocks_and_a_tied_layout() {
         vocab_tile,
         row_block,
     };
-    check(7, 5, 13, tiling(4, 3), false, 1);
-    check(7, 5, 13, tiling(4, 3), true, 2);
-    check(1, 1, 1, tiling(1, 1), false, 3);
-    check(33, 17, 100, tiling(100, 64), true, 4);
-    check(20, 9, 50, tiling(7, 20), false, 5);
+    for keep in [false, true] {
+        check(7, 5, 13, tiling(4, 3), false, keep, 1);
+        check(7, 5, 13, tiling(4, 3), true, keep, 2);
+        check(1, 1, 1, tiling(1, 1), false, keep, 3);
+        check(33, 17, 100, tiling(100, 64), true, keep, 4);
+        check(20, 9, 50, tiling(7, 20), false, keep, 5);
+    }
 }
 
 #[test]
@@ -156,16 +179,16 @@ fn does_not_apply_under_autodiff_or_to_other_dtypes() {
         vocab_tile: 2,
         row_block: 2,
     };
-    assert!(target_logps_forward(&h, &w, &t, tiling, false).is_none());
+    assert!(target_logps_forward(&h, &w, &t, tiling, false, false).is_none());
     let flex = Device::flex();
     let h64 = Tensor::<2>::zeros([2, 3], (&flex, burn::tensor::DType::F64));
     let w = Tensor::<2>::zeros([3, 4], &flex);
     let t = Tensor::<1, Int>::zeros([2], &flex);
-    assert!(target_logps_forward(&h64, &w, &t, tiling, false).is_none());
+    assert!(target_logps_forward(&h64, &w, &t, tiling, false, false).is_none());
     // Mismatched shapes are refused, not indexed out of bounds.
     let w_bad = Tensor::<2>::zeros([4, 4], &flex);
     let h = Tensor::<2>::zeros([2, 3], &flex);
-    assert!(target_logps_forward(&h, &w_bad, &t, tiling, false).is_none());
+    assert!(target_logps_forward(&h, &w_bad, &t, tiling, false, true).is_none());
 }
 
 proptest! {
@@ -178,8 +201,9 @@ proptest! {
         vocab_tile in 1usize..32,
         row_block in 1usize..30,
         tied in any::<bool>(),
+        keep in any::<bool>(),
         seed in 0u64..1000,
     ) {
-        check(rows, hidden, vocab, VocabTiling { vocab_tile, row_block }, tied, seed);
+        check(rows, hidden, vocab, VocabTiling { vocab_tile, row_block }, tied, keep, seed);
     }
 }

@@ -37,6 +37,13 @@
 //! are gone, so the wall time stays close (figures in `docs/benchmarks.md`). Rows whose target
 //! is `-100` (prompts, padding) are not computed at all.
 //!
+//! On Flex (f32) the tiles run as Temper's fused kernel
+//! ([`temper_backend::kernels::target_logps_forward`]), and when the logits of the whole call
+//! fit in [`ChunkConfig::max_kept_logits_bytes`] (default 256 MiB: 1,365 rows of a 49,152-word
+//! vocabulary) the forward keeps them for the backward, which then skips the recompute matmul
+//! — the dense path's matmul count, with one f32 logits buffer instead of the dense path's
+//! logits, softmax and gradient tensors. Set it to 0 for strictly tile-bounded memory.
+//!
 //! The custom node is available for autodiff tensors of the backends this crate is compiled
 //! for (cargo feature `flex`: burn's Flex CPU backend; `wgpu`/`cuda`: burn's CubeCL backend;
 //! with or without gradient checkpointing). On any other backend under autodiff, [`target_logps`] falls back to the same
@@ -59,6 +66,11 @@ pub struct ChunkConfig {
     /// Rows (positions) per block (default 4096). One live logits block is
     /// `row_block × vocab_tile` f32 values — 64 MiB with the defaults.
     pub row_block: usize,
+    /// Under autodiff on Flex, the forward keeps the `rows × vocab` f32 logits for the
+    /// backward pass when they take at most this many bytes (default 256 MiB; 0 never), which
+    /// saves the backward's recompute gemm — a third of the head's backward work. Above it,
+    /// or on other backends, the tiles are recomputed and memory stays bounded by one block.
+    pub max_kept_logits_bytes: usize,
 }
 
 impl Default for ChunkConfig {
@@ -66,6 +78,7 @@ impl Default for ChunkConfig {
         Self {
             vocab_tile: 4096,
             row_block: 4096,
+            max_kept_logits_bytes: 256 << 20,
         }
     }
 }
@@ -77,6 +90,12 @@ impl ChunkConfig {
             vocab_tile,
             ..Self::default()
         }
+    }
+
+    /// Whether the logits of `rows × vocab` are kept for the backward (see
+    /// [`max_kept_logits_bytes`](Self::max_kept_logits_bytes)).
+    fn keeps_logits(&self, rows: usize, vocab: usize) -> bool {
+        rows.saturating_mul(vocab).saturating_mul(4) <= self.max_kept_logits_bytes
     }
 
     fn check(&self) -> Result<()> {
@@ -321,7 +340,7 @@ fn target_logps_impl(
         )));
     }
     if !hidden.is_autodiff() && !weight.is_autodiff() {
-        let f = forward_values(hidden, weight, targets.inner(), *config, with_stats);
+        let f = forward_values(hidden, weight, targets.inner(), *config, with_stats, false);
         return Ok((f.logps, f.stats));
     }
     #[cfg(feature = "flex")]
@@ -340,7 +359,7 @@ fn target_logps_impl(
     };
     // No custom node for this backend: differentiable tile ops (same values and gradients,
     // backward memory ∝ rows × vocab).
-    let f = forward_values(hidden, weight, targets, *config, with_stats);
+    let f = forward_values(hidden, weight, targets, *config, with_stats, false);
     Ok((f.logps, f.stats))
 }
 
@@ -415,6 +434,8 @@ struct Forward {
     logps: Tensor<1>,
     lse: Tensor<1>,
     stats: Option<RowStats>,
+    /// The fused kernel's kept logits (see [`ChunkConfig::max_kept_logits_bytes`]).
+    logits: Option<Tensor<1>>,
 }
 
 /// Online accumulators of one row block.
@@ -440,12 +461,15 @@ fn forward_values(
     targets: Tensor<1, Int>,
     config: ChunkConfig,
     with_stats: bool,
+    keep_logits: bool,
 ) -> Forward {
     let tiling = VocabTiling {
         vocab_tile: config.vocab_tile,
         row_block: config.row_block,
     };
-    if let Some(f) = target_logps_forward(&hidden, &weight, &targets, tiling, with_stats) {
+    if let Some(f) =
+        target_logps_forward(&hidden, &weight, &targets, tiling, with_stats, keep_logits)
+    {
         // Flex, f32: the same computation as one fused kernel per tile.
         return Forward {
             logps: f.logps,
@@ -453,6 +477,7 @@ fn forward_values(
             stats: f
                 .stats
                 .map(|(entropy, argmax)| RowStats { entropy, argmax }),
+            logits: f.logits,
         };
     }
     let [n, h] = hidden.dims();
@@ -552,6 +577,7 @@ fn forward_values(
         logps: Tensor::cat(logps, 0),
         lse: Tensor::cat(lses, 0),
         stats,
+        logits: None,
     }
 }
 
@@ -568,6 +594,7 @@ fn backward_values(
     config: ChunkConfig,
     need_hidden: bool,
     need_weight: bool,
+    logits: Option<Tensor<1>>,
 ) -> (Option<Tensor<2>>, Option<Tensor<2>>) {
     let tiling = VocabTiling {
         vocab_tile: config.vocab_tile,
@@ -582,6 +609,7 @@ fn backward_values(
         tiling,
         need_hidden,
         need_weight,
+        logits,
     ) {
         return grads;
     }
@@ -667,6 +695,9 @@ mod custom {
         targets: Tensor<1, Int>,
         lse: Tensor<1>,
         config: ChunkConfig,
+        /// The forward's logits when [`ChunkConfig::max_kept_logits_bytes`] allowed keeping
+        /// them (Flex only).
+        logits: Option<Tensor<1>>,
     }
 
     #[derive(Debug)]
@@ -692,6 +723,7 @@ mod custom {
                 targets,
                 lse,
                 config,
+                logits,
             } = ops.state;
             let (grad_hidden, grad_weight) = backward_values(
                 hidden,
@@ -702,6 +734,7 @@ mod custom {
                 config,
                 node_hidden.is_some(),
                 node_weight.is_some(),
+                logits,
             );
             for (node, grad) in [(node_hidden, grad_hidden), (node_weight, grad_weight)] {
                 if let (Some(node), Some(grad)) = (node, grad) {
@@ -786,12 +819,20 @@ mod custom {
         let inner_hidden = Tensor::<2>::from_primitive::<B>(hidden_ad.primitive().clone());
         let inner_weight = Tensor::<2>::from_primitive::<B>(weight_ad.primitive().clone());
         let inner_targets = targets.clone().inner();
-        let Forward { logps, lse, stats } = forward_values(
+        let [rows, _] = inner_hidden.dims();
+        let keep = config.keeps_logits(rows, inner_weight.dims()[1]);
+        let Forward {
+            logps,
+            lse,
+            stats,
+            logits,
+        } = forward_values(
             inner_hidden.clone(),
             inner_weight.clone(),
             inner_targets.clone(),
             config,
             with_stats,
+            keep,
         );
         let Ok(output) = logps.try_into_primitive::<B>() else {
             return Err(Box::new((hidden, weight, targets)));
@@ -809,6 +850,7 @@ mod custom {
                     targets,
                     lse,
                     config,
+                    logits,
                 },
                 output,
             ),

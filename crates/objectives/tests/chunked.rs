@@ -106,6 +106,21 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 }
 
 fn compare(c: &Case, device: &Device, cfg: ChunkConfig) -> TestResult {
+    // Both backward strategies: logits recomputed per tile, and kept from the forward.
+    for max_kept_logits_bytes in [0, usize::MAX] {
+        compare_one(
+            c,
+            device,
+            ChunkConfig {
+                max_kept_logits_bytes,
+                ..cfg
+            },
+        )?;
+    }
+    Ok(())
+}
+
+fn compare_one(c: &Case, device: &Device, cfg: ChunkConfig) -> TestResult {
     let dense = run(c, device, None)?;
     let chunked = run(c, device, Some(cfg))?;
     assert_eq!(chunked.mask, dense.mask);
@@ -140,22 +155,27 @@ fn chunked_matches_dense_values_and_gradients_with_odd_tiles() -> TestResult {
         ChunkConfig {
             vocab_tile: 5,
             row_block: 7,
+            ..ChunkConfig::default()
         },
         ChunkConfig {
             vocab_tile: 1,
             row_block: 1,
+            ..ChunkConfig::default()
         },
         ChunkConfig {
             vocab_tile: 36,
             row_block: 100,
+            ..ChunkConfig::default()
         },
         ChunkConfig {
             vocab_tile: 37,
             row_block: 3,
+            ..ChunkConfig::default()
         },
         ChunkConfig {
             vocab_tile: 1000,
             row_block: 1000,
+            ..ChunkConfig::default()
         },
     ] {
         compare(&c, &device, cfg)?;
@@ -180,6 +200,7 @@ fn chunked_matches_dense_under_gradient_checkpointing() -> TestResult {
         ChunkConfig {
             vocab_tile: 4,
             row_block: 5,
+            ..ChunkConfig::default()
         },
     )
 }
@@ -351,6 +372,7 @@ fn bad_inputs_are_errors() {
         &ChunkConfig {
             vocab_tile: 0,
             row_block: 1,
+            ..ChunkConfig::default()
         },
     )
     .expect_err("zero tile");
@@ -384,7 +406,7 @@ mod props {
         ) {
             let device = Device::flex().autodiff();
             let c = case(seed, [b, t, h, v], ignore_every);
-            let out = compare(&c, &device, ChunkConfig { vocab_tile: tile, row_block: rows });
+            let out = compare(&c, &device, ChunkConfig { vocab_tile: tile, row_block: rows, ..ChunkConfig::default() });
             prop_assert!(out.is_ok(), "{out:?}");
         }
     }
@@ -426,6 +448,7 @@ fn token_stats_match_the_dense_ones() -> TestResult {
             &ChunkConfig {
                 vocab_tile: 6,
                 row_block: 4,
+                ..ChunkConfig::default()
             },
         )?;
         assert_close("logps", &vec_f32(lp.logps), &vec_f32(want_lp.logps), 2e-5);
@@ -504,6 +527,7 @@ fn chunked_matches_dense_on_the_test_device() -> TestResult {
     let cfg = ChunkConfig {
         vocab_tile: 16,
         row_block: 5,
+        ..ChunkConfig::default()
     };
     compare(&c, &device, cfg)?;
     compare(&c, &device.gradient_checkpointing(), cfg)

@@ -30,6 +30,9 @@ pub struct TargetLogps {
     pub lse: Tensor<1>,
     /// With statistics: the softmax entropy and the first argmax of every row.
     pub stats: Option<(Tensor<1>, Tensor<1, Int>)>,
+    /// With `keep_logits`: every tile's logits (`rows × vocab` values in the kernel's own
+    /// order), for [`target_logps_backward`] to use instead of recomputing them.
+    pub logits: Option<Tensor<1>>,
 }
 
 fn applies(hidden: &Tensor<2>, weight: &Tensor<2>, targets: &Tensor<1, Int>) -> bool {
@@ -51,27 +54,40 @@ fn applies(hidden: &Tensor<2>, weight: &Tensor<2>, targets: &Tensor<1, Int>) -> 
 /// (e.g. a tied embedding's transposed view; read through its strides), `targets` `[rows]`
 /// (ids inside the vocabulary). `None` where the fused path does not apply (see the
 /// [module docs](self)).
+///
+/// `keep_logits` trades memory for time: the `rows × vocab` logits (f32) are kept in
+/// [`TargetLogps::logits`] and the backward pass skips its recompute gemm (one of its three
+/// `rows × hidden × vocab` products).
 pub fn target_logps_forward(
     hidden: &Tensor<2>,
     weight: &Tensor<2>,
     targets: &Tensor<1, Int>,
     tiling: VocabTiling,
     with_stats: bool,
+    keep_logits: bool,
 ) -> Option<TargetLogps> {
     if !applies(hidden, weight, targets) || tiling.vocab_tile == 0 || tiling.row_block == 0 {
         return None;
     }
     #[cfg(feature = "flex")]
-    return super::flex::target_logps_forward(hidden, weight, targets, tiling, with_stats);
+    return super::flex::target_logps_forward(
+        hidden,
+        weight,
+        targets,
+        tiling,
+        with_stats,
+        keep_logits,
+    );
     #[cfg(not(feature = "flex"))]
     {
-        let _ = with_stats;
+        let _ = (with_stats, keep_logits);
         None
     }
 }
 
 /// Backward of [`target_logps_forward`] for upstream gradient `grad` `[rows]`:
-/// `(∂hidden [rows, hidden], ∂weight [hidden, vocab])`, each only when asked for. `None`
+/// `(∂hidden [rows, hidden], ∂weight [hidden, vocab])`, each only when asked for. `logits` is
+/// the forward's [`TargetLogps::logits`] (same tiling), or `None` to recompute them. `None`
 /// where the fused path does not apply.
 #[allow(clippy::too_many_arguments)]
 pub fn target_logps_backward(
@@ -83,6 +99,7 @@ pub fn target_logps_backward(
     tiling: VocabTiling,
     need_hidden: bool,
     need_weight: bool,
+    logits: Option<Tensor<1>>,
 ) -> Option<(Option<Tensor<2>>, Option<Tensor<2>>)> {
     let rows = hidden.dims()[0];
     if !applies(hidden, weight, targets)
@@ -103,10 +120,11 @@ pub fn target_logps_backward(
         tiling,
         need_hidden,
         need_weight,
+        logits,
     );
     #[cfg(not(feature = "flex"))]
     {
-        let _ = (need_hidden, need_weight);
+        let _ = (need_hidden, need_weight, logits);
         None
     }
 }

@@ -93,6 +93,7 @@ pub(super) fn target_logps_forward(
     targets: &Tensor<1, burn::tensor::Int>,
     tiling: crate::kernels::VocabTiling,
     with_stats: bool,
+    keep_logits: bool,
 ) -> Option<crate::kernels::TargetLogps> {
     let device = hidden.device();
     let hp = hidden.clone().try_into_primitive::<Flex>().ok()?;
@@ -111,7 +112,7 @@ pub(super) fn target_logps_forward(
         vocab_tile: tiling.vocab_tile,
         row_block: tiling.row_block,
     };
-    let states = target_logps::forward(hv, wv, &ids, dims, with_stats);
+    let (states, kept) = target_logps::forward(hv, wv, &ids, dims, with_stats, keep_logits);
     let per_row = |f: fn(&target_logps::RowState) -> f32| {
         tensor::<1>(FlexTensor::from_data(TensorData::new(
             states.iter().map(f).collect::<Vec<f32>>(),
@@ -129,6 +130,10 @@ pub(super) fn target_logps_forward(
         logps: per_row(target_logps::RowState::logp),
         lse: per_row(target_logps::RowState::lse),
         stats,
+        logits: kept.map(|k| {
+            let n = k.len();
+            tensor::<1>(FlexTensor::from_data(TensorData::new(k, [n])))
+        }),
     })
 }
 
@@ -143,6 +148,7 @@ pub(super) fn target_logps_backward(
     tiling: crate::kernels::VocabTiling,
     need_hidden: bool,
     need_weight: bool,
+    logits: Option<Tensor<1>>,
 ) -> Option<(Option<Tensor<2>>, Option<Tensor<2>>)> {
     let hp = hidden.clone().try_into_primitive::<Flex>().ok()?;
     let wp = weight.clone().try_into_primitive::<Flex>().ok()?;
@@ -162,8 +168,27 @@ pub(super) fn target_logps_backward(
         vocab_tile: tiling.vocab_tile,
         row_block: tiling.row_block,
     };
-    let (dh, dwt) =
-        target_logps::backward(hv, wv, &ids, &lse, &grad, dims, need_hidden, need_weight);
+    // The kept logits become the logit gradient in place (copied first if still shared).
+    let mut kept = match logits {
+        Some(t) => {
+            let p = owned_contiguous(t.try_into_primitive::<Flex>().ok()?);
+            (p.dtype() == DType::F32 && p.layout().shape().num_elements() == rows * vocab)
+                .then_some(p)
+        }
+        None => None,
+    };
+    let kept_slice = kept.as_mut().map(|p| p.storage_mut::<f32>());
+    let (dh, dwt) = target_logps::backward(
+        hv,
+        wv,
+        &ids,
+        &lse,
+        &grad,
+        dims,
+        need_hidden,
+        need_weight,
+        kept_slice,
+    );
     let dh = dh.map(|d| tensor::<2>(FlexTensor::from_data(TensorData::new(d, [rows, h]))));
     // ∂W was accumulated transposed (contiguous tile rows); hand it back as a `[hidden, vocab]`
     // view: a tied embedding's gradient (`[vocab, hidden]`) is then this very buffer.

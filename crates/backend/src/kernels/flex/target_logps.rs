@@ -167,20 +167,33 @@ pub(super) struct Dims {
 
 /// Forward: the row states after every tile. `hidden` `[rows, hidden]`, `weight`
 /// `[hidden, vocab]` (any strides), `targets` `[rows]` (in range).
+///
+/// With `keep_logits` the tiles are not overwritten but kept, one after the other in (row
+/// block, tile) order — `rows × vocab` values that [`backward`] then reads instead of
+/// recomputing them with a gemm.
 pub(super) fn forward(
     hidden: View<'_>,
     weight: View<'_>,
     targets: &[i64],
     d: Dims,
     with_stats: bool,
-) -> Vec<RowState> {
+    keep_logits: bool,
+) -> (Vec<RowState>, Option<Vec<f32>>) {
     let mut states = vec![RowState::default(); d.rows];
-    let mut buf = vec![0.0f32; d.row_block.min(d.rows) * d.vocab_tile.min(d.vocab)];
+    let mut buf = if keep_logits {
+        vec![0.0f32; d.rows * d.vocab]
+    } else {
+        vec![0.0f32; d.row_block.min(d.rows) * d.vocab_tile.min(d.vocab)]
+    };
+    let mut offset = 0;
     for (r0, r1) in blocks(d.rows, d.row_block) {
         let nr = r1 - r0;
         for (v0, v1) in blocks(d.vocab, d.vocab_tile) {
             let tw = v1 - v0;
-            let z = &mut buf[..nr * tw];
+            let z = &mut buf[offset..offset + nr * tw];
+            if keep_logits {
+                offset += nr * tw;
+            }
             matmul_parallel(
                 z,
                 false,
@@ -196,11 +209,12 @@ pub(super) fn forward(
                 .for_each(|((z, state), &t)| dispatch(|| state.update(z, v0, t, with_stats)));
         }
     }
-    states
+    (states, keep_logits.then_some(buf))
 }
 
 /// Backward: `(∂hidden [rows, hidden], ∂weightᵀ [vocab, hidden])`, each only when asked for.
-/// `lse` and `grad` are per row.
+/// `lse` and `grad` are per row. `kept` is [`forward`]'s kept logits (overwritten with the
+/// logit gradient); without them every tile is recomputed.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     hidden: View<'_>,
@@ -211,21 +225,36 @@ pub(super) fn backward(
     d: Dims,
     need_hidden: bool,
     need_weight: bool,
+    kept: Option<&mut [f32]>,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let mut d_hidden = need_hidden.then(|| vec![0.0f32; d.rows * d.hidden]);
     let mut d_weight_t = need_weight.then(|| vec![0.0f32; d.vocab * d.hidden]);
     if !need_hidden && !need_weight {
         return (None, None);
     }
-    let mut buf = vec![0.0f32; d.row_block.min(d.rows) * d.vocab_tile.min(d.vocab)];
+    let recompute = kept.is_none();
+    let mut own = if recompute {
+        vec![0.0f32; d.row_block.min(d.rows) * d.vocab_tile.min(d.vocab)]
+    } else {
+        Vec::new()
+    };
+    let buf = match kept {
+        Some(k) => k,
+        None => &mut own[..],
+    };
+    let mut offset = 0;
     for (bi, (r0, r1)) in blocks(d.rows, d.row_block).enumerate() {
         let nr = r1 - r0;
         let h_rows = hidden.rows_from(r0);
         for (v0, v1) in blocks(d.vocab, d.vocab_tile) {
             let tw = v1 - v0;
             let w_tile = weight.cols_from(v0);
-            let z = &mut buf[..nr * tw];
-            matmul_parallel(z, false, h_rows, w_tile, [nr, d.hidden, tw], 1.0);
+            let z = &mut buf[offset..offset + nr * tw];
+            if recompute {
+                matmul_parallel(z, false, h_rows, w_tile, [nr, d.hidden, tw], 1.0);
+            } else {
+                offset += nr * tw;
+            }
             // ∂z = g·(onehot − p): −g·e^(z − lse), plus g at the target column.
             z.par_chunks_mut(tw)
                 .zip(lse[r0..r1].par_iter().zip(grad[r0..r1].par_iter()))
