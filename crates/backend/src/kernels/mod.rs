@@ -7,7 +7,7 @@
 //! |-------------------------------------------|-------------------------------------------------|
 //! | wgpu / cuda (feature `gpu-kernels`)       | `#[cube]` kernels ([`FusedOps`] on `Cube`); under autodiff with custom backward nodes (attention: see [`flash_pays_under_autodiff`]) |
 //! | Flex, f32 (with or without autodiff)      | fused, parallel CPU kernels ([`FusedOps`] on `Flex`); under autodiff the same custom backward nodes |
-//! | other dtypes on Flex                      | [`reference`] (burn tensor ops, differentiable)  |
+//! | other dtypes on Flex                      | [`reference`](mod@reference) (burn tensor ops, differentiable)  |
 //!
 //! `TEMPER_KERNELS=reference` forces the reference everywhere, `TEMPER_KERNELS=reference:attention,swiglu`
 //! for the named ops only (A/B measurements, kernel by kernel).
@@ -39,7 +39,7 @@ use burn::tensor::{DType, Device, Tensor};
 pub enum KernelPath {
     /// A backend-specific fused kernel registered through the backend extension.
     Fused,
-    /// The portable tensor-op composition in [`reference`].
+    /// The portable tensor-op composition in [`reference`](mod@reference).
     Reference,
 }
 

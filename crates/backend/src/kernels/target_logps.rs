@@ -52,8 +52,8 @@ fn applies(hidden: &Tensor<2>, weight: &Tensor<2>, targets: &Tensor<1, Int>) -> 
 
 /// Forward of the tiled log-softmax: `hidden` `[rows, hidden]`, `weight` `[hidden, vocab]`
 /// (e.g. a tied embedding's transposed view; read through its strides), `targets` `[rows]`
-/// (ids inside the vocabulary). `None` where the fused path does not apply (see the
-/// [module docs](self)).
+/// (ids inside the vocabulary). `None` where the fused path does not apply (another backend
+/// or dtype, autodiff tensors, `TEMPER_KERNELS=reference:lm_head`).
 ///
 /// `keep_logits` trades memory for time: the `rows × vocab` logits (f32) are kept in
 /// [`TargetLogps::logits`] and the backward pass skips its recompute gemm (one of its three

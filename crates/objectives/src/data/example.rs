@@ -110,8 +110,10 @@ fn implicit_prompt_len<T: PartialEq>(
 
 /// Split a row with an implicit prompt (`chosen`/`rejected` both holding the full conversation
 /// or text) into prompt and completions, as TRL's `extract_prompt` does: the prompt is the
-/// longest common prefix of messages (conversational) or characters (standard), see
-/// [`implicit_prompt_len`] for the boundary rules.
+/// longest common prefix of messages (conversational) or characters (standard), ending at the
+/// first difference — moved back by one when a space precedes it (strings: the space starts the
+/// completions); when one side is a prefix of the other, the last shared element goes to the
+/// completions, as in TRL.
 ///
 /// # Errors
 /// `chosen` and `rejected` of different kinds, or an empty one (TRL fails on those too).
