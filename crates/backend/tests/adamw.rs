@@ -1,28 +1,24 @@
 //! The fused AdamW update against burn's tensor-op composition: the same bits, step after
 //! step, and inputs that other tensors still share are left untouched.
 
+mod common;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use proptest::prelude::*;
 use temper_backend::kernels::{AdamWStep, adamw_update, reference_adamw_update};
 
-/// Deterministic values in `[-scale, scale)` (SplitMix64), with exact zeros and a few signed
-/// zeros mixed in (the sign of zero is where a sloppy "first step" shortcut would differ).
+/// [`common::values`] with exact zeros and signed zeros mixed in (the sign of zero is where a
+/// sloppy "first step" shortcut would differ from burn).
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
-    (0..n)
-        .map(|i| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            match i % 97 {
-                0 => 0.0,
-                1 => -0.0,
-                _ => ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale,
-            }
-        })
-        .collect()
+    let mut v = common::values(n, seed, scale);
+    for (i, x) in v.iter_mut().enumerate() {
+        match i % 97 {
+            0 => *x = 0.0,
+            1 => *x = -0.0,
+            _ => {}
+        }
+    }
+    v
 }
 
 fn bits<const D: usize>(t: &Tensor<D>) -> Vec<u32> {

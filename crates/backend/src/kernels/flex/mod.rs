@@ -86,6 +86,49 @@ pub(super) fn adamw_update<const D: usize>(
     (tensor(param), tensor(m), tensor(v))
 }
 
+/// The Flex primitives and host target ids of one tiled-head call.
+struct HeadInputs {
+    hidden: FlexTensor,
+    weight: FlexTensor,
+    ids: Vec<i64>,
+}
+
+impl HeadInputs {
+    fn new(
+        hidden: &Tensor<2>,
+        weight: &Tensor<2>,
+        targets: &Tensor<1, burn::tensor::Int>,
+    ) -> Option<Self> {
+        Some(Self {
+            hidden: hidden.clone().try_into_primitive::<Flex>().ok()?,
+            weight: weight.clone().try_into_primitive::<Flex>().ok()?,
+            ids: targets
+                .to_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .ok()?,
+        })
+    }
+
+    /// Strided views of `hidden` `[rows, hidden]` and `weight` `[hidden, vocab]`, and the
+    /// call's dimensions.
+    fn views(
+        &self,
+        tiling: crate::kernels::VocabTiling,
+    ) -> Option<(gemm::View<'_>, gemm::View<'_>, target_logps::Dims)> {
+        let (hv, [rows, hidden]) = view_2d(&self.hidden)?;
+        let (wv, [_, vocab]) = view_2d(&self.weight)?;
+        let dims = target_logps::Dims {
+            rows,
+            hidden,
+            vocab,
+            vocab_tile: tiling.vocab_tile,
+            row_block: tiling.row_block,
+        };
+        Some((hv, wv, dims))
+    }
+}
+
 /// [`crate::kernels::target_logps_forward`] on Flex.
 pub(super) fn target_logps_forward(
     hidden: &Tensor<2>,
@@ -96,23 +139,10 @@ pub(super) fn target_logps_forward(
     keep_logits: bool,
 ) -> Option<crate::kernels::TargetLogps> {
     let device = hidden.device();
-    let hp = hidden.clone().try_into_primitive::<Flex>().ok()?;
-    let wp = weight.clone().try_into_primitive::<Flex>().ok()?;
-    let ids = targets
-        .to_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .ok()?;
-    let (hv, [rows, h]) = view_2d(&hp)?;
-    let (wv, [_, vocab]) = view_2d(&wp)?;
-    let dims = target_logps::Dims {
-        rows,
-        hidden: h,
-        vocab,
-        vocab_tile: tiling.vocab_tile,
-        row_block: tiling.row_block,
-    };
-    let (states, kept) = target_logps::forward(hv, wv, &ids, dims, with_stats, keep_logits);
+    let inputs = HeadInputs::new(hidden, weight, targets)?;
+    let (hv, wv, dims) = inputs.views(tiling)?;
+    let rows = dims.rows;
+    let (states, kept) = target_logps::forward(hv, wv, &inputs.ids, dims, with_stats, keep_logits);
     let per_row = |f: fn(&target_logps::RowState) -> f32| {
         tensor::<1>(FlexTensor::from_data(TensorData::new(
             states.iter().map(f).collect::<Vec<f32>>(),
@@ -150,24 +180,11 @@ pub(super) fn target_logps_backward(
     need_weight: bool,
     logits: Option<Tensor<1>>,
 ) -> Option<(Option<Tensor<2>>, Option<Tensor<2>>)> {
-    let hp = hidden.clone().try_into_primitive::<Flex>().ok()?;
-    let wp = weight.clone().try_into_primitive::<Flex>().ok()?;
-    let ids = targets
-        .to_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .ok()?;
+    let inputs = HeadInputs::new(hidden, weight, targets)?;
     let lse = lse.to_data().convert::<f32>().try_into_vec::<f32>().ok()?;
     let grad = grad.to_data().convert::<f32>().try_into_vec::<f32>().ok()?;
-    let (hv, [rows, h]) = view_2d(&hp)?;
-    let (wv, [_, vocab]) = view_2d(&wp)?;
-    let dims = target_logps::Dims {
-        rows,
-        hidden: h,
-        vocab,
-        vocab_tile: tiling.vocab_tile,
-        row_block: tiling.row_block,
-    };
+    let (hv, wv, dims) = inputs.views(tiling)?;
+    let (rows, h, vocab) = (dims.rows, dims.hidden, dims.vocab);
     // The kept logits become the logit gradient in place (copied first if still shared).
     let mut kept = match logits {
         Some(t) => {
@@ -181,7 +198,7 @@ pub(super) fn target_logps_backward(
     let (dh, dwt) = target_logps::backward(
         hv,
         wv,
-        &ids,
+        &inputs.ids,
         &lse,
         &grad,
         dims,
