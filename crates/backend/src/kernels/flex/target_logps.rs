@@ -66,7 +66,7 @@ impl RowState {
 
     /// Folds in one tile `z` starting at vocabulary index `v0`.
     fn update(&mut self, z: &[f32], v0: usize, target: i64, with_stats: bool) {
-        let (tile_max, tile_arg) = first_max(z);
+        let (tile_max, tile_arg) = first_max(z, with_stats);
         let m_new = self.max.max(tile_max);
         let (e_sum, ez_sum) = exp_sums(z, m_new, with_stats);
         if self.max == f32::NEG_INFINITY {
@@ -90,8 +90,9 @@ impl RowState {
     }
 }
 
-/// The first maximal value and its index (NaN-free input assumed; NaNs are skipped).
-fn first_max(z: &[f32]) -> (f32, usize) {
+/// The maximal value and, `with_index`, the first index holding it (0 otherwise: the scalar
+/// search is only paid for when the argmax statistic is asked for). NaNs are skipped.
+fn first_max(z: &[f32], with_index: bool) -> (f32, usize) {
     const LANES: usize = 16;
     // Vectorisable max over lanes, then the first index holding it.
     let mut acc = [f32::NEG_INFINITY; LANES];
@@ -106,7 +107,11 @@ fn first_max(z: &[f32]) -> (f32, usize) {
         }
     }
     let m = acc.iter().fold(tail, |m, &x| m.max(x));
-    let at = z.iter().position(|&x| x == m).unwrap_or(0);
+    let at = if with_index {
+        z.iter().position(|&x| x == m).unwrap_or(0)
+    } else {
+        0
+    };
     (m, at)
 }
 
