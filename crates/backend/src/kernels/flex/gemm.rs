@@ -1,4 +1,7 @@
-//! One strided f32 gemm call behind a bounds-checked view, for the CPU kernels.
+//! One strided f32 gemm call behind a bounds-checked view, for the CPU kernels, and its split
+//! over rayon's threads.
+
+use std::mem::MaybeUninit;
 
 /// A strided read-only matrix: element `(i, j)` at `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
@@ -57,18 +60,27 @@ pub(super) fn matmul(
     accumulate: bool,
     lhs: View<'_>,
     rhs: View<'_>,
-    mkn: [usize; 3],
+    [m, k, n]: [usize; 3],
     alpha: f32,
 ) {
-    gemm_into(
-        dst,
-        accumulate,
-        lhs,
-        rhs,
-        mkn,
-        alpha,
-        gemm::Parallelism::None,
-    )
+    assert!(dst.len() >= m * n, "gemm: output buffer too small");
+    let out = Out {
+        ptr: dst.as_mut_ptr(),
+        rs: n,
+    };
+    // SAFETY: `dst` is a unique borrow of at least `m × n` initialised elements.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm_into(
+            out,
+            accumulate,
+            lhs,
+            rhs,
+            [m, k, n],
+            alpha,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// [`matmul`] split over rayon's threads when the product is large enough to pay for it
@@ -81,16 +93,188 @@ pub(super) fn matmul_parallel(
     [m, k, n]: [usize; 3],
     alpha: f32,
 ) {
-    let par = if m.saturating_mul(k).saturating_mul(n) >= 192 * 192 * 192 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
+    assert!(dst.len() >= m * n, "gemm: output buffer too small");
+    let out = Out {
+        ptr: dst.as_mut_ptr(),
+        rs: n,
     };
-    gemm_into(dst, accumulate, lhs, rhs, [m, k, n], alpha, par)
+    // SAFETY: `dst` is a unique borrow of at least `m × n` initialised elements.
+    #[allow(unsafe_code)]
+    unsafe {
+        split_over_threads(out, accumulate, lhs, rhs, [m, k, n], alpha)
+    }
 }
 
-fn gemm_into(
-    dst: &mut [f32],
+/// [`matmul_parallel`] without accumulation into memory that need not be initialised: the
+/// product is written, never read, so a fresh output skips the zero-filling pass (a serial
+/// `memset` of the whole output on the calling thread). Returns `dst[..m·n]`, initialised.
+pub(super) fn matmul_parallel_uninit<'d>(
+    dst: &'d mut [MaybeUninit<f32>],
+    lhs: View<'_>,
+    rhs: View<'_>,
+    [m, k, n]: [usize; 3],
+    alpha: f32,
+) -> &'d mut [f32] {
+    assert!(dst.len() >= m * n, "gemm: output buffer too small");
+    let dst = &mut dst[..m * n];
+    let out = Out {
+        ptr: dst.as_mut_ptr().cast::<f32>(),
+        rs: n,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: `dst` is a unique borrow of `m × n` elements; without accumulation gemm writes
+    // every one of them and reads none (`gemm_into` zero-fills when `k` is 0), so afterwards
+    // they are initialised f32s.
+    unsafe {
+        split_over_threads(out, false, lhs, rhs, [m, k, n], alpha);
+        &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32])
+    }
+}
+
+/// A fresh row-major `m × n` product `alpha · lhs · rhs`, computed on all threads into a
+/// buffer that is never zero-filled first.
+pub(super) fn product(lhs: View<'_>, rhs: View<'_>, [m, k, n]: [usize; 3], alpha: f32) -> Vec<f32> {
+    let mut data = Vec::with_capacity(m * n);
+    matmul_parallel_uninit(data.spare_capacity_mut(), lhs, rhs, [m, k, n], alpha);
+    #[allow(unsafe_code)]
+    // SAFETY: `matmul_parallel_uninit` initialised the first `m × n` elements.
+    unsafe {
+        data.set_len(m * n)
+    };
+    data
+}
+
+/// Products below this many multiply-adds run on the calling thread (burn-flex's threshold).
+const PARALLEL_WORK: usize = 192 * 192 * 192;
+
+/// The narrowest block of output columns (or rows) one thread takes: gemm's AVX-512 f32
+/// micro-tile is 64 wide, and narrower blocks fall back to its slower edge kernels.
+const MIN_BLOCK: usize = 64;
+
+/// A row-major output block: element `(i, j)` at `ptr + i·rs + j`.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    rs: usize,
+}
+
+impl Out {
+    /// The block starting at element `(row, col)`.
+    ///
+    /// # Safety
+    /// The element lies inside the caller's block.
+    #[allow(unsafe_code)]
+    unsafe fn at(self, row: usize, col: usize) -> Self {
+        Self {
+            // SAFETY: forwarded from the caller.
+            ptr: unsafe { self.ptr.add(row * self.rs + col) },
+            ..self
+        }
+    }
+}
+
+// SAFETY: an `Out` is only a position; the blocks handed to different threads are disjoint
+// (see `split_over_threads`), so no two threads write the same element.
+#[allow(unsafe_code)]
+unsafe impl Send for Out {}
+#[allow(unsafe_code)]
+unsafe impl Sync for Out {}
+
+/// Runs one product on rayon's threads as one single-threaded gemm per thread over disjoint
+/// blocks of output columns (or rows, for outputs too narrow to split by column).
+///
+/// Why not gemm's own rayon mode: it forks and joins once per 512-deep slice of `k` and, when
+/// the right-hand side is a transposed view (`∂x = ∂y·Wᵀ` in every backward), packs that
+/// operand on the calling thread before the parallel part — a serial pass over every weight
+/// matrix while the other threads wait. Split by output columns, each thread packs only its
+/// own columns' share of the right-hand side, and the threads meet once per product.
+///
+/// # Safety
+/// `out` addresses a block of `m` rows of `n` elements (rows `out.rs` apart) that nothing
+/// else reads or writes during the call, initialised when `accumulate` is set.
+#[allow(unsafe_code)]
+unsafe fn split_over_threads(
+    out: Out,
+    accumulate: bool,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    [m, k, n]: [usize; 3],
+    alpha: f32,
+) {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let work = m.saturating_mul(k).saturating_mul(n);
+    if threads < 2 || work < PARALLEL_WORK {
+        // SAFETY: forwarded from the caller.
+        return unsafe {
+            gemm_into(
+                out,
+                accumulate,
+                lhs,
+                rhs,
+                [m, k, n],
+                alpha,
+                gemm::Parallelism::None,
+            )
+        };
+    }
+    let (by_cols, len) = if n / threads >= MIN_BLOCK {
+        (true, n)
+    } else if m / threads >= MIN_BLOCK {
+        (false, m)
+    } else {
+        // Small in both directions: gemm's own 2-D split of micro-tiles.
+        // SAFETY: forwarded from the caller.
+        return unsafe {
+            gemm_into(
+                out,
+                accumulate,
+                lhs,
+                rhs,
+                [m, k, n],
+                alpha,
+                gemm::Parallelism::Rayon(0),
+            )
+        };
+    };
+    let size = len.div_ceil(threads).next_multiple_of(16);
+    (0..len.div_ceil(size)).into_par_iter().for_each(|i| {
+        let (s, e) = (i * size, ((i + 1) * size).min(len));
+        // SAFETY: block `i` is columns (or rows) `s..e` of the caller's block, disjoint from
+        // every other task's; views and output move together so element bounds still hold.
+        unsafe {
+            if by_cols {
+                let (block, rhs) = (out.at(0, s), rhs.cols_from(s));
+                gemm_into(
+                    block,
+                    accumulate,
+                    lhs,
+                    rhs,
+                    [m, k, e - s],
+                    alpha,
+                    gemm::Parallelism::None,
+                );
+            } else {
+                let (block, lhs) = (out.at(s, 0), lhs.rows_from(s));
+                gemm_into(
+                    block,
+                    accumulate,
+                    lhs,
+                    rhs,
+                    [e - s, k, n],
+                    alpha,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+    });
+}
+
+/// # Safety
+/// As [`split_over_threads`].
+#[allow(unsafe_code)]
+unsafe fn gemm_into(
+    out: Out,
     accumulate: bool,
     lhs: View<'_>,
     rhs: View<'_>,
@@ -101,27 +285,28 @@ fn gemm_into(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(dst.len() >= m * n, "gemm: output buffer too small");
     if k == 0 {
         if !accumulate {
-            dst[..m * n].iter_mut().for_each(|x| *x = 0.0);
+            for i in 0..m {
+                // SAFETY: row `i` of the caller's block.
+                unsafe { std::ptr::write_bytes(out.at(i, 0).ptr, 0, n) };
+            }
         }
         return;
     }
     lhs.check(m, k);
     rhs.check(k, n);
-    #[allow(unsafe_code)]
     // SAFETY: `check` proved every element the strides address lies inside `lhs.data` and
-    // `rhs.data`, and `dst` holds the contiguous `m × n` output; `dst` is a unique borrow, so
-    // it cannot alias the inputs.
+    // `rhs.data`; the caller guarantees the output block, which cannot alias the inputs (they
+    // are shared borrows, it is exclusively ours).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            out.ptr,
             1,
-            n as isize,
+            out.rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -136,5 +321,105 @@ fn gemm_into(
             false,
             parallelism,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Deterministic values in [-1, 1) (an LCG: no test-only dependency needed).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `op(lhs)·op(rhs)` by the definition, accumulated in f64.
+    fn naive(lhs: View<'_>, rhs: View<'_>, [m, k, n]: [usize; 3]) -> Vec<f32> {
+        let at = |v: View<'_>, i: usize, j: usize| v.data[i * v.rs + j * v.cs] as f64;
+        let mut out = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| at(lhs, i, p) * at(rhs, p, j)).sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{what}: element {i}: {g} vs {w}"
+            );
+        }
+    }
+
+    /// Every way a product is split over threads (by column, by row, gemm's own split, on the
+    /// calling thread) and every operand layout gives the product by the definition; the
+    /// uninitialised-output path never reads its (NaN-filled) destination, and accumulation
+    /// adds to it.
+    #[test]
+    fn split_products_equal_the_definition() {
+        // Column split (n ≥ 64 per thread), row split (narrow n), neither (gemm's own split),
+        // below the threshold (one thread), odd sizes, k = 0.
+        let shapes = [
+            [256, 112, 256],
+            [520, 140, 100],
+            [300, 600, 20],
+            [97, 31, 75],
+            [130, 0, 200],
+        ];
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for (si, &[m, k, n]) in shapes.iter().enumerate() {
+                    let a = values(m * k, si as u64);
+                    let b = values(k * n, 100 + si as u64);
+                    for (tl, tr) in [(false, false), (true, false), (false, true), (true, true)] {
+                        let lhs = if tl {
+                            View::new(&a, 1, m)
+                        } else {
+                            View::new(&a, k, 1)
+                        };
+                        let rhs = if tr {
+                            View::new(&b, 1, k)
+                        } else {
+                            View::new(&b, n, 1)
+                        };
+                        let what =
+                            format!("{threads} threads, [{m}, {k}]·[{k}, {n}], tl {tl} tr {tr}");
+                        let want = naive(lhs, rhs, [m, k, n]);
+
+                        let fresh = product(lhs, rhs, [m, k, n], 1.0);
+                        assert_close(&fresh, &want, &format!("product, {what}"));
+
+                        let mut garbage = vec![MaybeUninit::new(f32::NAN); m * n + 3];
+                        let got = matmul_parallel_uninit(&mut garbage, lhs, rhs, [m, k, n], 1.0);
+                        assert_close(got, &want, &format!("uninit, {what}"));
+
+                        let mut acc = values(m * n, 7);
+                        let expect: Vec<f32> =
+                            acc.iter().zip(&want).map(|(x, p)| x - 0.5 * p).collect();
+                        matmul_parallel(&mut acc, true, lhs, rhs, [m, k, n], -0.5);
+                        assert_close(&acc, &expect, &format!("accumulate, {what}"));
+                    }
+                }
+            });
+        }
     }
 }

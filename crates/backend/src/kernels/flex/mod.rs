@@ -555,9 +555,10 @@ impl MatmulOps for Flex {
             k, k2,
             "matmul: inner dimensions differ ([{m}, {k}] · [{k2}, {n}])"
         );
-        output_like(Shape::new([m, n]), |out| {
-            gemm::matmul_parallel(out, false, a, b, [m, k, n], 1.0)
-        })
+        FlexTensor::from_data(TensorData::new(
+            gemm::product(a, b, [m, k, n], 1.0),
+            Shape::new([m, n]),
+        ))
     }
 
     fn matmul_t_add(

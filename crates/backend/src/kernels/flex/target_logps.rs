@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{View, matmul_parallel};
+use super::gemm::{View, matmul_parallel, matmul_parallel_uninit};
 use super::simd::{dispatch, exp};
 
 /// Rows per rayon task in the per-row passes.
@@ -185,28 +185,29 @@ pub(super) fn forward(
     keep_logits: bool,
 ) -> (Vec<RowState>, Option<Vec<f32>>) {
     let mut states = vec![RowState::default(); d.rows];
-    let mut buf = if keep_logits {
-        vec![0.0f32; d.rows * d.vocab]
+    // Every tile is written by gemm before anything reads it: the buffer is not zero-filled
+    // (for kept logits that was a serial 200 MB memset per SmolLM2 step).
+    let len = if keep_logits {
+        d.rows * d.vocab
     } else {
-        vec![0.0f32; d.row_block.min(d.rows) * d.vocab_tile.min(d.vocab)]
+        d.row_block.min(d.rows) * d.vocab_tile.min(d.vocab)
     };
+    let mut buf = Vec::<f32>::with_capacity(len);
     let mut offset = 0;
     for (r0, r1) in blocks(d.rows, d.row_block) {
         let nr = r1 - r0;
         for (v0, v1) in blocks(d.vocab, d.vocab_tile) {
             let tw = v1 - v0;
-            let z = &mut buf[offset..offset + nr * tw];
-            if keep_logits {
-                offset += nr * tw;
-            }
-            matmul_parallel(
-                z,
-                false,
+            let z = matmul_parallel_uninit(
+                &mut buf.spare_capacity_mut()[offset..offset + nr * tw],
                 hidden.rows_from(r0),
                 weight.cols_from(v0),
                 [nr, d.hidden, tw],
                 1.0,
             );
+            if keep_logits {
+                offset += nr * tw;
+            }
             z.par_chunks(tw)
                 .zip(states[r0..r1].par_iter_mut())
                 .zip(targets[r0..r1].par_iter())
@@ -214,7 +215,17 @@ pub(super) fn forward(
                 .for_each(|((z, state), &t)| dispatch(|| state.update(z, v0, t, with_stats)));
         }
     }
-    (states, keep_logits.then_some(buf))
+    let kept = keep_logits.then(|| {
+        debug_assert_eq!(offset, len);
+        #[allow(unsafe_code)]
+        // SAFETY: with kept logits the tiles were written one after the other, covering all
+        // `len` elements.
+        unsafe {
+            buf.set_len(len)
+        };
+        buf
+    });
+    (states, kept)
 }
 
 /// Backward: `(∂hidden [rows, hidden], ∂weightᵀ [vocab, hidden])`, each only when asked for.
@@ -233,7 +244,8 @@ pub(super) fn backward(
     kept: Option<&mut [f32]>,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let mut d_hidden = need_hidden.then(|| vec![0.0f32; d.rows * d.hidden]);
-    let mut d_weight_t = need_weight.then(|| vec![0.0f32; d.vocab * d.hidden]);
+    // ∂Wᵀ is written (not accumulated) by the first row block's gemms: no zero-filling.
+    let mut d_weight_t = need_weight.then(|| Vec::<f32>::with_capacity(d.vocab * d.hidden));
     if !need_hidden && !need_weight {
         return (None, None);
     }
@@ -285,9 +297,21 @@ pub(super) fn backward(
             }
             if let Some(dwt) = d_weight_t.as_mut() {
                 // ∂Wᵀ[v0..v1] (+)= ∂zᵀ · h[r0..r1].
-                let dst = &mut dwt[v0 * d.hidden..v1 * d.hidden];
-                matmul_parallel(dst, bi > 0, dz.t(), h_rows, [tw, nr, d.hidden], 1.0);
+                let (a, b, mkn) = (dz.t(), h_rows, [tw, nr, d.hidden]);
+                if bi == 0 {
+                    let dst = &mut dwt.spare_capacity_mut()[v0 * d.hidden..v1 * d.hidden];
+                    matmul_parallel_uninit(dst, a, b, mkn, 1.0);
+                } else {
+                    matmul_parallel(&mut dwt[v0 * d.hidden..v1 * d.hidden], true, a, b, mkn, 1.0);
+                }
             }
+        }
+        if let (0, Some(dwt)) = (bi, d_weight_t.as_mut()) {
+            #[allow(unsafe_code)]
+            // SAFETY: the first row block's tiles wrote every row of ∂Wᵀ.
+            unsafe {
+                dwt.set_len(d.vocab * d.hidden)
+            };
         }
     }
     (d_hidden, d_weight_t)
