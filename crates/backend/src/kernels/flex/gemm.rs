@@ -183,11 +183,10 @@ unsafe impl Sync for Out {}
 /// Runs one product on rayon's threads as one single-threaded gemm per thread over disjoint
 /// blocks of output columns (or rows, for outputs too narrow to split by column).
 ///
-/// Why not gemm's own rayon mode: it forks and joins once per 512-deep slice of `k` and, when
-/// the right-hand side is a transposed view (`∂x = ∂y·Wᵀ` in every backward), packs that
-/// operand on the calling thread before the parallel part — a serial pass over every weight
-/// matrix while the other threads wait. Split by output columns, each thread packs only its
-/// own columns' share of the right-hand side, and the threads meet once per product.
+/// Why not always gemm's own rayon mode: when the right-hand side is a transposed view
+/// (`∂x = ∂y·Wᵀ` in every backward), gemm packs that operand on the calling thread before the
+/// parallel part — a serial pass over every weight matrix while the other threads wait. Split
+/// by output columns, each thread packs only its own columns' share.
 ///
 /// # Safety
 /// `out` addresses a block of `m` rows of `n` elements (rows `out.rs` apart) that nothing
@@ -218,12 +217,16 @@ unsafe fn split_over_threads(
             )
         };
     }
-    let (by_cols, len) = if n / threads >= MIN_BLOCK {
+    // gemm packs a transposed right-hand side on the calling thread before its parallel part
+    // (any other operand it packs inside it), and its own 2-D split of micro-tiles avoids the
+    // narrower edge kernels a column split can leave (576 columns on two threads: 4½ tiles of
+    // 64 each): split by columns only for the first, by rows only for outputs too narrow to
+    // split by columns, and otherwise let gemm split.
+    let (by_cols, len) = if rhs.cs != 1 && n / threads >= MIN_BLOCK {
         (true, n)
-    } else if m / threads >= MIN_BLOCK {
+    } else if n < MIN_BLOCK && m / threads >= MIN_BLOCK {
         (false, m)
     } else {
-        // Small in both directions: gemm's own 2-D split of micro-tiles.
         // SAFETY: forwarded from the caller.
         return unsafe {
             gemm_into(
