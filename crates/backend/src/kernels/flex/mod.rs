@@ -14,6 +14,8 @@ mod simd;
 mod swiglu;
 mod target_logps;
 
+use std::mem::MaybeUninit;
+
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
@@ -255,6 +257,47 @@ fn output_like(shape: Shape, fill: impl FnOnce(&mut [f32])) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
 
+/// A new f32 tensor of `shape` whose every element `fill` writes: the buffer is never
+/// zero-filled (a serial `memset` on the calling thread — for SwiGLU's `[tokens, 1536]`
+/// outputs, 6 MB a layer that the kernel overwrites anyway).
+///
+/// `fill` must write every element; the kernels passed here assert their lengths and
+/// write each output element exactly once.
+fn fresh_output(shape: Shape, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> FlexTensor {
+    let n = shape.num_elements();
+    let mut data = Vec::with_capacity(n);
+    fill(&mut data.spare_capacity_mut()[..n]);
+    #[allow(unsafe_code)]
+    // SAFETY: `fill` initialised all `n` elements (the contract above).
+    unsafe {
+        data.set_len(n)
+    };
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+/// [`fresh_output`] for two outputs.
+fn two_fresh_outputs(
+    [a, b]: [Shape; 2],
+    fill: impl FnOnce(&mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]),
+) -> (FlexTensor, FlexTensor) {
+    let (na, nb) = (a.num_elements(), b.num_elements());
+    let (mut da, mut db) = (Vec::with_capacity(na), Vec::with_capacity(nb));
+    fill(
+        &mut da.spare_capacity_mut()[..na],
+        &mut db.spare_capacity_mut()[..nb],
+    );
+    #[allow(unsafe_code)]
+    // SAFETY: `fill` initialised all elements of both (the contract of `fresh_output`).
+    unsafe {
+        da.set_len(na);
+        db.set_len(nb);
+    }
+    (
+        FlexTensor::from_data(TensorData::new(da, a)),
+        FlexTensor::from_data(TensorData::new(db, b)),
+    )
+}
+
 fn two_outputs(
     [a, b]: [Shape; 2],
     fill: impl FnOnce(&mut [f32], &mut [f32]),
@@ -319,7 +362,7 @@ impl FusedOps for Flex {
         }
         let (_, w) = contiguous_f32(&weight);
         with_slice(&x, |xs| {
-            output_like(x.layout().shape().clone(), |out| {
+            fresh_output(x.layout().shape().clone(), |out| {
                 norm::rms_norm(xs, &w, eps as f32, out)
             })
         })
@@ -398,7 +441,7 @@ impl FusedOps for Flex {
         }
         with_slice(&gate, |g| {
             with_slice(&up, |u| {
-                output_like(gate.layout().shape().clone(), |out| {
+                fresh_output(gate.layout().shape().clone(), |out| {
                     swiglu::swiglu(g, u, out)
                 })
             })
@@ -421,7 +464,7 @@ impl FusedOps for Flex {
         with_slice(&gate, |g| {
             with_slice(&up, |u| {
                 with_slice(&grad, |gr| {
-                    two_outputs([shape.clone(), shape.clone()], |dg, du| {
+                    two_fresh_outputs([shape.clone(), shape.clone()], |dg, du| {
                         swiglu::swiglu_backward(g, u, gr, dg, du)
                     })
                 })

@@ -5,6 +5,8 @@
 //! in order, so the result does not depend on the thread count or on scheduling (resumed
 //! training runs stay bit-identical).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::simd::{dispatch, dot};
@@ -20,9 +22,16 @@ fn inv_rms(row: &[f32], eps: f32) -> f32 {
     1.0 / (sum / row.len() as f32 + eps).sqrt()
 }
 
-/// `out = weight · x / sqrt(mean(x²) + eps)` per row of `d` (HF's order: normalise, then scale).
-pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+/// `out = weight · x / sqrt(mean(x²) + eps)` per row of `d` (HF's order: normalise, then scale),
+/// every element of `out` written (it may start uninitialised).
+pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
     let d = weight.len().max(1);
+    assert!(
+        x.len() == out.len() && x.len().is_multiple_of(d) && (weight.len() == d || x.is_empty()),
+        "rms_norm: {} inputs, {} outputs, rows of {d}",
+        x.len(),
+        out.len()
+    );
     out.par_chunks_mut(d * ROWS_PER_BLOCK)
         .zip(x.par_chunks(d * ROWS_PER_BLOCK))
         .for_each(|(o, xs)| {
@@ -30,7 +39,7 @@ pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
                 for (o, row) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
                     let inv = inv_rms(row, eps);
                     for ((o, v), w) in o.iter_mut().zip(row).zip(weight) {
-                        *o = w * (v * inv);
+                        o.write(w * (v * inv));
                     }
                 }
             })
