@@ -382,9 +382,11 @@ impl FusedOps for Flex {
         let (w_shape, w) = contiguous_f32(&weight);
         with_slice(&x, |xs| {
             with_slice(&grad, |gs| {
-                two_outputs([x.layout().shape().clone(), w_shape], |dx, dw| {
-                    norm::rms_norm_backward(xs, &w, gs, eps as f32, dx, dw)
-                })
+                let mut dw = vec![0.0f32; w.len()];
+                let dx = fresh_output(x.layout().shape().clone(), |dx| {
+                    norm::rms_norm_backward(xs, &w, gs, eps as f32, dx, &mut dw)
+                });
+                (dx, FlexTensor::from_data(TensorData::new(dw, w_shape)))
             })
         })
     }
@@ -399,8 +401,15 @@ impl FusedOps for Flex {
         let half = hd / 2;
         let (_, cos) = contiguous_f32(&cos);
         let (_, sin) = contiguous_f32(&sin);
+        // Every output element is written below only for an even head size.
+        assert!(
+            hd % 2 == 0 && cos.len() == sin.len() && cos.len() * 2 == shape.num_elements() / h,
+            "rotary: x {dims:?} against {} cos and {} sin values",
+            cos.len(),
+            sin.len()
+        );
         with_slice(&x, |xs| {
-            output_like(shape, |out| {
+            fresh_output(shape.clone(), |out| {
                 // One chunk = all heads of one (batch, position).
                 out.par_chunks_mut(h * hd)
                     .zip(xs.par_chunks(h * hd))
@@ -414,8 +423,8 @@ impl FusedOps for Flex {
                             let oh = &mut o[head * hd..(head + 1) * hd];
                             for i in 0..half {
                                 let (x1, x2) = (xh[i], xh[i + half]);
-                                oh[i] = x1 * c[i] - x2 * sn[i];
-                                oh[i + half] = x2 * c[i] + x1 * sn[i];
+                                oh[i].write(x1 * c[i] - x2 * sn[i]);
+                                oh[i + half].write(x2 * c[i] + x1 * sn[i]);
                             }
                         }
                     });

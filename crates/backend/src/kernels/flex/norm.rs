@@ -47,16 +47,27 @@ pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [MaybeUnin
 }
 
 /// With `r = 1/sqrt(mean(x²) + eps)` and `gw = grad·weight`: `∂x = r·gw − x·r³·mean(gw·x)`,
-/// `∂weight = Σ_rows grad·x·r`.
+/// `∂weight = Σ_rows grad·x·r`. Every element of `dx` is written (it may start
+/// uninitialised).
 pub(super) fn rms_norm_backward(
     x: &[f32],
     weight: &[f32],
     grad: &[f32],
     eps: f32,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     dweight: &mut [f32],
 ) {
     let d = weight.len().max(1);
+    assert!(
+        x.len() == dx.len()
+            && grad.len() == dx.len()
+            && x.len().is_multiple_of(d)
+            && (weight.len() == d || x.is_empty()),
+        "rms_norm_backward: {} inputs, {} gradients, {} outputs, rows of {d}",
+        x.len(),
+        grad.len(),
+        dx.len()
+    );
     let partials: Vec<Vec<f32>> = dx
         .par_chunks_mut(d * ROWS_PER_BLOCK)
         .zip(
@@ -66,18 +77,23 @@ pub(super) fn rms_norm_backward(
         .map(|(dxs, (xs, gs))| {
             dispatch(|| {
                 let mut dw = vec![0.0f32; d];
+                let mut gw = vec![0.0f32; d];
                 for ((dx, row), g) in dxs
                     .chunks_exact_mut(d)
                     .zip(xs.chunks_exact(d))
                     .zip(gs.chunks_exact(d))
                 {
                     let r = inv_rms(row, eps);
-                    for ((dx, gv), w) in dx.iter_mut().zip(g).zip(weight) {
-                        *dx = gv * w; // gw, finished below
+                    for ((gw, gv), w) in gw.iter_mut().zip(g).zip(weight) {
+                        *gw = gv * w;
                     }
-                    let c = r * r * r * dot(dx, row) / d as f32;
-                    for ((dx, v), (gv, dw)) in dx.iter_mut().zip(row).zip(g.iter().zip(&mut dw)) {
-                        *dx = r * *dx - v * c;
+                    let c = r * r * r * dot(&gw, row) / d as f32;
+                    for ((dx, (gw, v)), (gv, dw)) in dx
+                        .iter_mut()
+                        .zip(gw.iter().zip(row))
+                        .zip(g.iter().zip(&mut dw))
+                    {
+                        dx.write(r * gw - v * c);
                         *dw += gv * v * r;
                     }
                 }
