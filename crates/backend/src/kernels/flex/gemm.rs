@@ -63,12 +63,8 @@ pub(super) fn matmul(
     [m, k, n]: [usize; 3],
     alpha: f32,
 ) {
-    assert!(dst.len() >= m * n, "gemm: output buffer too small");
-    let out = Out {
-        ptr: dst.as_mut_ptr(),
-        rs: n,
-    };
-    // SAFETY: `dst` is a unique borrow of at least `m × n` initialised elements.
+    let out = Out::over(dst, [m, n]);
+    // SAFETY: `out` covers a unique borrow of at least `m × n` initialised elements.
     #[allow(unsafe_code)]
     unsafe {
         gemm_into(
@@ -93,12 +89,8 @@ pub(super) fn matmul_parallel(
     [m, k, n]: [usize; 3],
     alpha: f32,
 ) {
-    assert!(dst.len() >= m * n, "gemm: output buffer too small");
-    let out = Out {
-        ptr: dst.as_mut_ptr(),
-        rs: n,
-    };
-    // SAFETY: `dst` is a unique borrow of at least `m × n` initialised elements.
+    let out = Out::over(dst, [m, n]);
+    // SAFETY: `out` covers a unique borrow of at least `m × n` initialised elements.
     #[allow(unsafe_code)]
     unsafe {
         split_over_threads(out, accumulate, lhs, rhs, [m, k, n], alpha)
@@ -117,10 +109,7 @@ pub(super) fn matmul_parallel_uninit<'d>(
 ) -> &'d mut [f32] {
     assert!(dst.len() >= m * n, "gemm: output buffer too small");
     let dst = &mut dst[..m * n];
-    let out = Out {
-        ptr: dst.as_mut_ptr().cast::<f32>(),
-        rs: n,
-    };
+    let out = Out::over(dst, [m, n]);
     #[allow(unsafe_code)]
     // SAFETY: `dst` is a unique borrow of `m × n` elements; without accumulation gemm writes
     // every one of them and reads none (`gemm_into` zero-fills when `k` is 0), so afterwards
@@ -159,6 +148,18 @@ struct Out {
 }
 
 impl Out {
+    /// The row-major `m × n` block at the start of `dst` (f32s, initialised or not).
+    fn over<T>(dst: &mut [T], [m, n]: [usize; 2]) -> Self {
+        assert!(
+            size_of::<T>() == size_of::<f32>() && dst.len() >= m * n,
+            "gemm: output buffer too small"
+        );
+        Self {
+            ptr: dst.as_mut_ptr().cast::<f32>(),
+            rs: n,
+        }
+    }
+
     /// The block starting at element `(row, col)`.
     ///
     /// # Safety
