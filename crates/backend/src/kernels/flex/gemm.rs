@@ -204,42 +204,27 @@ unsafe fn split_over_threads(
     use rayon::prelude::*;
     let threads = rayon::current_num_threads();
     let work = m.saturating_mul(k).saturating_mul(n);
-    if threads < 2 || work < PARALLEL_WORK {
-        // SAFETY: forwarded from the caller.
-        return unsafe {
-            gemm_into(
-                out,
-                accumulate,
-                lhs,
-                rhs,
-                [m, k, n],
-                alpha,
-                gemm::Parallelism::None,
-            )
-        };
-    }
     // gemm packs a transposed right-hand side on the calling thread before its parallel part
     // (any other operand it packs inside it), and its own 2-D split of micro-tiles avoids the
     // narrower edge kernels a column split can leave (576 columns on two threads: 4½ tiles of
     // 64 each): split by columns only for the first, by rows only for outputs too narrow to
-    // split by columns, and otherwise let gemm split.
-    let (by_cols, len) = if rhs.cs != 1 && n / threads >= MIN_BLOCK {
-        (true, n)
-    } else if n < MIN_BLOCK && m / threads >= MIN_BLOCK {
-        (false, m)
+    // split by columns, and otherwise let gemm split (or not, for small products).
+    let parallel = threads >= 2 && work >= PARALLEL_WORK;
+    let split = if parallel && rhs.cs != 1 && n / threads >= MIN_BLOCK {
+        Some((true, n))
+    } else if parallel && n < MIN_BLOCK && m / threads >= MIN_BLOCK {
+        Some((false, m))
     } else {
-        // SAFETY: forwarded from the caller.
-        return unsafe {
-            gemm_into(
-                out,
-                accumulate,
-                lhs,
-                rhs,
-                [m, k, n],
-                alpha,
-                gemm::Parallelism::Rayon(0),
-            )
+        None
+    };
+    let Some((by_cols, len)) = split else {
+        let parallelism = if parallel {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
         };
+        // SAFETY: forwarded from the caller.
+        return unsafe { gemm_into(out, accumulate, lhs, rhs, [m, k, n], alpha, parallelism) };
     };
     let size = len.div_ceil(threads).next_multiple_of(16);
     (0..len.div_ceil(size)).into_par_iter().for_each(|i| {
@@ -247,29 +232,20 @@ unsafe fn split_over_threads(
         // SAFETY: block `i` is columns (or rows) `s..e` of the caller's block, disjoint from
         // every other task's; views and output move together so element bounds still hold.
         unsafe {
-            if by_cols {
-                let (block, rhs) = (out.at(0, s), rhs.cols_from(s));
-                gemm_into(
-                    block,
-                    accumulate,
-                    lhs,
-                    rhs,
-                    [m, k, e - s],
-                    alpha,
-                    gemm::Parallelism::None,
-                );
+            let (block, lhs, rhs, mkn) = if by_cols {
+                (out.at(0, s), lhs, rhs.cols_from(s), [m, k, e - s])
             } else {
-                let (block, lhs) = (out.at(s, 0), lhs.rows_from(s));
-                gemm_into(
-                    block,
-                    accumulate,
-                    lhs,
-                    rhs,
-                    [e - s, k, n],
-                    alpha,
-                    gemm::Parallelism::None,
-                );
-            }
+                (out.at(s, 0), lhs.rows_from(s), rhs, [e - s, k, n])
+            };
+            gemm_into(
+                block,
+                accumulate,
+                lhs,
+                rhs,
+                mkn,
+                alpha,
+                gemm::Parallelism::None,
+            );
         }
     });
 }
