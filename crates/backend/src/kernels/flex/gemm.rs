@@ -136,9 +136,56 @@ pub(super) fn product(lhs: View<'_>, rhs: View<'_>, [m, k, n]: [usize; 3], alpha
 /// Products below this many multiply-adds run on the calling thread (burn-flex's threshold).
 const PARALLEL_WORK: usize = 192 * 192 * 192;
 
-/// The narrowest block of output columns (or rows) one thread takes: gemm's AVX-512 f32
-/// micro-tile is 64 wide, and narrower blocks fall back to its slower edge kernels.
-const MIN_BLOCK: usize = 64;
+/// The fewest output rows one thread takes in a row split.
+const MIN_ROWS: usize = 64;
+
+/// The width of gemm's f32 micro-tile along the output's columns, as gemm runs a product with
+/// a row-major output (it computes the transposed product, so our columns are its rows): 64
+/// with AVX-512, 16 with AVX2 (and used as the default elsewhere). A column block narrower
+/// than this, or not a multiple of it, leaves work to gemm's slower edge kernels.
+fn micro_tile_cols() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return 64;
+    }
+    16
+}
+
+/// How one product is spread over rayon's threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Split {
+    /// On the calling thread: too small to pay for a split.
+    None,
+    /// One single-threaded gemm per thread on disjoint blocks of output rows.
+    Rows,
+    /// One single-threaded gemm per thread on disjoint blocks of output columns.
+    Cols,
+    /// gemm's own rayon mode.
+    Gemm,
+}
+
+/// The split for an `m × k × n` product on `threads` threads.
+///
+/// Rows first: every thread runs gemm's full-width micro-tiles and packs its own operands,
+/// with no synchronisation inside the product. gemm's own rayon mode synchronises the threads
+/// at every block of the inner dimension and packs a transposed right-hand side (`∂x = ∂y·Wᵀ`
+/// in every backward) on the calling thread first; on a 2-core AVX2 machine it ran the
+/// products of a training step at 34–45 GFLOP/s where the row split ran them at 67–69 (one
+/// core: 33). Each thread packing the whole right-hand side costs `threads / m` of the work.
+/// Outputs with too few rows split by columns, in whole micro-tiles; only products too narrow
+/// both ways are left to gemm.
+fn split_for(threads: usize, [m, k, n]: [usize; 3], tile: usize) -> Split {
+    let work = m.saturating_mul(k).saturating_mul(n);
+    if threads < 2 || work < PARALLEL_WORK {
+        Split::None
+    } else if m / threads >= MIN_ROWS {
+        Split::Rows
+    } else if n / threads >= tile {
+        Split::Cols
+    } else {
+        Split::Gemm
+    }
+}
 
 /// A row-major output block: element `(i, j)` at `ptr + i·rs + j`.
 #[derive(Clone, Copy)]
@@ -181,13 +228,8 @@ unsafe impl Send for Out {}
 #[allow(unsafe_code)]
 unsafe impl Sync for Out {}
 
-/// Runs one product on rayon's threads as one single-threaded gemm per thread over disjoint
-/// blocks of output columns (or rows, for outputs too narrow to split by column).
-///
-/// Why not always gemm's own rayon mode: when the right-hand side is a transposed view
-/// (`∂x = ∂y·Wᵀ` in every backward), gemm packs that operand on the calling thread before the
-/// parallel part — a serial pass over every weight matrix while the other threads wait. Split
-/// by output columns, each thread packs only its own columns' share.
+/// Runs one product on rayon's threads as [`split_for`] decides: one single-threaded gemm
+/// per thread over disjoint blocks of output rows (or columns), else gemm's own split.
 ///
 /// # Safety
 /// `out` addresses a block of `m` rows of `n` elements (rows `out.rs` apart) that nothing
@@ -203,30 +245,20 @@ unsafe fn split_over_threads(
 ) {
     use rayon::prelude::*;
     let threads = rayon::current_num_threads();
-    let work = m.saturating_mul(k).saturating_mul(n);
-    // gemm packs a transposed right-hand side on the calling thread before its parallel part
-    // (any other operand it packs inside it), and its own 2-D split of micro-tiles avoids the
-    // narrower edge kernels a column split can leave (576 columns on two threads: 4½ tiles of
-    // 64 each): split by columns only for the first, by rows only for outputs too narrow to
-    // split by columns, and otherwise let gemm split (or not, for small products).
-    let parallel = threads >= 2 && work >= PARALLEL_WORK;
-    let split = if parallel && rhs.cs != 1 && n / threads >= MIN_BLOCK {
-        Some((true, n))
-    } else if parallel && n < MIN_BLOCK && m / threads >= MIN_BLOCK {
-        Some((false, m))
-    } else {
-        None
+    let tile = micro_tile_cols();
+    let (by_cols, len, size) = match split_for(threads, [m, k, n], tile) {
+        Split::Rows => (false, m, m.div_ceil(threads)),
+        Split::Cols => (true, n, n.div_ceil(threads).next_multiple_of(tile)),
+        split => {
+            let parallelism = if split == Split::Gemm {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            };
+            // SAFETY: forwarded from the caller.
+            return unsafe { gemm_into(out, accumulate, lhs, rhs, [m, k, n], alpha, parallelism) };
+        }
     };
-    let Some((by_cols, len)) = split else {
-        let parallelism = if parallel {
-            gemm::Parallelism::Rayon(0)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: forwarded from the caller.
-        return unsafe { gemm_into(out, accumulate, lhs, rhs, [m, k, n], alpha, parallelism) };
-    };
-    let size = len.div_ceil(threads).next_multiple_of(16);
     (0..len.div_ceil(size)).into_par_iter().for_each(|i| {
         let (s, e) = (i * size, ((i + 1) * size).min(len));
         // SAFETY: block `i` is columns (or rows) `s..e` of the caller's block, disjoint from
@@ -346,18 +378,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn split_for_takes_rows_then_columns() {
+        let cases = [
+            (2, [256, 112, 256], Split::Rows),
+            (2, [520, 140, 100], Split::Rows),
+            (3, [520, 140, 100], Split::Rows),
+            (2, [40, 300, 700], Split::Cols),
+            (2, [60, 8000, 24], Split::Gemm),
+            (3, [40, 300, 700], Split::Cols),
+            (1, [1024, 576, 1536], Split::None),
+            (2, [97, 31, 75], Split::None),
+            (2, [130, 0, 200], Split::None),
+        ];
+        for (threads, mkn, want) in cases {
+            assert_eq!(
+                split_for(threads, mkn, 16),
+                want,
+                "{threads} threads, {mkn:?}"
+            );
+        }
+        // With AVX-512's 64-wide tile, 100 columns on two threads are too narrow.
+        assert_eq!(split_for(2, [60, 8000, 100], 64), Split::Gemm);
+        assert_eq!(split_for(2, [60, 8000, 100], 16), Split::Cols);
+    }
+
     /// Every way a product is split over threads (by column, by row, gemm's own split, on the
     /// calling thread) and every operand layout gives the product by the definition; the
     /// uninitialised-output path never reads its (NaN-filled) destination, and accumulation
     /// adds to it.
     #[test]
     fn split_products_equal_the_definition() {
-        // Column split (n ≥ 64 per thread), row split (narrow n), neither (gemm's own split),
-        // below the threshold (one thread), odd sizes, k = 0.
+        // Row split, column split (few rows), gemm's own split (few rows and columns), below
+        // the threshold (one thread), odd sizes, k = 0; `split_for_takes_rows_then_columns`
+        // checks which shape takes which split.
         let shapes = [
             [256, 112, 256],
             [520, 140, 100],
-            [300, 600, 20],
+            [40, 300, 700],
+            [60, 8000, 24],
             [97, 31, 75],
             [130, 0, 200],
         ];
