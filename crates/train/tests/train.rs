@@ -10,80 +10,16 @@ use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, GradientCheckpointingStrategy, Int, Tensor, TensorData};
 use temper_llm_arch::checkpoint::hf_tensors;
-use temper_llm_arch::{ForwardOptions, LlamaForCausalLM, ModelConfig};
-use temper_objectives::data::{
-    PackOptions, PreferenceTokens, SftTokens, UnpairedTokens, pack_documents,
-};
+use temper_llm_arch::{ForwardOptions, LlamaForCausalLM};
+use temper_objectives::data::{PackOptions, UnpairedTokens, pack_documents};
 use temper_objectives::{CausalLmConfig, CpoConfig, DpoConfig, KtoConfig, OrpoConfig};
 use temper_train::{
     LrSchedule, Objective, Reference, ScheduleKind, StageConfig, TrainError, TrainRows, Trainer,
-    TrainerConfig, clip_grad_norm, global_grad_norm, with_gradient_checkpointing,
+    clip_grad_norm, global_grad_norm, with_gradient_checkpointing,
 };
 
-const VOCAB: usize = 32;
-
-fn device() -> Device {
-    Device::flex().autodiff()
-}
-
-fn tiny_model() -> LlamaForCausalLM {
-    let config = ModelConfig::tiny(VOCAB, 32, 2, 4, 2);
-    LlamaForCausalLM::init(&config, &device())
-}
-
-fn config(objective: Objective, dir: &Path, steps: usize) -> TrainerConfig {
-    TrainerConfig {
-        objective,
-        learning_rate: 1e-2,
-        max_steps: Some(steps),
-        batch_size: 4,
-        gradient_accumulation_steps: 1,
-        max_length: Some(16),
-        seed: 7,
-        warmup_steps: 0,
-        lr_scheduler_type: ScheduleKind::Constant,
-        logging_steps: 1,
-        output_dir: dir.to_path_buf(),
-        vocab_tile: 16,
-        ..TrainerConfig::default()
-    }
-}
-
-/// Prompt `k, k+1, k+2`, completion counting on: a pattern the model can learn.
-fn sft_rows() -> Vec<SftTokens> {
-    (0..6u32)
-        .map(|k| {
-            let ids: Vec<u32> = (0..8)
-                .map(|i| 1 + (k * 3 + i) % (VOCAB as u32 - 1))
-                .collect();
-            let labels = ids
-                .iter()
-                .enumerate()
-                .map(|(i, &t)| if i < 3 { -100 } else { i64::from(t) })
-                .collect();
-            SftTokens {
-                input_ids: ids,
-                labels,
-                completion_start: Some(3),
-            }
-        })
-        .collect()
-}
-
-fn pairs() -> Vec<PreferenceTokens> {
-    (0..6u32)
-        .map(|k| {
-            let start = 1 + (k * 5) % (VOCAB as u32 - 8);
-            let prompt: Vec<u32> = (0..3).map(|i| start + i).collect();
-            let last = prompt[2];
-            PreferenceTokens {
-                chosen_ids: (1..5).map(|i| (last + i) % VOCAB as u32).collect(),
-                rejected_ids: vec![last; 4],
-                prompt_ids: prompt,
-            }
-        })
-        .collect()
-}
+mod common;
+use common::{VOCAB, config, device, losses, pairs, sft_rows, tiny_model, write_base};
 
 fn unpaired() -> Vec<UnpairedTokens> {
     pairs()
@@ -98,14 +34,6 @@ fn unpaired() -> Vec<UnpairedTokens> {
             },
             label: i % 2 == 0,
         })
-        .collect()
-}
-
-fn losses(summary: &temper_train::TrainSummary) -> Vec<f64> {
-    summary
-        .log_history
-        .iter()
-        .filter_map(|r| r.get("loss"))
         .collect()
 }
 
@@ -565,50 +493,13 @@ fn accumulation_is_token_correct() {
     }
 }
 
-const TOKENIZER_JSON: &str = r#"{
-  "version": "1.0", "truncation": null, "padding": null,
-  "added_tokens": [
-    {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-    {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-    {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
-  ],
-  "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-  "model": {"type": "WordLevel", "unk_token": "<unk>",
-    "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "the": 3, "cat": 4, "sat": 5, "on": 6, "mat": 7, "a": 8, "dog": 9, "ran": 10}}
-}"#;
-
 /// `run_stage` from a TOML stage file: HF directory in, JSONL through the data module, SFT,
 /// HF directory out that `Pretrained::load` reads.
 #[test]
 fn run_stage_end_to_end() {
-    use temper_llm_arch::{Pretrained, SpecialTokens, Tokenizer};
+    use temper_llm_arch::Pretrained;
     let dir = tempfile::tempdir().unwrap();
-    let mut mc = ModelConfig::tiny(VOCAB, 32, 2, 4, 2);
-    mc.tie_word_embeddings = true;
-    mc.bos_token_id = Some(1);
-    mc.eos_token_ids = vec![2];
-    let base = Pretrained {
-        model: LlamaForCausalLM::init(&mc, &Device::flex()),
-        tokenizer: Tokenizer::from_json_str(TOKENIZER_JSON, "<test>").unwrap(),
-        chat_template: None,
-        special: SpecialTokens {
-            bos: None,
-            eos: vec![2],
-            pad: None,
-        },
-        source: "<memory>".into(),
-    };
-    base.save(
-        &dir.path().join("base"),
-        temper_backend::FloatPrecision::F32,
-    )
-    .unwrap();
-    let rows = [
-        r#"{"prompt": "the cat", "completion": " sat on the mat"}"#,
-        r#"{"prompt": "a dog", "completion": " ran on a mat"}"#,
-        r#"{"prompt": "the dog", "completion": " sat on a mat"}"#,
-    ];
-    std::fs::write(dir.path().join("train.jsonl"), rows.join("\n")).unwrap();
+    write_base(dir.path());
     std::fs::write(
         dir.path().join("stage.toml"),
         r#"
