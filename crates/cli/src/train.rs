@@ -9,24 +9,14 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use temper_train::{LoraSettings, Objective, StageConfig, run_stage};
-
-/// The objective named on the command line.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ObjectiveName {
-    Cpt,
-    Sft,
-    Dpo,
-    Orpo,
-    Simpo,
-    Kto,
-}
+use temper_train::{LoraSettings, ObjectiveConfig, StageConfig, run_stage};
 
 /// Arguments of `temper train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// The objective (omit with --config).
-    pub objective: Option<ObjectiveName>,
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(ObjectiveConfig::NAMES))]
+    pub objective: Option<String>,
     /// A TOML stage file (`model`, `train_file`, `[trainer]`, `[trainer.objective]`, ...);
     /// flags given as well override it.
     #[arg(long)]
@@ -82,17 +72,6 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-fn default_objective(name: ObjectiveName) -> Objective {
-    match name {
-        ObjectiveName::Cpt => Objective::Cpt(Default::default()),
-        ObjectiveName::Sft => Objective::Sft(Default::default()),
-        ObjectiveName::Dpo => Objective::Dpo(Default::default()),
-        ObjectiveName::Orpo => Objective::Orpo(Default::default()),
-        ObjectiveName::Simpo => Objective::Simpo(temper_objectives::CpoConfig::simpo(2.0, 0.5)),
-        ObjectiveName::Kto => Objective::Kto(Default::default()),
-    }
-}
-
 /// Build the stage from the TOML file (if any) and the flags.
 pub fn stage_from_args(args: &TrainArgs) -> Result<StageConfig> {
     let mut stage = match &args.config {
@@ -112,13 +91,17 @@ pub fn stage_from_args(args: &TrainArgs) -> Result<StageConfig> {
             StageConfig::from_toml_str(&text)?
         }
     };
-    if let Some(name) = args.objective {
-        if args.config.is_none() || stage.trainer.objective.name() != default_objective(name).name()
-        {
-            stage.trainer.objective = default_objective(name);
+    if let Some(name) = &args.objective {
+        // A TOML file naming the same objective keeps its hyper-parameters.
+        if args.config.is_none() || stage.trainer.objective.name() != name {
+            stage.trainer.objective = ObjectiveConfig::from_name(name)
+                .with_context(|| format!("unknown objective `{name}`"))?;
         }
     } else if args.config.is_none() {
-        bail!("name the objective (cpt, sft, dpo, orpo, simpo, kto) or give --config");
+        bail!(
+            "name the objective ({}) or give --config",
+            ObjectiveConfig::NAMES.join(", ")
+        );
     }
     if let Some(r) = args.lora_r {
         match stage.lora.as_mut() {

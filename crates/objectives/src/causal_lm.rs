@@ -23,6 +23,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{LossOutput, Readback, TokenStats};
+use crate::objective::{LossContext, MicroBatch, RowKind, TrainObjective};
 use crate::{ObjectiveError, Result, TokenLogps};
 use burn::tensor::Tensor;
 
@@ -149,6 +150,56 @@ pub fn causal_lm_loss(
         out.push("num_tokens", stats.total_tokens());
     }
     out.finish("causal-LM loss")
+}
+
+/// Continued pre-training as a [`TrainObjective`]: packed documents, every token a target,
+/// the [`causal_lm_loss`] divided by the targets of the accumulation window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cpt(pub CausalLmConfig);
+
+/// Supervised fine-tuning as a [`TrainObjective`]: prompt/completion rows or conversations,
+/// completion (or assistant) tokens as targets, the [`causal_lm_loss`] divided by the targets
+/// of the accumulation window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sft(pub CausalLmConfig);
+
+fn causal_lm_objective_loss(
+    name: &str,
+    config: &CausalLmConfig,
+    context: &LossContext<'_>,
+    batch: &MicroBatch,
+) -> Result<LossOutput> {
+    let forward = context.policy_forward(batch.sequences(name)?)?;
+    causal_lm_loss(
+        config,
+        &forward.logps,
+        context.num_items,
+        Some(&forward.stats),
+    )
+}
+
+impl TrainObjective for Cpt {
+    fn name(&self) -> &str {
+        "cpt"
+    }
+    fn row_kind(&self) -> RowKind {
+        RowKind::Documents
+    }
+    fn loss(&self, context: &LossContext<'_>, batch: &MicroBatch) -> Result<LossOutput> {
+        causal_lm_objective_loss(self.name(), &self.0, context, batch)
+    }
+}
+
+impl TrainObjective for Sft {
+    fn name(&self) -> &str {
+        "sft"
+    }
+    fn row_kind(&self) -> RowKind {
+        RowKind::Sequences
+    }
+    fn loss(&self, context: &LossContext<'_>, batch: &MicroBatch) -> Result<LossOutput> {
+        causal_lm_objective_loss(self.name(), &self.0, context, batch)
+    }
 }
 
 #[cfg(test)]

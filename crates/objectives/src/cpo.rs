@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dpo::{check_stacked, push_reward_metrics};
 use crate::metrics::{LossOutput, Readback, TokenStats};
+use crate::objective::{LossContext, MicroBatch, RowKind, TrainObjective};
 use crate::preference::PairLogps;
 use crate::stable::log_sigmoid;
 use crate::{ObjectiveError, Result};
@@ -251,4 +252,66 @@ pub fn cpo_loss(
     }
     out.push("nll_loss", nll);
     out.finish("CPO loss")
+}
+
+/// CPO as a [`TrainObjective`]: preference pairs, no reference, [`cpo_loss`] averaged over
+/// micro-batches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cpo(pub CpoConfig);
+
+/// SimPO as TRL runs it: the CPO trainer with `loss_type = simpo`, forced whatever the config
+/// says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Simpo(pub CpoConfig);
+
+impl Simpo {
+    /// The CPO config actually used.
+    pub fn config(&self) -> CpoConfig {
+        CpoConfig {
+            loss_type: CpoLossType::Simpo,
+            ..self.0.clone()
+        }
+    }
+}
+
+fn cpo_objective_loss(
+    name: &str,
+    config: &CpoConfig,
+    context: &LossContext<'_>,
+    batch: &MicroBatch,
+) -> Result<LossOutput> {
+    let pairs = batch.preference(name)?;
+    let forward = context.policy_forward(&pairs.batch)?;
+    let policy = PairLogps::from_stacked(&forward.logps)?;
+    cpo_loss(config, &policy, Some(&forward.stats))
+}
+
+impl TrainObjective for Cpo {
+    fn name(&self) -> &str {
+        "cpo"
+    }
+    fn row_kind(&self) -> RowKind {
+        RowKind::PreferencePairs
+    }
+    fn validate(&self) -> Result<()> {
+        self.0.validate()
+    }
+    fn loss(&self, context: &LossContext<'_>, batch: &MicroBatch) -> Result<LossOutput> {
+        cpo_objective_loss(self.name(), &self.0, context, batch)
+    }
+}
+
+impl TrainObjective for Simpo {
+    fn name(&self) -> &str {
+        "simpo"
+    }
+    fn row_kind(&self) -> RowKind {
+        RowKind::PreferencePairs
+    }
+    fn validate(&self) -> Result<()> {
+        self.config().validate()
+    }
+    fn loss(&self, context: &LossContext<'_>, batch: &MicroBatch) -> Result<LossOutput> {
+        cpo_objective_loss(self.name(), &self.config(), context, batch)
+    }
 }

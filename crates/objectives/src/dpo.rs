@@ -59,6 +59,7 @@ use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{LossOutput, Readback, TokenStats, bool_as};
+use crate::objective::{LossContext, MicroBatch, RowKind, TrainObjective};
 use crate::preference::{PairLogps, RefLogps};
 use crate::stable::log_sigmoid;
 use crate::{ObjectiveError, Result};
@@ -628,6 +629,34 @@ pub(crate) fn check_stacked(stats: &TokenStats, pairs: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The DPO family as a [`TrainObjective`]: preference pairs against reference log-probs,
+/// [`dpo_loss`] averaged over micro-batches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dpo(pub DpoConfig);
+
+impl TrainObjective for Dpo {
+    fn name(&self) -> &str {
+        "dpo"
+    }
+    fn row_kind(&self) -> RowKind {
+        RowKind::PreferencePairs
+    }
+    fn needs_reference(&self) -> bool {
+        true
+    }
+    fn validate(&self) -> Result<()> {
+        self.0.validate()
+    }
+    fn loss(&self, context: &LossContext<'_>, batch: &MicroBatch) -> Result<LossOutput> {
+        let pairs = batch.preference(self.name())?;
+        let forward = context.policy_forward(&pairs.batch)?;
+        let policy = PairLogps::from_stacked(&forward.logps)?;
+        let device = forward.hidden.device();
+        let reference = context.reference.pair_logps(pairs, &batch.rows, &device)?;
+        dpo_loss(&self.0, &policy, &reference, Some(&forward.stats))
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ pub enum ObjectiveError {
     /// A loss or log-prob came out NaN or infinite.
     #[error("non-finite {what}: {value}")]
     NonFinite { what: String, value: f64 },
+    /// A reference source outside this crate failed (e.g. a trainer's own reference forward).
+    #[error("reference log-probs: {0}")]
+    Reference(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Tokenizer or chat-template failure from `temper-llm-arch`.
     #[error(transparent)]
     Arch(#[from] temper_llm_arch::Error),

@@ -28,7 +28,9 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::data::TrainRows;
 use crate::metrics::{LossOutput, Readback, TokenStats, like};
+use crate::objective::{CollateOptions, LossContext, MicroBatch, RowKind, TrainObjective};
 use crate::{ObjectiveError, Result};
 
 /// KTO loss type (TRL `KTOConfig.loss_type`).
@@ -305,6 +307,59 @@ pub fn kto_loss(
         out.push("rewards/margins", c - r);
     }
     out.finish("KTO loss")
+}
+
+/// KTO as a [`TrainObjective`]: unpaired rows against reference log-probs, [`kto_loss`]
+/// averaged over micro-batches. Loss types that need TRL's KL baseline collate a mismatched
+/// KL batch (each prompt with another row's completion) and score it under both models.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Kto(pub KtoConfig);
+
+impl TrainObjective for Kto {
+    fn name(&self) -> &str {
+        "kto"
+    }
+    fn row_kind(&self) -> RowKind {
+        RowKind::Unpaired
+    }
+    fn needs_reference(&self) -> bool {
+        true
+    }
+    fn validate(&self) -> Result<()> {
+        self.0.validate()
+    }
+    fn collate(
+        &self,
+        rows: &TrainRows,
+        indices: &[usize],
+        options: &CollateOptions,
+    ) -> Result<MicroBatch> {
+        MicroBatch::collate(rows, indices, options, self.0.loss_type.needs_kl())
+    }
+    fn loss(&self, context: &LossContext<'_>, batch: &MicroBatch) -> Result<LossOutput> {
+        let rows = batch.unpaired(self.name())?;
+        let forward = context.policy_forward(&rows.batch)?;
+        let device = forward.hidden.device();
+        let on_device = |values: Vec<f32>| {
+            let n = values.len();
+            Tensor::<1>::from_data(TensorData::new(values, [n]), &device)
+        };
+        let reference = on_device(context.reference.sequence_logps(&rows.batch)?);
+        let kl = match &rows.kl {
+            Some(kl_batch) => Some(KlLogps {
+                policy: context.policy_logps(kl_batch)?.sum().detach(),
+                reference: on_device(context.reference.sequence_logps(kl_batch)?),
+            }),
+            None => None,
+        };
+        let kto = KtoBatch {
+            policy: forward.logps.sum(),
+            reference,
+            desirable: rows.label.clone(),
+            kl,
+        };
+        kto_loss(&self.0, &kto, Some(&forward.stats))
+    }
 }
 
 #[cfg(test)]

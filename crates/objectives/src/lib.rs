@@ -1,7 +1,18 @@
 //! # temper-objectives
 //!
-//! Training objectives as plain functions over burn tensors, and the data preparation that
-//! feeds them — for users who write their own training loop. Nothing here owns a loop.
+//! Training objectives as plain functions over burn tensors, the data preparation that feeds
+//! them, and one trait over both — for users who write their own training loop or their own
+//! objective. Nothing here owns a loop.
+//!
+//! * Losses ([`causal_lm_loss`], [`dpo_loss`], [`orpo_loss`], [`cpo_loss`], [`kto_loss`]) take
+//!   log-prob tensors and return [`LossOutput`] with TRL's metric names.
+//! * [`TrainObjective`] ([`objective`]) wraps each of them with what a loop needs: the rows it
+//!   reads ([`RowKind`]), whether it needs a reference, how it scales under gradient
+//!   accumulation, how a micro-batch is collated and its loss from a policy
+//!   ([`LossContext`]). Implemented by [`Cpt`], [`Sft`], [`Dpo`], [`Orpo`], [`Cpo`],
+//!   [`Simpo`], [`Kto`]; [`ObjectiveConfig`] maps their TOML/CLI names to them.
+//! * Log-probs straight from hidden states in vocabulary tiles ([`chunked`]), a reference
+//!   log-prob cache ([`ref_cache`]), TRL-shaped JSONL → token rows → batches ([`data`]).
 //!
 //! Conventions (HF/TRL): logits `[batch, seq, vocab]` at position `t` predict token `t+1`;
 //! labels are aligned with `input_ids` (not pre-shifted) and `-100` marks ignored targets;
@@ -17,23 +28,30 @@ pub mod kto;
 pub mod logprobs;
 pub mod metrics;
 mod named;
+pub mod objective;
 pub mod orpo;
 pub mod preference;
 pub mod ref_cache;
 pub mod stable;
 
-pub use causal_lm::{CausalLmConfig, CausalLmLossType, causal_lm_loss, token_mean_nll};
+pub use causal_lm::{CausalLmConfig, CausalLmLossType, Cpt, Sft, causal_lm_loss, token_mean_nll};
 pub use chunked::{
     ChunkConfig, bounded_backward, chunked_token_logps, chunked_token_logps_with_stats,
     lm_head_weight, target_logps,
 };
-pub use cpo::{CpoConfig, CpoLossType, cpo_loss};
-pub use dpo::{DpoConfig, DpoLossType, FDivergenceType, dpo_loss, dpo_per_pair_loss, dpo_rewards};
+pub use cpo::{Cpo, CpoConfig, CpoLossType, Simpo, cpo_loss};
+pub use dpo::{
+    Dpo, DpoConfig, DpoLossType, FDivergenceType, dpo_loss, dpo_per_pair_loss, dpo_rewards,
+};
 pub use error::{ObjectiveError, Result};
-pub use kto::{KlLogps, KtoBatch, KtoConfig, KtoLossType, kto_loss};
+pub use kto::{KlLogps, Kto, KtoBatch, KtoConfig, KtoLossType, kto_loss};
 pub use logprobs::{TokenLogps, shift_labels, token_logps};
 pub use metrics::{LossOutput, Metrics, TokenStats};
-pub use orpo::{OrpoConfig, OrpoNll, odds_ratio, orpo_loss};
+pub use objective::{
+    BatchData, CollateOptions, LossContext, LossScaling, MicroBatch, ModelReference, NoReference,
+    ObjectiveConfig, PolicyForward, ReferenceLogps, RowKind, TrainObjective,
+};
+pub use orpo::{Orpo, OrpoConfig, OrpoNll, odds_ratio, orpo_loss};
 pub use preference::{PairLogps, RefLogps};
 pub use ref_cache::{
     RefCache, RefCacheOptions, dataset_fingerprint, files_fingerprint, model_fingerprint,

@@ -29,10 +29,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::dpo::{check_stacked, push_reward_metrics};
 use crate::metrics::{LossOutput, Readback, TokenStats};
+use crate::objective::{LossContext, MicroBatch, RowKind, TrainObjective};
 use crate::preference::PairLogps;
 use crate::stable::log_sigmoid;
 pub use crate::stable::log1mexp;
 use crate::{ObjectiveError, Result, TokenLogps};
+use burn::tensor::{Device, Int, TensorData};
 
 /// Which NLL term ORPO adds to the odds-ratio term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -208,4 +210,46 @@ pub fn orpo_loss(
     out.push("log_odds_ratio", odds.log_sigmoid.mean());
     out.push("log_odds_chosen", odds.log_odds.mean());
     out.finish("ORPO loss")
+}
+
+/// ORPO as a [`TrainObjective`]: preference pairs, no reference, [`orpo_loss`] averaged over
+/// micro-batches. With [`OrpoNll::PromptAndCompletion`] the NLL term scores the chosen rows'
+/// prompt and completion tokens from the same forward pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Orpo(pub OrpoConfig);
+
+impl TrainObjective for Orpo {
+    fn name(&self) -> &str {
+        "orpo"
+    }
+    fn row_kind(&self) -> RowKind {
+        RowKind::PreferencePairs
+    }
+    fn validate(&self) -> Result<()> {
+        self.0.validate()
+    }
+    fn loss(&self, context: &LossContext<'_>, batch: &MicroBatch) -> Result<LossOutput> {
+        let pairs = batch.preference(self.name())?;
+        let forward = context.policy_forward(&pairs.batch)?;
+        let policy = PairLogps::from_stacked(&forward.logps)?;
+        let full = if self.0.nll == OrpoNll::PromptAndCompletion {
+            // The chosen rows are the first `num_pairs`; every attended token is a target.
+            let b = pairs.num_pairs;
+            let labels = pairs.batch.attended_labels();
+            let [_, t, h] = forward.hidden.dims();
+            let labels = labels_tensor(&labels, &forward.hidden.device()).slice([0..b, 0..t]);
+            let hidden = forward.hidden.clone().slice([0..b, 0..t, 0..h]);
+            Some(context.token_logps(hidden, labels)?)
+        } else {
+            None
+        };
+        orpo_loss(&self.0, &policy, full.as_ref(), Some(&forward.stats))
+    }
+}
+
+/// `[rows, seq]` labels on `device`.
+fn labels_tensor(labels: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
+    let (b, t) = (labels.len(), labels.first().map_or(0, Vec::len));
+    let flat: Vec<i64> = labels.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [b, t]), device)
 }

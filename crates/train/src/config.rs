@@ -9,86 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use temper_lora::{LoraConfig, TargetModules};
-use temper_objectives::{CausalLmConfig, CpoConfig, CpoLossType, DpoConfig, KtoConfig, OrpoConfig};
+use temper_objectives::ObjectiveConfig;
 
 use crate::{Result, TrainError};
-
-/// The training objective and its hyper-parameters (TRL's configs from `temper-objectives`).
-///
-/// In TOML: `[trainer.objective]` with `type = "sft"` (or `cpt`, `dpo`, `orpo`, `simpo`, `cpo`,
-/// `kto`) and the objective's own keys (`beta = 0.1`, `loss_type = [...]`, ...).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Objective {
-    /// Continued pre-training: every token of packed documents is a target.
-    Cpt(CausalLmConfig),
-    /// Supervised fine-tuning: completion (or assistant) tokens are targets.
-    Sft(CausalLmConfig),
-    /// DPO family (needs reference log-probs).
-    Dpo(DpoConfig),
-    /// ORPO (reference-free).
-    Orpo(OrpoConfig),
-    /// SimPO as TRL runs it (CPO trainer with `loss_type = simpo`); the loss type is forced to
-    /// `simpo` whatever the table says.
-    Simpo(CpoConfig),
-    /// CPO (reference-free).
-    Cpo(CpoConfig),
-    /// KTO on unpaired rows (needs reference log-probs).
-    Kto(KtoConfig),
-}
-
-impl Default for Objective {
-    fn default() -> Self {
-        Self::Sft(CausalLmConfig::default())
-    }
-}
-
-impl Objective {
-    /// TRL's short name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Cpt(_) => "cpt",
-            Self::Sft(_) => "sft",
-            Self::Dpo(_) => "dpo",
-            Self::Orpo(_) => "orpo",
-            Self::Simpo(_) => "simpo",
-            Self::Cpo(_) => "cpo",
-            Self::Kto(_) => "kto",
-        }
-    }
-
-    /// Whether the loss compares against a reference model.
-    pub fn needs_reference(&self) -> bool {
-        matches!(self, Self::Dpo(_) | Self::Kto(_))
-    }
-
-    /// Whether the rows are preference pairs (`prompt`/`chosen`/`rejected`).
-    pub fn is_preference(&self) -> bool {
-        matches!(
-            self,
-            Self::Dpo(_) | Self::Orpo(_) | Self::Simpo(_) | Self::Cpo(_)
-        )
-    }
-
-    /// The CPO config actually used (SimPO forces its loss type).
-    pub(crate) fn cpo_config(&self) -> Option<CpoConfig> {
-        match self {
-            Self::Simpo(c) => Some(CpoConfig {
-                loss_type: CpoLossType::Simpo,
-                ..c.clone()
-            }),
-            Self::Cpo(c) => Some(c.clone()),
-            _ => None,
-        }
-    }
-
-    /// Whether the loss divides by the tokens of the whole accumulation window
-    /// (`num_items_in_batch`, CPT/SFT) rather than averaging micro-batch means (TRL's
-    /// preference trainers, `loss_is_scaled_for_ga = False`).
-    pub fn token_scaled(&self) -> bool {
-        matches!(self, Self::Cpt(_) | Self::Sft(_))
-    }
-}
 
 /// LR schedule after warm-up (HF `lr_scheduler_type`); every one warms up linearly first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -107,8 +30,10 @@ pub enum ScheduleKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainerConfig {
-    /// The loss and its hyper-parameters.
-    pub objective: Objective,
+    /// The objective and its hyper-parameters, by name (`[trainer.objective]` with `type =
+    /// "sft"` and the objective's own keys; see [`ObjectiveConfig`]). [`crate::Trainer::new`]
+    /// builds the objective from it; [`crate::Trainer::with_objective`] takes any other.
+    pub objective: ObjectiveConfig,
     /// Peak learning rate. Default 5e-5.
     pub learning_rate: f64,
     /// Epochs over the training rows (fractions allowed). Ignored when `max_steps` is set.
@@ -161,7 +86,7 @@ pub struct TrainerConfig {
 impl Default for TrainerConfig {
     fn default() -> Self {
         Self {
-            objective: Objective::default(),
+            objective: ObjectiveConfig::default(),
             learning_rate: 5e-5,
             num_train_epochs: 3.0,
             max_steps: None,
@@ -193,11 +118,22 @@ fn bad(msg: impl Into<String>) -> TrainError {
 }
 
 impl TrainerConfig {
-    /// Checks ranges, so a bad value fails before the model is loaded.
+    /// Checks ranges and the objective's hyper-parameters, so a bad value fails before the
+    /// model is loaded.
     ///
     /// # Errors
     /// The first invalid key.
     pub fn validate(&self) -> Result<()> {
+        self.validate_hyperparameters()?;
+        Ok(self.objective.validate()?)
+    }
+
+    /// [`validate`](Self::validate) without the objective (for a trainer given its objective
+    /// separately).
+    ///
+    /// # Errors
+    /// The first invalid key.
+    pub fn validate_hyperparameters(&self) -> Result<()> {
         if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
             return Err(bad(format!(
                 "learning_rate must be ≥ 0, got {}",
@@ -256,17 +192,6 @@ impl TrainerConfig {
         }
         if self.max_length.is_some_and(|n| n < 2) {
             return Err(bad("max_length must be at least 2"));
-        }
-        match &self.objective {
-            Objective::Dpo(c) => c.validate()?,
-            Objective::Orpo(c) => c.validate()?,
-            Objective::Kto(c) => c.validate()?,
-            Objective::Simpo(_) | Objective::Cpo(_) => {
-                if let Some(c) = self.objective.cpo_config() {
-                    c.validate()?;
-                }
-            }
-            Objective::Cpt(_) | Objective::Sft(_) => {}
         }
         Ok(())
     }

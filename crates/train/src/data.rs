@@ -1,5 +1,5 @@
-//! The training data stream: tokenised rows of one of three shapes, a seeded shuffled order per
-//! epoch, and micro-batches addressed by a global index.
+//! The training data order: a seeded shuffled order per epoch and micro-batches addressed by a
+//! global index (the rows themselves are `temper_objectives::data::TrainRows`).
 //!
 //! The order of epoch `e` is a Fisher–Yates shuffle driven by ChaCha8 seeded with
 //! `seed + e`; micro-batch `m` is chunk `m mod nb` of epoch `m div nb`'s order (`nb` =
@@ -10,62 +10,8 @@
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use temper_objectives::data::{PackedBlock, PreferenceTokens, SftTokens, UnpairedTokens};
 
 use crate::{Result, TrainError};
-
-/// Tokenised rows, in the shape the objective needs.
-#[derive(Debug, Clone)]
-pub enum TrainRows {
-    /// CPT/SFT sequences with their labels (`-100` where no loss is taken).
-    Sequences(Vec<SftTokens>),
-    /// CPT packed blocks (carry position ids restarting per document).
-    Packed(Vec<PackedBlock>),
-    /// DPO/ORPO/SimPO/CPO pairs.
-    Preference(Vec<PreferenceTokens>),
-    /// KTO rows.
-    Unpaired(Vec<UnpairedTokens>),
-}
-
-impl TrainRows {
-    /// Number of rows (pairs for preference data).
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Sequences(r) => r.len(),
-            Self::Packed(r) => r.len(),
-            Self::Preference(r) => r.len(),
-            Self::Unpaired(r) => r.len(),
-        }
-    }
-
-    /// Whether there are no rows.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The name of the row shape, for error messages.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Sequences(_) => "sequences",
-            Self::Packed(_) => "packed blocks",
-            Self::Preference(_) => "preference pairs",
-            Self::Unpaired(_) => "unpaired (KTO) rows",
-        }
-    }
-
-    /// The rows at `indices`, in that order.
-    pub fn select(&self, indices: &[usize]) -> Self {
-        fn pick<T: Clone>(rows: &[T], idx: &[usize]) -> Vec<T> {
-            idx.iter().filter_map(|&i| rows.get(i).cloned()).collect()
-        }
-        match self {
-            Self::Sequences(r) => Self::Sequences(pick(r, indices)),
-            Self::Packed(r) => Self::Packed(pick(r, indices)),
-            Self::Preference(r) => Self::Preference(pick(r, indices)),
-            Self::Unpaired(r) => Self::Unpaired(pick(r, indices)),
-        }
-    }
-}
 
 /// Seeded shuffled order and micro-batch addressing over `len` rows.
 #[derive(Debug, Clone)]

@@ -1,13 +1,14 @@
 //! # temper-train
 //!
-//! A resumable trainer for `temper-llm-arch` models with the objectives of
-//! `temper-objectives` (CPT, SFT, DPO family, ORPO, SimPO/CPO, KTO).
+//! A resumable trainer for `temper-llm-arch` models and any objective implementing
+//! `temper_objectives::TrainObjective` — Temper's own (CPT, SFT, DPO family, ORPO, SimPO/CPO,
+//! KTO, named in TOML through [`ObjectiveConfig`]) or yours ([`Trainer::with_objective`]).
 //!
 //! * [`TrainerConfig`] — HF/TRL hyper-parameter names and defaults, set explicitly where
 //!   burn's differ (AdamW ε 1e-8 and weight decay 0; global-norm clipping).
 //! * [`FusedAdamW`] — burn's AdamW arithmetic and record, one fused parallel update per
 //!   parameter.
-//! * [`Trainer`] — the loop: seeded shuffled data order, gradient accumulation with
+//! * [`Trainer`] — the loop, objective-agnostic: seeded shuffled data order, gradient accumulation with
 //!   token-correct scaling, [`clip_grad_norm`], LR schedules with warm-up ([`LrSchedule`]),
 //!   evaluation, atomic checkpoints and exact resume, a NaN guard, `metrics.jsonl` with TRL's
 //!   names, a progress bar and a loss-curve SVG.
@@ -23,7 +24,9 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod finetune;
+pub mod grad_checkpointing;
 pub mod metrics;
+pub mod reference;
 pub mod schedule;
 pub mod stage;
 pub mod trainer;
@@ -31,15 +34,16 @@ pub mod trainer;
 pub use adamw::{FusedAdamW, FusedAdamWConfig};
 pub use checkpoint::{TrainerState, assign_param_ids, latest_checkpoint};
 pub use clip::{clip_grad_norm, global_grad_norm};
-pub use config::{
-    LoraSettings, Objective, ReferenceConfig, ScheduleKind, StageConfig, TrainerConfig,
-};
-pub use data::{DataOrder, TrainRows};
+pub use config::{LoraSettings, ReferenceConfig, ScheduleKind, StageConfig, TrainerConfig};
+pub use data::DataOrder;
 pub use error::{Result, TrainError};
 pub use finetune::{FineTuning, FullFineTuning, LoraFineTuning, adapter_param_ids, param_ids};
+pub use grad_checkpointing::with_gradient_checkpointing;
 pub use metrics::{LogRecord, plot_loss_curve};
+pub use reference::Reference;
 pub use schedule::LrSchedule;
-pub use stage::{load_rows, run_stage};
-pub use trainer::{
-    METRICS_FILE, PLOT_FILE, Reference, TrainSummary, Trainer, with_gradient_checkpointing,
-};
+pub use stage::run_stage;
+/// The objective table, rows and reader `temper-train` uses, re-exported for convenience.
+pub use temper_objectives::data::{RowOptions, TrainRows, read_train_rows};
+pub use temper_objectives::{ObjectiveConfig, RowKind, TrainObjective};
+pub use trainer::{METRICS_FILE, PLOT_FILE, TrainData, TrainSummary, Trainer};

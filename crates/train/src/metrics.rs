@@ -131,3 +131,24 @@ pub fn plot_loss_curve(records: &[LogRecord], path: &Path) -> Result<()> {
         )
     })
 }
+
+/// Per-name mean over micro-batches/steps, in first-seen order.
+pub(crate) fn average<'a>(
+    all: impl Iterator<Item = &'a temper_objectives::Metrics>,
+) -> Vec<(String, f64)> {
+    let mut sums: Vec<(String, f64, usize)> = Vec::new();
+    for m in all {
+        for (name, v) in m.iter() {
+            match sums.iter_mut().find(|(n, _, _)| n == name) {
+                Some(e) => {
+                    e.1 += v;
+                    e.2 += 1;
+                }
+                None => sums.push((name.to_string(), v, 1)),
+            }
+        }
+    }
+    sums.into_iter()
+        .map(|(n, s, c)| (n, s / c.max(1) as f64))
+        .collect()
+}

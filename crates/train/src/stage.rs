@@ -11,16 +11,13 @@ use serde_json::json;
 use temper_backend::{DeviceSpec, FloatPrecision};
 use temper_llm_arch::checkpoint::write_atomic;
 use temper_llm_arch::{ChatTemplate, LlamaForCausalLM, Pretrained, SpecialTokens, Tokenizer};
-use temper_objectives::data::{
-    Document, PackOptions, PreferenceRow, Preprocessor, ReadOptions, SftOptions, SftRow,
-    UnpairedRow, pack_documents, read_jsonl,
-};
+use temper_objectives::data::{Preprocessor, RowOptions, TrainRows, read_train_rows};
 use temper_objectives::{RefCache, dataset_fingerprint};
 
-use crate::config::{Objective, ReferenceConfig, StageConfig};
-use crate::data::TrainRows;
+use crate::config::{ReferenceConfig, StageConfig};
 use crate::finetune::LoraFineTuning;
-use crate::trainer::{Reference, TrainSummary, Trainer};
+use crate::reference::Reference;
+use crate::trainer::{TrainData, TrainSummary, Trainer};
 use crate::{Result, TrainError};
 
 fn preprocessor(model: &Path) -> Result<Preprocessor> {
@@ -32,56 +29,6 @@ fn preprocessor(model: &Path) -> Result<Preprocessor> {
     } else {
         Preprocessor::from_hf_dir(model)?
     })
-}
-
-/// Reads and tokenises `path` into the row shape of `objective`.
-///
-/// # Errors
-/// Unreadable or malformed JSONL, tokenisation failures, no rows left.
-pub fn load_rows(
-    path: &Path,
-    objective: &Objective,
-    pre: &Preprocessor,
-    max_length: Option<usize>,
-    completion_only_loss: bool,
-) -> Result<TrainRows> {
-    let opts = ReadOptions::default();
-    let rows = match objective {
-        Objective::Cpt(_) => {
-            let docs = read_jsonl::<Document>(path, &opts)?.rows;
-            let ids = pre.prepare_documents(&docs)?;
-            let block = max_length.unwrap_or(1024);
-            TrainRows::Packed(pack_documents(
-                &ids,
-                &PackOptions::new(block, Some(pre.eos_id())),
-            )?)
-        }
-        Objective::Sft(_) => {
-            let rows = read_jsonl::<SftRow>(path, &opts)?.rows;
-            let sft = SftOptions {
-                max_length,
-                completion_only_loss,
-                ..SftOptions::default()
-            };
-            TrainRows::Sequences(pre.prepare_sft(&rows, &sft)?.rows)
-        }
-        Objective::Dpo(_) | Objective::Orpo(_) | Objective::Simpo(_) | Objective::Cpo(_) => {
-            let rows = read_jsonl::<PreferenceRow>(path, &opts)?.rows;
-            TrainRows::Preference(pre.prepare_preference(&rows, max_length)?.rows)
-        }
-        Objective::Kto(_) => {
-            let rows = read_jsonl::<UnpairedRow>(path, &opts)?.rows;
-            TrainRows::Unpaired(pre.prepare_unpaired(&rows, max_length)?.rows)
-        }
-    };
-    if rows.is_empty() {
-        return Err(TrainError::Data(format!(
-            "{}: no usable rows for {}",
-            path.display(),
-            objective.name()
-        )));
-    }
-    Ok(rows)
 }
 
 /// Runs one training stage end to end and saves the trained model in `trainer.output_dir`
@@ -111,26 +58,14 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
 
     let pretrained = Pretrained::load(&config.model, &train_device, precision)?;
     let pre = preprocessor(&config.model)?;
-    let train = load_rows(
-        &config.train_file,
-        &tc.objective,
-        &pre,
-        tc.max_length,
-        config.completion_only_loss,
-    )?;
-    let eval = config
-        .eval_file
-        .as_ref()
-        .map(|p| {
-            load_rows(
-                p,
-                &tc.objective,
-                &pre,
-                tc.max_length,
-                config.completion_only_loss,
-            )
-        })
-        .transpose()?;
+    let objective = tc.objective.build();
+    let rows = RowOptions {
+        max_length: tc.max_length,
+        completion_only_loss: config.completion_only_loss,
+    };
+    let read = |path: &Path| read_train_rows(path, objective.row_kind(), &pre, &rows);
+    let train = read(&config.train_file)?;
+    let eval = config.eval_file.as_deref().map(read).transpose()?;
 
     let lora = config.lora.as_ref().map(|l| {
         LoraFineTuning::new(
@@ -139,7 +74,7 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
         )
     });
 
-    let reference = if tc.objective.needs_reference() {
+    let reference = if objective.needs_reference() {
         match &config.reference {
             ReferenceConfig::InitialPolicy if lora.is_some() => Reference::FromFineTuning,
             ReferenceConfig::InitialPolicy => Reference::Model(pretrained.model.valid()),
@@ -184,8 +119,10 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
         }
         None => model,
     };
+    let data = TrainData { train, eval };
     let mut trainer =
-        Trainer::new(model, tc.clone(), train, eval, reference, pad_id)?.with_progress(progress);
+        Trainer::with_objective(model, tc.clone(), objective, data, reference, pad_id)?
+            .with_progress(progress);
     if let Some(l) = &lora {
         trainer = trainer.with_fine_tuning(Box::new(l.clone()));
     }
@@ -196,7 +133,7 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     if summary.stopped_early {
         return Ok(summary);
     }
-    let model = trainer.into_model()?.valid();
+    let model = trainer.into_model().valid();
     let out = &tc.output_dir;
     match &lora {
         Some(l) if config.save_adapter_only => {

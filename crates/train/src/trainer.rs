@@ -1,34 +1,34 @@
 //! The training loop.
 //!
 //! One optimizer step = `gradient_accumulation_steps` micro-batches:
-//! 1. collate the micro-batches of the step on the host (their count of target tokens is the
-//!    `num_items` of the whole window for CPT/SFT);
-//! 2. per micro-batch: forward to the final hidden states, chunked log-probs (no
-//!    `[batch, seq, vocab]` logits), the objective's loss, scaled for accumulation — CPT/SFT
-//!    divide the token-loss sum by `num_items` (so the window's gradient equals the big
-//!    batch's, HF's `num_items_in_batch`), preference objectives divide their batch mean by
-//!    the number of micro-batches (TRL) — then backward and accumulate the gradients of the
-//!    trainable parameters;
+//! 1. collate the micro-batches of the step on the host with the objective's
+//!    [`TrainObjective::collate`] (their count of target tokens is the `num_items` of the whole
+//!    window for [`LossScaling::TokenSum`] objectives);
+//! 2. per micro-batch: the objective's loss ([`TrainObjective::loss`]: forward to the final
+//!    hidden states, chunked log-probs — no `[batch, seq, vocab]` logits —, reference
+//!    log-probs where needed), scaled for accumulation — token-sum objectives (CPT/SFT) divide
+//!    by `num_items` (so the window's gradient equals the big batch's, HF's
+//!    `num_items_in_batch`), batch-mean objectives (preference) are divided by the number of
+//!    micro-batches here (TRL) — then backward and accumulate the gradients of the trainable
+//!    parameters;
 //! 3. global-norm clipping, AdamW with the scheduled LR, then logging, evaluation and
 //!    checkpointing on their cadences.
+//!
+//! The trainer knows no objective by name: anything implementing [`TrainObjective`] trains.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Bytes, Device, GradientCheckpointingStrategy, Int, Tensor, TensorData};
+use burn::tensor::{Bytes, Device};
 use indicatif::{ProgressBar, ProgressStyle};
-use temper_llm_arch::{ForwardOptions, LlamaForCausalLM};
-use temper_objectives::data::{
-    Batch, PadOptions, PreferenceBatch, UnpairedBatch, collate_packed, collate_preference,
-    collate_sft, collate_unpaired,
-};
+use temper_llm_arch::{LlamaForCausalLM, ModelConfig};
+use temper_objectives::data::TrainRows;
 use temper_objectives::{
-    ChunkConfig, KlLogps, KtoBatch, LossOutput, Metrics, ObjectiveError, OrpoNll, PairLogps,
-    RefCache, RefLogps, TokenLogps, TokenStats, causal_lm_loss, chunked_token_logps,
-    chunked_token_logps_with_stats, cpo_loss, dpo_loss, kto_loss, lm_head_weight, orpo_loss,
+    ChunkConfig, CollateOptions, LossContext, LossOutput, LossScaling, Metrics, MicroBatch,
+    ObjectiveError, TrainObjective,
 };
 
 use crate::adamw::FusedAdamWConfig;
@@ -37,10 +37,12 @@ use crate::checkpoint::{
     save_checkpoint,
 };
 use crate::clip::{clip_grad_norm, global_grad_norm};
-use crate::config::{Objective, TrainerConfig};
-use crate::data::{DataOrder, TrainRows};
+use crate::config::TrainerConfig;
+use crate::data::DataOrder;
 use crate::finetune::{FineTuning, FullFineTuning};
-use crate::metrics::{LogRecord, append_jsonl, plot_loss_curve, rewrite_jsonl};
+use crate::grad_checkpointing::with_gradient_checkpointing;
+use crate::metrics::{LogRecord, append_jsonl, average, plot_loss_curve, rewrite_jsonl};
+use crate::reference::{Reference, RunReference};
 use crate::schedule::LrSchedule;
 use crate::{Result, TrainError};
 
@@ -48,22 +50,6 @@ use crate::{Result, TrainError};
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The loss curve.
 pub const PLOT_FILE: &str = "loss.svg";
-
-/// Where DPO/KTO reference log-probs come from.
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // one per trainer; boxing buys nothing
-pub enum Reference {
-    /// The objective needs no reference (CPT, SFT, ORPO, SimPO, CPO).
-    None,
-    /// A frozen model (a copy of the initial policy, or another checkpoint); run without
-    /// autodiff, its log-probs go through the host to the policy's device.
-    Model(LlamaForCausalLM),
-    /// Precomputed reference log-probs of the training pairs, indexed like the training rows
-    /// (DPO family only). Evaluation then needs a model reference and is skipped otherwise.
-    Cache(RefCache),
-    /// The fine-tuning method's own reference (LoRA with adapters disabled).
-    FromFineTuning,
-}
 
 /// What a finished (or stopped) run reports.
 #[derive(Debug, Clone)]
@@ -84,74 +70,30 @@ pub struct TrainSummary {
     pub stopped_early: bool,
 }
 
-/// Host-side collated micro-batch.
-enum Collated {
-    Sequences(Batch),
-    Preference {
-        batch: PreferenceBatch,
-        rows: Vec<usize>,
-    },
-    Unpaired(UnpairedBatch),
+/// The tokenised rows of a run.
+#[derive(Debug, Clone)]
+pub struct TrainData {
+    /// Training rows, in the shape the objective reads.
+    pub train: TrainRows,
+    /// Held-out rows for `eval_loss` (same shape), if any.
+    pub eval: Option<TrainRows>,
 }
 
-impl Collated {
-    fn tokens(&self) -> usize {
-        let count = |b: &Batch| {
-            b.attention_mask
-                .iter()
-                .flatten()
-                .filter(|&&a| a != 0)
-                .count()
-        };
-        match self {
-            Self::Sequences(b) => count(b),
-            Self::Preference { batch, .. } => count(&batch.batch),
-            Self::Unpaired(b) => count(&b.batch),
-        }
-    }
-
-    fn targets(&self) -> usize {
-        match self {
-            Self::Sequences(b) => b.num_targets(),
-            Self::Preference { batch, .. } => batch.batch.num_targets(),
-            Self::Unpaired(b) => b.batch.num_targets(),
-        }
-    }
-}
-
-fn forward_options(batch: &Batch) -> ForwardOptions {
-    ForwardOptions {
-        attention_mask: Some(batch.attention_mask_u8()),
-        position_ids: batch.position_ids_usize(),
-    }
-}
-
-fn labels_tensor(labels: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
-    let (b, t) = (labels.len(), labels.first().map_or(0, Vec::len));
-    let flat: Vec<i64> = labels.iter().flatten().copied().collect();
-    Tensor::from_data(TensorData::new(flat, [b, t]), device)
-}
-
-fn host(t: Tensor<1>) -> Vec<f32> {
-    t.into_data().iter::<f32>().collect()
-}
-
-fn tensor1(values: Vec<f32>, device: &Device) -> Tensor<1> {
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values, [n]), device)
-}
+/// One optimizer step's figures: `(window loss, averaged metrics, tokens, grad norm)`.
+type StepFigures = (f64, Metrics, usize, f64);
 
 /// A trainer for one stage.
 pub struct Trainer {
     config: TrainerConfig,
-    model: Option<LlamaForCausalLM>,
+    objective: Box<dyn TrainObjective>,
+    model: LlamaForCausalLM,
     optim: ModuleOptimizer,
     train: TrainRows,
     eval: Option<TrainRows>,
     reference: Reference,
     fine_tuning: Box<dyn FineTuning>,
     trainable: Option<Vec<ParamId>>,
-    pad: PadOptions,
+    collate: CollateOptions,
     chunk: ChunkConfig,
     order: DataOrder,
     schedule: LrSchedule,
@@ -165,6 +107,7 @@ impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trainer")
             .field("config", &self.config)
+            .field("objective", &self.objective)
             .field("fine_tuning", &self.fine_tuning)
             .field("rows", &self.train.len())
             .field("schedule", &self.schedule)
@@ -175,7 +118,8 @@ impl std::fmt::Debug for Trainer {
 }
 
 impl Trainer {
-    /// A trainer for `model` (on an autodiff device) with full fine-tuning.
+    /// A trainer for `model` (on an autodiff device) with full fine-tuning and the objective
+    /// `config.objective` names.
     ///
     /// `train`/`eval` must have the row shape of the objective; `pad_id` pads batches (its
     /// value never reaches the loss).
@@ -191,38 +135,44 @@ impl Trainer {
         reference: Reference,
         pad_id: u32,
     ) -> Result<Self> {
-        config.validate()?;
+        let objective = config.objective.build();
+        Self::with_objective(
+            model,
+            config,
+            objective,
+            TrainData { train, eval },
+            reference,
+            pad_id,
+        )
+    }
+
+    /// A trainer for any [`TrainObjective`] — one of Temper's or your own. `config.objective`
+    /// is not used (it names Temper's objectives in TOML files); everything else is as in
+    /// [`new`](Self::new).
+    ///
+    /// # Errors
+    /// See [`new`](Self::new).
+    pub fn with_objective(
+        model: LlamaForCausalLM,
+        config: TrainerConfig,
+        objective: Box<dyn TrainObjective>,
+        data: TrainData,
+        reference: Reference,
+        pad_id: u32,
+    ) -> Result<Self> {
+        config.validate_hyperparameters()?;
+        objective.validate()?;
         if !model.device().is_autodiff() {
             return Err(TrainError::Config(
                 "the policy must live on an autodiff device (Device::autodiff())".into(),
             ));
         }
-        check_rows(&config.objective, &train)?;
+        let TrainData { train, eval } = data;
+        check_rows(objective.as_ref(), &train)?;
         if let Some(eval) = &eval {
-            check_rows(&config.objective, eval)?;
+            check_rows(objective.as_ref(), eval)?;
         }
-        match (&config.objective, &reference) {
-            (Objective::Dpo(_) | Objective::Kto(_), Reference::None) => {
-                return Err(TrainError::Config(format!(
-                    "{} needs a reference (a frozen model or a reference cache)",
-                    config.objective.name()
-                )));
-            }
-            (Objective::Kto(_), Reference::Cache(_)) => {
-                return Err(TrainError::Config(
-                    "the reference cache holds preference pairs; KTO needs a reference model"
-                        .into(),
-                ));
-            }
-            (_, Reference::Cache(cache)) if cache.pairs != train.len() => {
-                return Err(TrainError::Config(format!(
-                    "the reference cache has {} pairs, the training data {}",
-                    cache.pairs,
-                    train.len()
-                )));
-            }
-            _ => {}
-        }
+        check_reference(objective.as_ref(), &reference, &train)?;
         let order = DataOrder::new(train.len(), config.batch_size, config.seed, true)?;
         let nb = order.batches_per_epoch();
         let total_steps = match config.max_steps {
@@ -248,21 +198,22 @@ impl Trainer {
             total_steps,
             next_micro_batch: 0,
             seed: config.seed,
-            objective: config.objective.name().to_string(),
+            objective: objective.name().to_string(),
             num_tokens: 0.0,
             log_history: Vec::new(),
         };
         Ok(Self {
             optim: adamw(&config).init(),
             chunk: ChunkConfig::with_vocab_tile(config.vocab_tile),
+            collate: CollateOptions::new(pad_id, config.max_length),
             config,
-            model: Some(model),
+            objective,
+            model,
             train,
             eval,
             reference,
             fine_tuning: Box::new(FullFineTuning),
             trainable: None,
-            pad: PadOptions::new(pad_id),
             order,
             schedule,
             state,
@@ -295,22 +246,18 @@ impl Trainer {
     }
 
     /// The policy.
-    ///
-    /// # Errors
-    /// Never in practice: the model is only absent inside an optimizer step.
-    pub fn model(&self) -> Result<&LlamaForCausalLM> {
-        self.model
-            .as_ref()
-            .ok_or_else(|| TrainError::Data("the model is being updated".into()))
+    pub fn model(&self) -> &LlamaForCausalLM {
+        &self.model
     }
 
     /// The trained policy.
-    ///
-    /// # Errors
-    /// See [`model`](Self::model).
-    pub fn into_model(self) -> Result<LlamaForCausalLM> {
+    pub fn into_model(self) -> LlamaForCausalLM {
         self.model
-            .ok_or_else(|| TrainError::Data("the model is being updated".into()))
+    }
+
+    /// The objective being trained.
+    pub fn objective(&self) -> &dyn TrainObjective {
+        self.objective.as_ref()
     }
 
     /// The run's state (step, data position, log history).
@@ -334,8 +281,7 @@ impl Trainer {
     /// # Errors
     /// A missing or malformed checkpoint, or one from a different run (objective, seed, steps).
     pub fn resume_from(&mut self, dir: &Path) -> Result<()> {
-        let like = self.model()?;
-        let loaded = load_checkpoint(dir, like, self.fine_tuning.as_ref())?;
+        let loaded = load_checkpoint(dir, &self.model, self.fine_tuning.as_ref())?;
         let s = &loaded.state;
         let mismatch = |what: &str, theirs: String, ours: String| TrainError::Checkpoint {
             path: dir.to_path_buf(),
@@ -370,11 +316,11 @@ impl Trainer {
                 message: format!("optimizer state: {e:?}"),
             })?;
         self.optim = optim;
-        self.model = Some(if self.config.gradient_checkpointing {
+        self.model = if self.config.gradient_checkpointing {
             with_gradient_checkpointing(loaded.model)
         } else {
             loaded.model
-        });
+        };
         self.state = loaded.state;
         self.last_checkpoint = Some(dir.to_path_buf());
         std::fs::create_dir_all(&self.config.output_dir)
@@ -409,7 +355,7 @@ impl Trainer {
         if self.state.step == 0 {
             rewrite_jsonl(&metrics_path, &[])?;
         }
-        self.trainable = self.fine_tuning.trainable(self.model()?);
+        self.trainable = self.fine_tuning.trainable(&self.model);
         let total = self.state.total_steps;
         let already_done = self.state.step >= total;
         let bar = self.progress_bar(total);
@@ -488,10 +434,9 @@ impl Trainer {
     /// # Errors
     /// I/O failures.
     pub fn save(&mut self) -> Result<PathBuf> {
-        let model = self.model()?;
         let dir = save_checkpoint(
             &self.config.output_dir,
-            model,
+            &self.model,
             &self.optim,
             &self.state,
             self.fine_tuning.as_ref(),
@@ -541,56 +486,29 @@ impl Trainer {
         }
     }
 
-    fn micro_indices(&mut self, micro: usize) -> Vec<usize> {
-        self.order.batch(micro)
-    }
-
-    fn collate(&self, rows: &TrainRows, indices: &[usize]) -> Result<Collated> {
-        let max_length = self.config.max_length;
-        Ok(match rows.select(indices) {
-            TrainRows::Sequences(mut seqs) => {
-                if let Some(n) = max_length {
-                    seqs.iter_mut().for_each(|s| s.truncate(n));
-                }
-                Collated::Sequences(collate_sft(&seqs, &self.pad)?)
-            }
-            TrainRows::Packed(blocks) => Collated::Sequences(collate_packed(&blocks, &self.pad)?),
-            TrainRows::Preference(pairs) => Collated::Preference {
-                batch: collate_preference(&pairs, max_length, &self.pad)?,
-                rows: indices.to_vec(),
-            },
-            TrainRows::Unpaired(rows) => {
-                let with_kl =
-                    matches!(&self.config.objective, Objective::Kto(c) if c.loss_type.needs_kl());
-                Collated::Unpaired(collate_unpaired(&rows, max_length, &self.pad, with_kl)?)
-            }
-        })
-    }
-
     /// One optimizer step: `(window loss, averaged metrics, tokens, grad norm)`.
-    fn step(&mut self) -> Result<(f64, Metrics, usize, f64)> {
+    fn step(&mut self) -> Result<StepFigures> {
         let step_no = self.state.step + 1;
         let ga = self.config.gradient_accumulation_steps;
         let first = self.state.next_micro_batch;
-        let mut collated = Vec::with_capacity(ga);
+        let mut batches = Vec::with_capacity(ga);
         for m in first..first + ga {
-            let idx = self.micro_indices(m);
-            collated.push(self.collate(&self.train, &idx)?);
+            let idx = self.order.batch(m);
+            batches.push(self.objective.collate(&self.train, &idx, &self.collate)?);
         }
-        let token_scaled = self.config.objective.token_scaled();
-        let num_items: usize = collated.iter().map(Collated::targets).sum();
-        let num_items = (token_scaled && num_items > 0).then_some(num_items);
-        let tokens: usize = collated.iter().map(Collated::tokens).sum();
+        let token_sum = self.objective.loss_scaling() == LossScaling::TokenSum;
+        let num_items: usize = batches.iter().map(MicroBatch::targets).sum();
+        let num_items = (token_sum && num_items > 0).then_some(num_items);
+        let tokens: usize = batches.iter().map(MicroBatch::tokens).sum();
 
         let mut accumulator = GradientsAccumulator::<LlamaForCausalLM>::new();
         let mut window_loss = 0.0;
         let mut metrics = Vec::with_capacity(ga);
-        for c in &collated {
-            let model = self.model()?;
+        for batch in &batches {
             let out = self
-                .loss(model, c, num_items, true)
+                .loss(&self.model, batch, num_items)
                 .map_err(|e| self.non_finite(e, step_no))?;
-            let loss = if token_scaled {
+            let loss = if token_sum {
                 out.loss
             } else {
                 out.loss.div_scalar(ga as f64)
@@ -603,26 +521,27 @@ impl Trainer {
             metrics.push(out.metrics);
             let mut grads = loss.backward();
             let params = match &self.trainable {
-                None => GradientsParams::from_module(&mut grads, model),
-                Some(ids) => GradientsParams::from_params(&mut grads, model, ids),
+                None => GradientsParams::from_module(&mut grads, &self.model),
+                Some(ids) => GradientsParams::from_params(&mut grads, &self.model, ids),
             };
-            accumulator.accumulate(model, params);
+            accumulator.accumulate(&self.model, params);
         }
         let mut grads = accumulator.grads();
-        let model = self.model()?;
         let grad_norm = match self.config.clip_norm() {
-            Some(max) => clip_grad_norm(model, &mut grads, max),
-            None => global_grad_norm(model, &grads),
+            Some(max) => clip_grad_norm(&self.model, &mut grads, max),
+            None => global_grad_norm(&self.model, &grads),
         };
         if !grad_norm.is_finite() {
             return Err(self.nan_error(step_no, grad_norm));
         }
         let lr = self.schedule.lr(self.state.step);
-        let model = self
-            .model
-            .take()
-            .ok_or_else(|| TrainError::Data("the model is being updated".into()))?;
-        self.model = Some(self.optim.step(lr, model, grads));
+        // burn's optimizer takes the model by value and returns the updated one, and the fused
+        // AdamW updates a parameter in place only when nothing else holds its buffer — so the
+        // field cannot keep a clone during the update. It holds a tiny stand-in for the length
+        // of this one call, which cannot fail.
+        let stand_in = stand_in(&self.model.device());
+        let model = std::mem::replace(&mut self.model, stand_in);
+        self.model = self.optim.step(lr, model, grads);
         self.state.step = step_no;
         self.state.next_micro_batch = first + ga;
         self.state.num_tokens += tokens as f64;
@@ -661,15 +580,15 @@ impl Trainer {
             // The cache covers the training pairs only.
             return Ok(None);
         }
-        let model = self.model()?.valid();
+        let model = self.model.valid();
         let n = eval.len();
         let bs = self.config.batch_size;
         let mut losses = Vec::new();
         let mut metrics = Vec::new();
         for start in (0..n).step_by(bs) {
             let idx: Vec<usize> = (start..(start + bs).min(n)).collect();
-            let c = self.collate(eval, &idx)?;
-            let out = self.loss(&model, &c, None, false)?;
+            let batch = self.objective.collate(eval, &idx, &self.collate)?;
+            let out = self.loss(&model, &batch, None)?;
             losses.push(out.loss.into_scalar::<f64>());
             metrics.push(out.metrics);
         }
@@ -693,227 +612,32 @@ impl Trainer {
         Ok(Some(loss))
     }
 
-    /// The objective's loss of one collated micro-batch. `training`: row indices refer to the
-    /// training rows (for the reference cache).
+    /// The objective's loss of one micro-batch under `model`.
     fn loss(
         &self,
         model: &LlamaForCausalLM,
-        c: &Collated,
+        batch: &MicroBatch,
         num_items: Option<usize>,
-        training: bool,
     ) -> Result<LossOutput> {
-        let device = model.device();
-        let objective = &self.config.objective;
-        match c {
-            Collated::Sequences(batch) => {
-                let (logps, stats) = self.policy_logps(model, batch, &device)?;
-                let cfg = match objective {
-                    Objective::Cpt(cfg) | Objective::Sft(cfg) => cfg,
-                    other => return Err(wrong_rows(other, "sequences")),
-                };
-                Ok(causal_lm_loss(cfg, &logps, num_items, Some(&stats))?)
-            }
-            Collated::Preference { batch, rows } => {
-                let b = batch.num_pairs;
-                let tensors = batch.batch.to_tensors(&device);
-                let opts = forward_options(&batch.batch);
-                let hidden = model.forward_hidden(tensors.input_ids, &opts, None)?;
-                let (logps, stats) = chunked_token_logps_with_stats(
-                    hidden.clone(),
-                    lm_head_weight(model),
-                    tensors.labels,
-                    tensors.attention_mask,
-                    &self.chunk,
-                )?;
-                let policy = PairLogps::from_stacked(&logps)?;
-                match objective {
-                    Objective::Dpo(cfg) => {
-                        let reference = self.pair_reference(model, &batch.batch, rows, training)?;
-                        Ok(dpo_loss(cfg, &policy, &reference, Some(&stats))?)
-                    }
-                    Objective::Orpo(cfg) => {
-                        let full = if cfg.nll == OrpoNll::PromptAndCompletion {
-                            let labels = batch.batch.attended_labels();
-                            let t = labels.first().map_or(0, Vec::len);
-                            let h = hidden.dims()[2];
-                            let labels = labels_tensor(&labels, &device).slice([0..b, 0..t]);
-                            Some(chunked_token_logps(
-                                hidden.slice([0..b, 0..t, 0..h]),
-                                lm_head_weight(model),
-                                labels,
-                                &self.chunk,
-                            )?)
-                        } else {
-                            None
-                        };
-                        Ok(orpo_loss(cfg, &policy, full.as_ref(), Some(&stats))?)
-                    }
-                    Objective::Simpo(_) | Objective::Cpo(_) => {
-                        let cfg = objective
-                            .cpo_config()
-                            .ok_or_else(|| wrong_rows(objective, "preference pairs"))?;
-                        Ok(cpo_loss(&cfg, &policy, Some(&stats))?)
-                    }
-                    other => Err(wrong_rows(other, "preference pairs")),
-                }
-            }
-            Collated::Unpaired(ub) => {
-                let Objective::Kto(cfg) = objective else {
-                    return Err(wrong_rows(objective, "unpaired rows"));
-                };
-                let (logps, stats) = self.policy_logps(model, &ub.batch, &device)?;
-                let reference = tensor1(self.reference_sums(model, &ub.batch)?, &device);
-                let kl = match &ub.kl {
-                    Some(klb) => {
-                        let tensors = klb.to_tensors(&device);
-                        let opts = forward_options(klb);
-                        let hidden = model.forward_hidden(tensors.input_ids, &opts, None)?;
-                        let lp = chunked_token_logps(
-                            hidden,
-                            lm_head_weight(model),
-                            tensors.labels,
-                            &self.chunk,
-                        )?;
-                        Some(KlLogps {
-                            policy: lp.sum().detach(),
-                            reference: tensor1(self.reference_sums(model, klb)?, &device),
-                        })
-                    }
-                    None => None,
-                };
-                let kto = KtoBatch {
-                    policy: logps.sum(),
-                    reference,
-                    desirable: ub.label.clone(),
-                    kl,
-                };
-                Ok(kto_loss(cfg, &kto, Some(&stats))?)
-            }
-        }
-    }
-
-    fn policy_logps(
-        &self,
-        model: &LlamaForCausalLM,
-        batch: &Batch,
-        device: &Device,
-    ) -> Result<(TokenLogps, TokenStats)> {
-        let tensors = batch.to_tensors(device);
-        let opts = forward_options(batch);
-        let hidden = model.forward_hidden(tensors.input_ids, &opts, None)?;
-        Ok(chunked_token_logps_with_stats(
-            hidden,
-            lm_head_weight(model),
-            tensors.labels,
-            tensors.attention_mask,
-            &self.chunk,
-        )?)
-    }
-
-    /// Σ completion log-probs of every row of `batch` under the reference, on the host.
-    fn reference_sums(&self, policy: &LlamaForCausalLM, batch: &Batch) -> Result<Vec<f32>> {
-        let logps = match &self.reference {
-            Reference::Model(reference) => {
-                let device = reference.device();
-                let tensors = batch.to_tensors(&device);
-                let hidden =
-                    reference.forward_hidden(tensors.input_ids, &forward_options(batch), None)?;
-                chunked_token_logps(
-                    hidden,
-                    lm_head_weight(reference),
-                    tensors.labels,
-                    &self.chunk,
-                )?
-            }
-            Reference::FromFineTuning => {
-                let device = policy.device();
-                let tensors = batch.to_tensors(&device);
-                let hidden = self
-                    .fine_tuning
-                    .reference_hidden(policy, tensors.input_ids, &forward_options(batch))
-                    .ok_or_else(|| {
-                        TrainError::Config(format!(
-                            "fine-tuning method `{}` has no built-in reference",
-                            self.fine_tuning.name()
-                        ))
-                    })??
-                    .detach();
-                chunked_token_logps(
-                    hidden,
-                    lm_head_weight(policy).detach(),
-                    tensors.labels,
-                    &self.chunk,
-                )?
-            }
-            Reference::Cache(_) | Reference::None => {
-                return Err(TrainError::Config(
-                    "this objective needs a reference model here".into(),
-                ));
-            }
+        let reference = RunReference {
+            reference: &self.reference,
+            fine_tuning: self.fine_tuning.as_ref(),
+            policy: model,
+            chunk: &self.chunk,
         };
-        Ok(host(logps.sum()))
-    }
-
-    fn pair_reference(
-        &self,
-        policy: &LlamaForCausalLM,
-        batch: &Batch,
-        rows: &[usize],
-        training: bool,
-    ) -> Result<RefLogps> {
-        let device = policy.device();
-        if let Reference::Cache(cache) = &self.reference {
-            if !training {
-                return Err(TrainError::Config(
-                    "the reference cache covers the training pairs only".into(),
-                ));
-            }
-            let pick = |v: &[f32]| -> Result<Vec<f32>> {
-                rows.iter()
-                    .map(|&i| {
-                        v.get(i).copied().ok_or_else(|| {
-                            TrainError::Data(format!("pair {i} is not in the reference cache"))
-                        })
-                    })
-                    .collect()
-            };
-            return Ok(RefLogps::from_values(
-                &pick(&cache.chosen_logps)?,
-                &pick(&cache.rejected_logps)?,
-                &device,
-            )?);
-        }
-        let sums = self.reference_sums(policy, batch)?;
-        let b = sums.len() / 2;
-        Ok(RefLogps::from_values(&sums[..b], &sums[b..], &device)?)
+        let context = LossContext {
+            policy: model,
+            chunk: &self.chunk,
+            num_items,
+            reference: &reference,
+        };
+        Ok(self.objective.loss(&context, batch)?)
     }
 }
 
-/// Puts every autodiff float parameter of `module` under burn's balanced gradient
-/// checkpointing, keeping ids, values and which parameters require gradients.
-///
-/// In burn 0.22 the strategy travels with each tensor and is set by the device a parameter is
-/// created on; `Module::to_device`/`fork` keep the tensors' own strategy, and `to_device` of
-/// an initialized autodiff module is itself a differentiable op (the parameters become
-/// non-leaf nodes: the second backward then fails with "graph tape has already been
-/// consumed"). This re-roots each parameter as a leaf carrying the strategy instead.
-/// Parameters already under it, or without autodiff, are left as they are.
-pub fn with_gradient_checkpointing<M: Module>(module: M) -> M {
-    struct Balanced;
-    impl ModuleMapper for Balanced {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            param.map(|t| {
-                let strategy = GradientCheckpointingStrategy::Balanced;
-                if !t.is_autodiff() || t.gradient_checkpointing_strategy() == Some(strategy) {
-                    return t;
-                }
-                let require_grad = t.is_require_grad();
-                let t = t.detach().with_gradient_checkpointing_strategy(strategy);
-                if require_grad { t.require_grad() } else { t }
-            })
-        }
-    }
-    module.map(&mut Balanced)
+/// A minimal model to hold the trainer's place while the optimizer owns the policy.
+fn stand_in(device: &Device) -> LlamaForCausalLM {
+    LlamaForCausalLM::init(&ModelConfig::tiny(1, 2, 0, 1, 1), device)
 }
 
 fn adamw(config: &TrainerConfig) -> FusedAdamWConfig {
@@ -925,44 +649,42 @@ fn adamw(config: &TrainerConfig) -> FusedAdamWConfig {
     }
 }
 
-/// Per-name mean over micro-batches/steps, in first-seen order.
-fn average<'a>(all: impl Iterator<Item = &'a Metrics>) -> Vec<(String, f64)> {
-    let mut sums: Vec<(String, f64, usize)> = Vec::new();
-    for m in all {
-        for (name, v) in m.iter() {
-            match sums.iter_mut().find(|(n, _, _)| n == name) {
-                Some(e) => {
-                    e.1 += v;
-                    e.2 += 1;
-                }
-                None => sums.push((name.to_string(), v, 1)),
-            }
-        }
-    }
-    sums.into_iter()
-        .map(|(n, s, c)| (n, s / c.max(1) as f64))
-        .collect()
-}
-
-fn wrong_rows(objective: &Objective, rows: &str) -> TrainError {
-    TrainError::Data(format!(
-        "objective `{}` cannot train on {rows}",
-        objective.name()
-    ))
-}
-
-fn check_rows(objective: &Objective, rows: &TrainRows) -> Result<()> {
-    let ok = match rows {
-        TrainRows::Sequences(_) | TrainRows::Packed(_) => objective.token_scaled(),
-        TrainRows::Preference(_) => objective.is_preference(),
-        TrainRows::Unpaired(_) => matches!(objective, Objective::Kto(_)),
-    };
+fn check_rows(objective: &dyn TrainObjective, rows: &TrainRows) -> Result<()> {
     if rows.is_empty() {
         return Err(TrainError::Data(format!("no {}", rows.kind())));
     }
-    if ok {
+    if objective.row_kind().accepts(rows) {
         Ok(())
     } else {
-        Err(wrong_rows(objective, rows.kind()))
+        Err(TrainError::Data(format!(
+            "objective `{}` cannot train on {}",
+            objective.name(),
+            rows.kind()
+        )))
+    }
+}
+
+fn check_reference(
+    objective: &dyn TrainObjective,
+    reference: &Reference,
+    train: &TrainRows,
+) -> Result<()> {
+    match reference {
+        Reference::None if objective.needs_reference() => Err(TrainError::Config(format!(
+            "{} needs a reference (a frozen model or a reference cache)",
+            objective.name()
+        ))),
+        Reference::Cache(_) if !matches!(train, TrainRows::Preference(_)) => {
+            Err(TrainError::Config(format!(
+                "the reference cache holds preference pairs; {} needs a reference model",
+                objective.name()
+            )))
+        }
+        Reference::Cache(cache) if cache.pairs != train.len() => Err(TrainError::Config(format!(
+            "the reference cache has {} pairs, the training data {}",
+            cache.pairs,
+            train.len()
+        ))),
+        _ => Ok(()),
     }
 }

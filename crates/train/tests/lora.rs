@@ -14,8 +14,8 @@ use temper_llm_arch::{ForwardOptions, LlamaForCausalLM};
 use temper_lora::{LoraConfig, adapter_tensors, num_trainable_params};
 use temper_objectives::{CausalLmConfig, DpoConfig};
 use temper_train::{
-    FineTuning, LoraFineTuning, LoraSettings, Objective, Reference, ScheduleKind, StageConfig,
-    TrainRows, Trainer,
+    FineTuning, LoraFineTuning, LoraSettings, ObjectiveConfig, Reference, ScheduleKind,
+    StageConfig, TrainRows, Trainer,
 };
 
 mod common;
@@ -61,7 +61,11 @@ fn lora_sft_overfits_and_leaves_the_base_bit_identical() {
     let trainable = l.trainable(&model).unwrap();
     assert_eq!(trainable.len(), 2 * 7 * 2);
     assert!(num_trainable_params(&model) > 0);
-    let mut cfg = config(Objective::Sft(CausalLmConfig::default()), dir.path(), 40);
+    let mut cfg = config(
+        ObjectiveConfig::Sft(CausalLmConfig::default()),
+        dir.path(),
+        40,
+    );
     cfg.learning_rate = 1e-2;
     let mut trainer = Trainer::new(
         model,
@@ -82,7 +86,7 @@ fn lora_sft_overfits_and_leaves_the_base_bit_identical() {
     // is lower than full fine-tuning's.
     assert!(tail < head * 0.9, "LoRA SFT loss did not fall: {loss:?}");
 
-    let trained = trainer.model().unwrap();
+    let trained = trainer.model();
     assert_eq!(
         base_bits(trained),
         base_before,
@@ -114,7 +118,7 @@ fn lora_dpo_uses_the_adapters_disabled_reference() {
     let base_before = base_bits(&model);
     let mut trainer = Trainer::new(
         model,
-        config(Objective::Dpo(DpoConfig::default()), dir.path(), 30),
+        config(ObjectiveConfig::Dpo(DpoConfig::default()), dir.path(), 30),
         TrainRows::Preference(pairs()),
         None,
         Reference::FromFineTuning,
@@ -134,7 +138,7 @@ fn lora_dpo_uses_the_adapters_disabled_reference() {
         tail < loss[0] * 0.85,
         "LoRA DPO loss did not fall: {loss:?}"
     );
-    assert_eq!(base_bits(trainer.model().unwrap()), base_before);
+    assert_eq!(base_bits(trainer.model()), base_before);
 }
 
 #[test]
@@ -177,7 +181,7 @@ fn lora_reference_forward_is_the_base_model() {
 fn resumed_lora_run_equals_uninterrupted_run() {
     let (init, l) = lora_model();
     let cfg = |dir: &Path| {
-        let mut c = config(Objective::Sft(CausalLmConfig::default()), dir, 6);
+        let mut c = config(ObjectiveConfig::Sft(CausalLmConfig::default()), dir, 6);
         c.batch_size = 2;
         c.save_steps = Some(2);
         c.lr_scheduler_type = ScheduleKind::Cosine;
@@ -204,7 +208,7 @@ fn resumed_lora_run_equals_uninterrupted_run() {
     assert_eq!(second.state().step, 2);
     let summary_b = second.train().unwrap();
 
-    let (ma, mb) = (full.model().unwrap(), second.model().unwrap());
+    let (ma, mb) = (full.model(), second.model());
     assert_eq!(base_bits(ma), base_bits(mb));
     assert_eq!(adapter_bits(ma, &l), adapter_bits(mb, &l));
     assert_eq!(base_bits(ma), base_bits(&init));

@@ -22,8 +22,8 @@ use temper_objectives::{
     CausalLmConfig, ChunkConfig, causal_lm_loss, chunked_token_logps, lm_head_weight,
 };
 use temper_train::{
-    FineTuning, LoraFineTuning, Objective, Reference, ScheduleKind, TrainRows, Trainer,
-    TrainerConfig, load_rows,
+    FineTuning, LoraFineTuning, ObjectiveConfig, Reference, RowKind, RowOptions, ScheduleKind,
+    TrainRows, Trainer, TrainerConfig, read_train_rows,
 };
 
 fn env_path(var: &str, default: &str) -> PathBuf {
@@ -134,8 +134,12 @@ fn smollm2_lora_sft_lowers_the_loss_on_its_rows() {
         .collect();
     let data = dir.path().join("rows.jsonl");
     std::fs::write(&data, jsonl.join("\n")).unwrap();
-    let objective = Objective::Sft(CausalLmConfig::default());
-    let rows = load_rows(&data, &objective, &pre, Some(64), true).unwrap();
+    let objective = ObjectiveConfig::Sft(CausalLmConfig::default());
+    let options = RowOptions {
+        max_length: Some(64),
+        completion_only_loss: true,
+    };
+    let rows = read_train_rows(&data, RowKind::Sequences, &pre, &options).unwrap();
     let TrainRows::Sequences(seqs) = &rows else {
         panic!("SFT rows expected")
     };
@@ -174,7 +178,7 @@ fn smollm2_lora_sft_lowers_the_loss_on_its_rows() {
     let summary = trainer.train().unwrap();
     eprintln!("4 LoRA SFT steps in {:.1?}", t.elapsed());
     assert_eq!(summary.steps, 4);
-    let after = sft_loss(&trainer.model().unwrap().valid(), &seqs, pad);
+    let after = sft_loss(&trainer.model().valid(), &seqs, pad);
     eprintln!(
         "loss on the rows: {before:.4} -> {after:.4}; step losses {:?}; total {:.1?}",
         summary

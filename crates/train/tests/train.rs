@@ -14,8 +14,8 @@ use temper_llm_arch::{ForwardOptions, LlamaForCausalLM};
 use temper_objectives::data::{PackOptions, UnpairedTokens, pack_documents};
 use temper_objectives::{CausalLmConfig, CpoConfig, DpoConfig, KtoConfig, OrpoConfig};
 use temper_train::{
-    LrSchedule, Objective, Reference, ScheduleKind, StageConfig, TrainError, TrainRows, Trainer,
-    clip_grad_norm, global_grad_norm, with_gradient_checkpointing,
+    LrSchedule, ObjectiveConfig, Reference, ScheduleKind, StageConfig, TrainError, TrainRows,
+    Trainer, clip_grad_norm, global_grad_norm, with_gradient_checkpointing,
 };
 
 mod common;
@@ -38,7 +38,7 @@ fn unpaired() -> Vec<UnpairedTokens> {
 }
 
 /// Trains `steps` steps and checks the loss fell (mean of the last 3 vs the first 3).
-fn overfits(objective: Objective, rows: TrainRows, with_reference: bool, steps: usize) {
+fn overfits(objective: ObjectiveConfig, rows: TrainRows, with_reference: bool, steps: usize) {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model();
     let reference = if with_reference {
@@ -69,7 +69,11 @@ fn sft_overfits_and_writes_metrics_and_plot() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model();
     let before = hf_tensors(&model);
-    let mut cfg = config(Objective::Sft(CausalLmConfig::default()), dir.path(), 20);
+    let mut cfg = config(
+        ObjectiveConfig::Sft(CausalLmConfig::default()),
+        dir.path(),
+        20,
+    );
     cfg.logging_steps = 5;
     let mut trainer = Trainer::new(
         model,
@@ -85,7 +89,7 @@ fn sft_overfits_and_writes_metrics_and_plot() {
     assert_eq!(l.len(), 4);
     assert!(l[3] < l[0] * 0.5, "{l:?}");
     // Full fine-tuning moved every tensor.
-    let after = hf_tensors(trainer.model().unwrap());
+    let after = hf_tensors(trainer.model());
     for ((name, a), (_, b)) in before.iter().zip(&after) {
         assert_ne!(a.data, b.data, "{name} did not move");
     }
@@ -121,7 +125,7 @@ fn cpt_overfits_packed_blocks() {
     let docs: Vec<Vec<u32>> = sft_rows().into_iter().map(|r| r.input_ids).collect();
     let blocks = pack_documents(&docs, &PackOptions::new(12, Some(0))).unwrap();
     overfits(
-        Objective::Cpt(CausalLmConfig::default()),
+        ObjectiveConfig::Cpt(CausalLmConfig::default()),
         TrainRows::Packed(blocks),
         false,
         15,
@@ -131,7 +135,7 @@ fn cpt_overfits_packed_blocks() {
 #[test]
 fn dpo_overfits_with_frozen_reference() {
     overfits(
-        Objective::Dpo(DpoConfig::default()),
+        ObjectiveConfig::Dpo(DpoConfig::default()),
         TrainRows::Preference(pairs()),
         true,
         15,
@@ -146,7 +150,7 @@ fn dpo_overfits_with_reference_cache() {
     let mut opts = RefCacheOptions::new(0, Some(16));
     opts.chunk = temper_objectives::ChunkConfig::with_vocab_tile(16);
     let cache = precompute_reference(&model.valid(), &pairs(), &opts).unwrap();
-    let cfg = config(Objective::Dpo(DpoConfig::default()), dir.path(), 15);
+    let cfg = config(ObjectiveConfig::Dpo(DpoConfig::default()), dir.path(), 15);
     let mut trainer = Trainer::new(
         model,
         cfg,
@@ -165,7 +169,7 @@ fn dpo_overfits_with_reference_cache() {
 #[test]
 fn orpo_overfits() {
     overfits(
-        Objective::Orpo(OrpoConfig::default()),
+        ObjectiveConfig::Orpo(OrpoConfig::default()),
         TrainRows::Preference(pairs()),
         false,
         15,
@@ -175,7 +179,7 @@ fn orpo_overfits() {
 #[test]
 fn simpo_overfits() {
     overfits(
-        Objective::Simpo(CpoConfig::simpo(2.0, 0.5)),
+        ObjectiveConfig::Simpo(CpoConfig::simpo(2.0, 0.5)),
         TrainRows::Preference(pairs()),
         false,
         15,
@@ -185,7 +189,7 @@ fn simpo_overfits() {
 #[test]
 fn kto_overfits() {
     overfits(
-        Objective::Kto(KtoConfig::default()),
+        ObjectiveConfig::Kto(KtoConfig::default()),
         TrainRows::Unpaired(unpaired()),
         true,
         15,
@@ -203,7 +207,7 @@ fn weights(m: &LlamaForCausalLM) -> Vec<(String, Vec<u32>)> {
 fn resumed_run_equals_uninterrupted_run() {
     let init = tiny_model();
     let cfg = |dir: &Path| {
-        let mut c = config(Objective::Sft(CausalLmConfig::default()), dir, 6);
+        let mut c = config(ObjectiveConfig::Sft(CausalLmConfig::default()), dir, 6);
         c.batch_size = 2;
         c.gradient_accumulation_steps = 2;
         c.save_steps = Some(2);
@@ -248,10 +252,7 @@ fn resumed_run_equals_uninterrupted_run() {
     assert_eq!(second.state().step, 2);
     let summary_b = second.train().unwrap();
 
-    assert_eq!(
-        weights(full.model().unwrap()),
-        weights(second.model().unwrap())
-    );
+    assert_eq!(weights(full.model()), weights(second.model()));
     assert_eq!(losses(&summary_a), losses(&summary_b));
     assert_eq!(summary_a.log_history, summary_b.log_history);
     let jsonl = |d: &Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
@@ -263,7 +264,11 @@ fn nan_loss_stops_with_the_step_and_keeps_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny_model();
     model.model.norm.weight = Param::from_tensor(Tensor::full([32], f32::NAN, &device()));
-    let cfg = config(Objective::Sft(CausalLmConfig::default()), dir.path(), 5);
+    let cfg = config(
+        ObjectiveConfig::Sft(CausalLmConfig::default()),
+        dir.path(),
+        5,
+    );
     let mut trainer = Trainer::new(
         model,
         cfg,
@@ -424,7 +429,7 @@ fn stage_config_from_toml() {
     assert_eq!(stage.trainer.weight_decay, 0.0);
     assert_eq!(stage.trainer.max_grad_norm, Some(1.0));
     match &stage.trainer.objective {
-        Objective::Dpo(c) => {
+        ObjectiveConfig::Dpo(c) => {
             assert_eq!(c.beta, 0.2);
             assert_eq!(c.loss_type.len(), 2);
         }
@@ -452,7 +457,11 @@ fn accumulation_is_token_correct() {
     let init = tiny_model();
     let run = |bs: usize, ga: usize| {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = config(Objective::Sft(CausalLmConfig::default()), dir.path(), 1);
+        let mut c = config(
+            ObjectiveConfig::Sft(CausalLmConfig::default()),
+            dir.path(),
+            1,
+        );
         c.batch_size = bs;
         c.gradient_accumulation_steps = ga;
         c.max_grad_norm = None;
@@ -475,7 +484,7 @@ fn accumulation_is_token_correct() {
         (
             losses(&s)[0],
             s.log_history[0].get("grad_norm").unwrap(),
-            hf_tensors(t.model().unwrap()),
+            hf_tensors(t.model()),
         )
     };
     let (loss_a, norm_a, wa) = run(4, 1);
@@ -562,7 +571,11 @@ fn gradient_checkpointing_gives_the_same_losses() {
     let model = tiny_model();
     let run = |model: LlamaForCausalLM, checkpointing: bool| {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = config(Objective::Sft(CausalLmConfig::default()), dir.path(), 6);
+        let mut cfg = config(
+            ObjectiveConfig::Sft(CausalLmConfig::default()),
+            dir.path(),
+            6,
+        );
         cfg.batch_size = 2;
         cfg.gradient_accumulation_steps = 2;
         cfg.gradient_checkpointing = checkpointing;
@@ -578,7 +591,6 @@ fn gradient_checkpointing_gives_the_same_losses() {
         let summary = trainer.train().unwrap();
         let strategy = trainer
             .model()
-            .unwrap()
             .model
             .embed_tokens
             .weight

@@ -21,6 +21,7 @@ pub mod collate;
 pub mod example;
 pub mod jsonl;
 pub mod pack;
+pub mod rows;
 pub mod tokenize;
 
 pub use chat::ChatFormat;
@@ -34,6 +35,7 @@ pub use example::{
 };
 pub use jsonl::{JsonRow, Loaded, ReadOptions, SkippedLine, parse_jsonl, read_jsonl};
 pub use pack::{BlockPacker, PackOptions, PackedBlock, pack_documents};
+pub use rows::{RowOptions, TrainRows, read_train_rows};
 pub use tokenize::{
     PreferenceTokens, Prepared, Preprocessor, SftOptions, SftTokens, UnpairedTokens,
     common_prefix_length,

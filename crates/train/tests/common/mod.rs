@@ -7,7 +7,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use temper_llm_arch::{LlamaForCausalLM, ModelConfig, Pretrained, SpecialTokens, Tokenizer};
 use temper_objectives::data::{PreferenceTokens, SftTokens};
-use temper_train::{Objective, ScheduleKind, TrainSummary, TrainerConfig};
+use temper_train::{ObjectiveConfig, ScheduleKind, TrainSummary, TrainerConfig};
 
 pub const VOCAB: usize = 32;
 
@@ -21,7 +21,7 @@ pub fn tiny_model() -> LlamaForCausalLM {
 }
 
 /// `steps` steps at a constant 1e-2, batch 4, logging every step.
-pub fn config(objective: Objective, dir: &Path, steps: usize) -> TrainerConfig {
+pub fn config(objective: ObjectiveConfig, dir: &Path, steps: usize) -> TrainerConfig {
     TrainerConfig {
         objective,
         learning_rate: 1e-2,
