@@ -80,7 +80,7 @@ pub struct MergePlan {
     /// Vocabulary rows of the output embedding, when it differs from the config model's.
     pub vocab_rows: Option<usize>,
     /// The output vocabulary, when `tokenizer`/`tokenizer_source` is set: vocabulary tensors
-    /// are re-laid-out to it ([`crate::vocab::permute_rows`]) before merging.
+    /// are re-laid-out to it before merging.
     pub vocab: Option<Arc<VocabPlan>>,
     /// The dtype recorded in the output config.
     pub out_dtype: DType,

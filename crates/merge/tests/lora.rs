@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::TensorView;
 use serde_json::json;
-use temper_merge::extract_lora::{
-    ExtractOptions, SvdOptions, extract_lora, jacobi_svd, truncated_svd,
+use temper_merge::{
+    AdapterConfig, DType, ExtractOptions, MergeConfig, ModelSource, SvdOptions, apply_adapter,
+    extract_lora, jacobi_svd, lora_delta, open_models, truncated_svd,
 };
-use temper_merge::lora::{AdapterConfig, apply_adapter, lora_delta};
-use temper_merge::{DType, MergeConfig, ModelSource, open_models};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -9,7 +9,7 @@ mod nuslerp;
 mod passthrough;
 mod sce;
 mod slerp;
-pub mod sparsify;
+mod sparsify;
 mod task_arithmetic;
 mod vectors;
 
