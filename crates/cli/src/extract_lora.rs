@@ -9,9 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use temper_merge::DType;
-use temper_merge::extract_lora::{
-    DEFAULT_MODULES, ExtractOptions, ExtractProgress, ModuleReport, SvdOptions, extract_lora,
+use temper_merge::{
+    DEFAULT_MODULES, DType, ExtractOptions, ExtractProgress, ModuleReport, SvdOptions, extract_lora,
 };
 
 /// Arguments of `temper extract-lora`.

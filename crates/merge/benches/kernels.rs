@@ -19,10 +19,9 @@ use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use temper_merge::method::{CHUNK, Merged, ResolvedParams};
 use temper_merge::{
-    DType, HostTensor, InputTensor, MergeConfig, MergeMethod, MergeOptions, ModelSource, TensorJob,
-    merge_in_memory, method_by_name,
+    CHUNK, DType, HostTensor, InputTensor, MergeConfig, MergeMethod, MergeOptions, Merged,
+    ModelSource, ResolvedParams, TensorJob, merge_in_memory, method_by_name,
 };
 
 const ROWS: usize = 2048;

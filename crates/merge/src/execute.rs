@@ -8,22 +8,10 @@ use rayon::prelude::*;
 
 use crate::method::{CHUNK, Merged, MethodReport, TensorJob};
 use crate::plan::{MergePlan, PlannedTensor, is_vocab_tensor};
+use crate::sink::TensorSink;
 use crate::source::InputTensor;
 use crate::vocab::permute_rows;
 use crate::{DType, MergeError, Result};
-
-/// Receives merged values (f32) for planned tensor `tensor` starting at element `offset`.
-pub trait TensorSink: Sync {
-    /// # Errors
-    /// I/O failures of the sink.
-    fn write(&self, tensor: usize, offset: usize, values: &[f32]) -> Result<()>;
-}
-
-impl TensorSink for crate::writer::ShardedWriter {
-    fn write(&self, tensor: usize, offset: usize, values: &[f32]) -> Result<()> {
-        Self::write(self, tensor, offset, values)
-    }
-}
 
 /// Progress callbacks (the CLI draws a bar with them).
 pub trait Progress: Sync {

@@ -12,35 +12,75 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layers: [`config`] (YAML) → [`plan`] (what each output tensor is made of, every check done
-//! before writing) → [`execute`] (methods from [`methods`], in parallel) → [`writer`]
-//! (positioned writes into pre-laid-out shards) inside [`output`] (temporary directory, rename).
+//! The public API is what this file re-exports (plus the [`methods`] catalogue); the modules
+//! below are internal, and each one uses only the ones listed above it:
+//!
+//! ```text
+//! error, dtype, files, threads, staging   leaves: errors, tensor dtypes, small helpers
+//! linalg                                  randomized truncated SVD and its products
+//! config                                  the mergekit YAML (MergeConfig)
+//! source                                  input checkpoints: mmap'd safetensors, tensors
+//! lora                                    PEFT adapters applied to a source (`base+adapter`)
+//! method, methods                         the MergeMethod trait and the methods
+//! vocab                                   output vocabularies: building, row permutation,
+//!                                         tokenizer files
+//! plan                                    MergePlan: every output tensor, all checks done
+//!                                         before anything is written
+//! writer                                  ShardedWriter: positioned writes into shards laid
+//!                                         out up front
+//! sink                                    TensorSink: the writer, or buffers in memory
+//! execute                                 runs a plan into a sink (rayon, deterministic)
+//! api                                     entry points: run_merge, plan_merge, write_plan,
+//!                                         merge_in_memory, open_models
+//! extract_lora                            entry point: a LoRA adapter from a fine-tune
+//! ```
 //!
 //! No burn: this crate builds in seconds and can be used alone.
 
-pub mod config;
-pub mod dtype;
-pub mod error;
-pub mod execute;
-pub mod extract_lora;
-pub mod lora;
-pub mod method;
+mod api;
+mod config;
+mod dtype;
+mod error;
+mod execute;
+mod extract_lora;
+mod files;
+mod linalg;
+mod lora;
+mod method;
 pub mod methods;
-pub mod output;
-pub mod plan;
-pub mod source;
+mod plan;
+mod sink;
+mod source;
 mod staging;
-pub mod vocab;
-pub mod writer;
+mod threads;
+mod vocab;
+mod writer;
 
-pub use config::{MergeConfig, ModelRef, ParamValue};
+pub use api::{
+    MergeOptions, MergeSummary, merge_in_memory, open_models, plan_merge, run_merge, write_plan,
+};
+pub use config::{
+    Condition, InputModel, MergeConfig, ModelRef, OutputSlice, ParamValue, Parameters, SliceSource,
+    TokenizerConfig,
+};
 pub use dtype::DType;
 pub use error::{MergeError, Result};
 pub use execute::{NoProgress, Progress, TensorReport, execute};
-pub use extract_lora::{ExtractOptions, ExtractSummary, extract_lora};
-pub use lora::{apply_adapter, lora_delta};
-pub use method::{MergeMethod, MethodSpec, TensorJob};
+pub use extract_lora::{
+    DEFAULT_MODULES, ExtractOptions, ExtractProgress, ExtractSummary, ModuleKind, ModuleReport,
+    extract_lora,
+};
+pub use linalg::{Svd, SvdOptions, jacobi_svd, truncated_svd};
+pub use lora::{
+    Adapter, AdapterConfig, AppliedAdapter, LoraKind, LoraModule, SavedTensor, TargetModules,
+    apply_adapter, lora_delta,
+};
+pub use method::{
+    BaseModel, CHUNK, ElementwiseKernel, MergeMethod, MergeOutput, Merged, MethodReport,
+    MethodSpec, ParamSpec, ResolvedParams, TensorJob,
+};
 pub use methods::method_by_name;
-pub use output::{MergeOptions, MergeSummary, merge_in_memory, open_models, plan_merge, run_merge};
-pub use plan::{MergePlan, PlanOptions};
+pub use plan::{MergePlan, PlanOptions, PlannedInput, PlannedTensor};
+pub use sink::TensorSink;
 pub use source::{HostTensor, InputTensor, ModelSource};
+pub use vocab::{VocabPlan, VocabSource};

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use safetensors::SafeTensors;
 
+use crate::linalg::transpose;
 use crate::source::{HostTensor, ModelSource};
 use crate::{DType, MergeError, Result};
 
@@ -322,24 +323,6 @@ pub fn lora_delta(
             }
         });
     Ok(out)
-}
-
-/// Transpose a row-major `[rows, cols]` matrix.
-pub(crate) fn transpose<T: Copy + Default + Send + Sync>(
-    x: &[T],
-    rows: usize,
-    cols: usize,
-) -> Vec<T> {
-    let mut out = vec![T::default(); rows * cols];
-    if rows == 0 || cols == 0 {
-        return out;
-    }
-    out.par_chunks_mut(rows).enumerate().for_each(|(j, dst)| {
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d = x[i * cols + j];
-        }
-    });
-    out
 }
 
 /// How a low-rank pair maps onto its base weight.

@@ -263,3 +263,42 @@ pub trait MergeMethod: Send + Sync + fmt::Debug {
     /// Numeric failures (a non-finite result), naming the tensor.
     fn merge<'a>(&self, job: &'a TensorJob<'a>) -> Result<MergeOutput<'a>>;
 }
+
+/// Support for the methods' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Run `f` on a job named `w` whose inputs are `data` (f32, each of `shape`).
+    pub(crate) fn with_job<T>(
+        shape: &[usize],
+        data: &[&[f32]],
+        base: Option<usize>,
+        params: &ResolvedParams,
+        dtype: DType,
+        seed: u64,
+        f: impl FnOnce(&TensorJob<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let inputs: Vec<InputTensor<'_>> = data
+            .iter()
+            .map(|d| InputTensor::from_f32(shape.to_vec(), d))
+            .collect();
+        f(&TensorJob {
+            name: "w",
+            shape,
+            inputs: &inputs,
+            base,
+            params,
+            dtype,
+            seed,
+        })
+    }
+
+    /// The values and report of a dense result; an error for an elementwise one.
+    pub(crate) fn dense(out: MergeOutput<'_>) -> Result<(Vec<f32>, MethodReport)> {
+        match out.values {
+            Merged::Dense(v) => Ok((v, out.report)),
+            Merged::Elementwise(_) => Err(MergeError::Config("expected dense".into())),
+        }
+    }
+}

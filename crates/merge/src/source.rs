@@ -4,7 +4,7 @@
 //! worker reads a chunk, so memory stays bounded by the tensors being merged, not the model.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -482,6 +482,3 @@ impl<'a> InputTensor<'a> {
         out
     }
 }
-
-/// Tensors of several models indexed by name (the in-memory API's input).
-pub type NamedTensors = HashMap<String, HostTensor>;

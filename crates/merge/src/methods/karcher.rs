@@ -161,33 +161,17 @@ mod tests {
     use super::*;
     use crate::DType;
     use crate::method::ResolvedParams;
+    use crate::method::testing::{dense, with_job};
     use crate::methods::slerp;
-    use crate::source::InputTensor;
 
     fn run(data: &[&[f32]], max_iter: f64) -> Result<(Vec<f32>, MethodReport)> {
-        let shape = vec![data[0].len()];
-        let inputs: Vec<InputTensor<'_>> = data
-            .iter()
-            .map(|d| InputTensor::from_f32(shape.clone(), d))
-            .collect();
         let mut p = ResolvedParams::default();
         p.global.insert("max_iter", max_iter);
         p.global.insert("tol", 1e-5);
         p.per_model = vec![Default::default(); data.len()];
-        let job = TensorJob {
-            name: "w",
-            shape: &shape,
-            inputs: &inputs,
-            base: None,
-            params: &p,
-            dtype: DType::F32,
-            seed: 0,
-        };
-        let out = Karcher.merge(&job)?;
-        match out.values {
-            Merged::Dense(v) => Ok((v, out.report)),
-            Merged::Elementwise(_) => Err(MergeError::Config("expected dense".into())),
-        }
+        with_job(&[data[0].len()], data, None, &p, DType::F32, 0, |job| {
+            dense(Karcher.merge(job)?)
+        })
     }
 
     #[test]

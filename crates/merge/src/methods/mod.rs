@@ -1,4 +1,7 @@
-//! Merge methods, by mergekit registry name.
+//! Merge methods, by mergekit registry name: the one public module of the crate, a catalogue
+//! of the [`MergeMethod`] implementations (each usable on its own on a
+//! [`TensorJob`](crate::TensorJob)) and of the kernels they share with tests and benchmarks
+//! ([`slerp`], [`nuslerp`], [`nearswap`], ...).
 
 mod karcher;
 mod linear;
@@ -9,7 +12,7 @@ mod nuslerp;
 mod passthrough;
 mod sce;
 mod slerp;
-pub mod sparsify;
+mod sparsify;
 mod task_arithmetic;
 mod vectors;
 

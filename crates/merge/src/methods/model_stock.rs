@@ -145,7 +145,7 @@ mod tests {
     use super::*;
     use crate::DType;
     use crate::method::ResolvedParams;
-    use crate::source::InputTensor;
+    use crate::method::testing::{dense, with_job};
 
     /// Inputs: the models, then the base last.
     fn run(
@@ -153,28 +153,14 @@ mod tests {
         data: &[&[f32]],
         filter_wise: bool,
     ) -> Result<(Vec<f32>, MethodReport)> {
-        let inputs: Vec<InputTensor<'_>> = data
-            .iter()
-            .map(|d| InputTensor::from_f32(shape.to_vec(), d))
-            .collect();
         let mut p = ResolvedParams::default();
         p.global
             .insert("filter_wise", f64::from(u8::from(filter_wise)));
         p.per_model = vec![Default::default(); data.len()];
-        let job = TensorJob {
-            name: "w",
-            shape,
-            inputs: &inputs,
-            base: Some(data.len() - 1),
-            params: &p,
-            dtype: DType::F32,
-            seed: 0,
-        };
-        let out = ModelStock.merge(&job)?;
-        match out.values {
-            Merged::Dense(v) => Ok((v, out.report)),
-            Merged::Elementwise(_) => Err(MergeError::Config("expected dense".into())),
-        }
+        let base = Some(data.len() - 1);
+        with_job(shape, data, base, &p, DType::F32, 0, |job| {
+            dense(ModelStock.merge(job)?)
+        })
     }
 
     #[test]

@@ -194,15 +194,10 @@ mod tests {
     use super::*;
     use crate::DType;
     use crate::method::ResolvedParams;
+    use crate::method::testing::{dense, with_job};
     use crate::methods::slerp;
-    use crate::source::InputTensor;
 
     fn run(data: &[&[f32]], weights: &[Option<f64>], base: Option<usize>) -> Result<Vec<f32>> {
-        let shape = vec![data[0].len()];
-        let inputs: Vec<InputTensor<'_>> = data
-            .iter()
-            .map(|d| InputTensor::from_f32(shape.clone(), d))
-            .collect();
         let mut p = ResolvedParams::default();
         p.global.insert("normalize_weights", 1.0);
         p.global.insert("eps", 1e-8);
@@ -210,19 +205,9 @@ mod tests {
             .iter()
             .map(|w| w.iter().map(|w| ("weight", *w)).collect())
             .collect();
-        let job = TensorJob {
-            name: "w",
-            shape: &shape,
-            inputs: &inputs,
-            base,
-            params: &p,
-            dtype: DType::F32,
-            seed: 0,
-        };
-        match Multislerp.merge(&job)?.values {
-            Merged::Dense(v) => Ok(v),
-            Merged::Elementwise(_) => Err(MergeError::Config("expected dense".into())),
-        }
+        with_job(&[data[0].len()], data, base, &p, DType::F32, 0, |job| {
+            Ok(dense(Multislerp.merge(job)?)?.0)
+        })
     }
 
     #[test]

@@ -218,8 +218,8 @@ impl MergeMethod for Nuslerp {
 mod tests {
     use super::*;
     use crate::method::ResolvedParams;
+    use crate::method::testing::{dense, with_job};
     use crate::methods::slerp;
-    use crate::source::InputTensor;
 
     fn params(weights: &[Option<f64>], flatten: bool, row_wise: bool) -> ResolvedParams {
         let mut p = ResolvedParams::default();
@@ -240,23 +240,9 @@ mod tests {
         base: Option<usize>,
         p: &ResolvedParams,
     ) -> Result<Vec<f32>> {
-        let inputs: Vec<InputTensor<'_>> = data
-            .iter()
-            .map(|d| InputTensor::from_f32(shape.to_vec(), d))
-            .collect();
-        let job = TensorJob {
-            name: "w",
-            shape,
-            inputs: &inputs,
-            base,
-            params: p,
-            dtype: DType::F32,
-            seed: 0,
-        };
-        match Nuslerp.merge(&job)?.values {
-            Merged::Dense(v) => Ok(v),
-            Merged::Elementwise(_) => Err(MergeError::Config("expected dense".into())),
-        }
+        with_job(shape, data, base, p, DType::F32, 0, |job| {
+            Ok(dense(Nuslerp.merge(job)?)?.0)
+        })
     }
 
     #[test]

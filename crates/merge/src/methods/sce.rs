@@ -196,33 +196,18 @@ mod tests {
     use super::*;
     use crate::DType;
     use crate::method::ResolvedParams;
-    use crate::source::InputTensor;
+    use crate::method::testing::{dense, with_job};
 
     /// Inputs: the models, then the base last.
     fn run(data: &[&[f32]], select_topk: f64) -> Result<(Vec<f32>, MethodReport)> {
-        let shape = vec![data[0].len()];
-        let inputs: Vec<InputTensor<'_>> = data
-            .iter()
-            .map(|d| InputTensor::from_f32(shape.clone(), d))
-            .collect();
         let mut p = ResolvedParams::default();
         p.global.insert("int8_mask", 0.0);
         p.global.insert("select_topk", select_topk);
         p.per_model = vec![Default::default(); data.len()];
-        let job = TensorJob {
-            name: "w",
-            shape: &shape,
-            inputs: &inputs,
-            base: Some(data.len() - 1),
-            params: &p,
-            dtype: DType::F32,
-            seed: 0,
-        };
-        let out = Sce.merge(&job)?;
-        match out.values {
-            Merged::Dense(v) => Ok((v, out.report)),
-            Merged::Elementwise(_) => Err(MergeError::Config("expected dense".into())),
-        }
+        let base = Some(data.len() - 1);
+        with_job(&[data[0].len()], data, base, &p, DType::F32, 0, |job| {
+            dense(Sce.merge(job)?)
+        })
     }
 
     #[test]

@@ -431,6 +431,7 @@ impl MergeMethod for TaskArithmetic {
 mod tests {
     use super::*;
     use crate::method::ResolvedParams;
+    use crate::method::testing::with_job;
     use crate::source::InputTensor;
 
     /// Run `method` on `models` (each with weight and optional density) over `base` (last
@@ -453,12 +454,6 @@ mod tests {
         dtype: DType,
         globals: &[(&'static str, f64)],
     ) -> Result<Vec<f32>> {
-        let shape = vec![base.len()];
-        let mut inputs: Vec<InputTensor<'_>> = models
-            .iter()
-            .map(|(d, _, _)| InputTensor::from_f32(shape.clone(), d))
-            .collect();
-        inputs.push(InputTensor::from_f32(shape.clone(), base));
         let mut p = ResolvedParams::default();
         for spec in method.spec().global {
             p.global.insert(spec.name, spec.default.unwrap_or(0.0));
@@ -476,25 +471,25 @@ mod tests {
             p.per_model.push(m);
         }
         p.per_model.push(Default::default());
-        let job = TensorJob {
-            name: "w",
-            shape: &shape,
-            inputs: &inputs,
-            base: Some(models.len()),
-            params: &p,
+        let data: Vec<&[f32]> = models.iter().map(|(d, _, _)| *d).chain([base]).collect();
+        with_job(
+            &[base.len()],
+            &data,
+            Some(models.len()),
+            &p,
             dtype,
             seed,
-        };
-        match method.merge(&job)?.values {
-            Merged::Dense(v) => Ok(v),
-            Merged::Elementwise(k) => {
-                let views: Vec<Vec<f32>> = inputs.iter().map(InputTensor::to_vec).collect();
-                let views: Vec<&[f32]> = views.iter().map(Vec::as_slice).collect();
-                let mut out = vec![0f32; base.len()];
-                k.apply(&views, &mut out);
-                Ok(out)
-            }
-        }
+            |job| match method.merge(job)?.values {
+                Merged::Dense(v) => Ok(v),
+                Merged::Elementwise(k) => {
+                    let views: Vec<Vec<f32>> = job.inputs.iter().map(InputTensor::to_vec).collect();
+                    let views: Vec<&[f32]> = views.iter().map(Vec::as_slice).collect();
+                    let mut out = vec![0f32; base.len()];
+                    k.apply(&views, &mut out);
+                    Ok(out)
+                }
+            },
+        )
     }
 
     fn data(n: usize, salt: u32) -> Vec<f32> {

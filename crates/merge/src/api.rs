@@ -1,32 +1,22 @@
-//! Writing a merge to an HF model directory, atomically: everything goes to a temporary
-//! directory next to the destination, which is renamed into place only when complete.
+//! The crate's entry points: open the models a configuration names, plan the merge, and run
+//! it into an HF model directory (written atomically: everything goes to a temporary
+//! directory next to the destination, renamed into place only when complete) or into memory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use crate::config::{MergeConfig, resolve_model_path};
-use crate::execute::{NoProgress, Progress, TensorReport, TensorSink, execute};
+use crate::execute::{NoProgress, Progress, TensorReport, execute};
+use crate::files::{read_json, write_file, write_json};
+use crate::lora::apply_adapter;
 use crate::plan::{MergePlan, PlanOptions};
+use crate::sink::MemorySink;
 use crate::source::{HostTensor, ModelSource};
 use crate::staging::StagingDir;
-use crate::vocab::write_tokenizer;
+use crate::threads::with_threads;
+use crate::vocab::{copy_tokenizer_files, write_tokenizer};
 use crate::writer::ShardedWriter;
 use crate::{MergeError, Result};
-
-/// Tokenizer files copied from the base (or first) model.
-pub const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-];
 
 /// How to run a merge.
 #[derive(Clone)]
@@ -99,7 +89,7 @@ pub fn open_models(config: &MergeConfig, config_dir: Option<&Path>) -> Result<Ve
             let mut source = ModelSource::open(&dir, &r.to_string())?;
             if let Some(lora) = &r.lora {
                 let adapter = resolve_model_path(lora, config_dir);
-                crate::lora::apply_adapter(&mut source, &adapter)?;
+                apply_adapter(&mut source, &adapter)?;
             }
             Ok(source)
         })
@@ -112,14 +102,15 @@ pub fn open_models(config: &MergeConfig, config_dir: Option<&Path>) -> Result<Ve
 /// Everything [`open_models`] and [`MergePlan::new`] reject.
 pub fn plan_merge(config: &MergeConfig, options: &MergeOptions) -> Result<MergePlan> {
     let models = open_models(config, options.config_dir.as_deref())?;
-    MergePlan::new(
-        config,
-        models,
-        &PlanOptions {
-            unsafe_truncate_embeddings: options.unsafe_truncate_embeddings,
-            config_dir: options.config_dir.clone(),
-        },
-    )
+    MergePlan::new(config, models, &plan_options(options))
+}
+
+/// The planning part of `options`.
+fn plan_options(options: &MergeOptions) -> PlanOptions {
+    PlanOptions {
+        unsafe_truncate_embeddings: options.unsafe_truncate_embeddings,
+        config_dir: options.config_dir.clone(),
+    }
 }
 
 /// Run `config` and write the merged model to `out_dir` (created atomically).
@@ -169,13 +160,7 @@ pub fn write_plan(
     } else if options.copy_tokenizer
         && let Some(dir) = base.dir()
     {
-        for f in TOKENIZER_FILES {
-            let src = dir.join(f);
-            if src.is_file() {
-                let dst = tmp.path().join(f);
-                std::fs::copy(&src, &dst).map_err(|e| MergeError::io(&src, e))?;
-            }
-        }
+        copy_tokenizer_files(dir, tmp.path())?;
     }
     if let Some(template) = &config.chat_template {
         write_chat_template(tmp.path(), template)?;
@@ -220,17 +205,6 @@ fn bytes_read(plan: &MergePlan) -> u64 {
         .sum()
 }
 
-/// Run `f` on a pool of `threads` workers (`None` or 0: rayon's global pool).
-pub(crate) fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> T {
-    match threads
-        .filter(|n| *n > 0)
-        .and_then(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().ok())
-    {
-        Some(pool) => pool.install(f),
-        None => f(),
-    }
-}
-
 fn write_config(plan: &MergePlan, base: &ModelSource, dir: &Path) -> Result<()> {
     let Some(config) = base.config() else {
         return Ok(());
@@ -263,9 +237,7 @@ fn write_chat_template(dir: &Path, template: &str) -> Result<()> {
     write_file(&dir.join("chat_template.jinja"), text.as_bytes())?;
     let tc = dir.join("tokenizer_config.json");
     if tc.is_file() {
-        let raw = std::fs::read_to_string(&tc).map_err(|e| MergeError::io(&tc, e))?;
-        let mut v: serde_json::Value = serde_json::from_str(&raw)
-            .map_err(|e| MergeError::checkpoint(&tc, format!("invalid JSON: {e}")))?;
+        let mut v = read_json(&tc)?;
         if let Some(obj) = v.as_object_mut() {
             obj.insert("chat_template".into(), serde_json::Value::String(text));
         }
@@ -286,36 +258,6 @@ fn model_card(plan: &MergePlan, yaml: &str) -> String {
         models.join("\n"),
         yaml.trim_end()
     )
-}
-
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| MergeError::checkpoint(path, e.to_string()))?;
-    text.push('\n');
-    write_file(path, text.as_bytes())
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|e| MergeError::io(path, e))
-}
-
-/// In-memory sink: one buffer per planned tensor, values rounded to the output dtype.
-struct MemorySink<'p> {
-    plan: &'p MergePlan,
-    buffers: Vec<Mutex<Vec<f32>>>,
-}
-
-impl TensorSink for MemorySink<'_> {
-    fn write(&self, tensor: usize, offset: usize, values: &[f32]) -> Result<()> {
-        let dtype = self.plan.tensors[tensor].out_dtype;
-        let mut buf = self.buffers[tensor]
-            .lock()
-            .map_err(|_| MergeError::tensor(&self.plan.tensors[tensor].name, "poisoned buffer"))?;
-        for (o, v) in buf[offset..offset + values.len()].iter_mut().zip(values) {
-            *o = dtype.round(*v);
-        }
-        Ok(())
-    }
 }
 
 /// Merge models held in memory (a trainer merging without a disk round trip).
@@ -341,36 +283,10 @@ pub fn merge_in_memory(
             Ok(ModelSource::from_tensors(&r.to_string(), cfg, tensors))
         })
         .collect::<Result<Vec<_>>>()?;
-    let plan = MergePlan::new(
-        config,
-        sources,
-        &PlanOptions {
-            unsafe_truncate_embeddings: options.unsafe_truncate_embeddings,
-            config_dir: options.config_dir.clone(),
-        },
-    )?;
-    let sink = MemorySink {
-        plan: &plan,
-        buffers: plan
-            .tensors
-            .iter()
-            .map(|t| Mutex::new(vec![0f32; t.numel()]))
-            .collect(),
-    };
+    let plan = MergePlan::new(config, sources, &plan_options(options))?;
+    let sink = MemorySink::new(&plan);
     let reports = with_threads(options.threads, || {
         execute(&plan, &sink, options.seed, &NoProgress)
     })?;
-    let out = plan
-        .tensors
-        .iter()
-        .zip(sink.buffers)
-        .map(|(t, b)| {
-            let data = b.into_inner().unwrap_or_default();
-            (
-                t.name.clone(),
-                HostTensor::new(t.shape.clone(), t.out_dtype, data),
-            )
-        })
-        .collect();
-    Ok((out, reports))
+    Ok((sink.into_tensors(), reports))
 }
