@@ -127,7 +127,7 @@ mod tests {
             "TEMPER_SMOLLM2_GOLDEN",
             concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../../shared/fixtures/smollm2/golden.json"
+                "/tests/fixtures/smollm2/golden.json"
             ),
         );
         let golden: Option<Value> = std::fs::read_to_string(&golden_path)

@@ -1,6 +1,6 @@
 //! The GGUF container: header, metadata key/value table, tensor table, memory-mapped data.
 //!
-//! Layout (all little-endian; see `shared/docs/gguf-smollm2.md`): magic `GGUF`, `u32` version,
+//! Layout (all little-endian; see `docs/gguf.md`): magic `GGUF`, `u32` version,
 //! `u64` tensor count, `u64` metadata count, the metadata entries (`string key, u32 type, value`),
 //! the tensor infos (`string name, u32 n_dims, u64 ne[n_dims], u32 ggml_type, u64 offset`), padding
 //! to `general.alignment` (default 32), then the tensor data. Strings are a `u64` length followed by
