@@ -294,7 +294,7 @@ mod tests {
 
     use std::str::FromStr;
 
-    use super::super::reader::writer::GgufBuilder;
+    use super::super::test_writer::GgufBuilder;
     use super::*;
 
     /// A byte-level toy vocabulary: control token, user-defined token, letters, space, digits.
