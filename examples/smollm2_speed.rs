@@ -1,5 +1,5 @@
 //! Speed of SmolLM2-135M-Instruct (f32, CPU) on the workloads of
-//! `shared/fixtures/smollm2/bench_torch.py`, printed as JSON:
+//! `benches/peers/torch/bench_smollm2.py` (transformers), printed as JSON:
 //!
 //! * prefill: forward of 1 × 512 random tokens, all logits (median / best of 5);
 //! * decode: greedy generation of 128 new tokens with the KV cache after a 6-token prompt
@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();
 
-    // 512 pseudo-random ids in [3, 49152), like bench_torch.py's torch.randint.
+    // 512 pseudo-random ids in [3, 49152), like bench_smollm2.py's torch.randint.
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let ids: Vec<i64> = (0..512)
         .map(|_| {

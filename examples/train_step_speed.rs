@@ -1,5 +1,5 @@
 //! Speed of one training step on SmolLM2-135M dimensions (f32, CPU) — the Temper side of
-//! `shared/anchors/torch/train_step.py` (torch + PEFT), printed as one JSON line per mode.
+//! `benches/peers/torch/train_step.py` (torch + PEFT), printed as one JSON line per mode.
 //!
 //! Workload (same as the anchor): a randomly initialised Llama with SmolLM2-135M dimensions
 //! (hidden 576, 30 layers, 9 / 3 heads, head_dim 64, intermediate 1536, vocab 49152, tied

@@ -9,7 +9,7 @@ use temper_llm_arch::{
 
 use crate::Result;
 use crate::question::{Question, QuestionKind};
-use crate::results::QuestionRecord;
+use crate::record::QuestionRecord;
 
 /// The system instruction of the protocol.
 pub const SYSTEM_TEXT: &str = "You respond with one word or letter.";

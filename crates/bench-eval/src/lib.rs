@@ -13,6 +13,7 @@ pub mod error;
 pub mod generative;
 pub mod loglik;
 pub mod question;
+mod record;
 pub mod results;
 pub mod run;
 

@@ -13,8 +13,10 @@ use burn::tensor::{Int, Tensor, TensorData};
 use temper_llm_arch::{ChatMessage, ChatTemplate, ForwardOptions, LlamaForCausalLM, Tokenizer};
 
 use crate::question::Question;
-use crate::results::QuestionRecord;
+use crate::record::QuestionRecord;
 use crate::{EvalError, Result};
+
+pub use crate::record::ChoiceScores;
 
 /// Token ids of a request: the context and the continuation to score.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,52 +213,6 @@ pub fn score_pairs(
         out.extend(sums);
     }
     Ok(out)
-}
-
-/// Scores of one question's choices and the predictions of the three metrics.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChoiceScores {
-    /// Summed continuation log-prob per choice.
-    pub logprobs: Vec<f64>,
-    /// Character length of each choice.
-    pub chars: Vec<usize>,
-    /// UTF-8 byte length of each choice.
-    pub bytes: Vec<usize>,
-}
-
-fn argmax(values: impl Iterator<Item = f64>) -> usize {
-    let mut best = (0, f64::NEG_INFINITY);
-    for (i, v) in values.enumerate() {
-        if v > best.1 {
-            best = (i, v);
-        }
-    }
-    best.0
-}
-
-impl ChoiceScores {
-    /// `acc`'s pick: the highest summed log-prob.
-    pub fn pred_acc(&self) -> usize {
-        argmax(self.logprobs.iter().copied())
-    }
-    /// `acc_norm`'s pick: log-prob / character length.
-    pub fn pred_norm(&self) -> usize {
-        argmax(
-            self.logprobs
-                .iter()
-                .zip(&self.chars)
-                .map(|(l, &c)| l / c.max(1) as f64),
-        )
-    }
-    /// `acc_bytes`'s pick: log-prob / byte length.
-    pub fn pred_bytes(&self) -> usize {
-        argmax(
-            self.logprobs
-                .iter()
-                .zip(&self.bytes)
-                .map(|(l, &c)| l / c.max(1) as f64),
-        )
-    }
 }
 
 /// Score every choice of every multiple-choice / true-false question (short-answer questions

@@ -8,59 +8,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::loglik::ChoiceScores;
-use crate::question::Question;
 use crate::{EvalError, Result};
 
-/// The outcome of one question, one JSONL line of a results file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QuestionRecord {
-    pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub category: Option<String>,
-    /// The correct answer as text.
-    pub gold: String,
-    /// The predicted answer as text (`None`: unparseable output).
-    pub prediction: Option<String>,
-    /// Correct under the primary metric (`acc`, or the generative protocol).
-    pub correct: bool,
-    /// Log-likelihood mode: correct under `acc_norm`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub correct_norm: Option<bool>,
-    /// Log-likelihood mode: correct under `acc_bytes`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub correct_bytes: Option<bool>,
-    /// Generative mode: no answer could be parsed (counted as wrong).
-    #[serde(default)]
-    pub unparsed: bool,
-    /// Generative mode: the raw output.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
-    /// Log-likelihood mode: summed log-prob per choice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logprobs: Option<Vec<f64>>,
-}
-
-impl QuestionRecord {
-    /// The record of a question scored by log-likelihood.
-    pub fn from_loglik(q: &Question, scores: &ChoiceScores) -> Self {
-        let gold = q.gold_index();
-        let choices = q.choices().unwrap_or_default();
-        let pred = scores.pred_acc();
-        Self {
-            id: q.id.clone(),
-            category: q.category.clone(),
-            gold: q.gold_text(),
-            prediction: choices.get(pred).cloned(),
-            correct: gold == Some(pred),
-            correct_norm: Some(gold == Some(scores.pred_norm())),
-            correct_bytes: Some(gold == Some(scores.pred_bytes())),
-            unparsed: false,
-            output: None,
-            logprobs: Some(scores.logprobs.clone()),
-        }
-    }
-}
+pub use crate::record::QuestionRecord;
 
 /// Which correctness flag of a record to summarise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

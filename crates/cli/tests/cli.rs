@@ -129,7 +129,7 @@ fn bad_inputs_exit_nonzero_with_a_message() {
 fn merge_fixtures() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/merge"
+        "/../merge/tests/fixtures/mergekit"
     ))
 }
 

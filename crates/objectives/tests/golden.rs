@@ -40,7 +40,7 @@ fn golden_path() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../../shared/fixtures/objectives/golden.json"
+                "/tests/fixtures/golden.json"
             ))
         })
 }

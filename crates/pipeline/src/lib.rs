@@ -5,7 +5,8 @@
 //!
 //! * [`config`]: the pipeline TOML and the built-in presets (`default`, `smoke`).
 //! * [`run`]: [`run_pipeline`], step by step with fingerprints so a re-run resumes.
-//! * [`report`]: the results and `report.{json,md,html}`; [`plots`]: the SVG figures.
+//! * [`report`]: the results and their rendering as `report.{json,md,html}`; [`plots`]: the
+//!   SVG figures.
 //!
 //! ```no_run
 //! use std::path::Path;

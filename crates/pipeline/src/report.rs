@@ -1,6 +1,7 @@
-//! What a pipeline run produced, and the files it is written to: `report.json` (this struct),
+//! What a pipeline run produced, and the files it is rendered to: `report.json` (this struct),
 //! `report.md` (tables, plots linked from `plots/`) and a self-contained `report.html`
-//! (tables and inline SVG plots).
+//! (tables and inline SVG plots). Rendering only: `run` writes the files, so this module
+//! depends on no other step of the run.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,7 +13,6 @@ use temper_bench_eval::results::{MergeAnalysis, Metric, Summary};
 
 use crate::config::PipelineConfig;
 use crate::plots;
-use crate::run::write_atomic;
 use crate::{PipelineError, Result};
 
 /// What a variant is.
@@ -604,21 +604,23 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}figure{margi
     s
 }
 
-/// Write `report.json`, `report.md`, `report.html` and `plots/*.svg` into `dir`.
+/// The report's files as `(path relative to the output directory, contents)`, in the order
+/// they are written: `plots/*.svg`, then `report.json`, `report.md` and `report.html`.
+/// Rendering does no I/O: the run's `write_report` writes the files.
 ///
 /// # Errors
-/// Drawing or writing failures.
-pub fn write_report(report: &PipelineReport, dir: &Path) -> Result<()> {
+/// Drawing or serialisation failures.
+pub fn render_report(report: &PipelineReport) -> Result<Vec<(PathBuf, String)>> {
     let figs = figures(report)?;
-    let plots_dir = dir.join("plots");
-    std::fs::create_dir_all(&plots_dir).map_err(|e| PipelineError::io(&plots_dir, e))?;
-    for (file, _, svg) in &figs.files {
-        write_atomic(&plots_dir.join(file), svg.as_bytes())?;
-    }
+    let mut files: Vec<(PathBuf, String)> = figs
+        .files
+        .iter()
+        .map(|(file, _, svg)| (Path::new("plots").join(file), svg.clone()))
+        .collect();
     let json = serde_json::to_string_pretty(report)
         .map_err(|e| PipelineError::Report(format!("report.json: {e}")))?;
-    write_atomic(&dir.join("report.json"), json.as_bytes())?;
-    write_atomic(&dir.join("report.md"), markdown(report, &figs).as_bytes())?;
-    write_atomic(&dir.join("report.html"), html(report, &figs).as_bytes())?;
-    Ok(())
+    files.push(("report.json".into(), json));
+    files.push(("report.md".into(), markdown(report, &figs)));
+    files.push(("report.html".into(), html(report, &figs)));
+    Ok(files)
 }

@@ -33,7 +33,7 @@ use crate::config::{PipelineConfig, StageSpec};
 use crate::fingerprint::{Fingerprint, file_sha256};
 use crate::report::{
     MergeResult, MergeRow, PipelineReport, StageResult, TensorStat, VariantKind, VariantResult,
-    VsInstruct, write_report,
+    VsInstruct, render_report,
 };
 use crate::{PipelineError, Result};
 
@@ -98,6 +98,22 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         PipelineError::io(path, e)
     })
+}
+
+/// Write `report.json`, `report.md`, `report.html` and `plots/*.svg` into `dir`, each
+/// atomically.
+///
+/// # Errors
+/// Drawing or writing failures.
+pub fn write_report(report: &PipelineReport, dir: &Path) -> Result<()> {
+    for (file, contents) in render_report(report)? {
+        let path = dir.join(file);
+        if let Some(parent) = path.parent() {
+            create_dir(parent)?;
+        }
+        write_atomic(&path, contents.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn create_dir(path: &Path) -> Result<()> {

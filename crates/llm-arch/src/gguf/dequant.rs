@@ -11,7 +11,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::error::GgufError;
-use super::reader::GgmlType;
+use super::ggml_type::GgmlType;
 
 /// Elements per K-quant super-block.
 pub const QK_K: usize = 256;

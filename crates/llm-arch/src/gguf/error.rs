@@ -6,7 +6,7 @@
 //! metadata key and/or the byte offset involved, so a user can tell what is wrong without a hex
 //! editor.
 
-use super::reader::GgmlType;
+use super::ggml_type::GgmlType;
 
 /// Everything that can go wrong while reading, decoding or converting a GGUF file.
 #[derive(Debug, thiserror::Error)]

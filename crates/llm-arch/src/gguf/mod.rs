@@ -24,20 +24,36 @@
 //! # }
 //! ```
 
+// Module dependencies point one way: `ggml_type`, `value` and `storage` are leaves; `error`
+// and `tensor_info` name a `GgmlType`; `dequant` and `parse` build on those; `reader` (the
+// `GgufFile` API) on all of them; `to_hf` and `tokenizer_json` on `reader`.
 mod dequant;
 mod error;
+mod ggml_type;
+mod parse;
 mod reader;
+#[cfg(test)]
+mod reader_tests;
+mod storage;
+mod tensor_info;
+#[cfg(test)]
+mod test_writer;
 mod to_hf;
 mod tokenizer_json;
+mod value;
 
 pub use dequant::{QK_K, dequantize};
 pub use error::GgufError;
-pub use reader::{GGUF_DEFAULT_ALIGNMENT, GgmlType, GgufFile, GgufTensorInfo, GgufValue};
+pub use ggml_type::GgmlType;
+pub use parse::GGUF_DEFAULT_ALIGNMENT;
+pub use reader::GgufFile;
+pub use tensor_info::GgufTensorInfo;
 pub use to_hf::{
     HfTensor, for_each_hf_tensor, hf_config, hf_tensor_name, load_hf_tensors, permute_qk_rows,
     unpermute_qk_rows,
 };
 pub use tokenizer_json::{GgufSpecialTokens, chat_template, special_tokens, tokenizer_json};
+pub use value::GgufValue;
 
 /// End-to-end checks against the real SmolLM2 GGUF and the golden fixtures, skipped when the
 /// 98 MB file is not on disk.
@@ -127,7 +143,7 @@ mod tests {
             "TEMPER_SMOLLM2_GOLDEN",
             concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../../shared/fixtures/smollm2/golden.json"
+                "/tests/fixtures/smollm2/golden.json"
             ),
         );
         let golden: Option<Value> = std::fs::read_to_string(&golden_path)

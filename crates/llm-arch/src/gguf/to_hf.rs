@@ -365,7 +365,7 @@ fn rope_scaling(file: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<Option<
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::super::reader::writer::GgufBuilder;
+    use super::super::test_writer::GgufBuilder;
     use super::*;
 
     #[test]

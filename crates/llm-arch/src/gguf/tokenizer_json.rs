@@ -173,8 +173,9 @@ fn post_processor(
 
 /// Build a `tokenizer.json` for a byte-level BPE (`tokenizer.ggml.model = "gpt2"`) vocabulary.
 ///
-/// For SmolLM2 the result is JSON-equal to `shared/fixtures/smollm2/gguf_to_tokenizer_json.py`
-/// (the original SmolLM2 tokenizer). Load it with `tokenizers::Tokenizer::from_str(&v.to_string())`.
+/// For SmolLM2 the result is JSON-equal to what `tests/fixtures/smollm2/gguf_to_tokenizer_json.py`
+/// writes (the original SmolLM2 tokenizer; `docs/gguf.md`). Load it with
+/// `tokenizers::Tokenizer::from_str(&v.to_string())`.
 pub fn tokenizer_json(file: &GgufFile) -> Result<Value, GgufError> {
     let model = file.get_str("tokenizer.ggml.model")?;
     if model != "gpt2" {
@@ -293,7 +294,7 @@ mod tests {
 
     use std::str::FromStr;
 
-    use super::super::reader::writer::GgufBuilder;
+    use super::super::test_writer::GgufBuilder;
     use super::*;
 
     /// A byte-level toy vocabulary: control token, user-defined token, letters, space, digits.

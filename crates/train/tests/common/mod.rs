@@ -5,9 +5,11 @@
 use std::path::Path;
 
 use burn::tensor::Device;
-use temper_llm_arch::{LlamaForCausalLM, ModelConfig, Pretrained, SpecialTokens, Tokenizer};
+use temper_llm_arch::{LlamaForCausalLM, ModelConfig};
 use temper_objectives::data::{PreferenceTokens, SftTokens};
 use temper_train::{ObjectiveConfig, ScheduleKind, TrainSummary, TrainerConfig};
+
+mod tiny_base;
 
 pub const VOCAB: usize = 32;
 
@@ -85,39 +87,10 @@ pub fn losses(summary: &TrainSummary) -> Vec<f64> {
         .collect()
 }
 
-/// A word-level tokenizer over the words of [`write_base`]'s rows.
-const TOKENIZER_JSON: &str = r#"{
-  "version": "1.0", "truncation": null, "padding": null,
-  "added_tokens": [
-    {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-    {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-    {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
-  ],
-  "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-  "model": {"type": "WordLevel", "unk_token": "<unk>",
-    "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "the": 3, "cat": 4, "sat": 5, "on": 6, "mat": 7, "a": 8, "dog": 9, "ran": 10}}
-}"#;
-
 /// Writes `dir/base` (a tiny tied-embedding HF directory with a tokenizer), `dir/train.jsonl`
 /// (prompt–completion rows) and `dir/pairs.jsonl` (preference rows).
 pub fn write_base(dir: &Path) {
-    let mut mc = ModelConfig::tiny(VOCAB, 32, 2, 4, 2);
-    mc.tie_word_embeddings = true;
-    mc.bos_token_id = Some(1);
-    mc.eos_token_ids = vec![2];
-    let base = Pretrained {
-        model: LlamaForCausalLM::init(&mc, &Device::flex()),
-        tokenizer: Tokenizer::from_json_str(TOKENIZER_JSON, "<test>").unwrap(),
-        chat_template: None,
-        special: SpecialTokens {
-            bos: None,
-            eos: vec![2],
-            pad: None,
-        },
-        source: "<memory>".into(),
-    };
-    base.save(&dir.join("base"), temper_backend::FloatPrecision::F32)
-        .unwrap();
+    tiny_base::write_tiny_base(&dir.join("base"), VOCAB, 32);
     let rows = [
         r#"{"prompt": "the cat", "completion": " sat on the mat"}"#,
         r#"{"prompt": "a dog", "completion": " ran on a mat"}"#,
