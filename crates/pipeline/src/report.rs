@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use temper_bench_eval::EvalMode;
 use temper_bench_eval::results::{MergeAnalysis, Metric, Summary};
+use temper_formats::write_atomic;
 
 use crate::config::PipelineConfig;
 use crate::plots;
-use crate::run::write_atomic;
 use crate::{PipelineError, Result};
 
 /// What a variant is.

@@ -39,26 +39,132 @@ impl Default for InitLoraWeights {
     }
 }
 
+/// A LoRA alpha as the file spells it. PEFT's files hold Python numbers — `8` from
+/// `lora_alpha=8`, `6.0` from `lora_alpha=6.0` — and a round trip keeps the spelling (mergekit
+/// and PEFT write integers, Temper's own adapters have floats). Compares as an `f64`.
+#[derive(Debug, Clone, Copy)]
+pub enum Alpha {
+    Int(i64),
+    Float(f64),
+}
+
+impl Alpha {
+    /// The value.
+    pub fn value(self) -> f64 {
+        match self {
+            Self::Int(i) => i as f64,
+            Self::Float(f) => f,
+        }
+    }
+}
+
+impl From<f64> for Alpha {
+    fn from(f: f64) -> Self {
+        Self::Float(f)
+    }
+}
+
+impl From<i64> for Alpha {
+    fn from(i: i64) -> Self {
+        Self::Int(i)
+    }
+}
+
+impl From<i32> for Alpha {
+    fn from(i: i32) -> Self {
+        Self::Int(i.into())
+    }
+}
+
+impl From<usize> for Alpha {
+    fn from(n: usize) -> Self {
+        i64::try_from(n).map_or(Self::Float(n as f64), Self::Int)
+    }
+}
+
+impl From<Alpha> for f64 {
+    fn from(a: Alpha) -> Self {
+        a.value()
+    }
+}
+
+impl PartialEq for Alpha {
+    fn eq(&self, other: &Self) -> bool {
+        self.value() == other.value()
+    }
+}
+
+impl PartialEq<f64> for Alpha {
+    fn eq(&self, other: &f64) -> bool {
+        self.value() == *other
+    }
+}
+
+impl std::fmt::Display for Alpha {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Int(i) => write!(f, "{i}"),
+            Self::Float(x) => write!(f, "{x:?}"),
+        }
+    }
+}
+
+impl Serialize for Alpha {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match *self {
+            Self::Int(i) => serializer.serialize_i64(i),
+            Self::Float(f) => serializer.serialize_f64(f),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Alpha {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Num;
+        impl Visitor<'_> for Num {
+            type Value = Alpha;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Alpha, E> {
+                Ok(Alpha::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Alpha, E> {
+                Ok(i64::try_from(v).map_or(Alpha::Float(v as f64), Alpha::Int))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Alpha, E> {
+                Ok(Alpha::Float(v))
+            }
+        }
+        deserializer.deserialize_any(Num)
+    }
+}
+
 /// PEFT's default rank and alpha (`LoraConfig.r`, `LoraConfig.lora_alpha`).
 const DEFAULT_R: usize = 8;
-const DEFAULT_ALPHA: f64 = 8.0;
+const DEFAULT_ALPHA: i64 = 8;
 
 /// PEFT's `LoraConfig`, (de)serialised exactly as `adapter_config.json`.
 ///
 /// Build one with [`LoraConfig::new`] and the `with_*` setters; read one with
 /// [`LoraConfig::load`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {
     /// Rank (default 8).
     pub r: usize,
     /// Scale numerator: the update is `lora_alpha / r · B·A` (`/ √r` with rsLoRA). Default 8.
     pub lora_alpha: f64,
+    /// Whether `lora_alpha` was given as an integer, so that it is written back as one (when
+    /// it still is integral).
+    lora_alpha_is_int: bool,
     /// Dropout on the adapter input during training.
     pub lora_dropout: f64,
     /// Which modules get an adapter; `None` (JSON null) names none.
     pub target_modules: Option<TargetModules>,
     /// Modules never adapted, even when `target_modules` selects them (written only when set).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exclude_modules: Option<TargetModules>,
     /// rsLoRA: scale `lora_alpha / √r`, which keeps the update's magnitude independent of r.
     pub use_rslora: bool,
@@ -71,7 +177,7 @@ pub struct LoraConfig {
     /// the end of the module path (see [`crate::peft::targets`]).
     pub rank_pattern: PatternMap<usize>,
     /// Per-module alpha overrides, same matching as `rank_pattern`.
-    pub alpha_pattern: PatternMap<f64>,
+    pub alpha_pattern: PatternMap<Alpha>,
     /// Which biases are trained (`"none"`, `"all"`, `"lora_only"`).
     pub bias: String,
     /// The base layer stores its weight `[in, out]` (GPT-2's `Conv1D`).
@@ -79,8 +185,7 @@ pub struct LoraConfig {
     pub peft_type: String,
     pub task_type: Option<String>,
     pub base_model_name_or_path: Option<String>,
-    /// Every other key of the file, written back as read.
-    #[serde(flatten)]
+    /// Every other key of the file, written back as read (after the typed keys, sorted).
     pub extra: Map<String, Value>,
 }
 
@@ -135,7 +240,11 @@ impl<'de> Visitor<'de> for ConfigVisitor<'_> {
             }
             match key.as_str() {
                 "r" => read!(c.r),
-                "lora_alpha" => read!(c.lora_alpha),
+                "lora_alpha" => {
+                    let mut alpha = Alpha::Int(DEFAULT_ALPHA);
+                    read!(alpha);
+                    c.set_lora_alpha(alpha);
+                }
                 "lora_dropout" => read!(c.lora_dropout),
                 "target_modules" => read!(c.target_modules),
                 "exclude_modules" => read!(c.exclude_modules),
@@ -166,11 +275,14 @@ impl<'de> Visitor<'de> for ConfigVisitor<'_> {
 }
 
 impl LoraConfig {
-    /// Rank `r`, `lora_alpha`, `all-linear` targets, no dropout, PEFT's default init.
-    pub fn new(r: usize, lora_alpha: f64) -> Self {
+    /// Rank `r`, `lora_alpha` (`8.0` is written `8.0`, `8` is written `8`), `all-linear`
+    /// targets, no dropout, PEFT's default init.
+    pub fn new(r: usize, lora_alpha: impl Into<Alpha>) -> Self {
+        let alpha = lora_alpha.into();
         Self {
             r,
-            lora_alpha,
+            lora_alpha: alpha.value(),
+            lora_alpha_is_int: matches!(alpha, Alpha::Int(_)),
             lora_dropout: 0.0,
             target_modules: Some(TargetModules::all_linear()),
             exclude_modules: None,
@@ -186,6 +298,23 @@ impl LoraConfig {
             task_type: Some("CAUSAL_LM".into()),
             base_model_name_or_path: None,
             extra: Map::new(),
+        }
+    }
+
+    /// Set `lora_alpha`, spelled as given (see [`Alpha`]).
+    pub fn set_lora_alpha(&mut self, alpha: impl Into<Alpha>) {
+        let alpha = alpha.into();
+        self.lora_alpha = alpha.value();
+        self.lora_alpha_is_int = matches!(alpha, Alpha::Int(_));
+    }
+
+    /// `lora_alpha` as it is written: an integer when it was given as one and still is one.
+    pub fn lora_alpha_spelled(&self) -> Alpha {
+        let a = self.lora_alpha;
+        if self.lora_alpha_is_int && a.fract() == 0.0 && a.abs() < 9.0e15 {
+            Alpha::Int(a as i64)
+        } else {
+            Alpha::Float(a)
         }
     }
 
@@ -247,7 +376,11 @@ impl LoraConfig {
                 format!("{k:?} is 0, expected a positive rank"),
             ));
         }
-        if let Some((k, a)) = self.alpha_pattern.iter().find(|(_, a)| !a.is_finite()) {
+        if let Some((k, a)) = self
+            .alpha_pattern
+            .iter()
+            .find(|(_, a)| !a.value().is_finite())
+        {
             return Err(bad(
                 "alpha_pattern",
                 format!("{k:?} is {a}, expected a finite number"),
@@ -374,8 +507,7 @@ impl LoraConfig {
     pub fn alpha_for(&self, path: &str) -> f64 {
         self.alpha_pattern
             .value_for(path)
-            .copied()
-            .unwrap_or(self.lora_alpha)
+            .map_or(self.lora_alpha, |a| a.value())
     }
 
     /// The scale of the update of the module at `path`: `alpha / r`, or `alpha / √r`.
@@ -396,6 +528,40 @@ impl LoraConfig {
         TargetMatcher::with_exclusions(targets, self.exclude_modules.as_ref(), saved)
             .map(Some)
             .map_err(|e| FormatsError::key(ADAPTER_CONFIG, "target_modules", e.to_string()))
+    }
+}
+
+/// The keys in PEFT's order of the fields Temper types (as `temper-lora` has always written
+/// them), then the other keys; `exclude_modules` only when set.
+impl Serialize for LoraConfig {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("r", &self.r)?;
+        map.serialize_entry("lora_alpha", &self.lora_alpha_spelled())?;
+        map.serialize_entry("lora_dropout", &self.lora_dropout)?;
+        map.serialize_entry("target_modules", &self.target_modules)?;
+        if let Some(e) = &self.exclude_modules {
+            map.serialize_entry("exclude_modules", e)?;
+        }
+        map.serialize_entry("use_rslora", &self.use_rslora)?;
+        map.serialize_entry("use_dora", &self.use_dora)?;
+        map.serialize_entry("init_lora_weights", &self.init_lora_weights)?;
+        map.serialize_entry("modules_to_save", &self.modules_to_save)?;
+        map.serialize_entry("rank_pattern", &self.rank_pattern)?;
+        map.serialize_entry("alpha_pattern", &self.alpha_pattern)?;
+        map.serialize_entry("bias", &self.bias)?;
+        map.serialize_entry("fan_in_fan_out", &self.fan_in_fan_out)?;
+        map.serialize_entry("peft_type", &self.peft_type)?;
+        map.serialize_entry("task_type", &self.task_type)?;
+        map.serialize_entry("base_model_name_or_path", &self.base_model_name_or_path)?;
+        for (k, v) in &self.extra {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
     }
 }
 

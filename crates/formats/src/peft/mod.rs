@@ -6,7 +6,7 @@
 pub mod config;
 pub mod targets;
 
-pub use config::{InitLoraWeights, LoraConfig, lora_scale};
+pub use config::{Alpha, InitLoraWeights, LoraConfig, lora_scale};
 pub use targets::{ALL_LINEAR, LayerKind, PatternMap, TargetMatcher, TargetModules, suffix_match};
 
 /// The adapter's configuration file name.
@@ -50,6 +50,32 @@ mod tests {
         assert_eq!(path, dir.path().join(ADAPTER_CONFIG));
         assert_eq!(LoraConfig::load(dir.path()).unwrap(), c);
         assert_eq!(LoraConfig::from_file(&path).unwrap(), c);
+    }
+
+    #[test]
+    fn alphas_keep_their_spelling() {
+        let text = |c: &LoraConfig| String::from_utf8(c.to_json_bytes().unwrap()).unwrap();
+        // PEFT writes `lora_alpha=8` as 8; Temper's own configs have floats.
+        let peft = LoraConfig::from_json_slice(
+            br#"{"lora_alpha": 8, "alpha_pattern": {"q_proj": 4}}"#,
+            Path::new("a"),
+        )
+        .unwrap();
+        assert!(
+            text(&peft).contains("\"lora_alpha\": 8,"),
+            "{}",
+            text(&peft)
+        );
+        assert!(text(&peft).contains("\"q_proj\": 4\n"), "{}", text(&peft));
+        let ours = LoraConfig::new(3, 6.0);
+        assert!(text(&ours).contains("\"lora_alpha\": 6.0,"));
+        let mut int = LoraConfig::new(3, 3usize);
+        assert_eq!(int.lora_alpha, 3.0);
+        assert!(text(&int).contains("\"lora_alpha\": 3,"));
+        // A non-integral value is written as a float whatever the spelling was.
+        int.lora_alpha = 2.5;
+        assert!(text(&int).contains("\"lora_alpha\": 2.5,"));
+        assert_eq!(Alpha::Int(2), 2.0);
     }
 
     #[test]
