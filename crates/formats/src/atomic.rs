@@ -178,7 +178,7 @@ impl Drop for AtomicFile {
 /// # Errors
 /// I/O errors naming the file; nothing is left at the temporary name, and `path` keeps its
 /// old contents.
-pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = AtomicFile::create(path)?;
     file.write_all(bytes)
         .map_err(|e| FormatsError::io(&file.temp, e))?;
@@ -231,7 +231,7 @@ mod tests {
         assert!(err.contains("taken"), "{err}");
         assert!(leftovers(dir.path()).is_empty());
         // A missing directory fails before anything is created, naming the path.
-        let err = write_atomic(dir.path().join("no/such/file"), b"x")
+        let err = write_atomic(&dir.path().join("no/such/file"), b"x")
             .unwrap_err()
             .to_string();
         assert!(err.contains("no/such"), "{err}");

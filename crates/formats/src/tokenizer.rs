@@ -307,7 +307,7 @@ pub fn save_tokenizer_files(
     config: &TokenizerConfig,
 ) -> Result<()> {
     let dir = dir.as_ref();
-    write_atomic(dir.join(TOKENIZER_JSON), json.as_bytes())?;
+    write_atomic(&dir.join(TOKENIZER_JSON), json.as_bytes())?;
     config.save(dir)?;
     Ok(())
 }

@@ -11,7 +11,10 @@
 //!
 //! Everything is checked before the first weight is touched, and every inconsistency is an
 //! error naming the adapter key and the shapes involved: a silently skipped module would give a
-//! merge that looks fine and is not the fine-tune.
+//! merge that looks fine and is not the fine-tune. The rank and alpha of each module, and
+//! whether `target_modules` covers it, follow PEFT 0.21 (`temper_formats::peft::targets`, the
+//! rules `temper-lora` injects by): `rank_pattern` keys are regular expressions tried in file
+//! order, a string `target_modules` must match the whole module path.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

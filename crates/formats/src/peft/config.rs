@@ -458,8 +458,7 @@ impl LoraConfig {
     ///
     /// # Errors
     /// An unreadable file, and everything [`LoraConfig::from_json_slice`] rejects.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
+    pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| FormatsError::io(path, e))?;
         Self::from_json_slice(&bytes, path)
     }
@@ -471,7 +470,7 @@ impl LoraConfig {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if path.is_dir() {
-            Self::from_file(path.join(ADAPTER_CONFIG))
+            Self::from_file(&path.join(ADAPTER_CONFIG))
         } else {
             Self::from_file(path)
         }

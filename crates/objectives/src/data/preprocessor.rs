@@ -96,10 +96,14 @@ impl Preprocessor {
             })
         })?;
         let mut p = Self::new(tokenizer, &eos)?;
-        p = match (gguf_special.and_then(|st| st.pad), pad_token) {
-            (Some(id), _) => p.with_pad_id(id),
-            (None, Some(pad)) if gguf_special.is_none() => p.with_pad_token(&pad)?,
-            _ => p,
+        // GGUF metadata gives the pad id itself; tokenizer_config.json the token.
+        p = match (gguf_special, pad_token) {
+            (Some(st), _) => match st.pad {
+                Some(id) => p.with_pad_id(id),
+                None => p,
+            },
+            (None, Some(pad)) => p.with_pad_token(&pad)?,
+            (None, None) => p,
         };
         let bos = bos_token.unwrap_or_default();
         match chat_template {

@@ -123,6 +123,31 @@ fn with_row<T>(i: usize, r: Result<T>) -> Result<T> {
         other => other,
     })
 }
+/// Tokenise `rows`, dropping those whose prompt alone has `max_length` tokens or more (they
+/// would keep no completion token under `keep_start` truncation).
+fn prepare_by_prompt<R, T>(
+    rows: &[R],
+    max_length: Option<usize>,
+    tokenize: impl Fn(&R) -> Result<(T, bool)>,
+    prompt_len: impl Fn(&T) -> usize,
+) -> Result<Prepared<T>> {
+    let mut out = Prepared {
+        rows: Vec::with_capacity(rows.len()),
+        dropped: Vec::new(),
+        boundary_mismatches: 0,
+    };
+    for (i, row) in rows.iter().enumerate() {
+        let (t, mismatch) = with_row(i, tokenize(row))?;
+        out.boundary_mismatches += usize::from(mismatch);
+        if max_length.is_some_and(|n| prompt_len(&t) >= n) {
+            out.dropped.push(i);
+        } else {
+            out.rows.push(t);
+        }
+    }
+    Ok(out)
+}
+
 impl Preprocessor {
     /// Tokens of a CPT document: a `text` document with EOS appended when missing (TRL's
     /// `add_eos`), or a rendered conversation.
@@ -288,21 +313,12 @@ impl Preprocessor {
         rows: &[PreferenceRow],
         max_length: Option<usize>,
     ) -> Result<Prepared<PreferenceTokens>> {
-        let mut out = Prepared {
-            rows: Vec::with_capacity(rows.len()),
-            dropped: Vec::new(),
-            boundary_mismatches: 0,
-        };
-        for (i, row) in rows.iter().enumerate() {
-            let (t, mismatch) = with_row(i, self.tokenize_preference(row))?;
-            out.boundary_mismatches += usize::from(mismatch);
-            if max_length.is_some_and(|n| t.prompt_ids.len() >= n) {
-                out.dropped.push(i);
-            } else {
-                out.rows.push(t);
-            }
-        }
-        Ok(out)
+        prepare_by_prompt(
+            rows,
+            max_length,
+            |r| self.tokenize_preference(r),
+            |t| t.prompt_ids.len(),
+        )
     }
 
     /// Tokenise one KTO row (TRL `KTOTrainer` `tokenize_fn`).
@@ -331,21 +347,12 @@ impl Preprocessor {
         rows: &[UnpairedRow],
         max_length: Option<usize>,
     ) -> Result<Prepared<UnpairedTokens>> {
-        let mut out = Prepared {
-            rows: Vec::with_capacity(rows.len()),
-            dropped: Vec::new(),
-            boundary_mismatches: 0,
-        };
-        for (i, row) in rows.iter().enumerate() {
-            let (t, mismatch) = with_row(i, self.tokenize_unpaired(row))?;
-            out.boundary_mismatches += usize::from(mismatch);
-            if max_length.is_some_and(|n| t.prompt_ids.len() >= n) {
-                out.dropped.push(i);
-            } else {
-                out.rows.push(t);
-            }
-        }
-        Ok(out)
+        prepare_by_prompt(
+            rows,
+            max_length,
+            |r| self.tokenize_unpaired(r),
+            |t| t.prompt_ids.len(),
+        )
     }
 }
 
