@@ -286,14 +286,6 @@ impl TokenizerFiles {
                 .and_then(TokenizerConfig::default_chat_template)
         })
     }
-
-    /// A special token of the config (`bos_token`, ...), `None` without a config.
-    pub fn special_token(
-        &self,
-        pick: impl Fn(&TokenizerConfig) -> &Option<String>,
-    ) -> Option<&str> {
-        self.config.as_ref().and_then(|c| pick(c).as_deref())
-    }
 }
 
 /// Write `dir/tokenizer.json` (`json`, as read or as the tokenizer serialises itself) and
@@ -382,7 +374,8 @@ mod tests {
         assert_eq!(files.tokenizer_json, "{}");
         assert_eq!(files.config.as_ref(), Some(&config));
         assert_eq!(files.chat_template(), Some("from config"));
-        assert_eq!(files.special_token(|c| &c.eos_token), Some("<|im_end|>"));
+        let eos = files.config.as_ref().and_then(|c| c.eos_token.as_deref());
+        assert_eq!(eos, Some("<|im_end|>"));
         // Unset special tokens are written as null, as transformers does.
         let written: Value =
             serde_json::from_slice(&std::fs::read(dir.path().join(TOKENIZER_CONFIG)).unwrap())
@@ -394,7 +387,7 @@ mod tests {
         // Without tokenizer_config.json: no special tokens; without tokenizer.json: an error.
         std::fs::remove_file(dir.path().join(TOKENIZER_CONFIG)).unwrap();
         let files = TokenizerFiles::read_dir(dir.path()).unwrap();
-        assert!(files.config.is_none() && files.special_token(|c| &c.eos_token).is_none());
+        assert!(files.config.is_none());
         std::fs::remove_file(dir.path().join(TOKENIZER_JSON)).unwrap();
         let e = TokenizerFiles::read_dir(dir.path())
             .unwrap_err()

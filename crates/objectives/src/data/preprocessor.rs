@@ -112,6 +112,14 @@ impl Preprocessor {
         }
     }
 
+    /// Load from an HF model directory or a `.gguf` file ([`TokenizerBundle::load`]).
+    ///
+    /// # Errors
+    /// As [`Preprocessor::from_hf_dir`] and [`Preprocessor::from_gguf`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_bundle(TokenizerBundle::load(path)?)
+    }
+
     /// Load from an HF model directory without its weights: `tokenizer.json`, and from
     /// `tokenizer_config.json` the `eos_token` (required), `pad_token`, `bos_token` and
     /// `chat_template` (or `chat_template.jinja`); see [`TokenizerBundle::from_hf_dir`].
