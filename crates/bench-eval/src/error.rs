@@ -29,6 +29,9 @@ pub enum EvalError {
     /// Inconsistent arguments (empty inputs, mismatched record sets, ...).
     #[error("{0}")]
     Invalid(String),
+    /// Writing a file atomically (`temper-formats`); names the file.
+    #[error(transparent)]
+    Format(#[from] temper_formats::FormatsError),
 }
 
 /// Result alias of this crate.

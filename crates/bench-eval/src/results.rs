@@ -7,6 +7,7 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use temper_formats::AtomicFile;
 
 use crate::{EvalError, Result};
 
@@ -105,25 +106,21 @@ pub fn summarize(records: &[QuestionRecord], metric: Metric) -> Summary {
 /// I/O errors.
 pub fn write_records(path: impl AsRef<Path>, records: &[QuestionRecord]) -> Result<()> {
     let path = path.as_ref();
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| EvalError::Io { path: p, source }
+    let io = |source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
     };
-    let write = || -> Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io(&tmp))?);
+    // Dropped without a commit on error, which removes the temporary file.
+    let mut file = AtomicFile::create(path)?;
+    {
+        let mut w = std::io::BufWriter::new(&mut file);
         for r in records {
             let line = serde_json::to_string(r).map_err(|e| EvalError::Invalid(e.to_string()))?;
-            writeln!(f, "{line}").map_err(io(&tmp))?;
+            writeln!(w, "{line}").map_err(io)?;
         }
-        f.flush().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+        w.flush().map_err(io)?;
+    }
+    Ok(file.commit()?)
 }
 
 /// Read records written by [`write_records`].

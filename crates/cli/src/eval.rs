@@ -103,10 +103,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .map(|(n, s)| Ok(((*n).to_string(), serde_json::to_value(s)?)))
             .collect::<Result<_>>()?;
         let path = out.join("summary.json");
-        let tmp = out.join("summary.json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        temper_formats::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())?;
         eprintln!("wrote {} and records.jsonl", path.display());
     }
     Ok(())

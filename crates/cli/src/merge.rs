@@ -127,9 +127,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&summary.reports)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        temper_formats::write_atomic(path, json.as_bytes())?;
     }
     let fallbacks = summary
         .reports

@@ -2,8 +2,9 @@
 //! `model.safetensors.index.json`) or a GGUF into a [`LlamaForCausalLM`], and writing one back.
 //!
 //! Every expected tensor is checked: a missing one, an unexpected one or a wrong shape is an
-//! error naming the tensor (and both shapes). Files are written to a temporary name and renamed,
-//! so an interrupted save never leaves a half-written file behind.
+//! error naming the tensor (and both shapes). Files are written atomically
+//! (`temper_formats::AtomicFile`: a temporary name, then a rename), so an interrupted save
+//! never leaves a half-written file behind.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,9 +12,9 @@ use std::path::{Path, PathBuf};
 use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
-use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use temper_backend::FloatPrecision;
+use temper_formats::{AtomicFile, map_file};
 
 use crate::gguf::{GgufFile, for_each_hf_tensor};
 use crate::llama::{Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp, RmsNorm};
@@ -112,7 +113,7 @@ struct ShardFile {
 
 impl ShardFile {
     fn open(path: &Path) -> Result<Self> {
-        let map = mmap(path)?;
+        let map = map_file(path)?;
         // Only the header pages are touched; read_metadata also checks that the data section
         // matches the file length (a truncated file fails here).
         let (header_len, metadata) =
@@ -148,14 +149,6 @@ impl ShardFile {
             data,
         })
     }
-}
-
-#[allow(unsafe_code)]
-fn mmap(path: &Path) -> Result<Mmap> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: the map is read-only; like every mmap-based loader (safetensors, candle, burn-store)
-    // we assume the checkpoint is not truncated by another process while it is mapped.
-    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
 fn st_error(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -575,28 +568,6 @@ pub fn hf_tensors(model: &LlamaForCausalLM) -> Vec<(String, HostTensor)> {
     out
 }
 
-/// Write `bytes` to `path` through a temporary file in the same directory and a rename.
-///
-/// # Errors
-/// I/O errors naming the path.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
-}
-
 /// Save the weights as one safetensors file in `dtype` (HF names, PyTorch layout).
 ///
 /// # Errors
@@ -639,7 +610,8 @@ pub fn save_safetensors(
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    let tmp = tmp_path(path);
-    safetensors::serialize_to_file(views, metadata, &tmp).map_err(|e| st_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let file = AtomicFile::create(path)?;
+    safetensors::serialize_to_file(views, metadata, file.temp_path())
+        .map_err(|e| st_error(path, e))?;
+    Ok(file.commit()?)
 }

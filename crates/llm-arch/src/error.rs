@@ -53,6 +53,10 @@ pub enum Error {
     NoWeights { path: PathBuf },
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// Reading or writing a file through `temper-formats` (atomic writes, maps, tokenizer
+    /// config); the message names the file and key.
+    #[error(transparent)]
+    Format(#[from] temper_formats::FormatsError),
     #[error("tokenizer {origin}: {reason}")]
     Tokenizer { origin: String, reason: String },
     #[error("chat template: {0}")]

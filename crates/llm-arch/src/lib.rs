@@ -3,7 +3,9 @@
 //! * [`ModelConfig`] reads an HF `config.json`.
 //! * [`LlamaForCausalLM`] is the decoder; [`checkpoint`] loads and saves HF directories,
 //!   [`gguf`] reads llama.cpp GGUF files.
-//! * [`Tokenizer`], [`ChatTemplate`] and [`generation`] turn text into ids and back.
+//! * [`Tokenizer`], [`ChatTemplate`] and [`generation`] turn text into ids and back;
+//!   [`TokenizerBundle`] loads a tokenizer with its special tokens and chat template, without
+//!   the weights.
 
 pub mod cache;
 pub mod config;
@@ -25,8 +27,10 @@ pub mod tokenizer;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use tokenizer::Tokenizer;
 pub mod pretrained;
+pub mod tokenizer_bundle;
 
-pub use pretrained::{Pretrained, SpecialTokens};
+pub use pretrained::Pretrained;
+pub use tokenizer_bundle::{SpecialTokens, TokenizerBundle, is_gguf_path, save_tokenizer_files};
 pub mod generation;
 
 pub use generation::{FinishReason, GenerationConfig, GenerationOutput, generate};

@@ -6,20 +6,12 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde_json::{Value, json};
 use temper_backend::FloatPrecision;
+use temper_formats::write_atomic;
 
-use crate::checkpoint::{
-    MemorySource, SafetensorsSource, load_weights, save_safetensors, write_atomic,
-};
-use crate::gguf::{GgufFile, chat_template as gguf_chat_template, hf_config, special_tokens};
+use crate::checkpoint::{MemorySource, SafetensorsSource, load_weights, save_safetensors};
+use crate::gguf::{GgufFile, hf_config};
+use crate::tokenizer_bundle::{SpecialTokens, TokenizerBundle, is_gguf_path, save_tokenizer_files};
 use crate::{ChatTemplate, Error, LlamaForCausalLM, ModelConfig, Result, Tokenizer};
-
-/// Special token ids used by generation and saved in `generation_config.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SpecialTokens {
-    pub bos: Option<u32>,
-    pub eos: Vec<u32>,
-    pub pad: Option<u32>,
-}
 
 /// A loaded model: [`LlamaForCausalLM`] + [`Tokenizer`] + optional [`ChatTemplate`].
 #[derive(Debug)]
@@ -32,23 +24,21 @@ pub struct Pretrained {
     pub source: PathBuf,
 }
 
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// A token in `tokenizer_config.json` is a string or an `AddedToken` object with `content`.
-fn token_string(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
-        _ => None,
+/// `generation_config.json`, when the directory has one.
+fn read_generation_config(path: &Path) -> Result<Option<Value>> {
+    if !path.exists() {
+        return Ok(None);
     }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
+/// A token id or a list of them (`eos_token_id` may be either).
 fn ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Array(a)) => a
@@ -72,10 +62,7 @@ impl Pretrained {
         precision: FloatPrecision,
     ) -> Result<Self> {
         let path = path.as_ref();
-        let is_gguf = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-        if is_gguf {
+        if is_gguf_path(path) {
             Self::load_gguf(path, device, precision)
         } else if path.is_dir() {
             Self::load_dir(path, device, precision)
@@ -99,18 +86,12 @@ impl Pretrained {
     pub fn load_gguf(path: &Path, device: &Device, precision: FloatPrecision) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_json(&hf_config(&file)?, path)?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
-        let st = special_tokens(&file);
-        let name = |id: Option<u32>| {
-            id.and_then(|i| tokenizer.id_to_token(i))
-                .unwrap_or_default()
-        };
-        let chat_template = gguf_chat_template(&file)
-            .map(|t| ChatTemplate::new(t, name(st.bos), name(st.eos)))
-            .transpose()?;
+        let bundle = TokenizerBundle::from_gguf(&file)?;
+        let chat_template = bundle.compile_chat_template()?;
         let mut source = MemorySource::from_gguf(&file)?;
         drop(file);
         let model = load_weights(&config, &mut source, device, precision)?;
+        let st = bundle.gguf_special.unwrap_or_default();
         let special = SpecialTokens {
             bos: st.bos.filter(|_| st.add_bos),
             eos: st.eos.into_iter().collect(),
@@ -118,7 +99,7 @@ impl Pretrained {
         };
         Ok(Self {
             model,
-            tokenizer,
+            tokenizer: bundle.tokenizer,
             chat_template,
             special,
             source: path.to_path_buf(),
@@ -132,49 +113,10 @@ impl Pretrained {
     /// Missing files, bad config keys, weight mismatches.
     pub fn load_dir(dir: &Path, device: &Device, precision: FloatPrecision) -> Result<Self> {
         let config = ModelConfig::from_file(dir.join("config.json"))?;
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
-        let tok_config_path = dir.join("tokenizer_config.json");
-        let tok_config = if tok_config_path.exists() {
-            Some(read_json(&tok_config_path)?)
-        } else {
-            None
-        };
-        let bos_token = tok_config
-            .as_ref()
-            .and_then(|c| token_string(c.get("bos_token")))
-            .unwrap_or_default();
-        let eos_token = tok_config
-            .as_ref()
-            .and_then(|c| token_string(c.get("eos_token")))
-            .unwrap_or_default();
-        let jinja_path = dir.join("chat_template.jinja");
-        let template_source = if jinja_path.exists() {
-            Some(std::fs::read_to_string(&jinja_path).map_err(|e| Error::io(&jinja_path, e))?)
-        } else {
-            tok_config
-                .as_ref()
-                .and_then(|c| match c.get("chat_template") {
-                    Some(Value::String(s)) => Some(s.clone()),
-                    // Named templates: [{"name": "default", "template": ...}, ...]
-                    Some(Value::Array(list)) => list
-                        .iter()
-                        .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                        .or_else(|| list.first())
-                        .and_then(|t| t.get("template"))
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                    _ => None,
-                })
-        };
-        let chat_template = template_source
-            .map(|t| ChatTemplate::new(t, &bos_token, &eos_token))
-            .transpose()?;
+        let bundle = TokenizerBundle::from_hf_dir(dir)?;
+        let chat_template = bundle.compile_chat_template()?;
         let gen_path = dir.join("generation_config.json");
-        let gen_config = if gen_path.exists() {
-            Some(read_json(&gen_path)?)
-        } else {
-            None
-        };
+        let gen_config = read_generation_config(&gen_path)?;
         let mut eos = gen_config
             .as_ref()
             .map(|g| ids(g.get("eos_token_id")))
@@ -182,12 +124,10 @@ impl Pretrained {
         if eos.is_empty() {
             eos = config.eos_token_ids.clone();
         }
-        let add_bos = tok_config
-            .as_ref()
-            .and_then(|c| c.get("add_bos_token"))
-            .and_then(Value::as_bool);
         let special = SpecialTokens {
-            bos: config.bos_token_id.filter(|_| add_bos == Some(true)),
+            bos: config
+                .bos_token_id
+                .filter(|_| bundle.add_bos_token == Some(true)),
             eos,
             pad: gen_config
                 .as_ref()
@@ -198,7 +138,7 @@ impl Pretrained {
         let model = load_weights(&config, &mut source, device, precision)?;
         Ok(Self {
             model,
-            tokenizer,
+            tokenizer: bundle.tokenizer,
             chat_template,
             special,
             source: dir.to_path_buf(),
@@ -226,25 +166,13 @@ impl Pretrained {
         }
         let pretty = |v: &Value| serde_json::to_vec_pretty(v).unwrap_or_default();
         save_safetensors(&self.model, &dir.join("model.safetensors"), dtype)?;
-        write_atomic(
-            &dir.join("tokenizer.json"),
-            self.tokenizer.to_json()?.as_bytes(),
+        save_tokenizer_files(
+            dir,
+            &config,
+            &self.tokenizer,
+            self.chat_template.as_ref(),
+            &self.special,
         )?;
-        let token = |id: Option<u32>| id.and_then(|i| self.tokenizer.id_to_token(i));
-        let mut tok_config = json!({
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "add_bos_token": self.special.bos.is_some(),
-            "add_eos_token": false,
-            "clean_up_tokenization_spaces": false,
-            "model_max_length": config.max_position_embeddings,
-            "bos_token": token(config.bos_token_id),
-            "eos_token": token(self.special.eos.first().copied()),
-            "pad_token": token(self.special.pad),
-        });
-        if let Some(t) = &self.chat_template {
-            tok_config["chat_template"] = json!(t.source());
-        }
-        write_atomic(&dir.join("tokenizer_config.json"), &pretty(&tok_config))?;
         let mut gen_config = json!({"_from_model_config": true});
         if let Some(b) = config.bos_token_id {
             gen_config["bos_token_id"] = json!(b);

@@ -5,8 +5,9 @@ use burn::nn::DropoutConfig;
 use burn::tensor::{DType, Device, Distribution, Tensor};
 use temper_llm_arch::{LlamaForCausalLM, LoraAdapter, Projection};
 
-use crate::config::{InitLoraWeights, LoraConfig, TargetModules};
-use crate::{LoraError, Result};
+use temper_formats::peft::{InitLoraWeights, LayerKind, LoraConfig};
+
+use crate::{LoraConfigExt, LoraError, Result};
 
 /// Every projection of the model with its module path (HF / PEFT naming, without PEFT's
 /// `base_model.model.` prefix), in checkpoint order.
@@ -69,15 +70,14 @@ pub fn inject(
     device: &Device,
 ) -> Result<LlamaForCausalLM> {
     config.validate()?;
-    let targets = config
-        .target_modules
-        .as_ref()
+    let matcher = config
+        .target_matcher()?
         .ok_or_else(|| LoraError::NoTargets("null".into()))?;
-    let matcher = targets.matcher()?;
     let mut model = model.no_grad();
     let mut injected = 0usize;
     for (path, proj) in projections_mut(&mut model) {
-        if !matcher.matches(&path) {
+        // The projections are the model's linear layers (all-linear's candidates).
+        if !matcher.matches(&path, LayerKind::Linear) {
             continue;
         }
         if proj.lora.is_some() {
@@ -98,19 +98,16 @@ pub fn inject(
         injected += 1;
     }
     if injected == 0 {
-        return Err(LoraError::NoTargets(describe(targets)));
+        let described = config
+            .target_modules
+            .as_ref()
+            .map_or_else(|| "null".into(), |t| t.describe());
+        return Err(LoraError::NoTargets(described));
     }
     for m in config.modules_to_save.iter().flatten() {
         model = unfreeze_module(model, m)?;
     }
     Ok(model)
-}
-
-fn describe(t: &TargetModules) -> String {
-    match t {
-        TargetModules::Names(n) => format!("{n:?}"),
-        TargetModules::Pattern(p) => format!("{p:?}"),
-    }
 }
 
 /// `modules_to_save`: the module is trained (and saved) whole.

@@ -8,7 +8,8 @@ use burn::tensor::Device;
 use temper_backend::FloatPrecision;
 use temper_llm_arch::Pretrained;
 
-use crate::config::{ADAPTER_CONFIG, LoraConfig};
+use temper_formats::peft::{ADAPTER_CONFIG, LoraConfig};
+
 use crate::{LoraError, Result, load_adapter, merge_and_unload};
 
 /// Whether `path` is a PEFT adapter directory (has `adapter_config.json`).

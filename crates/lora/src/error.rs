@@ -23,6 +23,9 @@ pub enum LoraError {
     Safetensors { path: PathBuf, reason: String },
     #[error(transparent)]
     Arch(#[from] temper_llm_arch::Error),
+    /// Reading or writing an adapter file (`adapter_config.json`, atomic writes).
+    #[error(transparent)]
+    Format(#[from] temper_formats::FormatsError),
     #[error("invalid LoRA config: {0}")]
     InvalidConfig(String),
     #[error("not supported by temper-lora: {0}")]

@@ -10,19 +10,13 @@ use burn::module::Param;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::Dtype;
 use temper_backend::FloatPrecision;
+use temper_formats::peft::{ADAPTER_WEIGHTS, LoraConfig, PEFT_PREFIX};
+use temper_formats::write_atomic;
 use temper_llm_arch::LlamaForCausalLM;
-use temper_llm_arch::checkpoint::{
-    HostTensor, SafetensorsSource, TensorSource, save_safetensors, write_atomic,
-};
+use temper_llm_arch::checkpoint::{HostTensor, SafetensorsSource, TensorSource, save_safetensors};
 
 use crate::adapter::{inject, merge_and_unload, projections, projections_mut};
-use crate::config::{ADAPTER_CONFIG, LoraConfig};
 use crate::{LoraError, Result};
-
-/// The adapter's weights file name (PEFT).
-pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
-/// The prefix PEFT puts in front of the base model's module paths.
-pub const PEFT_PREFIX: &str = "base_model.model.";
 
 fn host(t: Tensor<2>) -> Vec<f32> {
     t.cast(DType::F32)
@@ -131,7 +125,7 @@ pub fn save_adapter(
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
     let bytes = safetensors::serialize(views, metadata).map_err(|e| st_error(&weights_path, e))?;
     write_atomic(&weights_path, &bytes)?;
-    write_atomic(&dir.join(ADAPTER_CONFIG), &config.to_json_bytes()?)?;
+    config.save(dir)?;
     Ok(())
 }
 

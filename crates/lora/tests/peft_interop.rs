@@ -11,9 +11,9 @@ use temper_backend::FloatPrecision;
 use temper_llm_arch::checkpoint::{SafetensorsSource, hf_tensors, load_weights};
 use temper_llm_arch::{ForwardOptions, LlamaForCausalLM, ModelConfig};
 use temper_lora::{
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, TargetModules, adapter_paths, load_adapter, merge,
-    merge_and_unload, num_trainable_params, projections, projections_mut, save_adapter,
-    save_merged, set_adapters_enabled, unmerge,
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, LoraConfigExt, TargetModules, adapter_paths,
+    load_adapter, merge, merge_and_unload, num_trainable_params, projections, projections_mut,
+    save_adapter, save_merged, set_adapters_enabled, unmerge,
 };
 
 fn fixtures() -> PathBuf {

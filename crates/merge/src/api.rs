@@ -12,7 +12,6 @@ use crate::lora::apply_adapter;
 use crate::plan::{MergePlan, PlanOptions};
 use crate::sink::MemorySink;
 use crate::source::{HostTensor, ModelSource};
-use crate::staging::StagingDir;
 use crate::threads::with_threads;
 use crate::vocab::{copy_tokenizer_files, write_tokenizer};
 use crate::writer::ShardedWriter;
@@ -141,7 +140,7 @@ pub fn write_plan(
     options: &MergeOptions,
     progress: &dyn Progress,
 ) -> Result<MergeSummary> {
-    let tmp = StagingDir::new(out_dir, options.overwrite, "temper-tmp")?;
+    let tmp = temper_formats::StagingDir::create(out_dir, options.overwrite)?;
 
     let writer = ShardedWriter::create(tmp.path(), &plan.tensors, options.out_shard_size)?;
     let reports = with_threads(options.threads, || {

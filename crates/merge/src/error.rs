@@ -30,6 +30,10 @@ pub enum MergeError {
     /// Anything else about a specific tensor (unsupported dtype, numeric failure).
     #[error("tensor {tensor}: {msg}")]
     Tensor { tensor: String, msg: String },
+    /// A file read or written through `temper-formats` (an adapter config, a map, an atomic
+    /// output directory); the message names the file and key.
+    #[error(transparent)]
+    Format(#[from] temper_formats::FormatsError),
 }
 
 impl MergeError {

@@ -20,10 +20,11 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use safetensors::tensor::TensorView;
 
+use temper_formats::peft::{ADAPTER_WEIGHTS, LoraConfig, PEFT_PREFIX, TargetModules};
+use temper_formats::{AtomicFile, StagingDir};
+
 use crate::linalg::{SvdOptions, transpose, truncated_svd};
-use crate::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX};
 use crate::source::{InputTensor, ModelSource};
-use crate::staging::StagingDir;
 use crate::threads::with_threads;
 use crate::{DType, MergeError, Result};
 
@@ -204,7 +205,7 @@ fn extract_inner(
         return Err(MergeError::Config("LoRA rank must be at least 1".into()));
     }
     // Created first, so a bad destination fails before any SVD; removed again on error.
-    let tmp = StagingDir::new(out_dir, options.overwrite, "temper-lora-tmp")?;
+    let tmp = StagingDir::create(out_dir, options.overwrite)?;
     let ft = ModelSource::open(model_dir, &model_dir.display().to_string())?;
     let base = ModelSource::open(base_dir, &base_dir.display().to_string())?;
     let (candidates, not_extracted) = select(&ft, &base, options)?;
@@ -243,36 +244,24 @@ fn extract_inner(
     let unchanged_modules: Vec<String> = seen.difference(&changed).cloned().collect();
     let target_modules: Vec<String> = changed.iter().cloned().collect();
     let config_rank = factors.iter().map(|f| f.report.rank).max().unwrap_or(rank);
-    let mut rank_pattern = serde_json::Map::new();
-    let mut alpha_pattern = serde_json::Map::new();
-    for f in &factors {
-        if f.report.rank != config_rank {
-            rank_pattern.insert(f.report.module.clone(), f.report.rank.into());
-            alpha_pattern.insert(f.report.module.clone(), f.report.rank.into());
-        }
-    }
     let base_name = options
         .base_model_name_or_path
         .clone()
         .unwrap_or_else(|| base_dir.display().to_string());
-    let config = serde_json::json!({
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_name,
-        "r": config_rank,
-        "lora_alpha": config_rank,
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "fan_in_fan_out": false,
-        "use_rslora": false,
-        "use_dora": false,
-        "init_lora_weights": true,
-        "inference_mode": true,
-        "target_modules": target_modules,
-        "modules_to_save": null,
-        "rank_pattern": rank_pattern,
-        "alpha_pattern": alpha_pattern,
-    });
+    // alpha = r everywhere, so PEFT's scale is 1; integers, as mergekit writes them.
+    let mut config = LoraConfig::new(config_rank, config_rank)
+        .with_target_modules(TargetModules::Names(target_modules.clone()))
+        .with_base_model_name_or_path(base_name);
+    for f in &factors {
+        if f.report.rank != config_rank {
+            let module = f.report.module.clone();
+            config.rank_pattern.insert(module.clone(), f.report.rank);
+            config.alpha_pattern.insert(module, f.report.rank.into());
+        }
+    }
+    config
+        .extra
+        .insert("inference_mode".into(), serde_json::Value::Bool(true));
 
     let mut views: Vec<(String, TensorView<'_>)> = Vec::with_capacity(2 * factors.len());
     for f in &factors {
@@ -296,19 +285,13 @@ fn extract_inner(
     }
     let weights = tmp.path().join(ADAPTER_WEIGHTS);
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), &weights)
+    // Through an AtomicFile for its permissions: safetensors creates its file private (0600),
+    // other tools' adapters are readable like the config.
+    let file = AtomicFile::create(&weights)?;
+    safetensors::serialize_to_file(views, Some(metadata), file.temp_path())
         .map_err(|e| MergeError::checkpoint(&weights, e.to_string()))?;
-    let config_path = tmp.path().join(ADAPTER_CONFIG);
-    let mut text = serde_json::to_string_pretty(&config)
-        .map_err(|e| MergeError::checkpoint(&config_path, e.to_string()))?;
-    text.push('\n');
-    std::fs::write(&config_path, text).map_err(|e| MergeError::io(&config_path, e))?;
-    // safetensors creates its file private (0600); give it the ordinary permissions the
-    // config file got from the umask, as other tools' adapters have.
-    if let Ok(meta) = std::fs::metadata(&config_path) {
-        std::fs::set_permissions(&weights, meta.permissions())
-            .map_err(|e| MergeError::io(&weights, e))?;
-    }
+    file.commit()?;
+    let config_path = config.save(tmp.path())?;
     let bytes_written = [&weights, &config_path]
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())

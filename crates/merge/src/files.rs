@@ -1,5 +1,5 @@
 //! Reading and writing the small JSON and text files of an output directory, with errors that
-//! name the file. (`staging` makes the directory itself atomic.)
+//! name the file. (`temper_formats::StagingDir` makes the directory itself atomic.)
 
 use std::path::Path;
 

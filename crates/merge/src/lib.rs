@@ -16,7 +16,7 @@
 //! below are internal, and each one uses only the ones listed above it:
 //!
 //! ```text
-//! error, dtype, files, threads, staging   leaves: errors, tensor dtypes, small helpers
+//! error, dtype, files, threads            leaves: errors, tensor dtypes, small helpers
 //! linalg                                  randomized truncated SVD and its products
 //! config                                  the mergekit YAML (MergeConfig)
 //! source                                  input checkpoints: mmap'd safetensors, tensors
@@ -51,7 +51,6 @@ pub mod methods;
 mod plan;
 mod sink;
 mod source;
-mod staging;
 mod threads;
 mod vocab;
 mod writer;
@@ -72,8 +71,8 @@ pub use extract_lora::{
 };
 pub use linalg::{Svd, SvdOptions, jacobi_svd, truncated_svd};
 pub use lora::{
-    Adapter, AdapterConfig, AppliedAdapter, LoraKind, LoraModule, SavedTensor, TargetModules,
-    apply_adapter, lora_delta,
+    Adapter, AdapterConfig, AppliedAdapter, LoraKind, LoraModule, SavedTensor, apply_adapter,
+    lora_delta,
 };
 pub use method::{
     BaseModel, CHUNK, ElementwiseKernel, MergeMethod, MergeOutput, Merged, MethodReport,
@@ -83,4 +82,5 @@ pub use methods::method_by_name;
 pub use plan::{MergePlan, PlanOptions, PlannedInput, PlannedTensor};
 pub use sink::TensorSink;
 pub use source::{HostTensor, InputTensor, ModelSource};
+pub use temper_formats::peft::TargetModules;
 pub use vocab::{VocabPlan, VocabSource};

@@ -11,267 +11,51 @@
 //!
 //! Everything is checked before the first weight is touched, and every inconsistency is an
 //! error naming the adapter key and the shapes involved: a silently skipped module would give a
-//! merge that looks fine and is not the fine-tune.
+//! merge that looks fine and is not the fine-tune. The rank and alpha of each module, and
+//! whether `target_modules` covers it, follow PEFT 0.21 (`temper_formats::peft::targets`, the
+//! rules `temper-lora` injects by): `rank_pattern` keys are regular expressions tried in file
+//! order, a string `target_modules` must match the whole module path.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use safetensors::SafeTensors;
+/// The adapter schema and PEFT's module matching come from `temper-formats` (shared with
+/// `temper-lora`).
+pub use temper_formats::peft::LoraConfig as AdapterConfig;
+use temper_formats::peft::{
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_WEIGHTS_PICKLE, LayerKind, PEFT_PREFIX, TargetMatcher,
+};
 
 use crate::linalg::transpose;
 use crate::source::{HostTensor, ModelSource};
 use crate::{DType, MergeError, Result};
 
-/// The adapter's configuration file.
-pub const ADAPTER_CONFIG: &str = "adapter_config.json";
-/// The adapter's weights file.
-pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
-/// The prefix PEFT puts in front of the base model's module paths.
-pub const PEFT_PREFIX: &str = "base_model.model.";
-
-/// Which modules the adapter was created for (`target_modules`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetModules {
-    /// Module names; a module matches if its path equals one or ends with `.name`.
-    List(Vec<String>),
-    /// A regular expression (or `all-linear`): not checked, the weights file decides.
-    Pattern(String),
-    /// Absent or null.
-    Unspecified,
-}
-
-impl TargetModules {
-    /// Whether the adapter may hold weights for `module` (a full module path). Patterns are
-    /// not evaluated (no regex engine here), so they accept everything.
-    pub fn allows(&self, module: &str) -> bool {
-        match self {
-            Self::List(names) => names.iter().any(|n| suffix_match(module, n)),
-            Self::Pattern(_) | Self::Unspecified => true,
-        }
-    }
-}
-
-/// The parts of PEFT's `LoraConfig` that change the merged weights.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdapterConfig {
-    /// Default rank (`r`).
-    pub r: usize,
-    /// Default `lora_alpha`.
-    pub lora_alpha: f64,
-    /// rsLoRA: scale by `alpha / √r` instead of `alpha / r`.
-    pub use_rslora: bool,
-    /// The base layer stores its weight as `[in, out]` (GPT-2's `Conv1D`).
-    pub fan_in_fan_out: bool,
-    pub target_modules: TargetModules,
-    /// Per-module ranks (`rank_pattern`), in file order; plain module names only.
-    pub rank_pattern: Vec<(String, usize)>,
-    /// Per-module alphas (`alpha_pattern`), in file order; plain module names only.
-    pub alpha_pattern: Vec<(String, f64)>,
-    /// Modules saved whole (`modules_to_save`); their tensors replace the base's.
-    pub modules_to_save: Vec<String>,
-    /// `base_model_name_or_path`, informational.
-    pub base_model_name_or_path: Option<String>,
-}
-
-impl AdapterConfig {
-    /// Read `adapter_config.json`.
-    ///
-    /// # Errors
-    /// An unreadable file, invalid JSON, or a configuration that cannot be merged (see
-    /// [`AdapterConfig::from_json`]).
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| MergeError::io(path, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| MergeError::checkpoint(path, format!("invalid JSON: {e}")))?;
-        Self::from_json(&value, path)
-    }
-
-    /// Interpret a parsed `adapter_config.json` (`path` names it in errors). Missing `r` and
-    /// `lora_alpha` take PEFT's defaults (8 and 8).
-    ///
-    /// # Errors
-    /// A `peft_type` other than `LORA`, DoRA (`use_dora: true`: its magnitude vector
-    /// re-normalises each column, which this merge does not implement), a zero rank, fields of
-    /// the wrong JSON type, or regular expressions in `rank_pattern`/`alpha_pattern`.
-    pub fn from_json(value: &serde_json::Value, path: &Path) -> Result<Self> {
-        let bad = |msg: String| MergeError::checkpoint(path, msg);
-        let obj = value
-            .as_object()
-            .ok_or_else(|| bad("expected a JSON object".into()))?;
-        if let Some(t) = obj.get("peft_type").filter(|v| !v.is_null()) {
-            let t = t
-                .as_str()
-                .ok_or_else(|| bad(format!("`peft_type` is {t}, expected a string")))?;
-            if !t.eq_ignore_ascii_case("LORA") {
-                return Err(bad(format!(
-                    "peft_type is {t}; only LORA adapters can be merged"
-                )));
-            }
-        }
-        let flag = |key: &str| -> Result<bool> {
-            match obj.get(key) {
-                None | Some(serde_json::Value::Null) => Ok(false),
-                Some(v) => v
-                    .as_bool()
-                    .ok_or_else(|| bad(format!("`{key}` is {v}, expected true or false"))),
-            }
-        };
-        if flag("use_dora")? {
-            return Err(bad(
-                "use_dora is true: DoRA adapters (a lora_magnitude_vector per module) are not \
-                 supported; merge it with peft's merge_and_unload() first"
-                    .into(),
-            ));
-        }
-        let r = match obj.get("r") {
-            None | Some(serde_json::Value::Null) => 8,
-            Some(v) => v
-                .as_u64()
-                .and_then(|r| usize::try_from(r).ok())
-                .ok_or_else(|| bad(format!("`r` is {v}, expected a positive integer")))?,
-        };
-        if r == 0 {
-            return Err(bad("`r` is 0".into()));
-        }
-        let lora_alpha = match obj.get("lora_alpha") {
-            None | Some(serde_json::Value::Null) => 8.0,
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| bad(format!("`lora_alpha` is {v}, expected a number")))?,
-        };
-        let target_modules = match obj.get("target_modules") {
-            None | Some(serde_json::Value::Null) => TargetModules::Unspecified,
-            Some(serde_json::Value::String(s)) => TargetModules::Pattern(s.clone()),
-            Some(serde_json::Value::Array(items)) => TargetModules::List(
-                items
-                    .iter()
-                    .map(|i| {
-                        i.as_str().map(str::to_string).ok_or_else(|| {
-                            bad(format!("`target_modules` holds {i}, expected strings"))
-                        })
-                    })
-                    .collect::<Result<_>>()?,
+/// Refuse what this merge cannot reproduce: another PEFT method than LoRA, and DoRA (its
+/// magnitude vector re-normalises each column, which this merge does not implement).
+/// `fan_in_fan_out` adapters are merged (transposed).
+///
+/// # Errors
+/// [`MergeError::Checkpoint`] naming `path` and the setting.
+pub fn check_mergeable(config: &AdapterConfig, path: &Path) -> Result<()> {
+    if !config.peft_type.eq_ignore_ascii_case("LORA") {
+        return Err(MergeError::checkpoint(
+            path,
+            format!(
+                "peft_type is {}; only LORA adapters can be merged",
+                config.peft_type
             ),
-            Some(v) => {
-                return Err(bad(format!(
-                    "`target_modules` is {v}, expected a list or a string"
-                )));
-            }
-        };
-        let modules_to_save = match obj.get("modules_to_save") {
-            None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(serde_json::Value::Array(items)) => items
-                .iter()
-                .map(|i| {
-                    i.as_str().map(str::to_string).ok_or_else(|| {
-                        bad(format!("`modules_to_save` holds {i}, expected strings"))
-                    })
-                })
-                .collect::<Result<_>>()?,
-            Some(v) => {
-                return Err(bad(format!("`modules_to_save` is {v}, expected a list")));
-            }
-        };
-        let pattern = |key: &str| -> Result<Vec<(String, serde_json::Value)>> {
-            match obj.get(key) {
-                None | Some(serde_json::Value::Null) => Ok(Vec::new()),
-                Some(serde_json::Value::Object(map)) => map
-                    .iter()
-                    .map(|(k, v)| {
-                        if k.chars().any(|c| "*+?()[]{}|^$\\".contains(c)) {
-                            Err(bad(format!(
-                                "`{key}` key {k:?} is a regular expression; only plain module \
-                                 names are supported"
-                            )))
-                        } else {
-                            Ok((k.clone(), v.clone()))
-                        }
-                    })
-                    .collect(),
-                Some(v) => Err(bad(format!("`{key}` is {v}, expected an object"))),
-            }
-        };
-        let rank_pattern = pattern("rank_pattern")?
-            .into_iter()
-            .map(|(k, v)| {
-                v.as_u64()
-                    .and_then(|r| usize::try_from(r).ok())
-                    .filter(|r| *r > 0)
-                    .map(|r| (k.clone(), r))
-                    .ok_or_else(|| bad(format!("rank_pattern[{k}] is {v}, expected a rank")))
-            })
-            .collect::<Result<_>>()?;
-        let alpha_pattern = pattern("alpha_pattern")?
-            .into_iter()
-            .map(|(k, v)| {
-                v.as_f64()
-                    .map(|a| (k.clone(), a))
-                    .ok_or_else(|| bad(format!("alpha_pattern[{k}] is {v}, expected a number")))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            r,
-            lora_alpha,
-            use_rslora: flag("use_rslora")?,
-            fan_in_fan_out: flag("fan_in_fan_out")?,
-            target_modules,
-            rank_pattern,
-            alpha_pattern,
-            modules_to_save,
-            base_model_name_or_path: obj
-                .get("base_model_name_or_path")
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_string),
-        })
+        ));
     }
-
-    /// The rank PEFT gives `module` (a full module path such as
-    /// `model.layers.0.self_attn.q_proj`): the first matching `rank_pattern` entry, else `r`.
-    pub fn rank_for(&self, module: &str) -> usize {
-        self.rank_pattern
-            .iter()
-            .find(|(p, _)| suffix_match(module, p))
-            .map_or(self.r, |(_, r)| *r)
+    if config.use_dora {
+        return Err(MergeError::checkpoint(
+            path,
+            "use_dora is true: DoRA adapters (a lora_magnitude_vector per module) are not \
+             supported; merge it with peft's merge_and_unload() first",
+        ));
     }
-
-    /// The alpha PEFT gives `module`: the first matching `alpha_pattern` entry, else
-    /// `lora_alpha`.
-    pub fn alpha_for(&self, module: &str) -> f64 {
-        self.alpha_pattern
-            .iter()
-            .find(|(p, _)| suffix_match(module, p))
-            .map_or(self.lora_alpha, |(_, a)| *a)
-    }
-
-    /// `alpha / r`, or `alpha / √r` with rsLoRA, for `module`.
-    pub fn scale_for(&self, module: &str) -> f64 {
-        lora_scale(
-            self.alpha_for(module),
-            self.rank_for(module),
-            self.use_rslora,
-        )
-    }
-}
-
-/// PEFT's scaling: `alpha / r`, or `alpha / √r` with rsLoRA (which keeps the update's
-/// magnitude independent of the rank).
-pub fn lora_scale(alpha: f64, r: usize, use_rslora: bool) -> f64 {
-    let r = r as f64;
-    if use_rslora {
-        alpha / r.sqrt()
-    } else {
-        alpha / r
-    }
-}
-
-/// PEFT's module-name match (`rank_pattern`, `target_modules` lists): `module` is `pattern`
-/// or ends with `.pattern`.
-fn suffix_match(module: &str, pattern: &str) -> bool {
-    module == pattern
-        || module
-            .strip_suffix(pattern)
-            .is_some_and(|head| head.ends_with('.'))
+    Ok(())
 }
 
 /// `scale · B·A` as a row-major `[out, in]` matrix, computed in f32, rows in parallel.
@@ -408,11 +192,12 @@ impl Adapter {
             ));
         }
         let config = AdapterConfig::from_file(&config_path)?;
+        check_mergeable(&config, &config_path)?;
         let weights_path = dir.join(ADAPTER_WEIGHTS);
         if !weights_path.is_file() {
-            let msg = if dir.join("adapter_model.bin").is_file() {
+            let msg = if dir.join(ADAPTER_WEIGHTS_PICKLE).is_file() {
                 format!(
-                    "LoRA adapter: only adapter_model.bin (pickle) found; save it as \
+                    "LoRA adapter: only {ADAPTER_WEIGHTS_PICKLE} (pickle) found; save it as \
                      {ADAPTER_WEIGHTS} (save_pretrained(..., safe_serialization=True))"
                 )
             } else {
@@ -425,7 +210,8 @@ impl Adapter {
             let st = SafeTensors::deserialize(&bytes).map_err(|e| {
                 MergeError::checkpoint(&weights_path, format!("invalid safetensors: {e}"))
             })?;
-            index_tensors(&st, &config, &weights_path)?
+            let targets = config.target_matcher()?;
+            index_tensors(&st, &config, targets.as_ref(), &weights_path)?
         };
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -616,10 +402,12 @@ fn decode(st: &SafeTensors<'_>, key: &str, path: &Path) -> Result<HostTensor> {
     Ok(HostTensor::new(view.shape().to_vec(), dtype, data))
 }
 
-/// Sort the adapter's keys into low-rank pairs and saved tensors, checking each.
+/// Sort the adapter's keys into low-rank pairs and saved tensors, checking each against the
+/// config: the rank PEFT gives the module, and `targets` (absent: the weights file decides).
 fn index_tensors(
     st: &SafeTensors<'_>,
     config: &AdapterConfig,
+    targets: Option<&TargetMatcher>,
     path: &Path,
 ) -> Result<(Vec<LoraModule>, Vec<SavedTensor>)> {
     let err = |msg: String| MergeError::checkpoint(path, msg);
@@ -725,10 +513,18 @@ fn index_tensors(
                 a_shape[0]
             )));
         }
-        if !config.target_modules.allows(&module) {
+        let layer = if pair.embedding {
+            LayerKind::Embedding
+        } else {
+            LayerKind::Linear
+        };
+        if targets.is_some_and(|t| !t.matches(&module, layer)) {
+            let described = config
+                .target_modules
+                .as_ref()
+                .map_or_else(|| "null".into(), |t| t.describe());
             return Err(err(format!(
-                "{a_key}: module {module} is not in target_modules {:?}",
-                config.target_modules
+                "{a_key}: module {module} is not in target_modules {described}"
             )));
         }
         let kind = if pair.embedding {
@@ -760,21 +556,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn suffix_match_respects_dots() {
-        assert!(suffix_match("model.layers.0.self_attn.q_proj", "q_proj"));
-        assert!(suffix_match("q_proj", "q_proj"));
-        assert!(!suffix_match("model.layers.0.self_attn.xq_proj", "q_proj"));
-        assert!(suffix_match(
-            "model.layers.1.mlp.up_proj",
-            "layers.1.mlp.up_proj"
-        ));
-        assert!(!suffix_match(
-            "model.layers.11.mlp.up_proj",
-            "layers.1.mlp.up_proj"
-        ));
-    }
-
-    #[test]
     fn lora_delta_is_scaled_product() -> Result<()> {
         // A [2, 3], B [2, 2]
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
@@ -783,11 +564,5 @@ mod tests {
         assert_eq!(d, vec![2.0, 4.0, 6.0, -7.0, -8.0, -9.0]);
         assert!(lora_delta(&a, &b, 2, 4, 2, 1.0).is_err());
         Ok(())
-    }
-
-    #[test]
-    fn rslora_scale() {
-        assert!((lora_scale(16.0, 4, false) - 4.0).abs() < 1e-12);
-        assert!((lora_scale(16.0, 4, true) - 8.0).abs() < 1e-12);
     }
 }

@@ -5,12 +5,11 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use safetensors::SafeTensors;
+use temper_formats::{Mmap, map_file};
 
 use crate::{DType, MergeError, Result};
 
@@ -346,15 +345,6 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         ));
     }
     Ok(paths)
-}
-
-#[allow(unsafe_code)]
-fn map_file(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).map_err(|e| MergeError::io(path, e))?;
-    // SAFETY: the map is read-only and lives as long as the source. As with every
-    // safetensors loader, a process truncating the file while we read it would be undefined
-    // behaviour; inputs are checkpoints nobody should be rewriting during a merge.
-    unsafe { Mmap::map(&file) }.map_err(|e| MergeError::io(path, e))
 }
 
 /// Backing store of an [`InputTensor`].

@@ -31,6 +31,9 @@ pub enum ObjectiveError {
     /// Tokenizer or chat-template failure from `temper-llm-arch`.
     #[error(transparent)]
     Arch(#[from] temper_llm_arch::Error),
+    /// Writing a file atomically (`temper-formats`); names the file.
+    #[error(transparent)]
+    Format(#[from] temper_formats::FormatsError),
 }
 
 /// `Result` with [`ObjectiveError`].

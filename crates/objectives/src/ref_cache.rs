@@ -22,13 +22,12 @@
 //! One JSON object (`format` `"temper-ref-logps"`, `version` 1): the fingerprints, `max_length`,
 //! `pairs`, and four arrays of length `pairs` — `chosen_logps`, `rejected_logps` (f32 values
 //! written as JSON numbers, exact on reload), `chosen_tokens`, `rejected_tokens`. It is written
-//! to a temporary file in the same directory, flushed to disk, then renamed over the target, so
-//! a crash never leaves a truncated cache behind.
+//! atomically (`temper_formats::write_atomic`: a temporary file in the same directory, flushed
+//! to disk, then renamed over the target), so a crash never leaves a truncated cache behind.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
@@ -170,41 +169,7 @@ impl RefCache {
         self.validate()?;
         let json = serde_json::to_vec(self)
             .map_err(|e| ObjectiveError::Invalid(format!("serialising the cache: {e}")))?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "ref-cache".into());
-        // Unique per process and call, so concurrent saves never share a temporary file.
-        static SAVES: AtomicU64 = AtomicU64::new(0);
-        let tmp = dir.join(format!(
-            ".{name}.tmp-{}-{}",
-            std::process::id(),
-            SAVES.fetch_add(1, Ordering::Relaxed)
-        ));
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| ObjectiveError::Io { path: p, source }
-        };
-        let write = || -> Result<()> {
-            let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-            file.write_all(&json).map_err(io(&tmp))?;
-            file.sync_all().map_err(io(&tmp))?;
-            std::fs::rename(&tmp, path).map_err(io(path))?;
-            // Make the rename itself durable where the platform allows opening directories.
-            if let Ok(d) = std::fs::File::open(&dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        };
-        let out = write();
-        if out.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        out
+        Ok(temper_formats::write_atomic(path, &json)?)
     }
 
     /// Reads a cache and checks it was computed for `dataset_fingerprint` and

@@ -39,6 +39,9 @@ pub enum PipelineError {
     Fetch { path: PathBuf, message: String },
     #[error("writing the report: {0}")]
     Report(String),
+    /// Writing a file atomically (`temper-formats`); names the file.
+    #[error(transparent)]
+    Format(#[from] temper_formats::FormatsError),
 }
 
 impl PipelineError {

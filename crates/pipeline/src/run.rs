@@ -26,6 +26,7 @@ use temper_bench_eval::results::{
     read_records, summarize, write_records,
 };
 use temper_bench_eval::{Question, evaluate_model, load_questions};
+use temper_formats::write_atomic;
 use temper_llm_arch::Pretrained;
 use temper_merge::{MergeConfig, MergeOptions, NoProgress, run_merge};
 
@@ -85,19 +86,7 @@ fn write_marker<T: Serialize>(path: &Path, fingerprint: &str, data: T) -> Result
     };
     let text = serde_json::to_string_pretty(&marker)
         .map_err(|e| PipelineError::Report(format!("{}: {e}", path.display())))?;
-    write_atomic(path, text.as_bytes())
-}
-
-/// Write via a temporary file and a rename: a reader never sees half a file.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| PipelineError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        PipelineError::io(path, e)
-    })
+    Ok(write_atomic(path, text.as_bytes())?)
 }
 
 /// Write `report.json`, `report.md`, `report.html` and `plots/*.svg` into `dir`, each

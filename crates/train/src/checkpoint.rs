@@ -14,9 +14,9 @@
 //!   before parameter ids are assigned, so the optimizer moments line up with the adapter
 //!   matrices again. Checkpoints with `model.safetensors` load as before.
 //!
-//! A checkpoint is written into a temporary sibling directory and renamed into place, so a
-//! crash leaves either the previous checkpoints or the complete new one; directories without
-//! `trainer_state.json` are never picked for resuming.
+//! A checkpoint is written into a temporary sibling directory and renamed into place
+//! (`temper_formats::StagingDir`), so a crash leaves either the previous checkpoints or the
+//! complete new one; directories without `trainer_state.json` are never picked for resuming.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,7 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use temper_backend::FloatPrecision;
+use temper_formats::StagingDir;
 use temper_llm_arch::LlamaForCausalLM;
 use temper_llm_arch::checkpoint::{SafetensorsSource, load_weights, save_safetensors};
 
@@ -151,47 +152,32 @@ pub fn save_checkpoint(
     state: &TrainerState,
     fine_tuning: &dyn FineTuning,
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(output_dir).map_err(|e| TrainError::io(output_dir, e))?;
     let final_dir = checkpoint_dir(output_dir, state.step);
-    let tmp = output_dir.join(format!(
-        ".checkpoint-{}.tmp-{}",
-        state.step,
-        std::process::id()
-    ));
-    let write = || -> Result<()> {
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        if fine_tuning.checkpoint_needs_weights() {
-            save_safetensors(model, &tmp.join(MODEL_FILE), precision_of(model))?;
-        } else {
-            let base = fine_tuning.frozen_base(model.clone());
-            let path = tmp.join(BASE_FINGERPRINT_FILE);
-            let json = serde_json::json!({ "fnv1a64": weights_fingerprint(&base) });
-            std::fs::write(&path, json.to_string()).map_err(|e| TrainError::io(&path, e))?;
-        }
-        fine_tuning.save_checkpoint_extra(model, &tmp)?;
-        let opt_path = tmp.join(OPTIMIZER_FILE);
-        let bytes = optimizer
-            .into_bytes()
-            .map_err(|e| ckpt_err(&opt_path, format!("serialising the optimizer: {e:?}")))?;
-        std::fs::write(&opt_path, &bytes[..]).map_err(|e| TrainError::io(&opt_path, e))?;
-        let state_path = tmp.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(state).map_err(|source| TrainError::Json {
-            path: state_path.clone(),
-            source,
-        })?;
-        std::fs::write(&state_path, json).map_err(|e| TrainError::io(&state_path, e))?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
-        }
-        std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&tmp);
+    // Dropped on error, which removes the temporary directory; a checkpoint of the same step
+    // (an earlier, interrupted run) is replaced.
+    let staging = StagingDir::create(&final_dir, true)?;
+    let tmp = staging.path();
+    if fine_tuning.checkpoint_needs_weights() {
+        save_safetensors(model, &tmp.join(MODEL_FILE), precision_of(model))?;
+    } else {
+        let base = fine_tuning.frozen_base(model.clone());
+        let path = tmp.join(BASE_FINGERPRINT_FILE);
+        let json = serde_json::json!({ "fnv1a64": weights_fingerprint(&base) });
+        std::fs::write(&path, json.to_string()).map_err(|e| TrainError::io(&path, e))?;
+    }
+    fine_tuning.save_checkpoint_extra(model, tmp)?;
+    let opt_path = tmp.join(OPTIMIZER_FILE);
+    let bytes = optimizer
+        .into_bytes()
+        .map_err(|e| ckpt_err(&opt_path, format!("serialising the optimizer: {e:?}")))?;
+    std::fs::write(&opt_path, &bytes[..]).map_err(|e| TrainError::io(&opt_path, e))?;
+    let state_path = tmp.join(STATE_FILE);
+    let json = serde_json::to_vec_pretty(state).map_err(|source| TrainError::Json {
+        path: state_path.clone(),
+        source,
     })?;
-    Ok(final_dir)
+    std::fs::write(&state_path, json).map_err(|e| TrainError::io(&state_path, e))?;
+    Ok(staging.commit()?)
 }
 
 /// Removes the oldest checkpoints beyond `limit`.

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use temper_lora::{LoraConfig, TargetModules};
+use temper_lora::{LoraConfig, LoraConfigExt, TargetModules};
 use temper_objectives::ObjectiveConfig;
 
 use crate::{Result, TrainError};

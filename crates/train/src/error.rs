@@ -50,6 +50,9 @@ pub enum TrainError {
     /// From the LoRA crate (injection, adapter files, merging).
     #[error(transparent)]
     Lora(#[from] temper_lora::LoraError),
+    /// Writing a file or directory atomically (`temper-formats`); names the path.
+    #[error(transparent)]
+    Format(#[from] temper_formats::FormatsError),
     /// From the backend layer (device, dtype).
     #[error(transparent)]
     Backend(#[from] temper_backend::BackendError),

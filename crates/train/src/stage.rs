@@ -7,9 +7,7 @@
 use std::path::Path;
 
 use burn::module::Module;
-use serde_json::json;
 use temper_backend::{DeviceSpec, FloatPrecision};
-use temper_llm_arch::checkpoint::write_atomic;
 use temper_llm_arch::{ChatTemplate, LlamaForCausalLM, Pretrained, SpecialTokens, Tokenizer};
 use temper_objectives::data::{Preprocessor, RowOptions, TrainRows, read_train_rows};
 use temper_objectives::{RefCache, dataset_fingerprint};
@@ -168,28 +166,11 @@ fn save_tokenizer_files(
     chat_template: Option<&ChatTemplate>,
     special: &SpecialTokens,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    write_atomic(&dir.join("tokenizer.json"), tokenizer.to_json()?.as_bytes())?;
-    let config = model.config();
-    let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
-    let mut tok_config = json!({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": special.bos.is_some(),
-        "add_eos_token": false,
-        "clean_up_tokenization_spaces": false,
-        "model_max_length": config.max_position_embeddings,
-        "bos_token": token(config.bos_token_id.or(special.bos)),
-        "eos_token": token(special.eos.first().copied()),
-        "pad_token": token(special.pad),
-    });
-    if let Some(t) = chat_template {
-        tok_config["chat_template"] = json!(t.source());
-    }
-    let path = dir.join("tokenizer_config.json");
-    let bytes = serde_json::to_vec_pretty(&tok_config).map_err(|source| TrainError::Json {
-        path: path.clone(),
-        source,
-    })?;
-    write_atomic(&path, &bytes)?;
-    Ok(())
+    Ok(temper_llm_arch::save_tokenizer_files(
+        dir,
+        model.config(),
+        tokenizer,
+        chat_template,
+        special,
+    )?)
 }

@@ -61,7 +61,7 @@ impl GgufFile {
         let storage = if len == 0 {
             Storage::Owned(Vec::new())
         } else {
-            Storage::Mmap(map_file(&file).map_err(io)?)
+            Storage::Mmap(map_file(&file, path).map_err(io)?)
         };
         Self::from_storage(path.to_path_buf(), display, storage)
     }

@@ -1,6 +1,7 @@
 //! Where the bytes of an opened GGUF file live: a read-only memory map, or a vector.
 
 use std::fs::File;
+use std::path::Path;
 
 use memmap2::Mmap;
 
@@ -20,12 +21,12 @@ impl Storage {
     }
 }
 
-/// Map a file read-only.
-#[allow(unsafe_code)]
-pub(super) fn map_file(file: &File) -> std::io::Result<Mmap> {
-    // SAFETY: the map is read-only and private to this process. The only hazard is another
-    // process truncating or rewriting the file while it is mapped, which memmap2 cannot prevent;
-    // GGUF files are written once and then only read, and every access through `GgufFile` is
-    // bounds-checked against the length seen at open time.
-    unsafe { Mmap::map(file) }
+/// Map an opened GGUF file read-only (through `temper-formats`, the one home of the
+/// workspace's memory maps and their safety argument; every access through `GgufFile` is
+/// bounds-checked against the length seen at open time).
+pub(super) fn map_file(file: &File, path: &Path) -> std::io::Result<Mmap> {
+    temper_formats::mmap::map_open_file(file, path).map_err(|e| match e {
+        temper_formats::FormatsError::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    })
 }

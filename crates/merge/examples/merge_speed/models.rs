@@ -205,17 +205,10 @@ pub(crate) fn ensure_model(dir: &Path, p: &Preset, derive: Option<f32>) {
         return;
     }
     let t0 = Instant::now();
-    let parent = dir.parent().expect("model directory has a parent");
-    std::fs::create_dir_all(parent).expect("create the models directory");
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        dir.file_name()
-            .expect("model directory has a name")
-            .to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).expect("create the temporary model directory");
+    // Generated beside `dir` and renamed into place: an interrupted run leaves no half model.
+    let staging = temper_formats::StagingDir::create(dir, true)
+        .expect("create the temporary model directory");
+    let tmp = staging.path().to_path_buf();
 
     let mut specs = tensor_specs(p);
     specs.sort_by(|a, b| a.0.cmp(&b.0)); // data in name order, like the safetensors serialiser
@@ -253,8 +246,9 @@ pub(crate) fn ensure_model(dir: &Path, p: &Preset, derive: Option<f32>) {
     drop(f);
     let cfg = serde_json::to_string_pretty(&hf_config(p)).expect("serialise config.json");
     std::fs::write(tmp.join("config.json"), cfg).expect("write config.json");
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&tmp, dir).expect("rename the model directory into place");
+    staging
+        .commit()
+        .expect("rename the model directory into place");
     eprintln!(
         "generated {} ({params} params, bf16) in {:.1} s",
         dir.display(),

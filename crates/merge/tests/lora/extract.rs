@@ -77,7 +77,7 @@ fn read_adapter(dir: &Path) -> Result<AdapterIndex, Box<dyn std::error::Error>> 
 fn no_temp_dirs(root: &Path) -> Result<bool, std::io::Error> {
     Ok(std::fs::read_dir(root)?
         .filter_map(|e| e.ok())
-        .all(|e| !e.file_name().to_string_lossy().contains("temper-lora-tmp")))
+        .all(|e| !e.file_name().to_string_lossy().contains("temper-tmp")))
 }
 
 #[test]

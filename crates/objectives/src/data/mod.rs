@@ -1,7 +1,7 @@
 //! Data preparation for the objectives, following TRL 1.16's dataset handling.
 //!
 //! Pipeline: read JSONL rows ([`jsonl`], row types in [`example`]) → tokenise them as TRL does
-//! ([`tokenize::Preprocessor`]: chat template, EOS, prompt/completion boundary, truncation,
+//! ([`Preprocessor`]: chat template, EOS, prompt/completion boundary, truncation,
 //! dropping) → pack CPT documents ([`pack`]) → collate batches with padding, masks and labels
 //! ([`collate`]) → burn tensors ([`collate::Batch::to_tensors`]).
 //!
@@ -21,6 +21,7 @@ pub mod collate;
 pub mod example;
 pub mod jsonl;
 pub mod pack;
+pub mod preprocessor;
 pub mod rows;
 pub mod tokenize;
 
@@ -35,8 +36,8 @@ pub use example::{
 };
 pub use jsonl::{JsonRow, Loaded, ReadOptions, SkippedLine, parse_jsonl, read_jsonl};
 pub use pack::{BlockPacker, PackOptions, PackedBlock, pack_documents};
+pub use preprocessor::Preprocessor;
 pub use rows::{RowOptions, TrainRows, read_train_rows};
 pub use tokenize::{
-    PreferenceTokens, Prepared, Preprocessor, SftOptions, SftTokens, UnpairedTokens,
-    common_prefix_length,
+    PreferenceTokens, Prepared, SftOptions, SftTokens, UnpairedTokens, common_prefix_length,
 };

@@ -6,7 +6,8 @@ use std::path::Path;
 use super::example::{Document, PreferenceRow, SftRow, UnpairedRow};
 use super::jsonl::{ReadOptions, read_jsonl};
 use super::pack::{PackOptions, PackedBlock, pack_documents};
-use super::tokenize::{PreferenceTokens, Preprocessor, SftOptions, SftTokens, UnpairedTokens};
+use super::preprocessor::Preprocessor;
+use super::tokenize::{PreferenceTokens, SftOptions, SftTokens, UnpairedTokens};
 use crate::objective::RowKind;
 use crate::{ObjectiveError, Result};
 

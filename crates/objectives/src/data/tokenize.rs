@@ -21,14 +21,11 @@
 //!   has `max_length` tokens or more are dropped (they would keep no completion token).
 //!   Dropped rows are listed in [`Prepared::dropped`].
 
-use std::path::Path;
+use temper_llm_arch::ChatMessage;
 
-use serde_json::Value;
-use temper_llm_arch::gguf::{GgufFile, chat_template as gguf_chat_template, special_tokens};
-use temper_llm_arch::{ChatMessage, Tokenizer};
-
-use super::chat::ChatFormat;
 use super::example::{Content, Document, PreferenceRow, PromptCompletion, SftRow, UnpairedRow};
+pub use super::preprocessor::Preprocessor;
+use super::preprocessor::invalid;
 use crate::{IGNORE_INDEX, ObjectiveError, Result};
 
 /// Number of leading tokens two sequences share (TRL's `common_prefix_length`).
@@ -119,41 +116,6 @@ pub struct Prepared<T> {
     pub boundary_mismatches: usize,
 }
 
-/// Tokenizer + chat template + special tokens: TRL's "processing class".
-#[derive(Debug)]
-pub struct Preprocessor {
-    tokenizer: Tokenizer,
-    chat: Option<ChatFormat>,
-    eos_token: String,
-    eos_id: u32,
-    pad_id: u32,
-}
-
-fn invalid(msg: impl Into<String>) -> ObjectiveError {
-    ObjectiveError::Invalid(msg.into())
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| ObjectiveError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| ObjectiveError::Data {
-        path: path.to_path_buf(),
-        line: e.line(),
-        msg: e.to_string(),
-    })
-}
-
-/// A token in `tokenizer_config.json`: a string or an `AddedToken` object with `content`.
-fn token_string(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
-        _ => None,
-    }
-}
-
 fn with_row<T>(i: usize, r: Result<T>) -> Result<T> {
     r.map_err(|e| match e {
         ObjectiveError::Invalid(m) => invalid(format!("row {i}: {m}")),
@@ -161,220 +123,32 @@ fn with_row<T>(i: usize, r: Result<T>) -> Result<T> {
         other => other,
     })
 }
+/// Tokenise `rows`, dropping those whose prompt alone has `max_length` tokens or more (they
+/// would keep no completion token under `keep_start` truncation).
+fn prepare_by_prompt<R, T>(
+    rows: &[R],
+    max_length: Option<usize>,
+    tokenize: impl Fn(&R) -> Result<(T, bool)>,
+    prompt_len: impl Fn(&T) -> usize,
+) -> Result<Prepared<T>> {
+    let mut out = Prepared {
+        rows: Vec::with_capacity(rows.len()),
+        dropped: Vec::new(),
+        boundary_mismatches: 0,
+    };
+    for (i, row) in rows.iter().enumerate() {
+        let (t, mismatch) = with_row(i, tokenize(row))?;
+        out.boundary_mismatches += usize::from(mismatch);
+        if max_length.is_some_and(|n| prompt_len(&t) >= n) {
+            out.dropped.push(i);
+        } else {
+            out.rows.push(t);
+        }
+    }
+    Ok(out)
+}
 
 impl Preprocessor {
-    /// A preprocessor for `tokenizer`, whose end-of-sequence token is `eos_token` (TRL uses
-    /// `tokenizer.eos_token`, the string from `tokenizer_config.json`). Padding defaults to EOS.
-    ///
-    /// # Errors
-    /// `eos_token` not in the vocabulary.
-    pub fn new(tokenizer: Tokenizer, eos_token: &str) -> Result<Self> {
-        let eos_id = tokenizer
-            .token_to_id(eos_token)
-            .ok_or_else(|| invalid(format!("EOS token {eos_token:?} is not in the vocabulary")))?;
-        Ok(Self {
-            tokenizer,
-            chat: None,
-            eos_token: eos_token.to_string(),
-            eos_id,
-            pad_id: eos_id,
-        })
-    }
-
-    /// Pad with `token` (TRL: `pad_token`, else the tokenizer's pad token, else EOS).
-    ///
-    /// # Errors
-    /// `token` not in the vocabulary.
-    pub fn with_pad_token(mut self, token: &str) -> Result<Self> {
-        self.pad_id = self
-            .tokenizer
-            .token_to_id(token)
-            .ok_or_else(|| invalid(format!("pad token {token:?} is not in the vocabulary")))?;
-        Ok(self)
-    }
-
-    /// Pad with this id.
-    pub fn with_pad_id(mut self, id: u32) -> Self {
-        self.pad_id = id;
-        self
-    }
-
-    /// Use this chat template (Jinja source; `{% generation %}` markers allowed). `bos_token` is
-    /// the string templates see as `bos_token`.
-    ///
-    /// # Errors
-    /// Template syntax errors.
-    pub fn with_chat_template(mut self, source: &str, bos_token: &str) -> Result<Self> {
-        self.chat = Some(ChatFormat::new(source, bos_token, &self.eos_token)?);
-        Ok(self)
-    }
-
-    /// Load from an HF model directory without its weights: `tokenizer.json`, and from
-    /// `tokenizer_config.json` the `eos_token` (required), `pad_token`, `bos_token` and
-    /// `chat_template` (or `chat_template.jinja`).
-    ///
-    /// # Errors
-    /// Missing files, no EOS token, bad template.
-    pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref();
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
-        let config_path = dir.join("tokenizer_config.json");
-        let config = read_json(&config_path)?;
-        let eos = token_string(config.get("eos_token"))
-            .ok_or_else(|| invalid(format!("{}: no `eos_token`", config_path.display())))?;
-        let mut p = Self::new(tokenizer, &eos)?;
-        if let Some(pad) = token_string(config.get("pad_token")) {
-            p = p.with_pad_token(&pad)?;
-        }
-        let bos = token_string(config.get("bos_token")).unwrap_or_default();
-        let jinja = dir.join("chat_template.jinja");
-        let template = if jinja.exists() {
-            Some(
-                std::fs::read_to_string(&jinja).map_err(|source| ObjectiveError::Io {
-                    path: jinja,
-                    source,
-                })?,
-            )
-        } else {
-            match config.get("chat_template") {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Array(list)) => list
-                    .iter()
-                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                    .or_else(|| list.first())
-                    .and_then(|t| t.get("template"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                _ => None,
-            }
-        };
-        match template {
-            Some(t) => p.with_chat_template(&t, &bos),
-            None => Ok(p),
-        }
-    }
-
-    /// Load the tokenizer, special tokens and chat template from GGUF metadata.
-    ///
-    /// # Errors
-    /// Malformed GGUF, no EOS id, bad template.
-    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
-        let file = GgufFile::open(path.as_ref()).map_err(temper_llm_arch::Error::from)?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
-        let st = special_tokens(&file);
-        let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
-        let eos = name(st.eos).ok_or_else(|| {
-            invalid(format!(
-                "{}: no EOS token in the GGUF metadata",
-                path.as_ref().display()
-            ))
-        })?;
-        let bos = name(st.bos).unwrap_or_default();
-        let template = gguf_chat_template(&file);
-        let mut p = Self::new(tokenizer, &eos)?;
-        if let Some(pad) = st.pad {
-            p = p.with_pad_id(pad);
-        }
-        match template {
-            Some(t) => p.with_chat_template(&t, &bos),
-            None => Ok(p),
-        }
-    }
-
-    /// The tokenizer.
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    /// The chat template, if any.
-    pub fn chat_format(&self) -> Option<&ChatFormat> {
-        self.chat.as_ref()
-    }
-
-    /// The EOS token string appended to standard completions.
-    pub fn eos_token(&self) -> &str {
-        &self.eos_token
-    }
-
-    /// The EOS id.
-    pub fn eos_id(&self) -> u32 {
-        self.eos_id
-    }
-
-    /// The padding id (EOS unless set).
-    pub fn pad_id(&self) -> u32 {
-        self.pad_id
-    }
-
-    fn chat(&self) -> Result<&ChatFormat> {
-        self.chat
-            .as_ref()
-            .ok_or_else(|| invalid("conversational row but the preprocessor has no chat template"))
-    }
-
-    /// Tokenise a standard string like `tokenizer(text)` (with the tokenizer's special tokens).
-    ///
-    /// # Errors
-    /// Tokenizer failures.
-    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.tokenizer.encode(text, true)?)
-    }
-
-    /// Render and tokenise messages like `apply_chat_template(tokenize=True)` (no special tokens
-    /// added beyond what the template writes).
-    ///
-    /// # Errors
-    /// No chat template, render or tokenizer failures.
-    pub fn encode_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<Vec<u32>> {
-        let text = self.chat()?.render(messages, add_generation_prompt)?;
-        Ok(self.tokenizer.encode(&text, false)?)
-    }
-
-    /// Render and tokenise a conversation with its assistant-token mask (1 on tokens that overlap
-    /// an assistant span, see [`ChatFormat::render_with_assistant_spans`]).
-    ///
-    /// # Errors
-    /// As [`Preprocessor::encode_chat`], and templates whose assistant spans cannot be found.
-    pub fn encode_chat_with_assistant_mask(
-        &self,
-        messages: &[ChatMessage],
-    ) -> Result<(Vec<u32>, Vec<u8>)> {
-        let (text, spans) = self.chat()?.render_with_assistant_spans(messages)?;
-        let enc = self
-            .tokenizer
-            .inner()
-            .encode(text.as_str(), false)
-            .map_err(|e| invalid(format!("tokenizer: {e}")))?;
-        let ids = enc.get_ids().to_vec();
-        let mask = enc
-            .get_offsets()
-            .iter()
-            .map(|&(s, e)| {
-                let inside = spans.iter().any(|r| {
-                    if s == e {
-                        r.contains(&s)
-                    } else {
-                        s < r.end && e > r.start
-                    }
-                });
-                u8::from(inside)
-            })
-            .collect();
-        Ok((ids, mask))
-    }
-
-    fn with_eos(&self, text: &str) -> String {
-        if text.ends_with(&self.eos_token) {
-            text.to_string()
-        } else {
-            format!("{text}{}", self.eos_token)
-        }
-    }
-
     /// Tokens of a CPT document: a `text` document with EOS appended when missing (TRL's
     /// `add_eos`), or a rendered conversation.
     ///
@@ -386,29 +160,6 @@ impl Preprocessor {
             Document::Messages(m) => self.encode_chat(m, false),
         }
     }
-
-    /// Tokenise `prompt` alone and `prompt + completion`, appending EOS to standard completions.
-    /// Returns (prompt ids, prompt+completion ids).
-    fn prompt_and_full(
-        &self,
-        prompt: &Content,
-        completion: &Content,
-    ) -> Result<(Vec<u32>, Vec<u32>)> {
-        match (prompt, completion) {
-            (Content::Text(p), Content::Text(c)) => Ok((
-                self.encode_text(p)?,
-                self.encode_text(&format!("{p}{}", self.with_eos(c)))?,
-            )),
-            (Content::Messages(p), Content::Messages(c)) => {
-                let all: Vec<ChatMessage> = p.iter().chain(c).cloned().collect();
-                Ok((self.encode_chat(p, true)?, self.encode_chat(&all, false)?))
-            }
-            _ => Err(invalid(
-                "prompt and completion must both be strings or both be message lists",
-            )),
-        }
-    }
-
     /// Tokenise one SFT row and build its labels (TRL's `tokenize_fn` + `build_labels`), without
     /// truncation. Returns the tokens and whether the prompt/completion boundary diverged.
     ///
@@ -562,21 +313,12 @@ impl Preprocessor {
         rows: &[PreferenceRow],
         max_length: Option<usize>,
     ) -> Result<Prepared<PreferenceTokens>> {
-        let mut out = Prepared {
-            rows: Vec::with_capacity(rows.len()),
-            dropped: Vec::new(),
-            boundary_mismatches: 0,
-        };
-        for (i, row) in rows.iter().enumerate() {
-            let (t, mismatch) = with_row(i, self.tokenize_preference(row))?;
-            out.boundary_mismatches += usize::from(mismatch);
-            if max_length.is_some_and(|n| t.prompt_ids.len() >= n) {
-                out.dropped.push(i);
-            } else {
-                out.rows.push(t);
-            }
-        }
-        Ok(out)
+        prepare_by_prompt(
+            rows,
+            max_length,
+            |r| self.tokenize_preference(r),
+            |t| t.prompt_ids.len(),
+        )
     }
 
     /// Tokenise one KTO row (TRL `KTOTrainer` `tokenize_fn`).
@@ -605,21 +347,12 @@ impl Preprocessor {
         rows: &[UnpairedRow],
         max_length: Option<usize>,
     ) -> Result<Prepared<UnpairedTokens>> {
-        let mut out = Prepared {
-            rows: Vec::with_capacity(rows.len()),
-            dropped: Vec::new(),
-            boundary_mismatches: 0,
-        };
-        for (i, row) in rows.iter().enumerate() {
-            let (t, mismatch) = with_row(i, self.tokenize_unpaired(row))?;
-            out.boundary_mismatches += usize::from(mismatch);
-            if max_length.is_some_and(|n| t.prompt_ids.len() >= n) {
-                out.dropped.push(i);
-            } else {
-                out.rows.push(t);
-            }
-        }
-        Ok(out)
+        prepare_by_prompt(
+            rows,
+            max_length,
+            |r| self.tokenize_unpaired(r),
+            |t| t.prompt_ids.len(),
+        )
     }
 }
 
@@ -627,39 +360,7 @@ impl Preprocessor {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    /// A word-level tokenizer: `<eos>`=0, `<bos>`=1, then words; BOS added as a special token.
-    fn toy_tokenizer() -> Tokenizer {
-        let json = r#"{
-          "version": "1.0",
-          "added_tokens": [
-            {"id": 0, "content": "<eos>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-            {"id": 1, "content": "<bos>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-            {"id": 2, "content": "<pad>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
-          ],
-          "normalizer": null,
-          "pre_tokenizer": {"type": "Whitespace"},
-          "post_processor": {"type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {"<bos>": {"id": "<bos>", "ids": [1], "tokens": ["<bos>"]}}},
-          "decoder": null,
-          "model": {"type": "WordLevel", "unk_token": "[UNK]",
-            "vocab": {"<eos>": 0, "<bos>": 1, "<pad>": 2, "[UNK]": 3, "the": 4, "sky": 5, "is": 6, "blue": 7, "green": 8, ".": 9, "user": 10, "assistant": 11, ":": 12, "hi": 13, "yo": 14, "|": 15}}
-        }"#;
-        Tokenizer::from_json_str(json, "toy").unwrap()
-    }
-
-    const TEMPLATE: &str = "{% for m in messages %}{{ m.role }} : {{ m.content }} |{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}";
-
-    fn pre() -> Preprocessor {
-        Preprocessor::new(toy_tokenizer(), "<eos>")
-            .unwrap()
-            .with_pad_token("<pad>")
-            .unwrap()
-            .with_chat_template(TEMPLATE, "<bos>")
-            .unwrap()
-    }
+    use crate::data::preprocessor::tests::pre;
 
     fn text(s: &str) -> Content {
         Content::Text(s.into())
@@ -670,15 +371,6 @@ mod tests {
         assert_eq!(common_prefix_length(&[1, 2, 3], &[1, 2, 4, 5]), 2);
         assert_eq!(common_prefix_length(&[1, 2], &[1, 2, 3]), 2);
         assert_eq!(common_prefix_length(&[], &[1]), 0);
-    }
-
-    #[test]
-    fn constructor_checks_special_tokens() {
-        assert!(Preprocessor::new(toy_tokenizer(), "</s>").is_err());
-        let p = Preprocessor::new(toy_tokenizer(), "<eos>").unwrap();
-        assert_eq!((p.eos_id(), p.pad_id()), (0, 0));
-        assert!(p.with_pad_token("nope").is_err());
-        assert_eq!(pre().pad_id(), 2);
     }
 
     #[test]
@@ -846,14 +538,5 @@ mod tests {
         };
         let err = p.prepare_unpaired(&[bad], None).unwrap_err();
         assert!(err.to_string().starts_with("row 0:"), "{err}");
-    }
-
-    #[test]
-    fn conversational_rows_need_a_template() {
-        let p = Preprocessor::new(toy_tokenizer(), "<eos>").unwrap();
-        let err = p
-            .tokenize_document(&Document::Messages(vec![ChatMessage::new("user", "hi")]))
-            .unwrap_err();
-        assert!(err.to_string().contains("no chat template"), "{err}");
     }
 }

@@ -1,0 +1,24 @@
+//! # temper-formats
+//!
+//! The files several Temper crates read or write, each in one place (issue 19, "one home per
+//! file format"), without burn or the `tokenizers` crate, so every crate can depend on it:
+//!
+//! * [`atomic`] — write a file atomically (temporary sibling, fsync, rename), and
+//!   [`staging`] — build a directory beside its destination and rename it into place;
+//! * [`mmap`] — the one read-only memory map (and the one `unsafe` call) of the workspace;
+//! * [`peft`] — PEFT's `adapter_config.json` and its module matching (`target_modules`,
+//!   `rank_pattern`, `alpha_pattern`), as PEFT 0.21 applies them;
+//! * [`tokenizer`] — `tokenizer_config.json` (special tokens, chat templates) and the
+//!   tokenizer files of an HF directory.
+
+pub mod atomic;
+mod error;
+pub mod mmap;
+pub mod peft;
+pub mod staging;
+pub mod tokenizer;
+
+pub use atomic::{AtomicFile, write_atomic};
+pub use error::{FormatsError, Result};
+pub use mmap::{Mmap, map_file};
+pub use staging::StagingDir;
