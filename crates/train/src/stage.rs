@@ -18,17 +18,6 @@ use crate::reference::Reference;
 use crate::trainer::{TrainData, TrainSummary, Trainer};
 use crate::{Result, TrainError};
 
-fn preprocessor(model: &Path) -> Result<Preprocessor> {
-    let is_gguf = model
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    Ok(if is_gguf {
-        Preprocessor::from_gguf(model)?
-    } else {
-        Preprocessor::from_hf_dir(model)?
-    })
-}
-
 /// Runs one training stage end to end and saves the trained model in `trainer.output_dir`
 /// (next to `checkpoint-*`, `metrics.jsonl` and `loss.svg`): an HF directory, or with LoRA and
 /// `save_adapter_only` the PEFT adapter directory (plus tokenizer files).
@@ -55,7 +44,7 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     let plain_device = spec.with_autodiff(false).device()?;
 
     let pretrained = Pretrained::load(&config.model, &train_device, precision)?;
-    let pre = preprocessor(&config.model)?;
+    let pre = Preprocessor::load(&config.model)?;
     let objective = tc.objective.build();
     let rows = RowOptions {
         max_length: tc.max_length,
