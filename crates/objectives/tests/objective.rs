@@ -53,22 +53,18 @@ fn pairs() -> Vec<PreferenceTokens> {
         .collect()
 }
 
+/// KTO rows: a desirable counting completion, or an undesirable repeated token.
 fn unpaired() -> TrainRows {
-    TrainRows::Unpaired(
-        pairs()
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| UnpairedTokens {
-                prompt_ids: p.prompt_ids,
-                completion_ids: if i % 2 == 0 {
-                    p.chosen_ids
-                } else {
-                    p.rejected_ids
-                },
-                label: i % 2 == 0,
-            })
-            .collect(),
-    )
+    let row = |k: u32| UnpairedTokens {
+        prompt_ids: vec![1 + k, 2 + k],
+        completion_ids: if k % 2 == 0 {
+            vec![3 + k, 4 + k]
+        } else {
+            vec![2 + k; 3]
+        },
+        label: k % 2 == 0,
+    };
+    TrainRows::Unpaired((0..3).map(row).collect())
 }
 
 fn bits(out: &LossOutput) -> (Vec<u32>, Vec<(String, u64)>) {
