@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU kernels, the chunked log-prob autodiff node and the SmolLM2 parity test on burn's
 # wgpu backend, without a GPU: Mesa's lavapipe is a CPU Vulkan driver
-# (../shared/docs/wgpu-lavapipe.md). A second test build with
+# (docs/gpu.md). A second test build with
 # the wgpu feature (burn's WGSL path; `fusion` on, `autotune` off: tuning costs ~40 s per
 # process) in its own profile, `lavapipe` (Cargo.toml: dependencies at opt-level 1); 15–27 min
 # to build on 2 cores, 6–15 min to run, by CPU. Needs the model from scripts/fetch-smollm2.sh.
@@ -27,5 +27,5 @@ export TEMPER_SMOLLM2_GREEDY_STEPS=${TEMPER_SMOLLM2_GREEDY_STEPS:-8}
 # DeviceSpec pins the Vulkan API, so a missing driver fails instead of falling back to OpenGL.
 TEMPER_TEST_DEVICE=wgpu cargo nextest run --cargo-profile lavapipe --no-fail-fast \
   -p temper-backend -p temper-llm-arch -p temper-objectives \
-  --features temper-backend/wgpu,temper-backend/fusion,temper-objectives/wgpu \
+  --features temper-backend/wgpu,temper-backend/fusion \
   -E 'binary(kernels) | binary(smollm2_golden) | test(on_the_test_device)' "$@"
