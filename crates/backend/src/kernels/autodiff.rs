@@ -156,7 +156,7 @@ impl<B: FusedOps> Backward<B, 2> for LmHeadBackward {
 
 /// An empty `[0]` tensor like `like`: "no kept logits" for the backward entry.
 fn no_logits<B: Backend>(like: &FloatTensor<B>) -> FloatTensor<B> {
-    B::float_zeros(Shape::new([0]), &like.device(), like.dtype().into())
+    B::float_empty(Shape::new([0]), &like.device(), like.dtype().into())
 }
 
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
