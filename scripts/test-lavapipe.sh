@@ -27,5 +27,5 @@ export TEMPER_SMOLLM2_GREEDY_STEPS=${TEMPER_SMOLLM2_GREEDY_STEPS:-8}
 # DeviceSpec pins the Vulkan API, so a missing driver fails instead of falling back to OpenGL.
 TEMPER_TEST_DEVICE=wgpu cargo nextest run --cargo-profile lavapipe --no-fail-fast \
   -p temper-backend -p temper-llm-arch -p temper-objectives \
-  --features temper-backend/wgpu,temper-backend/fusion,temper-objectives/wgpu \
+  --features temper-backend/wgpu,temper-backend/fusion \
   -E 'binary(kernels) | binary(smollm2_golden) | test(on_the_test_device)' "$@"

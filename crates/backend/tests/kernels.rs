@@ -585,6 +585,99 @@ fn linear_wrapper_matches_burn_linear_with_bias_and_batch_dims() {
     }
 }
 
+/// The LM head's log-softmax (`FusedOps::lm_head_logps`: Flex's kernel, the CubeCL tile loop)
+/// against the reference tile loop on Flex: log-probs, log-sum-exp, statistics and, through the
+/// custom node, the gradients wrt the hidden states and a plain or tied (transposed) weight,
+/// with the logits recomputed or kept.
+fn check_lm_head(rows: usize, hid: usize, vocab: usize, tiling: kernels::VocabTiling, seed: u64) {
+    let (hs, ws, gs) = (
+        values(rows * hid, seed, 2.0),
+        values(hid * vocab, seed + 1, 1.0),
+        values(rows, seed + 2, 1.0),
+    );
+    let ids: Vec<i64> = (0..rows).map(|i| ((i * 7 + 3) % vocab) as i64).collect();
+    let run = |fused: bool, autodiff: bool, tied: bool, keep: bool| {
+        let dev = if fused {
+            test_device(autodiff)
+        } else {
+            flex(autodiff)
+        };
+        let mut h = tensor(&hs, [rows, hid], &dev);
+        // A tied head is the embedding `[vocab, hidden]` read transposed (a strided view).
+        let mut w = if tied {
+            tensor(&ws, [vocab, hid], &dev)
+        } else {
+            tensor(&ws, [hid, vocab], &dev)
+        };
+        if autodiff {
+            (h, w) = (h.require_grad(), w.require_grad());
+        }
+        let wt = if tied {
+            w.clone().transpose()
+        } else {
+            w.clone()
+        };
+        let t =
+            Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(ids.clone(), [rows]), &dev);
+        let out = if fused {
+            let (logps, lse, stats, _) = <Dispatch as FusedOps>::lm_head_logps(
+                h.clone().into_dispatch(),
+                wt.into_dispatch(),
+                t.into_dispatch(),
+                tiling,
+                true,
+                keep,
+            );
+            let (entropy, argmax) = stats.expect("stats asked for");
+            (
+                Tensor::<1>::from_dispatch(logps),
+                Tensor::<1>::from_dispatch(lse),
+                Tensor::<1>::from_dispatch(entropy),
+                Tensor::<1, burn::tensor::Int>::from_dispatch(argmax),
+            )
+        } else {
+            let out = reference::lm_head_logps(h.clone(), wt, t, tiling, true);
+            let (entropy, argmax) = out.stats.expect("stats asked for");
+            (out.logps, out.lse, entropy, argmax)
+        };
+        let argmax: Vec<f32> = host(out.3.float());
+        let mut got = vec![host(out.0.clone()), host(out.1), host(out.2), argmax];
+        if autodiff {
+            let grads = (out.0 * tensor(&gs, [rows], &dev)).sum().backward();
+            got.push(host(h.grad(&grads).expect("hidden grad")));
+            got.push(host(w.grad(&grads).expect("weight grad")));
+        }
+        got
+    };
+    let what = format!("lm_head [{rows}, {hid}] · [{hid}, {vocab}] {tiling:?}");
+    let names = ["logps", "lse", "entropy", "argmax", "d hidden", "d weight"];
+    for autodiff in [false, true] {
+        for tied in [false, true] {
+            let want = run(false, autodiff, tied, false);
+            for keep in [false, true] {
+                let got = run(true, autodiff, tied, keep);
+                for (i, name) in names.iter().enumerate().take(got.len()) {
+                    let ctx =
+                        format!("{what} {name} (autodiff {autodiff}, tied {tied}, keep {keep})");
+                    assert_close(&ctx, &got[i], &want[i], 1e-4);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lm_head_matches_reference() {
+    let tiling = |vocab_tile, row_block| kernels::VocabTiling {
+        vocab_tile,
+        row_block,
+    };
+    check_lm_head(1, 1, 1, tiling(1, 1), 400);
+    check_lm_head(7, 5, 13, tiling(4, 3), 401);
+    check_lm_head(33, 17, 100, tiling(100, 64), 402);
+    check_lm_head(20, 9, 50, tiling(7, 20), 403);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(16))]
     #[test]

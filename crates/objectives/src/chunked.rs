@@ -7,52 +7,44 @@
 //! logp_n = h_n · W[:, y_n] − logsumexp_v (h_n · W[:, v])
 //! ```
 //!
-//! The log-sum-exp runs over vocabulary tiles of `vocab_tile` columns with the *online* update
-//! `m' = max(m, max_tile)`, `s' = s·e^(m − m') + Σ_tile e^(z − m')` in f32 (f64 for f64 inputs),
-//! also for bf16/f16 inputs, so only one `[rows, vocab_tile]` block of logits is alive at a time.
+//! The computation is one fused op of the backend layer,
+//! [`temper_backend::kernels::lm_head_logps`] (its maths in [`temper_backend::kernels::lm_head`]):
+//! an online log-sum-exp over vocabulary tiles of [`ChunkConfig::vocab_tile`] columns in f32
+//! (f64 for f64 inputs, f32 also for bf16/f16 inputs), so only one
+//! `[row_block, vocab_tile]` block of logits is alive at a time. This module prepares its inputs:
+//! the HF label shift, the rows whose target is `-100` (prompts, padding) dropped before the
+//! head and their log-probs put back as 0, the checks that name the bad input, and the TRL
+//! statistics.
 //!
 //! ## Gradients without the logits
 //!
-//! With upstream gradient `g_n` and `p_n = softmax(h_n W)`:
-//!
-//! ```text
-//! ∂L/∂z_n   = g_n (e_{y_n} − p_n)                    (z = h W, never stored)
-//! ∂L/∂h     = Σ_tiles (∂L/∂z)_tile · W_tileᵀ
-//! ∂L/∂W_tile = hᵀ · (∂L/∂z)_tile
-//! ```
-//!
 //! Naively tiling with differentiable tensor ops would keep every tile's logits (and softmax)
 //! alive for the backward pass — all of `[rows, vocab]` again, and burn's gradient
-//! checkpointing does not help (it recomputes memory-bound ops but keeps matmul outputs).
-//! Instead this module registers its own autodiff node through burn-autodiff's public API
-//! (`Backward`, `OpsPrep`, reached with `Tensor::try_into_primitive::<Autodiff<B, C>>`, no
-//! backend-extension macro needed): the node keeps only `h`, `W` (the existing buffers, not
-//! copies), the targets and the per-row log-sum-exp (`[rows]`), and its backward pass
-//! recomputes each tile's softmax from them (one extra `h · W_tile` matmul per tile) and
-//! accumulates the two gradients above tile by tile. Gradients are only computed for the inputs
-//! that need them (with a frozen LM head the weight-gradient matmul is skipped).
+//! checkpointing does not help (it recomputes memory-bound ops but keeps matmul outputs). The
+//! op's autodiff node keeps only `h`, `W` (the existing buffers, not copies), the targets and
+//! the per-row log-sum-exp (`[rows]`); its backward recomputes each tile's softmax (one extra
+//! `h · W_tile` matmul per tile) and accumulates `∂L/∂h` and `∂L/∂W` tile by tile, each only
+//! for an input that needs it (with a frozen LM head the weight-gradient matmul is skipped).
 //!
 //! Cost: 4 `rows × hidden × vocab` matmuls for both gradients (dense: 3), 3 with a frozen head
 //! (dense: 2); the dense path's elementwise passes over `[rows, vocab]` and their allocations
-//! are gone, so the wall time stays close (figures in `docs/benchmarks.md`). Rows whose target
-//! is `-100` (prompts, padding) are not computed at all.
+//! are gone, so the wall time stays close (figures in `docs/benchmarks.md`).
 //!
-//! On Flex (f32) the tiles run as Temper's fused kernel
-//! ([`temper_backend::kernels::target_logps_forward`]), and when the logits of the whole call
+//! On Flex (f32) the tiles run as Temper's fused kernel, and when the logits of the whole call
 //! fit in [`ChunkConfig::max_kept_logits_bytes`] (default 256 MiB: 1,365 rows of a 49,152-word
 //! vocabulary) the forward keeps them for the backward, which then skips the recompute matmul
 //! — the dense path's matmul count, with one f32 logits buffer instead of the dense path's
 //! logits, softmax and gradient tensors. Set it to 0 for strictly tile-bounded memory.
 //!
-//! The custom node is available for autodiff tensors of the backends this crate is compiled
-//! for (cargo feature `flex`: burn's Flex CPU backend; `wgpu`/`cuda`: burn's CubeCL backend;
-//! with or without gradient checkpointing). On any other backend under autodiff, [`target_logps`] falls back to the same
-//! tiled computation with ordinary differentiable ops: values and gradients are identical, but
-//! backward memory is again proportional to `rows × vocab`. Without autodiff (e.g. a reference
-//! model's forward) every backend takes the bounded-memory path.
+//! The node exists on every backend with Temper's fused ops (Flex, and the CubeCL backends
+//! wgpu/cuda), with or without gradient checkpointing; [`bounded_backward`] says whether a
+//! device has it. Elsewhere, or with `TEMPER_KERNELS=reference:lm_head`, the same tile loop runs
+//! in differentiable tensor ops: values and gradients are identical, but backward memory is
+//! again proportional to `rows × vocab`. Without autodiff (e.g. a reference model's forward)
+//! every backend takes the bounded-memory path.
 
 use burn::tensor::{DType, Device, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
-use temper_backend::kernels::{VocabTiling, matmul, target_logps_backward, target_logps_forward};
+use temper_backend::kernels::{self, FusedOp, KernelPath, VocabTiling};
 
 use crate::logprobs::{TokenLogps, shift_labels};
 use crate::metrics::TokenStats;
@@ -96,6 +88,14 @@ impl ChunkConfig {
     /// [`max_kept_logits_bytes`](Self::max_kept_logits_bytes)).
     fn keeps_logits(&self, rows: usize, vocab: usize) -> bool {
         rows.saturating_mul(vocab).saturating_mul(4) <= self.max_kept_logits_bytes
+    }
+
+    /// The tile sizes as the backend op takes them.
+    fn tiling(&self) -> VocabTiling {
+        VocabTiling {
+            vocab_tile: self.vocab_tile,
+            row_block: self.row_block,
+        }
     }
 
     fn check(&self) -> Result<()> {
@@ -204,11 +204,7 @@ pub fn chunked_token_logps_with_stats(
 }
 
 /// Per-row statistics of the forward pass (detached): entropy and the first argmax.
-#[derive(Debug, Clone)]
-struct RowStats {
-    entropy: Tensor<1>,
-    argmax: Tensor<1, Int>,
-}
+type RowStats = (Tensor<1>, Tensor<1, Int>);
 
 /// The shared body of [`chunked_token_logps`] and [`chunked_token_logps_with_stats`]: the
 /// log-probs and, with `with_stats`, entropy and top-1 hit `[batch, seq − 1]`.
@@ -275,7 +271,7 @@ fn chunked(
             zeros.select_assign(0, idx.clone(), x, IndexingUpdateOp::Add)
         }
     };
-    let stats = stats.map(|s| {
+    let stats = stats.map(|(entropy, argmax)| {
         // Constants on the device of the log-probs.
         let lift = |x: Tensor<1>| {
             // Under the log-probs' checkpointing strategy: `autodiff()` alone gives the
@@ -286,14 +282,13 @@ fn chunked(
                 None => x,
             }
         };
-        let hit = s
-            .argmax
+        let hit = argmax
             .inner()
             .equal(row_targets.inner())
             .float()
             .cast(FloatDType::from(picked.dtype()));
         (
-            spread(lift(s.entropy)).reshape([b, t - 1]),
+            spread(lift(entropy)).reshape([b, t - 1]),
             spread(lift(hit)).reshape([b, t - 1]),
         )
     });
@@ -339,49 +334,20 @@ fn target_logps_impl(
              [{tn}] do not fit together"
         )));
     }
-    if !hidden.is_autodiff() && !weight.is_autodiff() {
-        let f = forward_values(hidden, weight, targets.inner(), *config, with_stats, false);
-        return Ok((f.logps, f.stats));
-    }
-    #[cfg(feature = "flex")]
-    let (hidden, weight, targets) = match custom::tracked_any::<burn::backend::Flex>(
-        hidden, weight, targets, *config, with_stats,
-    ) {
-        Ok(out) => return Ok(out),
-        Err(inputs) => *inputs,
-    };
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    let (hidden, weight, targets) = match custom::tracked_any::<burn::backend::Cube>(
-        hidden, weight, targets, *config, with_stats,
-    ) {
-        Ok(out) => return Ok(out),
-        Err(inputs) => *inputs,
-    };
-    // No custom node for this backend: differentiable tile ops (same values and gradients,
-    // backward memory ∝ rows × vocab).
-    let f = forward_values(hidden, weight, targets, *config, with_stats, false);
-    Ok((f.logps, f.stats))
+    // Keeping the logits pays only for a backward pass.
+    let keep = (hidden.is_autodiff() || weight.is_autodiff()) && config.keeps_logits(n, v);
+    let out = kernels::lm_head_logps(hidden, weight, targets, config.tiling(), with_stats, keep);
+    Ok((out.logps, out.stats))
 }
 
 /// Whether [`target_logps`] / [`chunked_token_logps`] keep backward memory bounded on
 /// `device`: true without autodiff (there is no backward) and for autodiff devices of the
-/// backends the custom node is compiled for (Flex with `flex`, CubeCL with `wgpu`/`cuda`); false where the
-/// differentiable-ops fallback runs (values and gradients are the same, memory is not).
+/// backends with Temper's fused ops (Flex; CubeCL with `temper-backend`'s `wgpu`/`cuda`);
+/// false where the differentiable-ops fallback runs (values and gradients are the same, memory
+/// is not), including under `TEMPER_KERNELS=reference:lm_head`.
 pub fn bounded_backward(device: &Device) -> bool {
-    if !device.is_autodiff() {
-        return true;
-    }
-    let probe = Tensor::<1>::zeros([1], device);
-    #[cfg(feature = "flex")]
-    if custom::is_on::<burn::backend::Flex>(&probe) {
-        return true;
-    }
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    if custom::is_on::<burn::backend::Cube>(&probe) {
-        return true;
-    }
-    let _ = probe;
-    false
+    !device.is_autodiff()
+        || kernels::kernel_path_for(FusedOp::LmHead, device, DType::F32) == KernelPath::Fused
 }
 
 fn to_f32_vec(data: TensorData) -> Result<Vec<f32>> {
@@ -402,460 +368,5 @@ fn compute_dtype(a: DType, b: DType) -> FloatDType {
         FloatDType::F64
     } else {
         FloatDType::F32
-    }
-}
-
-/// Row blocks `[start, end)` of `n` rows.
-fn blocks(n: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..n.div_ceil(size)).map(move |i| (i * size, ((i + 1) * size).min(n)))
-}
-
-/// Where each target falls in the tile `[v0, v1)`: the in-tile column (clamped into range) and
-/// 1.0 / 0.0 for inside / outside, both `[rows]`.
-fn tile_targets(
-    targets: &Tensor<1, Int>,
-    v0: usize,
-    v1: usize,
-    dtype: FloatDType,
-) -> (Tensor<1, Int>, Tensor<1>) {
-    let local = targets.clone().sub_scalar(v0 as i64);
-    let inside = local
-        .clone()
-        .greater_equal_elem(0)
-        .bool_and(local.clone().lower_elem((v1 - v0) as i64))
-        .float()
-        .cast(dtype);
-    (local.clamp(0, (v1 - v0 - 1) as i64), inside)
-}
-
-/// What the forward pass produces, all `[rows]`.
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
-struct Forward {
-    logps: Tensor<1>,
-    lse: Tensor<1>,
-    stats: Option<RowStats>,
-    /// The fused kernel's kept logits (see [`ChunkConfig::max_kept_logits_bytes`]).
-    logits: Option<Tensor<1>>,
-}
-
-/// Online accumulators of one row block.
-struct Online {
-    /// Running max `[rows, 1]`.
-    max: Tensor<2>,
-    /// Σ e^(z − max) `[rows, 1]`.
-    sum: Tensor<2>,
-    /// Target logit (summed over the tile that holds it) `[rows]`.
-    picked: Tensor<1>,
-    /// Σ e^(z − max)(z − max) `[rows, 1]` and the best (value, index) so far, with stats.
-    stats: Option<(Tensor<2>, Tensor<2>, Tensor<2, Int>)>,
-}
-
-/// Forward pass: per-row target log-prob and log-sum-exp (and, with `with_stats`, entropy and
-/// first argmax), in the accumulation dtype.
-///
-/// Works on any tensors; on autodiff tensors it is the (memory-unbounded) differentiable
-/// fallback, and the statistics are detached.
-fn forward_values(
-    hidden: Tensor<2>,
-    weight: Tensor<2>,
-    targets: Tensor<1, Int>,
-    config: ChunkConfig,
-    with_stats: bool,
-    keep_logits: bool,
-) -> Forward {
-    let tiling = VocabTiling {
-        vocab_tile: config.vocab_tile,
-        row_block: config.row_block,
-    };
-    if let Some(f) =
-        target_logps_forward(&hidden, &weight, &targets, tiling, with_stats, keep_logits)
-    {
-        // Flex, f32: the same computation as one fused kernel per tile.
-        return Forward {
-            logps: f.logps,
-            lse: f.lse,
-            stats: f
-                .stats
-                .map(|(entropy, argmax)| RowStats { entropy, argmax }),
-            logits: f.logits,
-        };
-    }
-    let [n, h] = hidden.dims();
-    let v = weight.dims()[1];
-    let cd = compute_dtype(hidden.dtype(), weight.dtype());
-    let hidden = hidden.cast(cd);
-    let (mut logps, mut lses, mut entropies, mut argmaxes) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (r0, r1) in blocks(n, config.row_block) {
-        let hb = hidden.clone().slice([r0..r1, 0..h]);
-        let tb = targets.clone().slice(r0..r1);
-        let mut state: Option<Online> = None;
-        for (v0, v1) in blocks(v, config.vocab_tile) {
-            let wt = weight.clone().slice([0..h, v0..v1]).cast(cd);
-            let logits = matmul(hb.clone(), wt); // [rows, tile]
-            let (col, inside) = tile_targets(&tb, v0, v1, cd);
-            let pick = logits
-                .clone()
-                .gather(1, col.unsqueeze_dim::<2>(1))
-                .squeeze_dim::<1>(1)
-                * inside;
-            let tile_max = logits.clone().max_dim(1); // [rows, 1]
-            let tile_best = with_stats.then(|| {
-                let (val, idx) = logits.clone().detach().max_dim_with_indices(1);
-                (val, idx.add_scalar(v0 as i64))
-            });
-            state = Some(match state {
-                None => {
-                    let shifted = logits - tile_max.clone();
-                    let e = shifted.clone().exp();
-                    let stats = tile_best.map(|(val, idx)| {
-                        let u = (e.clone().detach() * shifted.detach()).sum_dim(1);
-                        (u, val, idx)
-                    });
-                    Online {
-                        sum: e.sum_dim(1),
-                        max: tile_max,
-                        picked: pick,
-                        stats,
-                    }
-                }
-                Some(Online {
-                    max,
-                    sum,
-                    picked,
-                    stats,
-                }) => {
-                    let m_new = max.clone().max_pair(tile_max);
-                    let dm = max - m_new.clone(); // ≤ 0
-                    let scale = dm.clone().exp();
-                    let shifted = logits - m_new.clone();
-                    let e = shifted.clone().exp();
-                    let stats = match (stats, tile_best) {
-                        (Some((u, best, best_idx)), Some((val, idx))) => {
-                            // u' = e^(m − m')(u + (m − m')·s) + Σ_tile e^(z − m')(z − m').
-                            let (sc, s) = (scale.clone().detach(), sum.clone().detach());
-                            let u = sc * (u + dm.detach() * s)
-                                + (e.clone().detach() * shifted.detach()).sum_dim(1);
-                            // Strictly greater: on ties the earlier tile (lower index) wins.
-                            let better = val.clone().greater(best.clone());
-                            let best_idx = best_idx.mask_where(better, idx);
-                            Some((u, best.max_pair(val), best_idx))
-                        }
-                        _ => None,
-                    };
-                    Online {
-                        sum: sum * scale + e.sum_dim(1),
-                        max: m_new,
-                        picked: picked + pick,
-                        stats,
-                    }
-                }
-            });
-        }
-        if let Some(Online {
-            max,
-            sum,
-            picked,
-            stats,
-        }) = state
-        {
-            if let Some((u, _, idx)) = stats {
-                let s = sum.clone().detach();
-                entropies.push((s.clone().log() - u / s).squeeze_dim::<1>(1));
-                argmaxes.push(idx.squeeze_dim::<1>(1));
-            }
-            let lse = (max + sum.log()).squeeze_dim::<1>(1);
-            logps.push(picked - lse.clone());
-            lses.push(lse);
-        }
-    }
-    let stats = (with_stats && !entropies.is_empty()).then(|| RowStats {
-        entropy: Tensor::cat(entropies, 0),
-        argmax: Tensor::cat(argmaxes, 0),
-    });
-    Forward {
-        logps: Tensor::cat(logps, 0),
-        lse: Tensor::cat(lses, 0),
-        stats,
-        logits: None,
-    }
-}
-
-/// Backward pass from the saved inputs and log-sum-exp: `(∂L/∂hidden, ∂L/∂weight)` for
-/// upstream gradient `grad` `[rows]`, each only when asked for, in the input dtypes.
-#[allow(clippy::too_many_arguments)]
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
-fn backward_values(
-    hidden: Tensor<2>,
-    weight: Tensor<2>,
-    targets: Tensor<1, Int>,
-    lse: Tensor<1>,
-    grad: Tensor<1>,
-    config: ChunkConfig,
-    need_hidden: bool,
-    need_weight: bool,
-    logits: Option<Tensor<1>>,
-) -> (Option<Tensor<2>>, Option<Tensor<2>>) {
-    let tiling = VocabTiling {
-        vocab_tile: config.vocab_tile,
-        row_block: config.row_block,
-    };
-    if let Some(grads) = target_logps_backward(
-        &hidden,
-        &weight,
-        &targets,
-        &lse,
-        &grad,
-        tiling,
-        need_hidden,
-        need_weight,
-        logits,
-    ) {
-        return grads;
-    }
-    let [n, h] = hidden.dims();
-    let v = weight.dims()[1];
-    let (h_dtype, w_dtype) = (hidden.dtype(), weight.dtype());
-    let device: Device = hidden.device();
-    let cd = compute_dtype(h_dtype, w_dtype);
-    let hidden = hidden.cast(cd);
-    let grad = grad.cast(cd);
-    let row_blocks: Vec<(usize, usize)> = blocks(n, config.row_block).collect();
-    let mut grad_hidden: Vec<Tensor<2>> = if need_hidden {
-        row_blocks
-            .iter()
-            .map(|&(r0, r1)| Tensor::<2>::zeros([r1 - r0, h], (&device, DType::from(cd))))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut grad_weight =
-        need_weight.then(|| Tensor::<2>::zeros([h, v], (&device, DType::from(cd))));
-    for (v0, v1) in blocks(v, config.vocab_tile) {
-        let wt = weight.clone().slice([0..h, v0..v1]).cast(cd);
-        let mut gw_tile: Option<Tensor<2>> = None;
-        for (bi, &(r0, r1)) in row_blocks.iter().enumerate() {
-            let hb = hidden.clone().slice([r0..r1, 0..h]);
-            let gb = grad.clone().slice(r0..r1);
-            let lb = lse.clone().slice(r0..r1);
-            let (col, inside) = tile_targets(&targets.clone().slice(r0..r1), v0, v1, cd);
-            let logits = matmul(hb.clone(), wt.clone());
-            // ∂L/∂z = g·(onehot − p) = −g·p, plus g at the target column.
-            let dz = (logits - lb.unsqueeze_dim::<2>(1)).exp() * gb.clone().neg().unsqueeze_dim(1);
-            let dz = dz.scatter(
-                1,
-                col.unsqueeze_dim::<2>(1),
-                (gb * inside).unsqueeze_dim(1),
-                IndexingUpdateOp::Add,
-            );
-            if need_hidden {
-                let update = matmul(dz.clone(), wt.clone().transpose());
-                grad_hidden[bi] = grad_hidden[bi].clone() + update;
-            }
-            if need_weight {
-                let update = matmul(hb.transpose(), dz);
-                gw_tile = Some(match gw_tile {
-                    None => update,
-                    Some(acc) => acc + update,
-                });
-            }
-        }
-        if let (Some(gw), Some(tile)) = (grad_weight.take(), gw_tile) {
-            grad_weight = Some(gw.slice_assign([0..h, v0..v1], tile));
-        }
-    }
-    let grad_hidden = need_hidden.then(|| Tensor::cat(grad_hidden, 0).cast(h_dtype));
-    (grad_hidden, grad_weight.map(|g| g.cast(w_dtype)))
-}
-
-/// The custom autodiff node (see the module docs). Generic over the backend; instantiated for
-/// the backends enabled by this crate's features.
-#[cfg_attr(
-    not(any(feature = "flex", feature = "wgpu", feature = "cuda")),
-    allow(dead_code)
-)]
-mod custom {
-    use super::{ChunkConfig, Forward, RowStats, backward_values, forward_values};
-
-    use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::{
-        BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-    };
-    use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-    use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor};
-    use burn::tensor::{Int, Tensor};
-
-    /// What the backward pass needs: the inputs (no autodiff), the targets and the per-row
-    /// log-sum-exp. No `[rows, vocab]` tensor.
-    #[derive(Debug, Clone)]
-    pub(super) struct State {
-        hidden: Tensor<2>,
-        weight: Tensor<2>,
-        targets: Tensor<1, Int>,
-        lse: Tensor<1>,
-        config: ChunkConfig,
-        /// The forward's logits when [`ChunkConfig::max_kept_logits_bytes`] allowed keeping
-        /// them (Flex only).
-        logits: Option<Tensor<1>>,
-    }
-
-    #[derive(Debug)]
-    pub(super) struct ChunkedLogpsBackward;
-
-    impl<B: Backend> Backward<B, 2> for ChunkedLogpsBackward
-    where
-        DispatchTensor: DispatchKindConversion<B>,
-    {
-        type State = State;
-
-        fn backward(
-            self,
-            ops: Ops<Self::State, 2>,
-            grads: &mut Gradients,
-            _checkpointer: &mut Checkpointer,
-        ) {
-            let [node_hidden, node_weight] = ops.parents;
-            let grad = Tensor::<1>::from_primitive::<B>(grads.consume::<B>(&ops.node));
-            let State {
-                hidden,
-                weight,
-                targets,
-                lse,
-                config,
-                logits,
-            } = ops.state;
-            let (grad_hidden, grad_weight) = backward_values(
-                hidden,
-                weight,
-                targets,
-                lse,
-                grad,
-                config,
-                node_hidden.is_some(),
-                node_weight.is_some(),
-                logits,
-            );
-            for (node, grad) in [(node_hidden, grad_hidden), (node_weight, grad_weight)] {
-                if let (Some(node), Some(grad)) = (node, grad) {
-                    match grad.try_into_primitive::<B>() {
-                        Ok(grad) => grads.register::<B>(node.id, grad),
-                        // Cannot happen: every tensor here was computed on backend `B`.
-                        Err(e) => debug_assert!(false, "chunked log-prob gradient: {e:?}"),
-                    }
-                }
-            }
-        }
-    }
-
-    type Inputs = (Tensor<2>, Tensor<2>, Tensor<1, Int>);
-
-    /// [`tracked`] for backend `B` under either checkpointing strategy the trainer uses.
-    pub(super) fn tracked_any<B: Backend>(
-        hidden: Tensor<2>,
-        weight: Tensor<2>,
-        targets: Tensor<1, Int>,
-        config: ChunkConfig,
-        with_stats: bool,
-    ) -> Result<(Tensor<1>, Option<RowStats>), Box<Inputs>>
-    where
-        DispatchTensor: DispatchKindConversion<B>
-            + DispatchKindConversion<Autodiff<B, NoCheckpointing>>
-            + DispatchKindConversion<Autodiff<B, BalancedCheckpointing>>,
-    {
-        let (hidden, weight, targets) =
-            match tracked::<B, NoCheckpointing>(hidden, weight, targets, config, with_stats) {
-                Ok(out) => return Ok(out),
-                Err(inputs) => *inputs,
-            };
-        tracked::<B, BalancedCheckpointing>(hidden, weight, targets, config, with_stats)
-    }
-
-    /// Whether `probe` is an autodiff tensor of backend `B` (either strategy).
-    pub(super) fn is_on<B: Backend>(probe: &Tensor<1>) -> bool
-    where
-        DispatchTensor: DispatchKindConversion<Autodiff<B, NoCheckpointing>>
-            + DispatchKindConversion<Autodiff<B, BalancedCheckpointing>>,
-    {
-        probe
-            .clone()
-            .try_into_primitive::<Autodiff<B, NoCheckpointing>>()
-            .is_ok()
-            || probe
-                .clone()
-                .try_into_primitive::<Autodiff<B, BalancedCheckpointing>>()
-                .is_ok()
-    }
-
-    /// Runs the tiled forward on `Autodiff<B, C>` tensors and registers the custom backward.
-    /// Gives the inputs back when they do not live on that backend / strategy.
-    pub(super) fn tracked<B: Backend, C: CheckpointStrategy>(
-        hidden: Tensor<2>,
-        weight: Tensor<2>,
-        targets: Tensor<1, Int>,
-        config: ChunkConfig,
-        with_stats: bool,
-    ) -> Result<(Tensor<1>, Option<RowStats>), Box<Inputs>>
-    where
-        DispatchTensor: DispatchKindConversion<B> + DispatchKindConversion<Autodiff<B, C>>,
-    {
-        let weight = if weight.is_autodiff() {
-            weight
-        } else {
-            // A frozen (plain) weight joins the hidden states' checkpointing strategy.
-            match hidden.gradient_checkpointing_strategy() {
-                Some(strategy) => weight
-                    .autodiff()
-                    .with_gradient_checkpointing_strategy(strategy),
-                None => weight.autodiff(),
-            }
-        };
-        let Ok(hidden_ad) = hidden.clone().try_into_primitive::<Autodiff<B, C>>() else {
-            return Err(Box::new((hidden, weight, targets)));
-        };
-        let Ok(weight_ad) = weight.clone().try_into_primitive::<Autodiff<B, C>>() else {
-            return Err(Box::new((hidden, weight, targets)));
-        };
-        let inner_hidden = Tensor::<2>::from_primitive::<B>(hidden_ad.primitive().clone());
-        let inner_weight = Tensor::<2>::from_primitive::<B>(weight_ad.primitive().clone());
-        let inner_targets = targets.clone().inner();
-        let [rows, _] = inner_hidden.dims();
-        let keep = config.keeps_logits(rows, inner_weight.dims()[1]);
-        let Forward {
-            logps,
-            lse,
-            stats,
-            logits,
-        } = forward_values(
-            inner_hidden.clone(),
-            inner_weight.clone(),
-            inner_targets.clone(),
-            config,
-            with_stats,
-            keep,
-        );
-        let Ok(output) = logps.try_into_primitive::<B>() else {
-            return Err(Box::new((hidden, weight, targets)));
-        };
-        let (hidden, weight, targets) = (inner_hidden, inner_weight, inner_targets);
-        let output = match ChunkedLogpsBackward
-            .prepare::<C>([hidden_ad.node(), weight_ad.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                State {
-                    hidden,
-                    weight,
-                    targets,
-                    lse,
-                    config,
-                    logits,
-                },
-                output,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(output),
-        };
-        Ok((Tensor::<1>::from_primitive::<Autodiff<B, C>>(output), stats))
     }
 }

@@ -136,7 +136,6 @@ fn compare_one(c: &Case, device: &Device, cfg: ChunkConfig) -> TestResult {
     Ok(())
 }
 
-#[cfg(feature = "flex")]
 #[test]
 fn flex_devices_get_the_custom_backward() {
     use temper_objectives::bounded_backward;

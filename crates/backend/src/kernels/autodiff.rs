@@ -2,12 +2,15 @@
 //! inner backend's backward entry.
 //!
 //! What a node keeps is the point: the tensor-op composition of RMSNorm keeps four
-//! `[rows, d]` intermediates, SwiGLU three, attention the `[b, h, s, t]` probabilities; these
-//! nodes keep the inputs (and for attention the output and a `[b, h, s]` log-sum-exp) and
-//! recompute the rest. `cos`/`sin` are treated as constants (positions carry no gradient).
+//! `[rows, d]` intermediates, SwiGLU three, attention the `[b, h, s, t]` probabilities, the LM
+//! head's tile loop every `[rows, vocab_tile]` tile of logits and softmax; these nodes keep the
+//! inputs (for attention also the output and a `[b, h, s]` log-sum-exp, for the LM head a
+//! `[rows]` log-sum-exp and, when asked to, its kernel's logits) and recompute the rest.
+//! `cos`/`sin` and the LM head's targets are treated as constants.
 //!
 //! The `*_backward` and `causal_attention_lse` entries are not differentiable themselves:
-//! called on autodiff tensors they compute on the inner backend and return untracked tensors.
+//! called on autodiff tensors they compute on the inner backend and return untracked tensors;
+//! so are the LM head's statistics and log-sum-exp.
 
 use burn::backend::AutodiffBackend;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -15,9 +18,13 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, TensorMetadata};
+use burn::tensor::Shape;
 
 use super::FusedOps;
+use super::lm_head::VocabTiling;
+use super::ops::LmHeadOutput;
 
 type Ad<B, C> = Autodiff<B, C>;
 
@@ -102,6 +109,54 @@ impl<B: FusedOps> Backward<B, 3> for AttentionBackward {
         register!(B, grads, node_k, dk);
         register!(B, grads, node_v, dv);
     }
+}
+
+/// The LM head's node (see [`super::lm_head`]): no `[rows, vocab]` tensor unless the forward
+/// was asked to keep its kernel's logits.
+#[derive(Debug)]
+struct LmHeadBackward;
+
+/// The inputs (inner primitives: the existing buffers, not copies), the targets, the per-row
+/// log-sum-exp, the kept logits (or an empty tensor) and the tiling.
+type LmHeadState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    IntTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    VocabTiling,
+);
+
+impl<B: FusedOps> Backward<B, 2> for LmHeadBackward {
+    type State = LmHeadState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _cp: &mut Checkpointer) {
+        let [node_hidden, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (hidden, weight, targets, lse, logits, tiling) = ops.state;
+        let (dh, dw) = B::lm_head_logps_backward(
+            hidden,
+            weight,
+            targets,
+            lse,
+            grad,
+            logits,
+            tiling,
+            node_hidden.is_some(),
+            node_weight.is_some(),
+        );
+        if let Some(dh) = dh {
+            register!(B, grads, node_hidden, dh);
+        }
+        if let Some(dw) = dw {
+            register!(B, grads, node_weight, dw);
+        }
+    }
+}
+
+/// An empty `[0]` tensor like `like`: "no kept logits" for the backward entry.
+fn no_logits<B: Backend>(like: &FloatTensor<B>) -> FloatTensor<B> {
+    B::float_empty(Shape::new([0]), &like.device(), like.dtype().into())
 }
 
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
@@ -262,5 +317,81 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             untracked::<B, C>(dk),
             untracked::<B, C>(dv),
         )
+    }
+
+    fn lm_head_logps(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        tiling: VocabTiling,
+        with_stats: bool,
+        keep_logits: bool,
+    ) -> LmHeadOutput<Self> {
+        let detached = |(entropy, argmax): (FloatTensor<B>, IntTensor<B>)| {
+            (untracked::<B, C>(entropy), argmax)
+        };
+        match LmHeadBackward
+            .prepare::<C>([hidden.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (hidden, weight) = (hidden.into_primitive(), weight.into_primitive());
+                let (logps, lse, stats, logits) = B::lm_head_logps(
+                    hidden.clone(),
+                    weight.clone(),
+                    targets.clone(),
+                    tiling,
+                    with_stats,
+                    keep_logits,
+                );
+                // The kept logits stay in the node: only its backward reads them.
+                let logits = logits.unwrap_or_else(|| no_logits::<B>(&lse));
+                let state = (hidden, weight, targets, lse.clone(), logits, tiling);
+                let logps = prep.finish(state, logps);
+                (logps, untracked::<B, C>(lse), stats.map(detached), None)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (logps, lse, stats, logits) = B::lm_head_logps(
+                    hidden.into_primitive(),
+                    weight.into_primitive(),
+                    targets,
+                    tiling,
+                    with_stats,
+                    keep_logits,
+                );
+                (
+                    prep.finish(logps),
+                    untracked::<B, C>(lse),
+                    stats.map(detached),
+                    logits.map(untracked::<B, C>),
+                )
+            }
+        }
+    }
+
+    fn lm_head_logps_backward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        logits: FloatTensor<Self>,
+        tiling: VocabTiling,
+        need_hidden: bool,
+        need_weight: bool,
+    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+        let (dh, dw) = B::lm_head_logps_backward(
+            hidden.into_primitive(),
+            weight.into_primitive(),
+            targets,
+            lse.into_primitive(),
+            grad.into_primitive(),
+            logits.into_primitive(),
+            tiling,
+            need_hidden,
+            need_weight,
+        );
+        (dh.map(untracked::<B, C>), dw.map(untracked::<B, C>))
     }
 }

@@ -1,13 +1,17 @@
 //! Per-backend choice of the fused ops of the Llama family.
 //!
-//! Model code calls [`rms_norm`], [`rotary_qk`], [`swiglu`] and [`causal_attention`]; this
-//! module picks the implementation:
+//! Model code calls [`rms_norm`], [`rotary_qk`], [`swiglu`] and [`causal_attention`], the
+//! objectives [`lm_head_logps`]; this module picks the implementation:
 //!
 //! | device                                    | path                                            |
 //! |-------------------------------------------|-------------------------------------------------|
 //! | wgpu / cuda (feature `gpu-kernels`)       | `#[cube]` kernels ([`FusedOps`] on `Cube`); under autodiff with custom backward nodes (attention: see [`flash_pays_under_autodiff`]) |
 //! | Flex, f32 (with or without autodiff)      | fused, parallel CPU kernels ([`FusedOps`] on `Flex`); under autodiff the same custom backward nodes |
 //! | other dtypes on Flex                      | [`reference`](mod@reference) (burn tensor ops, differentiable)  |
+//!
+//! The LM head's log-softmax ([`lm_head_logps`]) takes [`FusedOps`] in every dtype on Flex and
+//! the CubeCL backends (their implementations choose between kernel and tile loop, see
+//! [`mod@lm_head`]), so that training keeps its bounded-memory backward node everywhere.
 //!
 //! `TEMPER_KERNELS=reference` forces the reference everywhere, `TEMPER_KERNELS=reference:attention,swiglu`
 //! for the named ops only (A/B measurements, kernel by kernel).
@@ -21,18 +25,18 @@ mod autodiff;
 mod cube;
 #[cfg(feature = "flex")]
 mod flex;
+pub mod lm_head;
 mod matmul;
 mod ops;
 mod optim;
-mod target_logps;
 
+pub use lm_head::{TargetLogps, VocabTiling, target_logps_backward, target_logps_forward};
 pub use matmul::MatmulOps;
 pub use ops::FusedOps;
 pub use optim::{AdamWStep, adamw_update, reference_adamw_update};
-pub use target_logps::{TargetLogps, VocabTiling, target_logps_backward, target_logps_forward};
 
 use burn::backend::Dispatch;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 
 /// Which implementation a fused op runs with on a given device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +58,8 @@ pub enum FusedOp {
     Attention,
     /// [`adamw_update`]: Flex only.
     AdamW,
-    /// [`target_logps_forward`] / [`target_logps_backward`]: Flex only.
+    /// [`lm_head_logps`] / [`lm_head_logps_backward`]: Flex and the CubeCL backends, every
+    /// dtype.
     LmHead,
 }
 
@@ -110,12 +115,32 @@ fn parse_forced(value: &str) -> Vec<FusedOp> {
     }
 }
 
-/// [`kernel_path`] for one op, honouring `TEMPER_KERNELS`.
+/// [`kernel_path`] for one op, honouring `TEMPER_KERNELS`. The LM head takes the fused path
+/// on Flex and the CubeCL backends whatever the dtype (see [`lm_head_logps`]).
 pub fn kernel_path_for(op: FusedOp, device: &Device, dtype: DType) -> KernelPath {
     if forced_reference(op) {
         return KernelPath::Reference;
     }
+    if op == FusedOp::LmHead {
+        return if on_fused_ops_backend(device) {
+            KernelPath::Fused
+        } else {
+            KernelPath::Reference
+        };
+    }
     kernel_path(device, dtype)
+}
+
+/// Whether `device` runs on a backend that implements [`FusedOps`] (Flex, CubeCL).
+fn on_fused_ops_backend(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    if matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    ) {
+        return true;
+    }
+    is_gpu(device)
 }
 
 /// The implementation the fused ops use for tensors of `dtype` on `device`.
@@ -374,6 +399,87 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
         }
         _ => reference::swiglu(gate, up),
     }
+}
+
+/// The LM head's per-token log-softmax in vocabulary tiles, `log softmax(hidden · weight)` at
+/// each row's target, without ever materialising the `[rows, vocab]` logits (see
+/// [`mod@lm_head`] for the maths and where each backend runs what).
+///
+/// Shapes: `hidden` `[rows, hidden]`, `weight` `[hidden, vocab]` (e.g. a tied embedding's
+/// transposed view, read through its strides), `targets` `[rows]` with ids inside the
+/// vocabulary; every [`TargetLogps`] field is `[rows]`, in f32 (f64 for f64 inputs, f32 for
+/// bf16/f16). `tiling` sizes must be positive.
+///
+/// Differentiable wrt `hidden` and `weight`: under autodiff one custom node keeps the inputs
+/// and the `[rows]` log-sum-exp, and its backward recomputes each tile (an extra gemm per
+/// tile) — unless `keep_logits`, where Flex's kernel keeps the `rows × vocab` f32 logits for
+/// the backward instead. `with_stats` adds the detached entropy and first argmax per row.
+/// `TEMPER_KERNELS=reference:lm_head` takes the tile loop in differentiable tensor ops instead
+/// (backward memory ∝ `rows × vocab`), as do backends without [`FusedOps`].
+pub fn lm_head_logps(
+    hidden: Tensor<2>,
+    weight: Tensor<2>,
+    targets: Tensor<1, Int>,
+    tiling: VocabTiling,
+    with_stats: bool,
+    keep_logits: bool,
+) -> TargetLogps {
+    match kernel_path_for(FusedOp::LmHead, &hidden.device(), hidden.dtype()) {
+        KernelPath::Fused => TargetLogps::from_dispatch(<Dispatch as FusedOps>::lm_head_logps(
+            hidden.into_dispatch(),
+            weight.into_dispatch(),
+            targets.into_dispatch(),
+            tiling,
+            with_stats,
+            keep_logits,
+        )),
+        KernelPath::Reference => {
+            reference::lm_head_logps(hidden, weight, targets, tiling, with_stats)
+        }
+    }
+}
+
+/// The backward of [`lm_head_logps`] as a function, for callers outside autodiff:
+/// `(∂hidden [rows, hidden], ∂weight [hidden, vocab])` for upstream gradient `grad` `[rows]`,
+/// each only when asked for, from the forward's `lse`. `logits` are the forward's
+/// [`TargetLogps::logits`] (same tiling), or `None` to recompute them. Not differentiable.
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_logps_backward(
+    hidden: Tensor<2>,
+    weight: Tensor<2>,
+    targets: Tensor<1, Int>,
+    lse: Tensor<1>,
+    grad: Tensor<1>,
+    logits: Option<Tensor<1>>,
+    tiling: VocabTiling,
+    need_hidden: bool,
+    need_weight: bool,
+) -> (Option<Tensor<2>>, Option<Tensor<2>>) {
+    if kernel_path_for(FusedOp::LmHead, &hidden.device(), hidden.dtype()) == KernelPath::Reference {
+        return reference::lm_head_logps_backward(
+            hidden,
+            weight,
+            targets,
+            lse,
+            grad,
+            tiling,
+            need_hidden,
+            need_weight,
+        );
+    }
+    let logits = logits.unwrap_or_else(|| Tensor::<1>::empty([0], (&lse.device(), lse.dtype())));
+    let (dh, dw) = <Dispatch as FusedOps>::lm_head_logps_backward(
+        hidden.into_dispatch(),
+        weight.into_dispatch(),
+        targets.into_dispatch(),
+        lse.into_dispatch(),
+        grad.into_dispatch(),
+        logits.into_dispatch(),
+        tiling,
+        need_hidden,
+        need_weight,
+    );
+    (dh.map(Tensor::from_dispatch), dw.map(Tensor::from_dispatch))
 }
 
 #[cfg(test)]

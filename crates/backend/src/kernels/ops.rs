@@ -3,11 +3,12 @@
 //! Each op has a forward and, where autodiff needs one, a backward entry. Backends implement
 //! them as follows:
 //!
-//! * `Flex` ([`super::flex`]): fused CPU kernels for the inference forwards, the portable
-//!   tensor-op reference ([`super::reference`]) for everything else;
+//! * `Flex` ([`super::flex`]): fused CPU kernels (f32), the portable tensor-op reference
+//!   ([`super::reference`]) for other dtypes;
 //! * `Cube` ([`super::cube`], feature `gpu-kernels`): `#[cube]` kernels, one source for wgpu
 //!   (Vulkan/Metal/DX12), CUDA and ROCm; `Fusion` wraps them lazily so they join burn's fused
-//!   stream;
+//!   stream. The LM head's log-softmax runs as the default bodies here: its tile loop in the
+//!   backend's own primitives ([`super::lm_head`]), which `Fusion` fuses like any tensor ops;
 //! * `Autodiff<B, C>` ([`super::autodiff`]): custom backward nodes that call the backward
 //!   entries of the inner backend, so no intermediate of the tensor-op composition is kept.
 //!
@@ -18,9 +19,22 @@
 // that ignore their arguments.
 #![allow(unused_variables)]
 
-use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, backend_extension};
 
-/// Fused RMSNorm, rotary embedding, SwiGLU and causal attention. See the module docs.
+use super::lm_head::{self, VocabTiling};
+
+/// What [`FusedOps::lm_head_logps`] returns: log-probs, log-sum-exp, the optional
+/// (entropy, argmax) statistics and the optional kept logits.
+pub(crate) type LmHeadOutput<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Option<(FloatTensor<B>, IntTensor<B>)>,
+    Option<FloatTensor<B>>,
+);
+
+/// Fused RMSNorm, rotary embedding, SwiGLU, causal attention and the LM head's log-softmax.
+/// See the module docs.
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     Cube: cfg(feature = "gpu-kernels"),
@@ -112,4 +126,68 @@ pub trait FusedOps: Backend {
         lse: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The LM head's per-token log-softmax in vocabulary tiles (see [`super::lm_head`]):
+    /// `hidden` `[rows, hidden]`, `weight` `[hidden, vocab]` (any strides: a tied embedding's
+    /// transposed view is not copied), `targets` `[rows]` (ids inside the vocabulary) →
+    /// `(log softmax(h·W)[target], logsumexp(h·W))`, both `[rows]` in f32 (f64 for f64
+    /// inputs), never materialising `[rows, vocab]`.
+    ///
+    /// `with_stats` adds each row's softmax entropy and first argmax (detached). With
+    /// `keep_logits` a backend may keep the `rows × vocab` logits (f32) for
+    /// [`FusedOps::lm_head_logps_backward`] to skip its recompute gemm: Flex's kernel does (or
+    /// under autodiff its node keeps them); the tile loop never does.
+    ///
+    /// The default body is the tile loop in this backend's primitives; under `Autodiff` the
+    /// custom node keeps the inputs and the log-sum-exp, not the tiles.
+    // The macro needs the output tuple spelled out: it reads an alias (`LmHeadOutput<Self>`)
+    // as an extension type.
+    #[allow(clippy::type_complexity)]
+    #[fusion(default)]
+    fn lm_head_logps(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        tiling: VocabTiling,
+        with_stats: bool,
+        keep_logits: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        Option<(FloatTensor<Self>, IntTensor<Self>)>,
+        Option<FloatTensor<Self>>,
+    ) {
+        let (logps, lse, stats) =
+            lm_head::forward::<Self>(hidden, weight, targets, tiling, with_stats);
+        (logps, lse, stats, None)
+    }
+
+    /// Gradients of [`FusedOps::lm_head_logps`] wrt `hidden` and `weight` (in their dtypes),
+    /// each only when asked for, given the forward's `lse` and the upstream gradient `grad`
+    /// (both `[rows]`). `logits` are the forward's kept logits (same tiling), or an empty
+    /// tensor (`[0]`) to recompute them tile by tile.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(default)]
+    fn lm_head_logps_backward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        logits: FloatTensor<Self>,
+        tiling: VocabTiling,
+        need_hidden: bool,
+        need_weight: bool,
+    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+        lm_head::backward::<Self>(
+            hidden,
+            weight,
+            targets,
+            lse,
+            grad,
+            tiling,
+            need_hidden,
+            need_weight,
+        )
+    }
 }

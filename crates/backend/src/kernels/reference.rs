@@ -1,9 +1,12 @@
 //! Portable implementations in burn tensor ops: they run on every backend, are differentiable
 //! under autodiff, and are the reference the fused kernels are tested against.
 
+use burn::backend::Dispatch;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Int, Tensor};
+
+use super::lm_head::{self, TargetLogps, VocabTiling};
 
 /// See [`super::rms_norm`]. Computes in f32 whatever the input dtype, like HF.
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
@@ -169,4 +172,50 @@ pub fn causal_attention_backward(
             .reshape([b, kvh, t, d])
     };
     (dq, fold(dk).swap_dims(1, 2), fold(dv).swap_dims(1, 2))
+}
+
+/// See [`super::lm_head_logps`]: the tile loop in burn tensor ops (its primitives on burn's
+/// `Dispatch` backend), so burn's autodiff differentiates it — keeping every tile's logits and
+/// softmax for the backward. Never keeps logits of its own.
+pub fn lm_head_logps(
+    hidden: Tensor<2>,
+    weight: Tensor<2>,
+    targets: Tensor<1, Int>,
+    tiling: VocabTiling,
+    with_stats: bool,
+) -> TargetLogps {
+    let (logps, lse, stats) = lm_head::forward::<Dispatch>(
+        hidden.into_dispatch(),
+        weight.into_dispatch(),
+        targets.into_dispatch(),
+        tiling,
+        with_stats,
+    );
+    TargetLogps::from_dispatch((logps, lse, stats, None))
+}
+
+/// Gradients of [`lm_head_logps`] wrt `hidden` and `weight` (see
+/// [`super::lm_head_logps_backward`]), every tile recomputed.
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_logps_backward(
+    hidden: Tensor<2>,
+    weight: Tensor<2>,
+    targets: Tensor<1, Int>,
+    lse: Tensor<1>,
+    grad: Tensor<1>,
+    tiling: VocabTiling,
+    need_hidden: bool,
+    need_weight: bool,
+) -> (Option<Tensor<2>>, Option<Tensor<2>>) {
+    let (dh, dw) = lm_head::backward::<Dispatch>(
+        hidden.into_dispatch(),
+        weight.into_dispatch(),
+        targets.into_dispatch(),
+        lse.into_dispatch(),
+        grad.into_dispatch(),
+        tiling,
+        need_hidden,
+        need_weight,
+    );
+    (dh.map(Tensor::from_dispatch), dw.map(Tensor::from_dispatch))
 }

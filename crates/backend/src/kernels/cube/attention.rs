@@ -37,17 +37,7 @@ pub(super) fn attention_forward_kernel<F: Float>(
     let s = q.shape(1);
     let h = q.shape(2);
     let t = k.shape(1);
-    let kvh = k.shape(2);
-    let q_blocks = s.div_ceil(BLOCK);
-    let cube = CUBE_POS;
-    if cube >= q.shape(0) * h * q_blocks {
-        terminate!();
-    }
-    let qb = cube % q_blocks;
-    let bh = cube / q_blocks;
-    let head = bh % h;
-    let bi = bh / h;
-    let g = head / (h / kvh);
+    let (bi, head, g, qb) = cube_block::<F>(q, k, s);
     let unit = UNIT_POS as usize;
     let i = qb * BLOCK + unit;
     let valid = i < s;
@@ -109,6 +99,22 @@ pub(super) fn attention_forward_kernel<F: Float>(
         }
         lse[(bi * h + head) * s + i] = m + f32::ln(l);
     }
+}
+
+/// The `(batch, query head, its KV head, block)` cube `CUBE_POS` works on when each
+/// (batch, query head) pair's `rows` rows are split into blocks of `BLOCK`; ends the cubes
+/// past the last block.
+#[cube]
+fn cube_block<F: Float>(q: &Tensor<F>, k: &Tensor<F>, rows: usize) -> (usize, usize, usize, usize) {
+    let h = q.shape(2);
+    let blocks = rows.div_ceil(BLOCK);
+    let cube = CUBE_POS;
+    if cube >= q.shape(0) * h * blocks {
+        terminate!();
+    }
+    let bh = cube / blocks;
+    let head = bh % h;
+    (bh / h, head, head / (h / k.shape(2)), cube % blocks)
 }
 
 /// `head_dim` zeros (registers on a GPU when unrolled).
@@ -223,17 +229,7 @@ pub(super) fn attention_dq_kernel<F: Float>(
     let s = q.shape(1);
     let h = q.shape(2);
     let t = k.shape(1);
-    let kvh = k.shape(2);
-    let q_blocks = s.div_ceil(BLOCK);
-    let cube = CUBE_POS;
-    if cube >= q.shape(0) * h * q_blocks {
-        terminate!();
-    }
-    let qb = cube % q_blocks;
-    let bh = cube / q_blocks;
-    let head = bh % h;
-    let bi = bh / h;
-    let g = head / (h / kvh);
+    let (bi, head, g, qb) = cube_block::<F>(q, k, s);
     let unit = UNIT_POS as usize;
     let i = qb * BLOCK + unit;
     let valid = i < s;
@@ -309,16 +305,7 @@ pub(super) fn attention_dkv_kernel<F: Float>(
     let h = q.shape(2);
     let t = k.shape(1);
     let kvh = k.shape(2);
-    let k_blocks = t.div_ceil(BLOCK);
-    let cube = CUBE_POS;
-    if cube >= q.shape(0) * h * k_blocks {
-        terminate!();
-    }
-    let kb = cube % k_blocks;
-    let bh = cube / k_blocks;
-    let head = bh % h;
-    let bi = bh / h;
-    let g = head / (h / kvh);
+    let (bi, head, g, kb) = cube_block::<F>(q, k, t);
     let unit = UNIT_POS as usize;
     let j = kb * BLOCK + unit;
     let valid = j < t;

@@ -24,15 +24,22 @@ pub(super) fn cube_sum(partial: &mut Shared<[f32]>, #[comptime] block: usize) ->
     total
 }
 
-/// `Σ x[base..base + d]²` in f32 over the cube (every unit must call it).
+/// `1/sqrt(mean(x²) + eps)` in f32 of the row `CUBE_POS` of `x` `[rows, d]`, and the row's
+/// start, over the cube (every unit must call it; `partial` holds `block` values); ends the
+/// cubes past the last row.
 #[cube]
-fn row_sum_squares<F: Float>(
+fn row_inv_rms<F: Float>(
     x: &Tensor<F>,
-    base: usize,
-    d: usize,
     partial: &mut Shared<[f32]>,
+    eps: f32,
     #[comptime] block: usize,
-) -> f32 {
+) -> (f32, usize) {
+    let d = x.shape(1);
+    let row = CUBE_POS;
+    if row >= x.shape(0) {
+        terminate!();
+    }
+    let base = row * d;
     let mut acc = 0.0f32;
     let mut i = UNIT_POS as usize;
     while i < d {
@@ -41,7 +48,9 @@ fn row_sum_squares<F: Float>(
         i += block;
     }
     partial[UNIT_POS as usize] = acc;
-    cube_sum(partial, block)
+    let total = cube_sum(partial, block);
+    let inv = 1.0f32 / f32::sqrt(total / f32::cast_from(d as u32) + eps);
+    (inv, base)
 }
 
 /// `out = weight · x / sqrt(mean(x²) + eps)` for `x` `[rows, d]`, `weight` `[d]`.
@@ -54,18 +63,10 @@ pub(super) fn rms_norm_kernel<F: Float>(
     #[comptime] block: usize,
     #[define(F)] _dtype: ElemType,
 ) {
-    let rows = x.shape(0);
     let d = x.shape(1);
-    let row = CUBE_POS;
-    if row >= rows {
-        terminate!();
-    }
-    let unit = UNIT_POS as usize;
-    let base = row * d;
     let mut partial = Shared::<[f32]>::new_slice(block);
-    let total = row_sum_squares::<F>(x, base, d, &mut partial, block);
-    let inv = 1.0f32 / f32::sqrt(total / f32::cast_from(d as u32) + eps);
-    let mut i = unit;
+    let (inv, base) = row_inv_rms::<F>(x, &mut partial, eps, block);
+    let mut i = UNIT_POS as usize;
     while i < d {
         // HF order: normalise in f32, cast to the storage dtype, then scale by the weight.
         out[base + i] = F::cast_from(f32::cast_from(x[base + i]) * inv) * weight[i];
@@ -87,16 +88,10 @@ pub(super) fn rms_norm_backward_kernel<F: Float>(
     #[comptime] block: usize,
     #[define(F)] _dtype: ElemType,
 ) {
-    let rows = x.shape(0);
     let d = x.shape(1);
-    let row = CUBE_POS;
-    if row >= rows {
-        terminate!();
-    }
     let unit = UNIT_POS as usize;
-    let base = row * d;
     let mut partial = Shared::<[f32]>::new_slice(block);
-    let squares = row_sum_squares::<F>(x, base, d, &mut partial, block);
+    let (r, base) = row_inv_rms::<F>(x, &mut partial, eps, block);
     let mut dot = 0.0f32;
     let mut i = unit;
     while i < d {
@@ -107,9 +102,7 @@ pub(super) fn rms_norm_backward_kernel<F: Float>(
     }
     partial[unit] = dot;
     let dot = cube_sum(&mut partial, block);
-    let dn = f32::cast_from(d as u32);
-    let r = 1.0f32 / f32::sqrt(squares / dn + eps);
-    let coef = r * r * r * dot / dn;
+    let coef = r * r * r * dot / f32::cast_from(d as u32);
     let mut i = unit;
     while i < d {
         let v = f32::cast_from(x[base + i]);

@@ -57,6 +57,69 @@ impl Dims {
     fn row_at(&self, bi: usize, head: usize, i: usize) -> usize {
         (bi * self.h + head) * self.s + i
     }
+
+    /// The tasks of a pass over query blocks, in parallel: every (batch, head) split into
+    /// blocks of `BLOCK` rows.
+    fn query_blocks(self) -> impl IndexedParallelIterator<Item = QueryBlock> {
+        let blocks = self.s.div_ceil(BLOCK);
+        (0..self.b * self.h * blocks)
+            .into_par_iter()
+            .map(move |task| self.query_block(task, blocks))
+    }
+
+    /// Task `task` of [`Dims::query_blocks`], `blocks` per (batch, head).
+    fn query_block(&self, task: usize, blocks: usize) -> QueryBlock {
+        let (bh, blk) = (task / blocks, task % blocks);
+        let (bi, head) = (bh / self.h, bh % self.h);
+        let g = head / self.rep();
+        let (i0, i1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(self.s));
+        QueryBlock {
+            bi,
+            head,
+            i0,
+            rows: i1 - i0,
+            visible: self.offset() + i1,
+            q0: self.q_at(bi, i0, head),
+            kv0: self.kv_at(bi, 0, g),
+        }
+    }
+
+    /// `out = alpha · X·Yᵀ` `[rows, cols]` for `rows` rows of one head of a `[b, s, h, d]`
+    /// tensor (`x` starts at the first) and `cols` rows of one KV head of a `[b, t, kvh, d]`
+    /// tensor (`y` likewise): a block of scaled scores `Q·Kᵀ` or of `∂O·Vᵀ`.
+    fn times_kv_t(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        y: &[f32],
+        [rows, cols]: [usize; 2],
+        alpha: f32,
+    ) {
+        let (h, d, kvh) = (self.h, self.d, self.kvh);
+        matmul(
+            out,
+            false,
+            View::new(x, h * d, 1),
+            View::new(y, 1, kvh * d),
+            [rows, d, cols],
+            alpha,
+        );
+    }
+}
+
+/// The rows of one query-block task (see [`Dims::query_block`]).
+struct QueryBlock {
+    bi: usize,
+    head: usize,
+    /// First query row.
+    i0: usize,
+    rows: usize,
+    /// Keys the block's last row sees.
+    visible: usize,
+    /// Start of the block's first row in `[b, s, h, d]`.
+    q0: usize,
+    /// Start of its KV head's first key in `[b, t, kvh, d]`.
+    kv0: usize,
 }
 
 /// Forward. Writes `out` `[b, s, h, d]` and, when given, `lse` `[b, h, s]` (log-sum-exp of each
@@ -69,29 +132,15 @@ pub(super) fn forward(
     out: &mut [f32],
     mut lse: Option<&mut [f32]>,
 ) {
-    let Dims {
-        b, s, h, d, kvh, ..
-    } = dims;
-    let (rep, offset, scale) = (dims.rep(), dims.offset(), dims.scale());
-    let blocks = s.div_ceil(BLOCK);
-    let results: Vec<Block> = (0..b * h * blocks)
-        .into_par_iter()
-        .map(|task| {
-            let (bh, blk) = (task / blocks, task % blocks);
-            let (bi, head) = (bh / h, bh % h);
-            let g = head / rep;
-            let (i0, i1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(s));
-            let (rows, visible) = (i1 - i0, offset + i1);
-            let (q0, kv0) = (dims.q_at(bi, i0, head), dims.kv_at(bi, 0, g));
+    let Dims { d, kvh, .. } = dims;
+    let (offset, scale) = (dims.offset(), dims.scale());
+    let results: Vec<Block> = dims
+        .query_blocks()
+        .map(|blk| {
+            let QueryBlock { bi, head, i0, .. } = blk;
+            let (rows, visible, kv0) = (blk.rows, blk.visible, blk.kv0);
             let mut scores = vec![0.0f32; rows * visible];
-            matmul(
-                &mut scores,
-                false,
-                View::new(&q[q0..], h * d, 1),
-                View::new(&k[kv0..], 1, kvh * d),
-                [rows, d, visible],
-                scale,
-            );
+            dims.times_kv_t(&mut scores, &q[blk.q0..], &k[kv0..], [rows, visible], scale);
             let mut row_lse = vec![0.0f32; rows];
             dispatch(|| {
                 for (r, row) in scores.chunks_exact_mut(visible).enumerate() {
@@ -179,35 +228,18 @@ pub(super) fn backward(
     let (rep, offset, scale) = (dims.rep(), dims.offset(), dims.scale());
 
     // Pass 1: ∂Q and δ per (batch, head, query block).
-    let blocks = s.div_ceil(BLOCK);
-    let results: Vec<Block> = (0..b * h * blocks)
-        .into_par_iter()
-        .map(|task| {
-            let (bh, blk) = (task / blocks, task % blocks);
-            let (bi, head) = (bh / h, bh % h);
-            let g = head / rep;
-            let (i0, i1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(s));
-            let (rows, visible) = (i1 - i0, offset + i1);
-            let (q0, kv0) = (dims.q_at(bi, i0, head), dims.kv_at(bi, 0, g));
+    let results: Vec<Block> = dims
+        .query_blocks()
+        .map(|blk| {
+            let QueryBlock {
+                bi, head, i0, q0, ..
+            } = blk;
+            let (rows, visible, kv0) = (blk.rows, blk.visible, blk.kv0);
             let lse0 = dims.row_at(bi, head, i0);
             let mut p = vec![0.0f32; rows * visible];
-            matmul(
-                &mut p,
-                false,
-                View::new(&q[q0..], h * d, 1),
-                View::new(&k[kv0..], 1, kvh * d),
-                [rows, d, visible],
-                scale,
-            );
+            dims.times_kv_t(&mut p, &q[q0..], &k[kv0..], [rows, visible], scale);
             let mut ds = vec![0.0f32; rows * visible];
-            matmul(
-                &mut ds,
-                false,
-                View::new(&grad[q0..], h * d, 1),
-                View::new(&v[kv0..], 1, kvh * d),
-                [rows, d, visible],
-                1.0,
-            );
+            dims.times_kv_t(&mut ds, &grad[q0..], &v[kv0..], [rows, visible], 1.0);
             let delta: Vec<f32> = dispatch(|| {
                 let delta: Vec<f32> = (0..rows)
                     .map(|r| {
@@ -261,14 +293,7 @@ pub(super) fn backward(
             for head in g * rep..(g + 1) * rep {
                 let qs0 = dims.q_at(bi, i_start, head);
                 let row0 = dims.row_at(bi, head, i_start);
-                matmul(
-                    &mut p,
-                    false,
-                    View::new(&q[qs0..], h * d, 1),
-                    View::new(&k[kv0..], 1, kvh * d),
-                    [rows, d, keys],
-                    scale,
-                );
+                dims.times_kv_t(&mut p, &q[qs0..], &k[kv0..], [rows, keys], scale);
                 // Row r (query i_start + r) sees keys j0..=offset + i_start + r.
                 dispatch(|| {
                     probabilities(
@@ -286,14 +311,7 @@ pub(super) fn backward(
                     [keys, rows, d],
                     1.0,
                 );
-                matmul(
-                    &mut ds,
-                    false,
-                    View::new(&grad[qs0..], h * d, 1),
-                    View::new(&v[kv0..], 1, kvh * d),
-                    [rows, d, keys],
-                    1.0,
-                );
+                dims.times_kv_t(&mut ds, &grad[qs0..], &v[kv0..], [rows, keys], 1.0);
                 dispatch(|| score_grad(&mut ds, &p, keys, |r| delta[row0 + r]));
                 matmul(
                     &mut dk_blk,

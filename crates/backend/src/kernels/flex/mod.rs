@@ -4,15 +4,16 @@
 //! each input once, write each output once, split the work over rayon and vectorise through
 //! [`simd`]. Under autodiff the custom nodes of [`super::autodiff`] call the backward entries
 //! here, so a training step's RMSNorm, SwiGLU and attention run fused and in parallel in both
-//! directions. Inputs of another dtype than f32 take the tensor-op reference.
+//! directions; so does the LM head's tiled log-softmax ([`lm_head`]). Inputs of another dtype
+//! than f32 take the tensor-op reference (the LM head: its tile loop, [`super::lm_head`]).
 
 mod adamw;
 mod attention;
 mod gemm;
+mod lm_head;
 mod norm;
 mod simd;
 mod swiglu;
-mod target_logps;
 
 use std::mem::MaybeUninit;
 
@@ -21,6 +22,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
+use super::lm_head::VocabTiling;
+use super::ops::LmHeadOutput;
 use super::reference;
 use super::{FusedOps, MatmulOps};
 
@@ -86,134 +89,6 @@ pub(super) fn adamw_update<const D: usize>(
         );
     });
     (tensor(param), tensor(m), tensor(v))
-}
-
-/// The Flex primitives and host target ids of one tiled-head call.
-struct HeadInputs {
-    hidden: FlexTensor,
-    weight: FlexTensor,
-    ids: Vec<i64>,
-}
-
-impl HeadInputs {
-    fn new(
-        hidden: &Tensor<2>,
-        weight: &Tensor<2>,
-        targets: &Tensor<1, burn::tensor::Int>,
-    ) -> Option<Self> {
-        Some(Self {
-            hidden: hidden.clone().try_into_primitive::<Flex>().ok()?,
-            weight: weight.clone().try_into_primitive::<Flex>().ok()?,
-            ids: targets
-                .to_data()
-                .convert::<i64>()
-                .try_into_vec::<i64>()
-                .ok()?,
-        })
-    }
-
-    /// Strided views of `hidden` `[rows, hidden]` and `weight` `[hidden, vocab]`, and the
-    /// call's dimensions.
-    fn views(
-        &self,
-        tiling: crate::kernels::VocabTiling,
-    ) -> Option<(gemm::View<'_>, gemm::View<'_>, target_logps::Dims)> {
-        let (hv, [rows, hidden]) = view_2d(&self.hidden)?;
-        let (wv, [_, vocab]) = view_2d(&self.weight)?;
-        let dims = target_logps::Dims {
-            rows,
-            hidden,
-            vocab,
-            vocab_tile: tiling.vocab_tile,
-            row_block: tiling.row_block,
-        };
-        Some((hv, wv, dims))
-    }
-}
-
-/// [`crate::kernels::target_logps_forward`] on Flex.
-pub(super) fn target_logps_forward(
-    hidden: &Tensor<2>,
-    weight: &Tensor<2>,
-    targets: &Tensor<1, burn::tensor::Int>,
-    tiling: crate::kernels::VocabTiling,
-    with_stats: bool,
-    keep_logits: bool,
-) -> Option<crate::kernels::TargetLogps> {
-    let device = hidden.device();
-    let inputs = HeadInputs::new(hidden, weight, targets)?;
-    let (hv, wv, dims) = inputs.views(tiling)?;
-    let rows = dims.rows;
-    let (states, kept) = target_logps::forward(hv, wv, &inputs.ids, dims, with_stats, keep_logits);
-    let per_row = |f: fn(&target_logps::RowState) -> f32| {
-        tensor::<1>(FlexTensor::from_data(TensorData::new(
-            states.iter().map(f).collect::<Vec<f32>>(),
-            [rows],
-        )))
-    };
-    let stats = with_stats.then(|| {
-        let argmax: Vec<i64> = states.iter().map(target_logps::RowState::argmax).collect();
-        (
-            per_row(target_logps::RowState::entropy),
-            Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(argmax, [rows]), &device),
-        )
-    });
-    Some(crate::kernels::TargetLogps {
-        logps: per_row(target_logps::RowState::logp),
-        lse: per_row(target_logps::RowState::lse),
-        stats,
-        logits: kept.map(|k| {
-            let n = k.len();
-            tensor::<1>(FlexTensor::from_data(TensorData::new(k, [n])))
-        }),
-    })
-}
-
-/// [`crate::kernels::target_logps_backward`] on Flex.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn target_logps_backward(
-    hidden: &Tensor<2>,
-    weight: &Tensor<2>,
-    targets: &Tensor<1, burn::tensor::Int>,
-    lse: &Tensor<1>,
-    grad: &Tensor<1>,
-    tiling: crate::kernels::VocabTiling,
-    need_hidden: bool,
-    need_weight: bool,
-    logits: Option<Tensor<1>>,
-) -> Option<(Option<Tensor<2>>, Option<Tensor<2>>)> {
-    let inputs = HeadInputs::new(hidden, weight, targets)?;
-    let lse = lse.to_data().convert::<f32>().try_into_vec::<f32>().ok()?;
-    let grad = grad.to_data().convert::<f32>().try_into_vec::<f32>().ok()?;
-    let (hv, wv, dims) = inputs.views(tiling)?;
-    let (rows, h, vocab) = (dims.rows, dims.hidden, dims.vocab);
-    // The kept logits become the logit gradient in place (copied first if still shared).
-    let mut kept = match logits {
-        Some(t) => {
-            let p = owned_contiguous(t.try_into_primitive::<Flex>().ok()?);
-            (p.dtype() == DType::F32 && p.layout().shape().num_elements() == rows * vocab)
-                .then_some(p)
-        }
-        None => None,
-    };
-    let kept_slice = kept.as_mut().map(|p| p.storage_mut::<f32>());
-    let (dh, dwt) = target_logps::backward(
-        hv,
-        wv,
-        &inputs.ids,
-        &lse,
-        &grad,
-        dims,
-        need_hidden,
-        need_weight,
-        kept_slice,
-    );
-    let dh = dh.map(|d| tensor::<2>(FlexTensor::from_data(TensorData::new(d, [rows, h]))));
-    // ∂W was accumulated transposed (contiguous tile rows); hand it back as a `[hidden, vocab]`
-    // view: a tied embedding's gradient (`[vocab, hidden]`) is then this very buffer.
-    let dw =
-        dwt.map(|d| tensor::<2>(FlexTensor::from_data(TensorData::new(d, [vocab, h]))).transpose());
-    Some((dh, dw))
 }
 
 /// Minimum rows per rayon task: below this the split costs more than it saves.
@@ -569,6 +444,41 @@ impl FusedOps for Flex {
             FlexTensor::from_data(TensorData::new(dq, q_shape)),
             FlexTensor::from_data(TensorData::new(dk, k_shape.clone())),
             FlexTensor::from_data(TensorData::new(dv, k_shape)),
+        )
+    }
+
+    fn lm_head_logps(
+        hidden: FlexTensor,
+        weight: FlexTensor,
+        targets: FlexTensor,
+        tiling: VocabTiling,
+        with_stats: bool,
+        keep_logits: bool,
+    ) -> LmHeadOutput<Self> {
+        lm_head::logps(hidden, weight, targets, tiling, with_stats, keep_logits)
+    }
+
+    fn lm_head_logps_backward(
+        hidden: FlexTensor,
+        weight: FlexTensor,
+        targets: FlexTensor,
+        lse: FlexTensor,
+        grad: FlexTensor,
+        logits: FlexTensor,
+        tiling: VocabTiling,
+        need_hidden: bool,
+        need_weight: bool,
+    ) -> (Option<FlexTensor>, Option<FlexTensor>) {
+        lm_head::logps_backward(
+            hidden,
+            weight,
+            targets,
+            lse,
+            grad,
+            logits,
+            tiling,
+            need_hidden,
+            need_weight,
         )
     }
 }

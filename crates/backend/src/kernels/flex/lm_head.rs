@@ -8,17 +8,23 @@
 //! SmolLM2 training step (12 tiles of 1 020 × 4 096, forward and backward) left one core idle
 //! for a good part of the head.
 
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Flex, TensorMetadata, get_or_init_device_settings};
+use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
 use super::gemm::{View, matmul_parallel, matmul_parallel_uninit};
 use super::simd::{dispatch, exp};
+use super::{contiguous_f32, owned_contiguous, view_2d};
+use crate::kernels::lm_head::{self as tile_loop, VocabTiling, blocks};
+use crate::kernels::ops::LmHeadOutput;
 
 /// Rows per rayon task in the per-row passes.
 const MIN_ROWS_PER_TASK: usize = 4;
 
 /// The online state of one row.
 #[derive(Clone, Copy)]
-pub(super) struct RowState {
+struct RowState {
     /// Running max of the logits.
     max: f32,
     /// `Σ e^(z − max)`.
@@ -45,22 +51,22 @@ impl Default for RowState {
 
 impl RowState {
     /// `ln Σ e^z`.
-    pub(super) fn lse(&self) -> f32 {
+    fn lse(&self) -> f32 {
         self.max + self.sum.ln()
     }
 
     /// `log p(target)`.
-    pub(super) fn logp(&self) -> f32 {
+    fn logp(&self) -> f32 {
         self.picked - self.lse()
     }
 
     /// Entropy of the row's softmax, `ln s − Σ e^(z−m)(z−m) / s`.
-    pub(super) fn entropy(&self) -> f32 {
+    fn entropy(&self) -> f32 {
         self.sum.ln() - self.weighted / self.sum
     }
 
     /// Index of the first maximal logit.
-    pub(super) fn argmax(&self) -> i64 {
+    fn argmax(&self) -> i64 {
         self.best.1
     }
 
@@ -154,20 +160,14 @@ fn exp_sums(z: &[f32], m: f32, with_weighted: bool) -> (f32, f32) {
     )
 }
 
-/// Yields `(start, end)` blocks of `size` over `0..n`.
-fn blocks(n: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {
-    let size = size.max(1);
-    (0..n.div_ceil(size)).map(move |i| (i * size, ((i + 1) * size).min(n)))
-}
-
 /// Shapes and tiling of one call.
 #[derive(Clone, Copy)]
-pub(super) struct Dims {
-    pub rows: usize,
-    pub hidden: usize,
-    pub vocab: usize,
-    pub vocab_tile: usize,
-    pub row_block: usize,
+struct Dims {
+    rows: usize,
+    hidden: usize,
+    vocab: usize,
+    vocab_tile: usize,
+    row_block: usize,
 }
 
 /// Forward: the row states after every tile. `hidden` `[rows, hidden]`, `weight`
@@ -176,7 +176,7 @@ pub(super) struct Dims {
 /// With `keep_logits` the tiles are not overwritten but kept, one after the other in (row
 /// block, tile) order — `rows × vocab` values that [`backward`] then reads instead of
 /// recomputing them with a gemm.
-pub(super) fn forward(
+fn forward(
     hidden: View<'_>,
     weight: View<'_>,
     targets: &[i64],
@@ -232,7 +232,7 @@ pub(super) fn forward(
 /// `lse` and `grad` are per row. `kept` is [`forward`]'s kept logits (overwritten with the
 /// logit gradient); without them every tile is recomputed.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward(
+fn backward(
     hidden: View<'_>,
     weight: View<'_>,
     targets: &[i64],
@@ -315,4 +315,134 @@ pub(super) fn backward(
         }
     }
     (d_hidden, d_weight_t)
+}
+
+/// The host side of one kernel call: strided views of `hidden` `[rows, hidden]` and `weight`
+/// `[hidden, vocab]`, the target ids and the dimensions; `None` for inputs the kernel does not
+/// take (another dtype, negative strides), which then go through the tile loop.
+///
+/// # Panics
+/// On shapes that do not fit together or zero tile sizes: the kernel would index out of range.
+fn kernel_inputs<'a>(
+    hidden: &'a FlexTensor,
+    weight: &'a FlexTensor,
+    targets: &FlexTensor,
+    tiling: VocabTiling,
+) -> Option<(View<'a>, View<'a>, Vec<i64>, Dims)> {
+    let (hv, [rows, h]) = view_2d(hidden)?;
+    let (wv, [wh, vocab]) = view_2d(weight)?;
+    let ids = targets
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .ok()?;
+    assert!(
+        h == wh && ids.len() == rows && tiling.vocab_tile > 0 && tiling.row_block > 0,
+        "lm_head_logps: hidden [{rows}, {h}], weight [{wh}, {vocab}], {} targets, {tiling:?} \
+         (expected weight [hidden, vocab], one target per row, positive tiles)",
+        ids.len()
+    );
+    let dims = Dims {
+        rows,
+        hidden: h,
+        vocab,
+        vocab_tile: tiling.vocab_tile,
+        row_block: tiling.row_block,
+    };
+    Some((hv, wv, ids, dims))
+}
+
+fn flex_f32(data: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape.into()))
+}
+
+/// [`FusedOps::lm_head_logps`](crate::kernels::FusedOps::lm_head_logps) on Flex: the kernel
+/// for f32 inputs, the tile loop for the others.
+pub(super) fn logps(
+    hidden: FlexTensor,
+    weight: FlexTensor,
+    targets: FlexTensor,
+    tiling: VocabTiling,
+    with_stats: bool,
+    keep_logits: bool,
+) -> LmHeadOutput<Flex> {
+    let Some((hv, wv, ids, dims)) = kernel_inputs(&hidden, &weight, &targets, tiling) else {
+        let (logps, lse, stats) =
+            tile_loop::forward::<Flex>(hidden, weight, targets, tiling, with_stats);
+        return (logps, lse, stats, None);
+    };
+    let rows = dims.rows;
+    let (states, kept) = forward(hv, wv, &ids, dims, with_stats, keep_logits);
+    let per_row = |f: fn(&RowState) -> f32| flex_f32(states.iter().map(f).collect(), [rows]);
+    let stats = with_stats.then(|| {
+        let argmax: Vec<i64> = states.iter().map(RowState::argmax).collect();
+        // In the device's int dtype, like the tile loop's (and burn's) argmax.
+        let int_dtype = get_or_init_device_settings::<Flex>(&hidden.device()).int_dtype;
+        let argmax = TensorData::new(argmax, [rows]).convert_dtype(int_dtype.into());
+        (per_row(RowState::entropy), FlexTensor::from_data(argmax))
+    });
+    let kept = kept.map(|k| {
+        let n = k.len();
+        flex_f32(k, [n])
+    });
+    (per_row(RowState::logp), per_row(RowState::lse), stats, kept)
+}
+
+/// [`FusedOps::lm_head_logps_backward`](crate::kernels::FusedOps::lm_head_logps_backward) on
+/// Flex. The kept logits (`logits`, empty for none) become the logit gradient in place.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn logps_backward(
+    hidden: FlexTensor,
+    weight: FlexTensor,
+    targets: FlexTensor,
+    lse: FlexTensor,
+    grad: FlexTensor,
+    logits: FlexTensor,
+    tiling: VocabTiling,
+    need_hidden: bool,
+    need_weight: bool,
+) -> (Option<FlexTensor>, Option<FlexTensor>) {
+    let Some((hv, wv, ids, dims)) = kernel_inputs(&hidden, &weight, &targets, tiling) else {
+        return tile_loop::backward::<Flex>(
+            hidden,
+            weight,
+            targets,
+            lse,
+            grad,
+            tiling,
+            need_hidden,
+            need_weight,
+        );
+    };
+    let (rows, h, vocab) = (dims.rows, dims.hidden, dims.vocab);
+    let ((_, lse), (_, grad)) = (contiguous_f32(&lse), contiguous_f32(&grad));
+    assert!(
+        lse.len() == rows && grad.len() == rows,
+        "lm_head_logps_backward: {} log-sum-exps and {} gradients for {rows} rows",
+        lse.len(),
+        grad.len()
+    );
+    // Logits of another size (none kept: empty) are recomputed; kept ones are copied first
+    // only if still shared.
+    let mut kept = (logits.dtype() == DType::F32
+        && logits.layout().shape().num_elements() == rows * vocab)
+        .then(|| owned_contiguous(logits));
+    let kept_slice = kept.as_mut().map(|p| p.storage_mut::<f32>());
+    let (dh, dwt) = backward(
+        hv,
+        wv,
+        &ids,
+        &lse,
+        &grad,
+        dims,
+        need_hidden,
+        need_weight,
+        kept_slice,
+    );
+    let dh = dh.map(|d| flex_f32(d, [rows, h]));
+    // ∂W was accumulated transposed (contiguous tile rows); hand it back as a `[hidden, vocab]`
+    // view: a tied embedding's gradient (`[vocab, hidden]`) is then this very buffer.
+    let dw = dwt.map(|d| flex_f32(d, [vocab, h]).transpose(0, 1));
+    (dh, dw)
 }
