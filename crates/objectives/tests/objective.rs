@@ -57,12 +57,12 @@ fn pairs() -> Vec<PreferenceTokens> {
 fn unpaired() -> TrainRows {
     let row = |k: u32| UnpairedTokens {
         prompt_ids: vec![1 + k, 2 + k],
-        completion_ids: if k % 2 == 0 {
+        completion_ids: if k.is_multiple_of(2) {
             vec![3 + k, 4 + k]
         } else {
             vec![2 + k; 3]
         },
-        label: k % 2 == 0,
+        label: k.is_multiple_of(2),
     };
     TrainRows::Unpaired((0..3).map(row).collect())
 }
