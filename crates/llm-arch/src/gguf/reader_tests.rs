@@ -1,4 +1,5 @@
-//! Tests of the container parser and the reader API on GGUF images built in memory.
+//! Tests of the container parser and the reader API on GGUF images built in memory (a
+//! `#[cfg(test)]` module of `gguf/mod.rs`).
 
 #![allow(clippy::unwrap_used)]
 
