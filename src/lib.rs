@@ -18,9 +18,9 @@
 //! `examples/` and `benches/`.
 
 pub use temper_backend as backend;
+pub use temper_backend::burn;
 pub use temper_bench_eval as bench_eval;
 pub use temper_formats as formats;
-pub use temper_backend::burn;
 pub use temper_llm_arch as llm_arch;
 pub use temper_lora as lora;
 pub use temper_merge as merge;

@@ -3,7 +3,7 @@
 use burn::tensor::Device;
 use temper_llm_arch::LlamaForCausalLM;
 use temper_objectives::data::{Batch, PreferenceBatch};
-use temper_objectives::objective::ReferenceLogps;
+use temper_objectives::objective::{ReferenceLogps, stacked_pair_logps};
 use temper_objectives::{
     ChunkConfig, ModelReference, NoReference, ObjectiveError, RefCache, RefLogps,
     chunked_token_logps, lm_head_weight,
@@ -88,11 +88,7 @@ impl ReferenceLogps for RunReference<'_> {
     ) -> temper_objectives::Result<RefLogps> {
         match self.reference {
             Reference::Cache(cache) => cache.pair_logps(batch, rows, device),
-            _ => {
-                let sums = self.sequence_logps(&batch.batch)?;
-                let b = sums.len() / 2;
-                RefLogps::from_values(&sums[..b], &sums[b..], device)
-            }
+            _ => stacked_pair_logps(&self.sequence_logps(&batch.batch)?, device),
         }
     }
 }

@@ -18,7 +18,7 @@ mod reference;
 pub use batch::{BatchData, CollateOptions, MicroBatch};
 pub use config::ObjectiveConfig;
 pub use context::{LossContext, PolicyForward};
-pub use reference::{ModelReference, NoReference, ReferenceLogps};
+pub use reference::{ModelReference, NoReference, ReferenceLogps, stacked_pair_logps};
 
 use std::fmt;
 

@@ -33,10 +33,24 @@ pub trait ReferenceLogps {
         device: &Device,
     ) -> Result<RefLogps> {
         let _ = rows;
-        let sums = self.sequence_logps(&batch.batch)?;
-        let b = sums.len() / 2;
-        RefLogps::from_values(&sums[..b], &sums[b..], device)
+        stacked_pair_logps(&self.sequence_logps(&batch.batch)?, device)
     }
+}
+
+/// The reference log-probs of `[chosen; rejected]` row sums (what
+/// [`ReferenceLogps::pair_logps`] does by default, for sources that override it only in part).
+///
+/// # Errors
+/// An odd number of sums.
+pub fn stacked_pair_logps(sums: &[f32], device: &Device) -> Result<RefLogps> {
+    if !sums.len().is_multiple_of(2) {
+        return Err(ObjectiveError::Invalid(format!(
+            "{} reference sums for a [chosen; rejected] batch",
+            sums.len()
+        )));
+    }
+    let b = sums.len() / 2;
+    RefLogps::from_values(&sums[..b], &sums[b..], device)
 }
 
 /// No reference: every request is an error (objectives that need one are refused earlier by
