@@ -12,6 +12,9 @@ pub enum BackendError {
     /// The dtype string is not known.
     #[error("invalid dtype `{0}` (expected `f32`, `bf16` or `f16`)")]
     InvalidDType(String),
+    /// The training precision string is not known.
+    #[error("invalid precision `{0}` (expected `f32`, `bf16`, `f16`, `bf16-mixed` or `f16-mixed`)")]
+    InvalidPrecision(String),
     /// The device cannot compute in this dtype.
     #[error("device {device} does not support {dtype} arithmetic; use f32")]
     UnsupportedDType { device: String, dtype: String },

@@ -6,7 +6,9 @@
 //! * [`DeviceSpec`] parses `cpu`, `wgpu`, `wgpu:N`, `cuda:N` into a burn [`Device`], with or
 //!   without autodiff.
 //! * [`FloatPrecision`] is the compute dtype policy (`f32`, `bf16`, `f16`) and checks that a
-//!   device supports it.
+//!   device supports it; [`TrainPrecision`] is the training policy (`f32`, `bf16`,
+//!   `bf16-mixed`, `f16-mixed`, PyTorch AMP's meanings) and [`autocast`] the scope that rounds
+//!   the products' operands to its half type.
 //! * [`kernels`] is where the hot fused ops of the Llama family (RMSNorm, half-split rotary
 //!   embedding, SwiGLU, causal GQA attention) are chosen per backend through one burn backend
 //!   extension ([`kernels::FusedOps`]): `#[cube]` kernels with custom backward nodes on the
@@ -24,7 +26,9 @@ mod device;
 mod dtype;
 mod error;
 pub mod kernels;
+mod precision;
 
 pub use device::{BackendKind, DeviceSpec};
 pub use dtype::FloatPrecision;
 pub use error::BackendError;
+pub use precision::{AutocastGuard, HalfType, TrainPrecision, autocast, autocast_type};

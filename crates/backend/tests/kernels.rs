@@ -521,6 +521,7 @@ fn check_matmul(m: usize, k: usize, n: usize, seed: u64) {
                         rhs.clone().into_dispatch(),
                         tl,
                         tr,
+                        None,
                     ))
                 } else {
                     op(lhs.clone(), tl).matmul(op(rhs.clone(), tr))

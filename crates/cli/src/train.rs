@@ -67,6 +67,11 @@ pub struct TrainArgs {
     /// cpu, wgpu, wgpu:N or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// f32, bf16-mixed (f32 master weights, bf16 products; TRL's `bf16=True`), f16-mixed (with
+    /// a dynamic loss scale; `fp16=True`), or pure bf16 / f16 storage. Default: the config's,
+    /// else f32.
+    #[arg(long)]
+    pub precision: Option<temper_backend::TrainPrecision>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -165,6 +170,9 @@ pub fn stage_from_args(args: &TrainArgs) -> Result<StageConfig> {
     }
     if let Some(d) = &args.device {
         stage.device = d.clone();
+    }
+    if let Some(p) = args.precision {
+        stage.precision = p.to_string();
     }
     stage.validate()?;
     Ok(stage)

@@ -302,7 +302,12 @@ impl LlamaForCausalLM {
         let device = self.device();
         let positions = self.positions(b, s, past, options)?;
         let (cos, sin) = self.rope.tables(&positions, &device);
-        let dtype = self.model.embed_tokens.weight.val().dtype();
+        // Activations are f32 on the CPU whatever the weights' storage (see
+        // `temper_backend::kernels::activation_dtype`).
+        let dtype = temper_backend::kernels::activation_dtype(
+            &device,
+            self.model.embed_tokens.weight.val().dtype(),
+        );
         let (cos, sin) = (cos.cast(dtype), sin.cast(dtype));
         let mask = build_mask(
             b,
@@ -313,6 +318,9 @@ impl LlamaForCausalLM {
             &device,
         )?;
         let mut x = self.model.embed_tokens.forward(input_ids);
+        if x.dtype() != dtype {
+            x = x.cast(dtype);
+        }
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, cos.clone(), sin.clone(), mask.clone(), layer_cache);

@@ -69,6 +69,21 @@ pub fn inject(
     config: &LoraConfig,
     device: &Device,
 ) -> Result<LlamaForCausalLM> {
+    inject_with_dtype(model, config, device, None)
+}
+
+/// [`inject`] with the adapters stored in `adapter_dtype` (`None`: the base weight's dtype).
+/// Mixed-precision training keeps f32 adapters (and so f32 optimizer state) on a bf16 or f16
+/// base, PEFT's `autocast_adapter_dtype=True`.
+///
+/// # Errors
+/// As [`inject`].
+pub fn inject_with_dtype(
+    model: LlamaForCausalLM,
+    config: &LoraConfig,
+    device: &Device,
+    adapter_dtype: Option<DType>,
+) -> Result<LlamaForCausalLM> {
     config.validate()?;
     let matcher = config
         .target_matcher()?
@@ -84,7 +99,7 @@ pub fn inject(
             return Err(LoraError::AlreadyInjected(path));
         }
         let (d_in, d_out) = proj.dims();
-        let dtype = proj.weight.val().dtype();
+        let dtype = adapter_dtype.unwrap_or_else(|| proj.weight.val().dtype());
         let r = config.rank_for(&path);
         let (a, b) = init_weights(&config.init_lora_weights, d_in, d_out, r, device);
         proj.lora = Some(LoraAdapter {

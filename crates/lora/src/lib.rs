@@ -31,8 +31,8 @@ mod peft;
 mod supported;
 
 pub use adapter::{
-    adapter_paths, inject, merge, merge_and_unload, num_trainable_params, projections,
-    projections_mut, set_adapters_enabled, unload, unmerge, with_adapters_disabled,
+    adapter_paths, inject, inject_with_dtype, merge, merge_and_unload, num_trainable_params,
+    projections, projections_mut, set_adapters_enabled, unload, unmerge, with_adapters_disabled,
 };
 pub use adapter_dir::{is_adapter_dir, load_merged_adapter, resolve_base_model};
 pub use error::{LoraError, Result};

@@ -29,6 +29,7 @@ use temper_llm_arch::LlamaForCausalLM;
 use temper_llm_arch::checkpoint::{SafetensorsSource, load_weights, save_safetensors};
 
 use crate::finetune::FineTuning;
+use crate::loss_scale::LossScaleState;
 use crate::metrics::LogRecord;
 use crate::{Result, TrainError};
 
@@ -81,6 +82,13 @@ pub struct TrainerState {
     pub num_tokens: f64,
     /// Every logged row so far (train and eval).
     pub log_history: Vec<LogRecord>,
+    /// The run's precision (`f32`, `bf16-mixed`, ...), checked on resume. Absent in
+    /// checkpoints written before it was recorded (then f32).
+    #[serde(default)]
+    pub precision: Option<String>,
+    /// The f16-mixed loss scaler's state.
+    #[serde(default)]
+    pub loss_scale: Option<LossScaleState>,
 }
 
 /// Gives every float parameter the id `index in visit order`: fresh and reloaded models of

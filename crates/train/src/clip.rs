@@ -56,18 +56,23 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Multiplies every gradient of `module`'s parameters by `factor` (the loss scaler's unscale).
+pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, factor: f64) {
+    let mut v = Scale {
+        grads,
+        factor,
+        seen: Vec::new(),
+    };
+    module.visit(&mut v);
+}
+
 /// Clips the gradients to a global norm of `max_norm` and returns the norm *before* clipping
 /// (what HF logs as `grad_norm`). Gradients are left untouched when the factor is ≥ 1.
 pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
     let norm = global_grad_norm(module, grads);
     let factor = max_norm / (norm + 1e-6);
     if factor < 1.0 {
-        let mut v = Scale {
-            grads,
-            factor,
-            seen: Vec::new(),
-        };
-        module.visit(&mut v);
+        scale_grads(module, grads, factor);
     }
     norm
 }

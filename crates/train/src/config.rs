@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use temper_lora::{LoraConfig, LoraConfigExt, TargetModules};
 use temper_objectives::ObjectiveConfig;
 
+use crate::loss_scale::LossScaleConfig;
 use crate::{Result, TrainError};
 
 /// LR schedule after warm-up (HF `lr_scheduler_type`); every one warms up linearly first.
@@ -77,6 +78,8 @@ pub struct TrainerConfig {
     pub output_dir: PathBuf,
     /// Vocabulary tile of the chunked log-probs (no `[batch, seq, vocab]` logits). Default 4096.
     pub vocab_tile: usize,
+    /// f16-mixed only: the dynamic loss scale (`torch.amp.GradScaler`'s settings).
+    pub loss_scale: LossScaleConfig,
     /// Gradient checkpointing (HF's name): burn's balanced strategy recomputes memory-bound
     /// activations in the backward pass instead of keeping them. Same losses and gradients,
     /// less activation memory, more compute. Default false.
@@ -108,6 +111,7 @@ impl Default for TrainerConfig {
             save_total_limit: None,
             output_dir: PathBuf::from("output"),
             vocab_tile: 4096,
+            loss_scale: LossScaleConfig::default(),
             gradient_checkpointing: false,
         }
     }
@@ -134,6 +138,7 @@ impl TrainerConfig {
     /// # Errors
     /// The first invalid key.
     pub fn validate_hyperparameters(&self) -> Result<()> {
+        self.loss_scale.validate().map_err(bad)?;
         if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
             return Err(bad(format!(
                 "learning_rate must be ≥ 0, got {}",
@@ -294,7 +299,7 @@ pub struct StageConfig {
     /// `cpu`, `wgpu`, `wgpu:N`, `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
-    /// `f32`, `bf16`, `f16` (weights and compute).
+    /// `f32`, `bf16-mixed`, `f16-mixed`, `bf16`, `f16` (see `temper_backend::TrainPrecision`).
     #[serde(default = "default_precision")]
     pub precision: String,
     /// Resume from the newest checkpoint in `trainer.output_dir` when there is one.
@@ -380,6 +385,9 @@ impl StageConfig {
     /// The first invalid value.
     pub fn validate(&self) -> Result<()> {
         self.trainer.validate()?;
+        self.precision
+            .parse::<temper_backend::TrainPrecision>()
+            .map_err(|e| bad(format!("precision: {e}")))?;
         match &self.lora {
             Some(l) => l
                 .to_lora_config()

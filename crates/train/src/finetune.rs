@@ -137,6 +137,25 @@ impl LoraFineTuning {
     pub fn inject(&self, model: LlamaForCausalLM, device: &Device) -> Result<LlamaForCausalLM> {
         Ok(temper_lora::inject(model, &self.config, device)?)
     }
+
+    /// [`inject`](Self::inject) with the adapters stored in `dtype` (`None`: the base's dtype);
+    /// mixed precision keeps f32 adapters on a half-type base.
+    ///
+    /// # Errors
+    /// As [`inject`](Self::inject).
+    pub fn inject_with_dtype(
+        &self,
+        model: LlamaForCausalLM,
+        device: &Device,
+        dtype: Option<burn::tensor::DType>,
+    ) -> Result<LlamaForCausalLM> {
+        Ok(temper_lora::inject_with_dtype(
+            model,
+            &self.config,
+            device,
+            dtype,
+        )?)
+    }
 }
 
 /// The ids of the adapter matrices of `model`, in visit order.

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use burn::module::Module;
-use temper_backend::{DeviceSpec, FloatPrecision};
+use temper_backend::{DeviceSpec, TrainPrecision};
 use temper_llm_arch::{ChatTemplate, LlamaForCausalLM, Pretrained, SpecialTokens, Tokenizer};
 use temper_objectives::data::{Preprocessor, RowOptions, TrainRows, read_train_rows};
 use temper_objectives::{RefCache, dataset_fingerprint};
@@ -32,7 +32,7 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     config.validate()?;
     let tc = &config.trainer;
     let spec: DeviceSpec = config.device.parse()?;
-    let precision: FloatPrecision = config.precision.parse()?;
+    let precision: TrainPrecision = config.precision.parse()?;
     let train_device = spec.with_autodiff(true).device()?;
     // The strategy is a property of the parameters, fixed by the device they are created on
     // (a later `to_device` keeps it), so the policy is loaded straight onto this device.
@@ -43,7 +43,14 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     };
     let plain_device = spec.with_autodiff(false).device()?;
 
-    let pretrained = Pretrained::load(&config.model, &train_device, precision)?;
+    // Trained weights in the master dtype (f32 under mixed precision); a LoRA base is frozen
+    // and stored in the compute dtype, as PEFT users load it (`torch_dtype=bfloat16`).
+    let storage = if config.lora.is_some() {
+        precision.frozen()
+    } else {
+        precision.master()
+    };
+    let pretrained = Pretrained::load(&config.model, &train_device, storage)?;
     let pre = Preprocessor::load(&config.model)?;
     let objective = tc.objective.build();
     let rows = RowOptions {
@@ -66,7 +73,7 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
             ReferenceConfig::InitialPolicy if lora.is_some() => Reference::FromFineTuning,
             ReferenceConfig::InitialPolicy => Reference::Model(pretrained.model.valid()),
             ReferenceConfig::Model { path } => {
-                Reference::Model(Pretrained::load(path, &plain_device, precision)?.model)
+                Reference::Model(Pretrained::load(path, &plain_device, precision.frozen())?.model)
             }
             ReferenceConfig::Cache { path } => {
                 let cache = RefCache::load_unchecked(path)?;
@@ -102,14 +109,16 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     let model = match &lora {
         Some(l) => {
             train_device.seed(tc.seed);
-            l.inject(model, &train_device)?
+            let adapters = precision.is_mixed().then_some(burn::tensor::DType::F32);
+            l.inject_with_dtype(model, &train_device, adapters)?
         }
         None => model,
     };
     let data = TrainData { train, eval };
     let mut trainer =
         Trainer::with_objective(model, tc.clone(), objective, data, reference, pad_id)?
-            .with_progress(progress);
+            .with_progress(progress)
+            .with_precision(precision);
     if let Some(l) = &lora {
         trainer = trainer.with_fine_tuning(Box::new(l.clone()));
     }
@@ -140,7 +149,8 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
                 special,
                 source,
             };
-            trained.save(out, precision)?;
+            // What the weights were trained in: the master dtype, or a merged LoRA's base.
+            trained.save(out, storage)?;
         }
     }
     Ok(summary)

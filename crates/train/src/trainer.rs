@@ -24,6 +24,7 @@ use burn::module::{Module, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Device};
 use indicatif::{ProgressBar, ProgressStyle};
+use temper_backend::TrainPrecision;
 use temper_llm_arch::{LlamaForCausalLM, ModelConfig};
 use temper_objectives::data::TrainRows;
 use temper_objectives::{
@@ -36,11 +37,12 @@ use crate::checkpoint::{
     TrainerState, assign_param_ids, latest_checkpoint, load_checkpoint, prune_checkpoints,
     save_checkpoint,
 };
-use crate::clip::{clip_grad_norm, global_grad_norm};
+use crate::clip::{clip_grad_norm, global_grad_norm, scale_grads};
 use crate::config::TrainerConfig;
 use crate::data::DataOrder;
 use crate::finetune::{FineTuning, FullFineTuning};
 use crate::grad_checkpointing::with_gradient_checkpointing;
+use crate::loss_scale::{GradScaler, ScaledStep};
 use crate::metrics::{LogRecord, append_jsonl, average, plot_loss_curve, rewrite_jsonl};
 use crate::reference::{Reference, RunReference};
 use crate::schedule::LrSchedule;
@@ -79,8 +81,9 @@ pub struct TrainData {
     pub eval: Option<TrainRows>,
 }
 
-/// One optimizer step's figures: `(window loss, averaged metrics, tokens, grad norm)`.
-type StepFigures = (f64, Metrics, usize, f64);
+/// One optimizer step's figures: `(window loss, averaged metrics, tokens, grad norm)`; the
+/// norm is `None` for a step skipped by the loss scaler.
+type StepFigures = (f64, Metrics, usize, Option<f64>);
 
 /// A trainer for one stage.
 pub struct Trainer {
@@ -101,6 +104,8 @@ pub struct Trainer {
     last_checkpoint: Option<PathBuf>,
     progress: bool,
     stop_after: Option<usize>,
+    precision: TrainPrecision,
+    scaler: Option<GradScaler>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -201,6 +206,8 @@ impl Trainer {
             objective: objective.name().to_string(),
             num_tokens: 0.0,
             log_history: Vec::new(),
+            precision: None,
+            loss_scale: None,
         };
         Ok(Self {
             optim: adamw(&config).init(),
@@ -220,7 +227,29 @@ impl Trainer {
             last_checkpoint: None,
             progress: false,
             stop_after: None,
+            precision: TrainPrecision::F32,
+            scaler: None,
         })
+    }
+
+    /// Trains with `precision` (see [`TrainPrecision`]): products under
+    /// [`temper_backend::autocast`] with its half type, and with `f16-mixed` a dynamic loss
+    /// scale (`config.loss_scale`). The model's storage is the caller's choice: f32 master
+    /// weights for the mixed modes, the half type for `bf16`/`f16` (what `run_stage` loads).
+    #[must_use]
+    pub fn with_precision(mut self, precision: TrainPrecision) -> Self {
+        self.precision = precision;
+        self.scaler = precision
+            .loss_scaling()
+            .then(|| GradScaler::new(self.config.loss_scale));
+        self.state.precision = Some(precision.to_string());
+        self.state.loss_scale = self.scaler.as_ref().map(GradScaler::state);
+        self
+    }
+
+    /// The training precision.
+    pub fn precision(&self) -> TrainPrecision {
+        self.precision
     }
 
     /// Uses another fine-tuning method (LoRA).
@@ -308,6 +337,14 @@ impl Trainer {
                 self.state.total_steps.to_string(),
             ));
         }
+        let theirs = s.precision.as_deref().unwrap_or("f32");
+        if theirs != self.precision.to_string() {
+            return Err(mismatch(
+                "precision",
+                theirs.to_string(),
+                self.precision.to_string(),
+            ));
+        }
         let optim = adamw(&self.config)
             .init()
             .from_bytes(Bytes::from_bytes_vec(loaded.optimizer))
@@ -322,6 +359,9 @@ impl Trainer {
             loaded.model
         };
         self.state = loaded.state;
+        if let (Some(scaler), Some(saved)) = (&mut self.scaler, self.state.loss_scale) {
+            *scaler = GradScaler::from_state(self.config.loss_scale, saved);
+        }
         self.last_checkpoint = Some(dir.to_path_buf());
         std::fs::create_dir_all(&self.config.output_dir)
             .map_err(|e| TrainError::io(&self.config.output_dir, e))?;
@@ -434,6 +474,7 @@ impl Trainer {
     /// # Errors
     /// I/O failures.
     pub fn save(&mut self) -> Result<PathBuf> {
+        self.state.loss_scale = self.scaler.as_ref().map(GradScaler::state);
         let dir = save_checkpoint(
             &self.config.output_dir,
             &self.model,
@@ -462,18 +503,29 @@ impl Trainer {
         bar
     }
 
-    fn train_record(&self, window: &[(f64, Metrics)], grad_norm: f64, lr: f64) -> LogRecord {
+    fn train_record(
+        &self,
+        window: &[(f64, Metrics)],
+        grad_norm: Option<f64>,
+        lr: f64,
+    ) -> LogRecord {
         let n = window.len().max(1) as f64;
         let loss = window.iter().map(|(l, _)| l).sum::<f64>() / n;
-        let mut values = vec![
-            ("loss".to_string(), loss),
-            ("grad_norm".to_string(), grad_norm),
+        let mut values = vec![("loss".to_string(), loss)];
+        // A step the loss scaler skipped has no meaningful norm (it overflowed).
+        values.extend(grad_norm.map(|g| ("grad_norm".to_string(), g)));
+        if let Some(scaler) = &self.scaler {
+            let state = scaler.state();
+            values.push(("loss_scale".to_string(), state.scale));
+            values.push(("skipped_steps".to_string(), state.skipped_steps as f64));
+        }
+        values.extend([
             ("learning_rate".to_string(), lr),
             (
                 "epoch".to_string(),
                 self.order.epoch_at(self.state.next_micro_batch),
             ),
-        ];
+        ]);
         values.extend(average(window.iter().map(|(_, m)| m)));
         for (name, v) in values.iter_mut() {
             if name == "num_tokens" {
@@ -501,6 +553,10 @@ impl Trainer {
         let num_items = (token_sum && num_items > 0).then_some(num_items);
         let tokens: usize = batches.iter().map(MicroBatch::tokens).sum();
 
+        // Products round to the precision's half type (forward and the backward nodes it
+        // records); everything else stays in the storage dtype.
+        let _autocast = temper_backend::autocast(self.precision.compute());
+        let loss_scale = self.scaler.as_ref().map(GradScaler::scale);
         let mut accumulator = GradientsAccumulator::<LlamaForCausalLM>::new();
         let mut window_loss = 0.0;
         let mut metrics = Vec::with_capacity(ga);
@@ -519,6 +575,10 @@ impl Trainer {
             }
             window_loss += value;
             metrics.push(out.metrics);
+            let loss = match loss_scale {
+                Some(scale) => loss.mul_scalar(scale),
+                None => loss,
+            };
             let mut grads = loss.backward();
             let params = match &self.trainable {
                 None => GradientsParams::from_module(&mut grads, &self.model),
@@ -527,6 +587,22 @@ impl Trainer {
             accumulator.accumulate(&self.model, params);
         }
         let mut grads = accumulator.grads();
+        if let Some(scaler) = &mut self.scaler {
+            // torch's `unscale_` → `step` (skipped on inf/NaN) → `update`.
+            let scaled_norm = global_grad_norm(&self.model, &grads);
+            match scaler.update(scaled_norm) {
+                ScaledStep::Skip => {
+                    // Named in the metrics: no `grad_norm`, `skipped_steps` + 1, the new
+                    // `loss_scale`.
+                    self.state.step = step_no;
+                    self.state.next_micro_batch = first + ga;
+                    self.state.num_tokens += tokens as f64;
+                    let metrics = average(metrics.iter()).into_iter().collect();
+                    return Ok((window_loss, metrics, tokens, None));
+                }
+                ScaledStep::Apply { unscale } => scale_grads(&self.model, &mut grads, unscale),
+            }
+        }
         let grad_norm = match self.config.clip_norm() {
             Some(max) => clip_grad_norm(&self.model, &mut grads, max),
             None => global_grad_norm(&self.model, &grads),
@@ -549,7 +625,7 @@ impl Trainer {
             window_loss,
             average(metrics.iter()).into_iter().collect(),
             tokens,
-            grad_norm,
+            Some(grad_norm),
         ))
     }
 
@@ -581,6 +657,7 @@ impl Trainer {
             return Ok(None);
         }
         let model = self.model.valid();
+        let _autocast = temper_backend::autocast(self.precision.compute());
         let n = eval.len();
         let bs = self.config.batch_size;
         let mut losses = Vec::new();

@@ -14,8 +14,8 @@ use temper_llm_arch::{ForwardOptions, LlamaForCausalLM};
 use temper_objectives::data::{PackOptions, UnpairedTokens, pack_documents};
 use temper_objectives::{CausalLmConfig, CpoConfig, DpoConfig, KtoConfig, OrpoConfig};
 use temper_train::{
-    LrSchedule, ObjectiveConfig, Reference, ScheduleKind, StageConfig, TrainError, TrainRows,
-    Trainer, clip_grad_norm, global_grad_norm, with_gradient_checkpointing,
+    LrSchedule, ObjectiveConfig, Reference, ScheduleKind, StageConfig, TrainError, TrainPrecision,
+    TrainRows, Trainer, clip_grad_norm, global_grad_norm, with_gradient_checkpointing,
 };
 
 mod common;
@@ -205,6 +205,23 @@ fn weights(m: &LlamaForCausalLM) -> Vec<(String, Vec<u32>)> {
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
+    resumed_run_equals_uninterrupted_run_in(TrainPrecision::F32);
+}
+
+/// Mixed precision resumes bit-exactly too: the f32 master weights and the AdamW moments are
+/// in the checkpoint, the half-type rounding is a function of them.
+#[test]
+fn resumed_bf16_mixed_run_equals_uninterrupted_run() {
+    resumed_run_equals_uninterrupted_run_in(TrainPrecision::Bf16Mixed);
+}
+
+/// … and f16-mixed carries its loss scale through the checkpoint.
+#[test]
+fn resumed_f16_mixed_run_equals_uninterrupted_run() {
+    resumed_run_equals_uninterrupted_run_in(TrainPrecision::F16Mixed);
+}
+
+fn resumed_run_equals_uninterrupted_run_in(precision: TrainPrecision) {
     let init = tiny_model();
     let cfg = |dir: &Path| {
         let mut c = config(ObjectiveConfig::Sft(CausalLmConfig::default()), dir, 6);
@@ -214,6 +231,10 @@ fn resumed_run_equals_uninterrupted_run() {
         c.lr_scheduler_type = ScheduleKind::Cosine;
         c.warmup_steps = 2;
         c.learning_rate = 5e-3;
+        // A scale that does not overflow the tiny model's gradients, growing every 2 steps so
+        // the resumed run must restore it.
+        c.loss_scale.init_scale = 1024.0;
+        c.loss_scale.growth_interval = 2;
         c
     };
     let rows = || TrainRows::Sequences(sft_rows());
@@ -227,7 +248,8 @@ fn resumed_run_equals_uninterrupted_run() {
         Reference::None,
         0,
     )
-    .unwrap();
+    .unwrap()
+    .with_precision(precision);
     let summary_a = full.train().unwrap();
     assert_eq!(summary_a.steps, 6);
 
@@ -241,13 +263,32 @@ fn resumed_run_equals_uninterrupted_run() {
         0,
     )
     .unwrap()
+    .with_precision(precision)
     .with_stop_after(Some(3));
     let stopped = first.train().unwrap();
     assert!(stopped.stopped_early);
     assert_eq!(stopped.steps, 3);
     drop(first);
     // "Killed" after step 3: the newest checkpoint is step 2; resume from it.
-    let mut second = Trainer::new(init, cfg(b.path()), rows(), None, Reference::None, 0).unwrap();
+    let mut other = Trainer::new(
+        init.clone(),
+        cfg(b.path()),
+        rows(),
+        None,
+        Reference::None,
+        0,
+    )
+    .unwrap()
+    .with_precision(if precision == TrainPrecision::F32 {
+        TrainPrecision::Bf16Mixed
+    } else {
+        TrainPrecision::F32
+    });
+    let err = other.resume_latest().unwrap_err().to_string();
+    assert!(err.contains("precision is"), "{err}");
+    let mut second = Trainer::new(init, cfg(b.path()), rows(), None, Reference::None, 0)
+        .unwrap()
+        .with_precision(precision);
     assert!(second.resume_latest().unwrap());
     assert_eq!(second.state().step, 2);
     let summary_b = second.train().unwrap();
@@ -257,6 +298,14 @@ fn resumed_run_equals_uninterrupted_run() {
     assert_eq!(summary_a.log_history, summary_b.log_history);
     let jsonl = |d: &Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
     assert_eq!(jsonl(a.path()), jsonl(b.path()));
+    if precision == TrainPrecision::F16Mixed {
+        let scales: Vec<f64> = summary_b
+            .log_history
+            .iter()
+            .filter_map(|r| r.get("loss_scale"))
+            .collect();
+        assert_eq!(scales, [1024.0, 2048.0, 2048.0, 4096.0, 4096.0, 8192.0]);
+    }
 }
 
 #[test]

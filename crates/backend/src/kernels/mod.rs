@@ -36,7 +36,9 @@ pub use ops::FusedOps;
 pub use optim::{AdamWStep, adamw_update, reference_adamw_update};
 
 use burn::backend::Dispatch;
-use burn::tensor::{DType, Device, Int, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor};
+
+use crate::HalfType;
 
 /// Which implementation a fused op runs with on a given device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,26 +163,81 @@ pub fn kernel_path(device: &Device, dtype: DType) -> KernelPath {
     KernelPath::Reference
 }
 
+/// The half type a product on `device` of operands of `dtypes` runs with through
+/// [`MatmulOps`] (`Some(None)`: f32), or `None` for burn's matmul.
+///
+/// Flex takes [`MatmulOps`] under autodiff (gemm called directly, gradients only for tracked
+/// inputs), under [`autocast`](crate::autocast) and whenever an operand is stored in a half type
+/// (operands rounded, f32 accumulation). f32 inference keeps burn's matmul: the numerics the
+/// parity and PEFT-merge tests were measured with (burn-flex's output copy costs little next
+/// to the forward's own gemms). GPU backends keep burn's matmul.
+///
+/// `always`: take [`MatmulOps`] for f32 inference too.
+fn flex_product(device: &Device, dtypes: &[DType], always: bool) -> Option<Option<HalfType>> {
+    if is_gpu(device)
+        || !on_fused_ops_backend(device)
+        || forced_reference(FusedOp::Linear)
+        || !dtypes
+            .iter()
+            .all(|d| matches!(d, DType::F32 | DType::BF16 | DType::F16))
+    {
+        return None;
+    }
+    let half = crate::autocast_type();
+    let needed =
+        always || device.is_autodiff() || half.is_some() || dtypes.iter().any(|d| *d != DType::F32);
+    needed.then_some(half)
+}
+
+/// `t` in `dtype` (a no-op when it already is).
+fn cast_to<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if t.dtype() == dtype {
+        return t;
+    }
+    match dtype {
+        DType::BF16 => t.cast(FloatDType::BF16),
+        DType::F16 => t.cast(FloatDType::F16),
+        DType::F64 => t.cast(FloatDType::F64),
+        _ => t.cast(FloatDType::F32),
+    }
+}
+
+/// burn's `linear` with the weight (and bias) in `x`'s dtype.
+fn burn_linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let dtype = x.dtype();
+    burn::tensor::module::linear(x, cast_to(weight, dtype), bias.map(|b| cast_to(b, dtype)))
+}
+
+/// `out + bias` (broadcast over the last dimension), the bias in `out`'s dtype.
+fn add_bias<const D: usize>(out: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    match bias {
+        Some(b) => {
+            let dtype = out.dtype();
+            out + cast_to(b, dtype).unsqueeze::<D>()
+        }
+        None => out,
+    }
+}
+
 /// `x · weight + bias` over the last dimension, as burn's `linear` (`weight` `[in, out]`, the
 /// transpose of PyTorch's): `x` `[..., in]` → `[..., out]`.
 ///
-/// Training on Flex (f32 under autodiff) goes through [`MatmulOps`]: gemm called directly,
-/// gradients only for tracked inputs. Inference and other devices use burn's `linear` (the
-/// numerics the parity and PEFT-merge tests were measured with; burn-flex's output copy costs
-/// little there next to the forward's own gemms).
+/// On Flex see [`flex_product`]: under [`autocast`](crate::autocast) or with a bf16/f16 weight
+/// the operands are rounded to the half type and accumulated in f32 (an f32 `x` gives an f32
+/// output). Elsewhere burn's `linear`, the weight cast to `x`'s dtype if they differ.
 pub fn linear<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
     let device = x.device();
-    let fused = kernel_path_for(FusedOp::Linear, &device, x.dtype()) == KernelPath::Fused
-        && device.is_autodiff()
-        && !is_gpu(&device)
-        && weight.dtype() == x.dtype();
-    if !fused {
-        return burn::tensor::module::linear(x, weight, bias);
-    }
+    let Some(half) = flex_product(&device, &[x.dtype(), weight.dtype()], false) else {
+        return burn_linear(x, weight, bias);
+    };
     let mut shape = x.dims();
     let d_in = shape[D - 1];
     let d_out = weight.dims()[1];
@@ -190,21 +247,18 @@ pub fn linear<const D: usize>(
         weight.into_dispatch(),
         false,
         false,
+        half,
     ));
     shape[D - 1] = d_out;
-    let out = out.reshape(shape);
-    match bias {
-        Some(b) => out + b.unsqueeze::<D>(),
-        None => out,
-    }
+    add_bias(out.reshape(shape), bias)
 }
 
 /// A projection with a LoRA adapter, `x·W + bias + scale·(x·A)·B` (`weight` `[in, out]`,
 /// `lora_a` `[in, r]`, `lora_b` `[r, out]`): `x` `[..., in]` → `[..., out]`.
 ///
-/// Training on Flex (f32 under autodiff): one [`MatmulOps::lora_linear`] node, the update
-/// accumulated into the base product by gemm and the backward computing only what tracked
-/// inputs need. Elsewhere the composition of burn ops (same values up to rounding).
+/// On Flex (see [`flex_product`]): one [`MatmulOps::lora_linear`] node, the update accumulated
+/// into the base product by gemm and the backward computing only what tracked inputs need.
+/// Elsewhere the composition of burn ops (same values up to rounding).
 pub fn lora_linear<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
@@ -214,21 +268,11 @@ pub fn lora_linear<const D: usize>(
     scale: f64,
 ) -> Tensor<D> {
     let device = x.device();
-    let dtype = x.dtype();
-    let fused = kernel_path_for(FusedOp::Linear, &device, dtype) == KernelPath::Fused
-        && device.is_autodiff()
-        && !is_gpu(&device)
-        && [&weight, &lora_a, &lora_b]
-            .iter()
-            .all(|t| t.dtype() == dtype);
-    if !fused {
-        let update = burn::tensor::module::linear(
-            burn::tensor::module::linear(x.clone(), lora_a, None),
-            lora_b,
-            None,
-        ) * scale;
-        return burn::tensor::module::linear(x, weight, bias) + update;
-    }
+    let dtypes = [x.dtype(), weight.dtype(), lora_a.dtype(), lora_b.dtype()];
+    let Some(half) = flex_product(&device, &dtypes, false) else {
+        let update = burn_linear(burn_linear(x.clone(), lora_a, None), lora_b, None) * scale;
+        return burn_linear(x, weight, bias) + update;
+    };
     let mut shape = x.dims();
     let d_in = shape[D - 1];
     let d_out = weight.dims()[1];
@@ -239,30 +283,27 @@ pub fn lora_linear<const D: usize>(
         lora_a.into_dispatch(),
         lora_b.into_dispatch(),
         scale,
+        half,
     ));
     shape[D - 1] = d_out;
-    let out = out.reshape(shape);
-    match bias {
-        Some(b) => out + b.unsqueeze::<D>(),
-        None => out,
-    }
+    add_bias(out.reshape(shape), bias)
 }
 
-/// `lhs · rhs` of 2-D tensors: on Flex (f32) through [`MatmulOps`] (transposed views are read
-/// through their strides, not copied), elsewhere burn's matmul. Differentiable.
+/// `lhs · rhs` of 2-D tensors: on Flex through [`MatmulOps`] (transposed views are read
+/// through their strides, not copied; half types as in [`linear`]), elsewhere burn's matmul
+/// (`rhs` cast to `lhs`'s dtype if they differ). Differentiable.
 pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
     let device = lhs.device();
-    let fused = kernel_path_for(FusedOp::Linear, &device, lhs.dtype()) == KernelPath::Fused
-        && !is_gpu(&device)
-        && rhs.dtype() == lhs.dtype();
-    if !fused {
-        return lhs.matmul(rhs);
-    }
+    let Some(half) = flex_product(&device, &[lhs.dtype(), rhs.dtype()], true) else {
+        let dtype = lhs.dtype();
+        return lhs.matmul(cast_to(rhs, dtype));
+    };
     Tensor::from_dispatch(<Dispatch as MatmulOps>::matmul_t(
         lhs.into_dispatch(),
         rhs.into_dispatch(),
         false,
         false,
+        half,
     ))
 }
 
@@ -271,6 +312,7 @@ pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
 ///
 /// Shapes: `x` `[..., d]`, `weight` `[d]`, output like `x`.
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+    let weight = cast_to(weight, x.dtype());
     match kernel_path_for(FusedOp::RmsNorm, &x.device(), x.dtype()) {
         KernelPath::Fused if weight.dtype() == x.dtype() => {
             let shape = x.dims();
@@ -312,6 +354,18 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
             v.into_dispatch(),
         )),
         KernelPath::Reference => reference::causal_attention(q, k, v),
+    }
+}
+
+/// The dtype activations flow in between the products when the weights are stored in
+/// `weights`: f32 on the CPU whatever the storage (Temper's fused CPU kernels compute in f32;
+/// products with half-type weights round their operands and accumulate in f32, see
+/// [`crate::TrainPrecision`]), the storage dtype on GPU backends.
+pub fn activation_dtype(device: &Device, weights: DType) -> DType {
+    if on_fused_ops_backend(device) && !is_gpu(device) && !forced_reference(FusedOp::Linear) {
+        DType::F32
+    } else {
+        weights
     }
 }
 
@@ -368,6 +422,7 @@ pub fn rotary_qk(
     cos: Tensor<3>,
     sin: Tensor<3>,
 ) -> (Tensor<4>, Tensor<4>) {
+    let (cos, sin) = (cast_to(cos, q.dtype()), cast_to(sin, q.dtype()));
     match kernel_path_for(FusedOp::Rotary, &q.device(), q.dtype()) {
         KernelPath::Fused if cos.dtype() == q.dtype() && k.dtype() == q.dtype() => {
             let (q, k) = <Dispatch as FusedOps>::rotary_qk(
@@ -424,6 +479,7 @@ pub fn lm_head_logps(
     with_stats: bool,
     keep_logits: bool,
 ) -> TargetLogps {
+    let weight = cast_to(weight, hidden.dtype());
     match kernel_path_for(FusedOp::LmHead, &hidden.device(), hidden.dtype()) {
         KernelPath::Fused => TargetLogps::from_dispatch(<Dispatch as FusedOps>::lm_head_logps(
             hidden.into_dispatch(),

