@@ -198,6 +198,19 @@ pub(crate) fn prune_checkpoints(output_dir: &Path, limit: usize) -> Result<()> {
     Ok(())
 }
 
+/// The [`TrainerState`] of the checkpoint in `dir` alone (cheap: checks before loading weights).
+///
+/// # Errors
+/// A missing or malformed `trainer_state.json`.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+    serde_json::from_str(&text).map_err(|source| TrainError::Json {
+        path: state_path,
+        source,
+    })
+}
+
 /// A loaded checkpoint.
 #[derive(Debug)]
 pub struct LoadedCheckpoint {
@@ -219,12 +232,7 @@ pub fn load_checkpoint(
     like: &LlamaForCausalLM,
     fine_tuning: &dyn FineTuning,
 ) -> Result<LoadedCheckpoint> {
-    let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|source| TrainError::Json {
-        path: state_path.clone(),
-        source,
-    })?;
+    let state = read_state(dir)?;
     let base = if dir.join(MODEL_FILE).exists() {
         let mut source = SafetensorsSource::open_file(dir.join(MODEL_FILE))?;
         load_weights(

@@ -35,7 +35,7 @@ use temper_objectives::{
 use crate::adamw::FusedAdamWConfig;
 use crate::checkpoint::{
     TrainerState, assign_param_ids, latest_checkpoint, load_checkpoint, prune_checkpoints,
-    save_checkpoint,
+    read_state, save_checkpoint,
 };
 use crate::clip::{clip_grad_norm, global_grad_norm, scale_grads};
 use crate::config::TrainerConfig;
@@ -310,12 +310,18 @@ impl Trainer {
     /// # Errors
     /// A missing or malformed checkpoint, or one from a different run (objective, seed, steps).
     pub fn resume_from(&mut self, dir: &Path) -> Result<()> {
-        let loaded = load_checkpoint(dir, &self.model, self.fine_tuning.as_ref())?;
-        let s = &loaded.state;
         let mismatch = |what: &str, theirs: String, ours: String| TrainError::Checkpoint {
             path: dir.to_path_buf(),
             message: format!("{what} is {theirs} in the checkpoint but {ours} in this run"),
         };
+        // Before the weights: another precision also stores a LoRA base in another dtype,
+        // which the weights check would report less helpfully.
+        let theirs = read_state(dir)?.precision.unwrap_or_else(|| "f32".into());
+        if theirs != self.precision.to_string() {
+            return Err(mismatch("precision", theirs, self.precision.to_string()));
+        }
+        let loaded = load_checkpoint(dir, &self.model, self.fine_tuning.as_ref())?;
+        let s = &loaded.state;
         if s.objective != self.state.objective {
             return Err(mismatch(
                 "objective",
@@ -335,14 +341,6 @@ impl Trainer {
                 "total steps",
                 s.total_steps.to_string(),
                 self.state.total_steps.to_string(),
-            ));
-        }
-        let theirs = s.precision.as_deref().unwrap_or("f32");
-        if theirs != self.precision.to_string() {
-            return Err(mismatch(
-                "precision",
-                theirs.to_string(),
-                self.precision.to_string(),
             ));
         }
         let optim = adamw(&self.config)

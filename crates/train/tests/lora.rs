@@ -405,3 +405,70 @@ fn run_stage_with_lora_writes_merged_or_adapter_dirs() {
     let l = losses(&s);
     assert!((l[0] - std::f64::consts::LN_2).abs() < 1e-5, "{l:?}");
 }
+
+/// `precision = "bf16-mixed"` with `[lora]`: the frozen base is stored in bf16, the adapters
+/// (and their AdamW moments) in f32, the merged output in the base's bf16 (PEFT's
+/// `merge_and_unload` on a bf16 model), and a finished run resumes to the same history.
+#[test]
+fn run_stage_bf16_mixed_lora_keeps_f32_adapters_on_a_bf16_base() {
+    use burn::tensor::DType;
+    use temper_backend::FloatPrecision;
+    use temper_llm_arch::Pretrained;
+    let dir = tempfile::tempdir().unwrap();
+    write_base(dir.path());
+    let text = format!("precision = \"bf16-mixed\"\n{STAGE}");
+    std::fs::write(dir.path().join("stage.toml"), text).unwrap();
+    let stage = StageConfig::from_toml_file(dir.path().join("stage.toml")).unwrap();
+    let summary = temper_train::run_stage(&stage, false).unwrap();
+    assert_eq!(summary.steps, 6);
+    let l: Vec<f64> = summary
+        .log_history
+        .iter()
+        .filter_map(|r| r.get("loss"))
+        .collect();
+    assert!(l[l.len() - 1] < l[0], "{l:?}");
+
+    let out = dir.path().join("out");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    let merged = Pretrained::load(&out, &Device::flex(), FloatPrecision::BF16).unwrap();
+    assert_eq!(
+        merged.model.model.embed_tokens.weight.val().dtype(),
+        DType::BF16
+    );
+    // The checkpoint's adapter is f32 (trained in f32 on the bf16 base): its safetensors
+    // header names only F32 tensors.
+    let bytes = std::fs::read(out.join("checkpoint-6/adapter_model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let dtypes: std::collections::BTreeSet<String> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| v["dtype"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(dtypes, ["F32".to_string()].into());
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("checkpoint-6/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["precision"], "bf16-mixed");
+
+    let mut again = stage.clone();
+    again.resume = true;
+    let s2 = temper_train::run_stage(&again, false).unwrap();
+    assert_eq!(s2.log_history, summary.log_history);
+    // Another precision does not resume this run.
+    let mut other = stage.clone();
+    other.resume = true;
+    other.precision = "f32".into();
+    let err = temper_train::run_stage(&other, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("precision is bf16-mixed in the checkpoint"),
+        "{err}"
+    );
+}
