@@ -10,6 +10,9 @@
 mod adamw;
 mod attention;
 mod gemm;
+// Half-precision products, wired into `MatmulOps` separately.
+#[cfg_attr(not(test), allow(dead_code))]
+mod half_gemm;
 mod lm_head;
 mod norm;
 mod simd;
