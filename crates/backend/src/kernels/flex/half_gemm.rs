@@ -9,15 +9,19 @@
 //! | path | when | how |
 //! |------|------|-----|
 //! | small-m ([`small_m`]) | `m ≤ 4` (decode), AVX-512, rows or columns of `rhs` contiguous | streams the weight once: memory-bound, so bf16 storage halves the time |
-//! | packed ([`packed`]) | bf16, `m > 4` (or a strided weight), AVX512-BF16 | bf16 panels and a `vdpbf16ps` micro-kernel |
+//! | packed ([`packed`]) | bf16 otherwise, on CPUs with AVX512-BF16 where `vdpbf16ps` outpaces f32 FMAs ([`calibrate`]) | bf16 panels and a `vdpbf16ps` micro-kernel |
 //! | fallback ([`fallback`]) | everything else | operands rounded into f32 copies, then `gemm.rs`'s f32 product |
 //!
 //! `TEMPER_CPU_BF16=off` sends every product down the fallback (so CI covers both on one
-//! machine; read once per process). The tests run every path through `matmul_half_with`.
+//! machine), `TEMPER_CPU_BF16=packed` every bf16 product the packed kernel takes to it
+//! whether it pays or not; read once per process. The tests run every path through
+//! `matmul_half_with`.
 //!
 //! Every path computes each output element's sum in an order that depends on `k` (and the
 //! path) only, never on the number of threads: threads split rows or columns, never `k`.
 
+#[cfg(target_arch = "x86_64")]
+mod calibrate;
 mod fallback;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
@@ -144,16 +148,27 @@ enum Path {
     /// Round into f32 copies, then the f32 gemm.
     Fallback,
     /// The native kernels wherever the CPU has them (else the fallback).
-    Native,
+    Native(PackedRule),
 }
 
-/// The process's path: `TEMPER_CPU_BF16=off` forces the fallback, anything else (or nothing)
-/// takes the native kernels where the CPU has them.
+/// When a bf16 product that is not small-m takes the packed kernel (given AVX512-BF16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PackedRule {
+    /// Always (`TEMPER_CPU_BF16=packed`, and the tests).
+    Always,
+    /// Where `vdpbf16ps` outpaces f32 FMAs ([`calibrate`]); the fallback elsewhere.
+    WherePays,
+}
+
+/// The process's path, from `TEMPER_CPU_BF16` (read once): `off` forces the fallback,
+/// `packed` the packed kernel for every bf16 product it can take; unset (or anything else)
+/// takes the small-m kernel where it runs and the packed one where it pays.
 fn default_path() -> Path {
     static PATH: OnceLock<Path> = OnceLock::new();
     *PATH.get_or_init(|| match std::env::var("TEMPER_CPU_BF16").as_deref() {
         Ok("off") => Path::Fallback,
-        _ => Path::Native,
+        Ok("packed") => Path::Native(PackedRule::Always),
+        _ => Path::Native(PackedRule::WherePays),
     })
 }
 
@@ -211,18 +226,34 @@ fn cpu() -> Cpu {
     })
 }
 
+/// Whether the packed kernel beats the fallback on this CPU ([`calibrate`]; measured once).
+fn packed_pays() -> bool {
+    static PAYS: OnceLock<bool> = OnceLock::new();
+    *PAYS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if cpu().avx512bf16 {
+            // SAFETY: the CPU has AVX-512 F and AVX512-BF16 (detected).
+            #[allow(unsafe_code)]
+            return unsafe { calibrate::dpbf16_outpaces_fma() };
+        }
+        false
+    })
+}
+
 /// The native kernel for this product under `path`, if this CPU has one.
 fn native_kernel(path: Path, half: HalfType, rhs: HalfView<'_>, m: usize) -> Option<Native> {
-    if path == Path::Fallback {
+    let Path::Native(rule) = path else {
         return None;
-    }
+    };
     let cpu = cpu();
     #[cfg(target_arch = "x86_64")]
     if m <= small_m::MAX_M && cpu.avx512 && small_m::supports(rhs) {
         return Some(Native::SmallM);
     }
     let _ = (rhs, m);
-    (half == HalfType::Bf16 && cpu.avx512bf16).then_some(Native::Packed)
+    let packed =
+        half == HalfType::Bf16 && cpu.avx512bf16 && (rule == PackedRule::Always || packed_pays());
+    packed.then_some(Native::Packed)
 }
 
 /// Every entry point: `dst = (accumulate ? dst : 0) + alpha · lhs · rhs` with operands

@@ -2,9 +2,13 @@
 //! measurement, not a test (it asserts nothing; `#[ignore]`d). Prints JSON lines:
 //!
 //! ```sh
-//! CARGO_PROFILE_DEV_OPT_LEVEL=3 cargo test -p temper-backend --lib half_gemm_speed -- \
-//!     --ignored --nocapture --test-threads 1
+//! cargo test --release -p temper-backend --lib half_gemm_speed -- --ignored --nocapture
 //! ```
+//!
+//! In release: the test profile's debug assertions stay on in the `gemm` crate and cost its
+//! f32 micro-kernel three quarters of its speed (38 against ≈ 150 GFLOP/s on one Emerald
+//! Rapids core), which would flatter every comparison with it.
+//! `HALF_GEMM_BENCH=peak|gemm|decode` runs one part.
 //!
 //! - `peak`: the instruction rate of `vdpbf16ps` and of f32 `vfmadd231ps` in a register-only
 //!   loop on one core, as GFLOP/s (2 flops a multiply-add);
@@ -66,16 +70,26 @@ fn product_with(path: Path, lhs: HalfView<'_>, rhs: HalfView<'_>, mkn: [usize; 3
 fn half_gemm_speed() {
     let cpu = cpu();
     println!(
-        "{{\"bench\":\"cpu\",\"avx512\":{},\"avx512bf16\":{}}}",
-        cpu.avx512, cpu.avx512bf16
+        "{{\"bench\":\"cpu\",\"avx512\":{},\"avx512bf16\":{},\"packed_pays\":{}}}",
+        cpu.avx512,
+        cpu.avx512bf16,
+        packed_pays()
     );
     // `HALF_GEMM_BENCH=peak|gemm|decode` runs one part only.
     let part = std::env::var("HALF_GEMM_BENCH").unwrap_or_default();
     let runs = |p: &str| part.is_empty() || part == p;
     if cpu.avx512bf16 && runs("peak") {
+        // SAFETY: AVX512-BF16 (and so AVX-512 F) detected.
+        #[allow(unsafe_code)]
+        let [dp, fma] = unsafe { calibrate::multiply_add_rates() };
+        println!(
+            "{{\"bench\":\"calibrate\",\"dpbf16_gmacs\":{:.1},\"fma_gmacs\":{:.1}}}",
+            dp / 1e9,
+            fma / 1e9
+        );
         peak();
     }
-    let packed = Path::Native;
+    let packed = Path::Native(PackedRule::Always);
     for threads in [1, 2] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -226,8 +240,16 @@ fn decode(threads: usize) {
                 report("f32_gemm_f32_weight", 4 * k * n, cache, secs);
                 let xh = HalfView::f32(&x, k, 1);
                 for (variant, path, bf) in [
-                    ("bf16_native_bf16_weight", Path::Native, true),
-                    ("bf16_native_f32_weight", Path::Native, false),
+                    (
+                        "bf16_native_bf16_weight",
+                        Path::Native(PackedRule::Always),
+                        true,
+                    ),
+                    (
+                        "bf16_native_f32_weight",
+                        Path::Native(PackedRule::Always),
+                        false,
+                    ),
                     ("bf16_fallback_bf16_weight", Path::Fallback, true),
                 ] {
                     let bytes = if bf { 2 } else { 4 } * k * n;
@@ -247,8 +269,8 @@ fn decode(threads: usize) {
     }
 }
 
-/// GFLOP/s of `vdpbf16ps` and of f32 `vfmadd231ps` on one core: 12 independent accumulators
-/// (enough to cover either instruction's latency), nothing but the instruction in the loop.
+/// GFLOP/s of `vdpbf16ps` and of f32 `vfmadd231ps` on one core: [`calibrate`]'s loops,
+/// longer.
 fn peak() {
     const ITERS: usize = 20_000_000;
     for _ in 0..2 {
@@ -257,10 +279,10 @@ fn peak() {
         let (dp, fma) = unsafe {
             (
                 time(3, || {
-                    std::hint::black_box(peak_dp(ITERS));
+                    std::hint::black_box(calibrate::dpbf16_loop(ITERS));
                 }),
                 time(3, || {
-                    std::hint::black_box(peak_fma(ITERS));
+                    std::hint::black_box(calibrate::fma_loop(ITERS));
                 }),
             )
         };
@@ -272,40 +294,4 @@ fn peak() {
             );
         }
     }
-}
-
-#[target_feature(enable = "avx512f,avx512bf16")]
-fn peak_dp(iters: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let ones = _mm512_set1_epi16(0x3f80);
-    // SAFETY: 32 bf16 ones either way; every bit pattern is a valid `__m512bh`.
-    #[allow(unsafe_code)]
-    let (a, b): (__m512bh, __m512bh) = unsafe {
-        (
-            std::mem::transmute::<__m512i, __m512bh>(ones),
-            std::mem::transmute::<__m512i, __m512bh>(ones),
-        )
-    };
-    let (a, b) = (std::hint::black_box(a), std::hint::black_box(b));
-    let mut acc = [_mm512_setzero_ps(); 12];
-    for _ in 0..iters {
-        for v in &mut acc {
-            *v = _mm512_dpbf16_ps(*v, a, b);
-        }
-    }
-    acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
-}
-
-#[target_feature(enable = "avx512f")]
-fn peak_fma(iters: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let a = std::hint::black_box(_mm512_set1_ps(1.0));
-    let b = std::hint::black_box(_mm512_set1_ps(1e-3));
-    let mut acc = [_mm512_setzero_ps(); 12];
-    for _ in 0..iters {
-        for v in &mut acc {
-            *v = _mm512_fmadd_ps(a, b, *v);
-        }
-    }
-    acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
 }
