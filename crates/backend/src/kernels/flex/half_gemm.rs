@@ -13,8 +13,8 @@
 //! | fallback ([`fallback`]) | everything else | operands rounded into f32 copies, then `gemm.rs`'s f32 product |
 //!
 //! `TEMPER_CPU_BF16=off` sends every product down the fallback (so CI covers both on one
-//! machine), `TEMPER_CPU_BF16=packed` every bf16 product the packed kernel takes to it
-//! whether it pays or not; read once per process. The tests run every path through
+//! machine); `TEMPER_CPU_BF16=packed` sends bf16 products to the packed kernel wherever the
+//! CPU has it, paying or not. Read once per process; the tests reach every path through
 //! `matmul_half_with`.
 //!
 //! Every path computes each output element's sum in an order that depends on `k` (and the

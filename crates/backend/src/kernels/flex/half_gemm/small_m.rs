@@ -233,6 +233,13 @@ unsafe fn add_rows<E: Lanes, const BF16: bool, const M: usize, const R: usize>(
     });
     for c0 in (0..n).step_by(16) {
         let mask = mask16(n - c0);
+        if starts_line::<E>(c0) {
+            // The next pass's rows, at this column: a few kB ahead of the loads, enough for
+            // DRAM's latency, as the hardware prefetchers alone fall short on these streams.
+            for r in 0..R {
+                prefetch(a.w.wrapping_add((p0 + R + r) * rs + c0));
+            }
+        }
         // SAFETY: columns `c0..n` (masked) of rows `p0 + r < k`; of `acc`'s rows `i < M`.
         unsafe {
             let w: [__m512; R] =
@@ -285,6 +292,12 @@ unsafe fn dot_block<E: Lanes, const BF16: bool, const M: usize, const J: usize>(
     let mut p0 = 0;
     while p0 < a.k {
         let mask = mask16(a.k - p0);
+        if starts_line::<E>(p0) {
+            // The next block's columns, at this depth (as in `add_rows`).
+            for j in 0..J {
+                prefetch(a.w.wrapping_add((j0 + J + j) * cs + p0));
+            }
+        }
         // SAFETY: depths `p0..` selected by `mask` are `< k`, columns `< n`.
         let wv: [__m512; J] = std::array::from_fn(|j| unsafe {
             E::load16::<BF16>(a.w.add((j0 + j) * cs + p0), mask)
@@ -312,6 +325,21 @@ unsafe fn dot_block<E: Lanes, const BF16: bool, const M: usize, const J: usize>(
             }
         }
     }
+}
+
+/// Whether element `i` of a line starts a new 64-byte cache line (for lines that start on
+/// one; elsewhere it only shifts which element prefetches).
+#[inline(always)]
+fn starts_line<E>(i: usize) -> bool {
+    (i * size_of::<E>()).is_multiple_of(64)
+}
+
+/// A hint to bring the line at `p` into the caches. It never faults and reads nothing the
+/// program sees, so `p` may lie past the data (computed with `wrapping_add`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn prefetch<E>(p: *const E) {
+    _mm_prefetch::<_MM_HINT_T0>(p.cast());
 }
 
 /// The sum of 16 lanes by a fixed tree (halves added until one lane is left).
