@@ -4,6 +4,8 @@
 //! bf16 the widening is exact and the pass a plain copy). Products of two half values are
 //! exact in f32, so the result differs from the native paths' only by summation order.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::super::gemm::View;
@@ -41,21 +43,31 @@ impl Rounded {
         } else {
             (rows, cols, v)
         };
-        let mut data = vec![0.0f32; lines * len];
+        // Not zero-filled first: that serial pass would cost about as much as the rounding.
+        let total = lines * len;
+        let mut data = Vec::with_capacity(total);
         if len > 0 {
-            let fill = |(l, dst): (usize, &mut [f32])| {
+            let fill = |(l, dst): (usize, &mut [MaybeUninit<f32>])| {
                 let line = line_view.rows_from(l);
                 round_line(line.data(), line.strides()[1], dst, half);
             };
-            if parallel && data.len() >= PARALLEL_ELEMENTS {
-                data.par_chunks_mut(len)
+            let spare = &mut data.spare_capacity_mut()[..total];
+            if parallel && total >= PARALLEL_ELEMENTS {
+                spare
+                    .par_chunks_mut(len)
                     .with_min_len(MIN_LINES)
                     .enumerate()
                     .for_each(fill);
             } else {
-                data.chunks_mut(len).enumerate().for_each(fill);
+                spare.chunks_mut(len).enumerate().for_each(fill);
             }
         }
+        #[allow(unsafe_code)]
+        // SAFETY: the `lines` chunks of `len` cover the first `total` elements, and
+        // `round_line` writes every element of its chunk.
+        unsafe {
+            data.set_len(total)
+        };
         let (rs, cs) = if by_cols { (1, rows) } else { (cols, 1) };
         Self { data, rs, cs }
     }
@@ -65,9 +77,9 @@ impl Rounded {
     }
 }
 
-/// `dst[i] = half.round(src[i·stride])` for every `i < dst.len()`; contiguous lines run
-/// under the CPU's best SIMD level (the bf16 cases vectorise).
-fn round_line(src: HalfData<'_>, stride: usize, dst: &mut [f32], half: HalfType) {
+/// `dst[i] = half.round(src[i·stride])` for every `i < dst.len()` (each written); contiguous
+/// lines run under the CPU's best SIMD level (the bf16 cases vectorise).
+fn round_line(src: HalfData<'_>, stride: usize, dst: &mut [MaybeUninit<f32>], half: HalfType) {
     let bf16_bits = |b: u16| f32::from_bits(u32::from(b) << 16);
     let f16_round = |x: f32| f16::from_f32(x).to_f32();
     match (src, half) {
@@ -82,9 +94,9 @@ fn round_line(src: HalfData<'_>, stride: usize, dst: &mut [f32], half: HalfType)
     }
 }
 
-/// `dst[i] = f(src[i·stride])`.
+/// `dst[i] = f(src[i·stride])`, every `dst[i]` written.
 #[inline(always)]
-fn map_line<T: Copy>(dst: &mut [f32], src: &[T], stride: usize, f: impl Fn(T) -> f32) {
+fn map_line<T: Copy>(dst: &mut [MaybeUninit<f32>], src: &[T], stride: usize, f: impl Fn(T) -> f32) {
     let n = dst.len();
     if n == 0 {
         return;
@@ -92,7 +104,7 @@ fn map_line<T: Copy>(dst: &mut [f32], src: &[T], stride: usize, f: impl Fn(T) ->
     if stride == 1 {
         super::super::simd::dispatch(|| {
             for (d, x) in dst.iter_mut().zip(&src[..n]) {
-                *d = f(*x);
+                d.write(f(*x));
             }
         });
     } else {
@@ -100,7 +112,7 @@ fn map_line<T: Copy>(dst: &mut [f32], src: &[T], stride: usize, f: impl Fn(T) ->
             .iter_mut()
             .zip(src[..(n - 1) * stride + 1].iter().step_by(stride))
         {
-            *d = f(*x);
+            d.write(f(*x));
         }
     }
 }
