@@ -41,7 +41,7 @@ pub(super) fn bf16_bits(x: f32) -> u16 {
 }
 
 /// An operand's storage, borrowed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub(in crate::kernels::flex) enum HalfData<'a> {
     F32(&'a [f32]),
     Bf16(&'a [bf16]),
@@ -49,6 +49,14 @@ pub(in crate::kernels::flex) enum HalfData<'a> {
 }
 
 impl<'a> HalfData<'a> {
+    fn type_name(self) -> &'static str {
+        match self {
+            Self::F32(_) => "f32",
+            Self::Bf16(_) => "bf16",
+            Self::F16(_) => "f16",
+        }
+    }
+
     fn len(self) -> usize {
         match self {
             Self::F32(d) => d.len(),
@@ -80,11 +88,25 @@ impl<'a> HalfData<'a> {
 /// A strided read-only matrix over f32, bf16 or f16 storage: element `(i, j)` at
 /// `data[i·rs + j·cs]`. The element-type-erased counterpart of `gemm::View`, with the same
 /// constructors' shape and the same `t`, `rows_from`, `cols_from`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub(in crate::kernels::flex) struct HalfView<'a> {
     data: HalfData<'a>,
     rs: usize,
     cs: usize,
+}
+
+/// The element type, length and strides (not the elements).
+impl std::fmt::Debug for HalfView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HalfView({} × {}, strides {}, {})",
+            self.data.type_name(),
+            self.data.len(),
+            self.rs,
+            self.cs
+        )
+    }
 }
 
 impl<'a> HalfView<'a> {
