@@ -32,6 +32,16 @@ pub enum HalfType {
 }
 
 impl HalfType {
+    /// `x` rounded to this type (nearest, ties to even; NaN stays NaN, overflow gives ±inf),
+    /// as the f32 it represents exactly.
+    #[inline]
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Self::Bf16 => burn::tensor::bf16::from_f32(x).to_f32(),
+            Self::F16 => burn::tensor::f16::from_f32(x).to_f32(),
+        }
+    }
+
     /// The storage precision of this type.
     pub fn precision(self) -> FloatPrecision {
         match self {

@@ -7,9 +7,9 @@
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, FloatDType, Shape, TensorData};
+use burn::tensor::{DType, FloatDType, Shape, TensorData, bf16, f16};
 
-use super::half_stub as half_gemm;
+use super::half_gemm::{self, HalfView};
 use super::{gemm, primitive, tensor, view_2d};
 use crate::HalfType;
 use crate::kernels::MatmulOps;
@@ -59,6 +59,54 @@ fn product_dims(lhs: &FlexTensor, rhs: &FlexTensor, tl: bool, tr: bool) -> [usiz
     [m, k, n]
 }
 
+/// A 2-D f32, bf16 or f16 tensor as a strided view of its storage, without copying; `None`
+/// for other ranks or dtypes and for negative strides.
+fn half_view(t: &FlexTensor) -> Option<HalfView<'_>> {
+    let layout = t.layout();
+    let (dims, strides) = (layout.shape().as_slice(), layout.strides());
+    if dims.len() != 2 || strides.iter().any(|s| *s < 0) {
+        return None;
+    }
+    let (rs, cs, start) = (
+        strides[0] as usize,
+        strides[1] as usize,
+        layout.start_offset(),
+    );
+    Some(match t.dtype() {
+        DType::F32 => HalfView::f32(&t.storage::<f32>()[start..], rs, cs),
+        DType::BF16 => HalfView::bf16(&t.storage::<bf16>()[start..], rs, cs),
+        DType::F16 => HalfView::f16(&t.storage::<f16>()[start..], rs, cs),
+        _ => return None,
+    })
+}
+
+/// `t` as a tensor [`half_view`] takes: as it is, or a contiguous f32 copy (negative strides,
+/// another float dtype).
+fn viewable(t: FlexTensor) -> FlexTensor {
+    if half_view(&t).is_some() {
+        return t;
+    }
+    let t = if matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+        t
+    } else {
+        cast_to(t, DType::F32)
+    };
+    let t = t.to_contiguous();
+    if half_view(&t).is_some() {
+        t
+    } else {
+        unreachable!("a contiguous 2-D float tensor has a view")
+    }
+}
+
+/// The view of `op(t)`.
+fn op_view(t: &FlexTensor, transpose: bool) -> HalfView<'_> {
+    let Some(v) = half_view(t) else {
+        unreachable!("`viewable` tensors have a view")
+    };
+    if transpose { v.t() } else { v }
+}
+
 /// `op(lhs) · op(rhs)` with operands rounded to `half`, accumulated in f32.
 fn half_product(
     lhs: FlexTensor,
@@ -69,8 +117,8 @@ fn half_product(
 ) -> FlexTensor {
     let out_dtype = output_dtype(lhs.dtype(), rhs.dtype());
     let dims = product_dims(&lhs, &rhs, tl, tr);
-    let (lhs, rhs) = (half_gemm::Operand::new(lhs), half_gemm::Operand::new(rhs));
-    let (a, b) = (lhs.view(tl), rhs.view(tr));
+    let (lhs, rhs) = (viewable(lhs), viewable(rhs));
+    let (a, b) = (op_view(&lhs, tl), op_view(&rhs, tr));
     let out = FlexTensor::from_data(TensorData::new(
         half_gemm::product_half(a, b, dims, 1.0, half),
         Shape::new([dims[0], dims[2]]),
@@ -147,8 +195,8 @@ impl MatmulOps for Flex {
             acc.to_contiguous()
         };
         if let Some(half) = half {
-            let (lhs, rhs) = (half_gemm::Operand::new(lhs), half_gemm::Operand::new(rhs));
-            let (a, b) = (lhs.view(transpose_lhs), rhs.view(transpose_rhs));
+            let (lhs, rhs) = (viewable(lhs), viewable(rhs));
+            let (a, b) = (op_view(&lhs, transpose_lhs), op_view(&rhs, transpose_rhs));
             let out = acc.storage_mut::<f32>();
             half_gemm::matmul_half_parallel(
                 &mut out[..m * n],

@@ -10,7 +10,7 @@
 mod adamw;
 mod attention;
 mod gemm;
-mod half_stub;
+mod half_gemm;
 mod lm_head;
 mod matmul;
 mod norm;
