@@ -17,19 +17,26 @@
 //! logits; the tied LM head's gradient is computed only in `full`) → token-mean NLL →
 //! backward → AdamW step.
 //!
+//! `--precision f32|bf16-mixed|f16-mixed|bf16|f16` (or `TEMPER_PRECISION`): the trainer's
+//! policy (`TrainPrecision`) — the mixed modes keep f32 master weights (a LoRA base stored in
+//! the half type, f32 adapters) and run the step under `autocast`; pure `bf16` stores every
+//! weight in bf16. The anchor's `--precision bf16-autocast|bf16` are torch's counterparts.
+//!
 //! Like `temper train`, it first sets [`retain_freed_memory`](temper_llm::backend::alloc) (glibc
 //! keeps freed buffers for the next step); `TEMPER_RETAIN_FREED_MEMORY=0` measures without it.
 //!
 //! ```sh
 //! RAYON_NUM_THREADS=2 cargo run --release --example train_step_speed -- lora
 //! RAYON_NUM_THREADS=2 cargo run --release --example train_step_speed -- full [WARMUP TIMED]
+//! RAYON_NUM_THREADS=2 cargo run --release --example train_step_speed -- lora --precision bf16-mixed
 //! ```
 
 use std::time::Instant;
 
-use temper_llm::backend::DeviceSpec;
-use temper_llm::burn::module::Module;
+use temper_llm::backend::{DeviceSpec, TrainPrecision, autocast};
+use temper_llm::burn::module::{Module, ModuleMapper, Param};
 use temper_llm::burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use temper_llm::burn::tensor::FloatDType;
 use temper_llm::burn::tensor::{Int, Tensor, TensorData};
 use temper_llm::llm_arch::{ForwardOptions, LlamaForCausalLM, ModelConfig};
 use temper_llm::lora::{LoraConfig, num_trainable_params};
@@ -80,6 +87,18 @@ fn loadavg1() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Every float parameter stored in `dtype` (ids and `require_grad` kept).
+fn cast_model(model: LlamaForCausalLM, dtype: FloatDType) -> LlamaForCausalLM {
+    struct Cast(FloatDType);
+    impl ModuleMapper for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dtype = self.0;
+            param.map(|t| t.cast(dtype))
+        }
+    }
+    model.map(&mut Cast(dtype))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -116,7 +135,15 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<i64> {
 fn main() -> anyhow::Result<()> {
     // What `temper train` does: freed activation buffers are reused, not re-faulted each step.
     let alloc_policy = temper_llm::backend::alloc::retain_freed_memory();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut precision: TrainPrecision = std::env::var("TEMPER_PRECISION")
+        .unwrap_or_else(|_| "f32".into())
+        .parse()?;
+    if let Some(i) = args.iter().position(|a| a == "--precision") {
+        anyhow::ensure!(i + 1 < args.len(), "--precision needs a value");
+        precision = args[i + 1].parse()?;
+        args.drain(i..i + 2);
+    }
     let mode = args.first().map_or("lora", String::as_str).to_string();
     let warmup: usize = args.get(1).map_or(Ok(2), |s| s.parse())?;
     let timed: usize = args.get(2).map_or(Ok(5), |s| s.parse())?;
@@ -136,8 +163,26 @@ fn main() -> anyhow::Result<()> {
     let config = smollm2_135m_config();
     let t_init = Instant::now();
     let mut model = LlamaForCausalLM::init(&config, &device);
+    // Storage as `temper train` loads it: a LoRA base (and a forward-only model) in the compute
+    // dtype, trained weights in the master dtype.
+    let storage = if mode == "full" {
+        precision.master()
+    } else {
+        precision.frozen()
+    };
+    if storage != temper_llm::backend::FloatPrecision::F32 {
+        model = cast_model(model, storage.float_dtype());
+    }
     if mode == "lora" {
-        model = temper_llm::lora::inject(model, &LoraConfig::new(16, 32.0), &device)?;
+        let adapters = precision
+            .is_mixed()
+            .then_some(temper_llm::burn::tensor::DType::F32);
+        model = temper_llm::lora::inject_with_dtype(
+            model,
+            &LoraConfig::new(16, 32.0),
+            &device,
+            adapters,
+        )?;
     } else if mode == "forward" {
         model = model.no_grad();
     }
@@ -170,6 +215,7 @@ fn main() -> anyhow::Result<()> {
 
     let (mut times, mut cpu_times, mut losses) = (vec![], vec![], vec![]);
     let mut phases: Vec<[f64; 5]> = vec![];
+    let _autocast = autocast(precision.compute());
     for i in 0..warmup + timed {
         let (t0, c0) = (Instant::now(), cpu_seconds());
         let hidden = model.forward_hidden(input_ids.clone(), &options, None)?;
@@ -219,7 +265,7 @@ fn main() -> anyhow::Result<()> {
         "batch": batch,
         "seq": seq,
         "device": spec.to_string(),
-        "dtype": "float32",
+        "precision": precision.to_string(),
         "warmup": warmup,
         "timed": timed,
         "init_s": round(init_s, 3),
