@@ -289,18 +289,29 @@ fn f16_mixed_recovers_from_an_injected_overflow() {
     eprintln!("skipped {n_skipped}; scales {scales:?}");
     assert!(n_skipped >= 1, "2^40 did not overflow f16");
     assert!(n_skipped <= 30, "the scale never fit: {scales:?}");
+    let mut scale = 2f64.powi(40);
+    let mut count = 0;
     for (i, r) in records.iter().enumerate() {
-        if i < n_skipped {
-            // Skipped: no grad norm, the scale halved once more, the count up by one.
-            assert_eq!(scales[i], 2f64.powi(39 - i as i32), "step {}", i + 1);
-            assert_eq!(skipped[i], (i + 1) as f64);
+        // A skipped step has no grad norm and halves the scale; an applied one keeps it (the
+        // growth interval, 2000 steps, is never reached here).
+        if r.get("grad_norm").is_none() {
+            scale /= 2.0;
+            count += 1;
         } else {
-            // Recovered: every later step applies, at the scale it settled on.
             assert!(r.get("grad_norm").unwrap().is_finite(), "step {}", i + 1);
-            assert_eq!(scales[i], scales[n_skipped - 1]);
-            assert_eq!(skipped[i], n_skipped as f64);
         }
+        assert_eq!(scales[i], scale, "step {}", i + 1);
+        assert_eq!(skipped[i], count as f64, "step {}", i + 1);
     }
+    // After the injected overflow the scale settles: at most a few later overflows (the
+    // gradients grow as the loss falls; measured: one), and most steps train.
+    assert!(count - n_skipped <= 3, "{scales:?}");
+    assert!(records.len() - count >= 10, "{scales:?}");
+    // Learning resumed: the last five rows' mean loss is well below the first five trained.
     let l = losses(&records);
-    assert!(l[39] < 0.8 * l[n_skipped], "{l:?}");
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&l[35..]) < 0.8 * mean(&l[n_skipped..n_skipped + 5]),
+        "{l:?}"
+    );
 }
