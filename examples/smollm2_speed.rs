@@ -1,4 +1,4 @@
-//! Speed of SmolLM2-135M-Instruct (f32, CPU) on the workloads of
+//! Speed of SmolLM2-135M-Instruct (f32 unless told, CPU) on the workloads of
 //! `benches/peers/torch/bench_smollm2.py` (transformers), printed as JSON:
 //!
 //! * prefill: forward of 1 × 512 random tokens, all logits (median / best of 5);
@@ -6,9 +6,12 @@
 //!   (median / best of 3);
 //! * peak RSS.
 //!
-//! `cargo run --release --example smollm2_speed [-- MODEL]` where MODEL is a .gguf or HF
-//! directory (default: `$TEMPER_SMOLLM2_GGUF` or the path `scripts/fetch-smollm2.sh` fills).
-//! Set `RAYON_NUM_THREADS` to pin the thread count.
+//! `cargo run --release --example smollm2_speed [-- [MODEL] [--dtype f32|bf16|f16]]` where
+//! MODEL is a .gguf or HF directory (default: `$TEMPER_SMOLLM2_GGUF` or the path
+//! `scripts/fetch-smollm2.sh` fills) and `--dtype` (or `$TEMPER_DTYPE`; default f32) the dtype
+//! the weights are loaded in (on the CPU the activations stay f32, products accumulate in f32),
+//! so bf16 and f32 can be timed against each other. Set `RAYON_NUM_THREADS` to pin the thread
+//! count.
 
 use std::time::Instant;
 
@@ -42,9 +45,33 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `(MODEL, --dtype)` from the command line, `$TEMPER_DTYPE` when there is no `--dtype`.
+fn parse_args() -> anyhow::Result<(Option<String>, FloatPrecision)> {
+    let (mut model, mut dtype) = (None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if let Some(value) = arg.strip_prefix("--dtype=") {
+            dtype = Some(value.to_string());
+        } else if arg == "--dtype" {
+            dtype = Some(
+                args.next()
+                    .ok_or_else(|| anyhow::anyhow!("--dtype needs a value (f32, bf16, f16)"))?,
+            );
+        } else if model.is_none() && !arg.starts_with("--") {
+            model = Some(arg);
+        } else {
+            anyhow::bail!("unexpected argument `{arg}` (usage: smollm2_speed [MODEL] [--dtype D])");
+        }
+    }
+    let dtype = dtype
+        .or_else(|| std::env::var("TEMPER_DTYPE").ok())
+        .map_or(Ok(FloatPrecision::F32), |d| d.parse())?;
+    Ok((model, dtype))
+}
+
 fn main() -> anyhow::Result<()> {
-    let path = std::env::args()
-        .nth(1)
+    let (model, dtype) = parse_args()?;
+    let path = model
         .or_else(|| std::env::var("TEMPER_SMOLLM2_GGUF").ok())
         .unwrap_or_else(|| {
             concat!(
@@ -60,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         .parse()?;
     let device = spec.device()?;
     let t0 = Instant::now();
-    let p = Pretrained::load(&path, &device, FloatPrecision::F32)?;
+    let p = Pretrained::load(&path, &device, dtype)?;
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();
 
@@ -120,6 +147,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
             "model": path,
+            "dtype": dtype.to_string(),
             "threads": threads,
             "loadavg_start": load_avg_start,
             "load_s": load_s,

@@ -1,4 +1,5 @@
-//! `temper eval --model PATH --bench FILE.jsonl [--mode loglik|generate] [--out DIR]`.
+//! `temper eval --model PATH --bench FILE.jsonl [--mode loglik|generate] [--dtype f32|bf16|f16]
+//! [--out DIR]`.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,10 @@ pub struct EvalArgs {
     /// cpu, wgpu, wgpu:N or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// The dtype the weights are stored in (f32, bf16, f16). On the CPU the activations stay
+    /// f32 and products accumulate in f32 whatever this says.
+    #[arg(long, default_value = "f32")]
+    pub dtype: FloatPrecision,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -62,7 +67,7 @@ fn print_summary(name: &str, s: &Summary) {
 pub fn run(args: EvalArgs) -> Result<()> {
     let questions = load_questions(&args.bench)?;
     let device = args.device.device()?;
-    let p = crate::load_model(&args.model, &device, FloatPrecision::F32)?;
+    let p = crate::load_model(&args.model, &device, args.dtype)?;
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {

@@ -1,8 +1,10 @@
-//! `temper pipeline [--config FILE] [--preset default|smoke] [--out DIR]`.
+//! `temper pipeline [--config FILE] [--preset default|smoke] [--out DIR] [--device D]
+//! [--dtype f32|bf16|f16]`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use temper_backend::FloatPrecision;
 use temper_pipeline::{PipelineConfig, PipelineOptions, Preset, run_pipeline};
 
 /// Arguments of `temper pipeline`.
@@ -21,6 +23,9 @@ pub struct PipelineArgs {
     /// Override the config's device (cpu, wgpu, wgpu:N, cuda:N).
     #[arg(long)]
     pub device: Option<String>,
+    /// Override the dtype the variants are evaluated in (`benchmark.dtype`: f32, bf16, f16).
+    #[arg(long)]
+    pub dtype: Option<FloatPrecision>,
     /// Print the resolved config as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -40,6 +45,9 @@ pub fn run(args: PipelineArgs) -> Result<()> {
     };
     if let Some(device) = args.device {
         config.device = device;
+    }
+    if let Some(dtype) = args.dtype {
+        config.benchmark.dtype = dtype;
     }
     if args.print_config {
         print!(

@@ -10,6 +10,7 @@
 //! [benchmark]
 //! file = "data/bio-materials/benchmark.jsonl"
 //! mode = "loglik"
+//! dtype = "f32"
 //!
 //! [[stage]]
 //! name = "cpt"
@@ -27,10 +28,12 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use temper_backend::FloatPrecision;
 use temper_bench_eval::results::Metric;
 use temper_bench_eval::{EvalMode, EvalSettings};
 use temper_train::StageConfig;
 
+use crate::fingerprint::{Fingerprint, file_sha256};
 use crate::{PipelineError, Result};
 
 /// The default study: SmolLM2-135M-Instruct → CPT → SFT → ORPO, each SLERP-merged.
@@ -116,6 +119,11 @@ pub struct BenchmarkSettings {
     /// Log-likelihood: wrap the context in the chat template.
     #[serde(default)]
     pub chat: bool,
+    /// `f32`, `bf16` or `f16`: the dtype every variant's weights are loaded in for its
+    /// evaluation (on the CPU the activations stay f32 and products accumulate in f32). Part
+    /// of the evaluations' fingerprint, so changing it re-evaluates.
+    #[serde(default, with = "precision_name")]
+    pub dtype: FloatPrecision,
     /// Generation: tokens generated per question.
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
@@ -147,6 +155,40 @@ impl BenchmarkSettings {
             chat: self.chat,
             max_new_tokens: self.max_new_tokens,
         }
+    }
+
+    /// What the evaluations' records depend on: the benchmark's bytes, the
+    /// [`eval_settings`](Self::eval_settings), the limit and the dtype (the metric and the
+    /// test settings only change the analysis).
+    ///
+    /// # Errors
+    /// The benchmark file cannot be read.
+    pub fn records_fingerprint(&self) -> Result<String> {
+        let mut f = Fingerprint::new("bench");
+        f.str("file", &file_sha256(&self.file)?)
+            .json("settings", &self.eval_settings())
+            .json("limit", &self.limit);
+        // f32 adds no part, so evaluations made before the key existed (all in f32) stay
+        // valid; any other dtype re-evaluates every variant.
+        if self.dtype != FloatPrecision::F32 {
+            f.str("dtype", &self.dtype.to_string());
+        }
+        Ok(f.finish())
+    }
+}
+
+/// [`FloatPrecision`] as its name in TOML (`"bf16"`), parsed with its `FromStr`.
+mod precision_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use temper_backend::FloatPrecision;
+
+    pub fn serialize<S: Serializer>(p: &FloatPrecision, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(p)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FloatPrecision, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -418,6 +460,51 @@ mod tests {
             assert!(c.instruct.starts_with("/repo"));
             assert!(c.merge.enabled);
         }
+    }
+
+    #[test]
+    fn dtype_defaults_to_f32_parses_and_keys_the_evaluations() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.jsonl"), "{}\n").unwrap();
+        let stage = "[[stage]]\nname = \"cpt\"\ndata = \"d\"\n[stage.trainer]\nmax_steps = 1\n[stage.trainer.objective]\ntype = \"cpt\"\n";
+        let parse = |dtype: &str| {
+            let text = format!(
+                "name = \"x\"\ninstruct = \"m\"\n[benchmark]\nfile = \"b.jsonl\"\n{dtype}\n{stage}"
+            );
+            PipelineConfig::from_toml_str(&text, "p.toml", dir.path())
+        };
+        let default = parse("").unwrap().benchmark;
+        assert_eq!(default.dtype, FloatPrecision::F32);
+        let bf16 = parse("dtype = \"bf16\"").unwrap().benchmark;
+        assert_eq!(bf16.dtype, FloatPrecision::BF16);
+        assert_eq!(
+            parse("dtype = \"float16\"").unwrap().benchmark.dtype,
+            FloatPrecision::F16
+        );
+        let e = parse("dtype = \"f8\"").unwrap_err().to_string();
+        assert!(
+            e.contains("p.toml") && e.contains("invalid dtype `f8`"),
+            "{e}"
+        );
+
+        // f32 keeps the fingerprint the evaluations had before the key existed; bf16 and f16
+        // each re-evaluate.
+        let before = Fingerprint::new("bench")
+            .str("file", &file_sha256(&default.file).unwrap())
+            .json("settings", &default.eval_settings())
+            .json("limit", &default.limit)
+            .finish();
+        let f32 = default.records_fingerprint().unwrap();
+        assert_eq!(f32, before);
+        let bf16 = bf16.records_fingerprint().unwrap();
+        let mut f16 = default.clone();
+        f16.dtype = FloatPrecision::F16;
+        let f16 = f16.records_fingerprint().unwrap();
+        assert!(f32 != bf16 && f32 != f16 && bf16 != f16);
+
+        // The dtype is written back under its name (report.json holds the config).
+        let json = serde_json::to_value(&default).unwrap();
+        assert_eq!(json["dtype"], "f32");
     }
 
     #[test]

@@ -503,7 +503,7 @@ fn markdown(r: &PipelineReport, figs: &Figures) -> String {
     let mut s = format!("# Temper pipeline: {}\n\n", r.name);
     let _ = writeln!(
         s,
-        "Benchmark `{}`: {} questions, scored by {} (`{}`). Device `{}`. Wall time of this run: {}.\n",
+        "Benchmark `{}`: {} questions, scored by {} (`{}`). Device `{}`, evaluation weights in `{}`. Wall time of this run: {}.\n",
         r.benchmark,
         r.questions,
         match r.mode {
@@ -512,6 +512,7 @@ fn markdown(r: &PipelineReport, figs: &Figures) -> String {
         },
         r.metric_name(),
         r.device,
+        r.config.benchmark.dtype,
         duration(r.total_seconds)
     );
     let _ = writeln!(s, "**{}**\n", r.conclusion());
@@ -546,11 +547,12 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}figure{margi
     let _ = writeln!(s, "<h1>Temper pipeline: {}</h1>", escape(&r.name));
     let _ = writeln!(
         s,
-        "<p>Benchmark <code>{}</code>: {} questions, metric <code>{}</code>. Device <code>{}</code>. Wall time of this run: {}.</p>",
+        "<p>Benchmark <code>{}</code>: {} questions, metric <code>{}</code>. Device <code>{}</code>, evaluation weights in <code>{}</code>. Wall time of this run: {}.</p>",
         escape(&r.benchmark),
         r.questions,
         r.metric_name(),
         escape(&r.device),
+        r.config.benchmark.dtype,
         duration(r.total_seconds)
     );
     let _ = writeln!(s, "<p class=\"verdict\">{}</p>", escape(&r.conclusion()));

@@ -459,11 +459,12 @@ impl Runner<'_> {
                     ));
                     let device = self.config.device.parse::<DeviceSpec>()?.device()?;
                     let t0 = Instant::now();
-                    let p = Pretrained::load(&variant.model.dir, &device, FloatPrecision::F32)
-                        .map_err(|source| PipelineError::Model {
+                    let p = Pretrained::load(&variant.model.dir, &device, bench.dtype).map_err(
+                        |source| PipelineError::Model {
                             path: variant.model.dir.clone(),
                             source: Box::new(source),
-                        })?;
+                        },
+                    )?;
                     let bar = if self.options.progress {
                         indicatif::ProgressBar::new(questions.len() as u64)
                     } else {
@@ -557,12 +558,11 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
     if let Some(limit) = bench.limit {
         questions.truncate(limit);
     }
-    // What the records depend on; the metric and the test settings only change the analysis.
-    let bench_fingerprint = Fingerprint::new("bench")
-        .str("file", &file_sha256(&bench.file)?)
-        .json("settings", &bench.eval_settings())
-        .json("limit", &bench.limit)
-        .finish();
+    // A dtype the device cannot compute in should fail before an hour of training too.
+    bench
+        .dtype
+        .check(&config.device.parse::<DeviceSpec>()?.device()?)?;
+    let bench_fingerprint = bench.records_fingerprint()?;
 
     let instruct = runner.instruct()?;
     let mut variants = vec![Variant {
