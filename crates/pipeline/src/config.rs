@@ -75,7 +75,8 @@ pub struct PipelineConfig {
     /// `cpu`, `wgpu`, `wgpu:N`, `cuda:N`, for training and evaluation.
     #[serde(default = "default_device")]
     pub device: String,
-    /// `f32`, `bf16`, `f16`: weights while training.
+    /// The training precision of every stage: `f32`, `bf16-mixed`, `f16-mixed`, `bf16`, `f16`
+    /// (`temper_backend::TrainPrecision`).
     #[serde(default = "default_precision")]
     pub precision: String,
     pub benchmark: BenchmarkSettings,
