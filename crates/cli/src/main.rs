@@ -74,7 +74,8 @@ enum Command {
         /// cpu, wgpu, wgpu:N or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
-        /// Compute dtype.
+        /// dtype the weights are stored in: bf16 halves the bytes a decode step reads (products
+        /// accumulate in f32; on the CPU the activations stay f32).
         #[arg(long, default_value = "f32")]
         dtype: FloatPrecision,
     },

@@ -124,6 +124,24 @@ fn bad_inputs_exit_nonzero_with_a_message() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("junk.gguf"), "{stderr}");
+    // An unknown precision is refused by name, with the accepted ones.
+    let (ok, _, stderr) = temper(&[
+        "train",
+        "sft",
+        "--model",
+        "x",
+        "--data",
+        "d.jsonl",
+        "--out",
+        "o",
+        "--precision",
+        "fp8",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("invalid precision `fp8`") && stderr.contains("bf16-mixed"),
+        "{stderr}"
+    );
 }
 
 fn merge_fixtures() -> PathBuf {
