@@ -188,15 +188,16 @@ fn split_for(threads: usize, [m, k, n]: [usize; 3], tile: usize) -> Split {
 }
 
 /// A row-major output block: element `(i, j)` at `ptr + i·rs + j`.
+/// Shared with the half-precision products (`half_gemm`), whose kernels write through it too.
 #[derive(Clone, Copy)]
-struct Out {
-    ptr: *mut f32,
-    rs: usize,
+pub(super) struct Out {
+    pub(super) ptr: *mut f32,
+    pub(super) rs: usize,
 }
 
 impl Out {
     /// The row-major `m × n` block at the start of `dst` (f32s, initialised or not).
-    fn over<T>(dst: &mut [T], [m, n]: [usize; 2]) -> Self {
+    pub(super) fn over<T>(dst: &mut [T], [m, n]: [usize; 2]) -> Self {
         assert!(
             size_of::<T>() == size_of::<f32>() && dst.len() >= m * n,
             "gemm: output buffer too small"
@@ -212,7 +213,7 @@ impl Out {
     /// # Safety
     /// The element lies inside the caller's block.
     #[allow(unsafe_code)]
-    unsafe fn at(self, row: usize, col: usize) -> Self {
+    pub(super) unsafe fn at(self, row: usize, col: usize) -> Self {
         Self {
             // SAFETY: forwarded from the caller.
             ptr: unsafe { self.ptr.add(row * self.rs + col) },
@@ -222,7 +223,8 @@ impl Out {
 }
 
 // SAFETY: an `Out` is only a position; the blocks handed to different threads are disjoint
-// (see `split_over_threads`), so no two threads write the same element.
+// (see `split_over_threads`, and the splits in `half_gemm`'s `packed` and `small_m`), so no
+// two threads write the same element.
 #[allow(unsafe_code)]
 unsafe impl Send for Out {}
 #[allow(unsafe_code)]

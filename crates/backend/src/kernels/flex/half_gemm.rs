@@ -52,6 +52,8 @@ use std::sync::OnceLock;
 pub(super) use view::{HalfType, HalfView};
 
 use super::gemm;
+/// The output position type the f32 gemm split uses.
+pub(in crate::kernels::flex) use super::gemm::Out;
 
 /// `dst[m, n]` (row-major, contiguous) `= (accumulate ? dst : 0) + alpha · lhs[m, k] ·
 /// rhs[k, n]`, operands rounded to `half`, on this thread (callers that run many in parallel
@@ -294,10 +296,9 @@ fn matmul_half_with(
         return fallback(threads, dst, lhs, rhs, [m, k, n], alpha, half);
     };
     let out = match dst {
-        Dst::Init { dst, .. } => Out::over(dst),
-        Dst::Uninit(dst) => Out::over(dst),
-    }
-    .with_row_len(n);
+        Dst::Init { dst, .. } => Out::over(dst, [m, n]),
+        Dst::Uninit(dst) => Out::over(dst, [m, n]),
+    };
     if k == 0 {
         if !accumulate {
             for i in 0..m {
@@ -353,45 +354,3 @@ fn fallback(
         }
     }
 }
-
-/// A row-major output block: element `(i, j)` at `ptr + i·rs + j`.
-#[derive(Clone, Copy)]
-struct Out {
-    ptr: *mut f32,
-    rs: usize,
-}
-
-impl Out {
-    /// The start of `dst` (f32s, initialised or not), rows not yet set.
-    fn over<T>(dst: &mut [T]) -> Self {
-        const { assert!(size_of::<T>() == size_of::<f32>()) };
-        Self {
-            ptr: dst.as_mut_ptr().cast::<f32>(),
-            rs: 0,
-        }
-    }
-
-    fn with_row_len(self, rs: usize) -> Self {
-        Self { rs, ..self }
-    }
-
-    /// The block starting at element `(row, col)`.
-    ///
-    /// # Safety
-    /// The element lies inside the caller's block.
-    #[allow(unsafe_code)]
-    unsafe fn at(self, row: usize, col: usize) -> Self {
-        Self {
-            // SAFETY: forwarded from the caller.
-            ptr: unsafe { self.ptr.add(row * self.rs + col) },
-            ..self
-        }
-    }
-}
-
-// SAFETY: an `Out` is only a position; the blocks handed to different threads are disjoint
-// (see the splits in `packed` and `small_m`), so no two threads write the same element.
-#[allow(unsafe_code)]
-unsafe impl Send for Out {}
-#[allow(unsafe_code)]
-unsafe impl Sync for Out {}
