@@ -669,10 +669,7 @@ fn check_lm_head(rows: usize, hid: usize, vocab: usize, tiling: kernels::VocabTi
 
 #[test]
 fn lm_head_matches_reference() {
-    let tiling = |vocab_tile, row_block| kernels::VocabTiling {
-        vocab_tile,
-        row_block,
-    };
+    let tiling = |vocab_tile, row_block| kernels::VocabTiling::new(vocab_tile, row_block);
     check_lm_head(1, 1, 1, tiling(1, 1), 400);
     check_lm_head(7, 5, 13, tiling(4, 3), 401);
     check_lm_head(33, 17, 100, tiling(100, 64), 402);

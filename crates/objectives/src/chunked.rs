@@ -92,10 +92,7 @@ impl ChunkConfig {
 
     /// The tile sizes as the backend op takes them.
     fn tiling(&self) -> VocabTiling {
-        VocabTiling {
-            vocab_tile: self.vocab_tile,
-            row_block: self.row_block,
-        }
+        VocabTiling::new(self.vocab_tile, self.row_block)
     }
 
     fn check(&self) -> Result<()> {

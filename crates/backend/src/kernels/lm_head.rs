@@ -23,10 +23,13 @@
 //! ```
 //!
 //! Where the op runs:
-//! * Flex, f32 (`kernels/flex/lm_head.rs`): gemm into one reused tile buffer plus one
-//!   parallel, vectorised pass per tile; optionally the forward keeps the logits and the
-//!   backward skips its recompute gemm;
-//! * everywhere else (Flex in other dtypes, the CubeCL backends with or without fusion): the
+//! * Flex, f32, bf16 and f16 storage (`kernels/flex/lm_head.rs`): gemm into one reused tile
+//!   buffer plus one parallel, vectorised pass per tile; optionally the forward keeps the
+//!   logits and the backward skips its recompute gemm. Under [`autocast`](crate::autocast)
+//!   ([`VocabTiling::half`]) or with a half-type operand the tile products round their
+//!   operands to the half type and accumulate in f32 (the logit gradient too, as torch's
+//!   autocast rounds the gradient of a bf16 matmul's output); the softmax statistics stay f32;
+//! * everywhere else (Flex in f64, the CubeCL backends with or without fusion): the
 //!   tile loop of this module on the backend's own primitives;
 //! * under autodiff: one custom node (`kernels/autodiff.rs`) that keeps `h`, `W`, the targets
 //!   and the log-sum-exp (`[rows]`), not a tile's logits, and computes gradients only for the
@@ -40,13 +43,29 @@ use burn::tensor::{DType, FloatDType, IndexingUpdateOp, Int, Scalar, Shape, Slic
 
 use super::{FusedOp, KernelPath, is_gpu, kernel_path_for};
 
-/// Tile sizes of the LM-head log-softmax, both positive.
+/// Tile sizes of the LM-head log-softmax, both positive, and the precision of its products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VocabTiling {
     /// Vocabulary columns per tile.
     pub vocab_tile: usize,
     /// Rows per block.
     pub row_block: usize,
+    /// The half type the tile products round their operands to (f32 accumulation), as a
+    /// matmul under [`autocast`](crate::autocast) does: `None` takes the autocast scope's type
+    /// when [`super::lm_head_logps`] is called. Honoured by Flex's kernel; the tile loop and
+    /// the GPU kernels compute in the inputs' dtype.
+    pub half: Option<crate::HalfType>,
+}
+
+impl VocabTiling {
+    /// `vocab_tile` columns by `row_block` rows, products in the inputs' dtype (or autocast's).
+    pub fn new(vocab_tile: usize, row_block: usize) -> Self {
+        Self {
+            vocab_tile,
+            row_block,
+            half: None,
+        }
+    }
 }
 
 /// Per-row results of [`super::lm_head_logps`], all `[rows]`, in f32 (f64 for f64 inputs).
@@ -78,8 +97,8 @@ impl TargetLogps {
     }
 }
 
-/// Whether the fused Flex kernel itself runs for these inputs (f32 on Flex, no autodiff, not
-/// forced to the reference, shapes that fit).
+/// Whether the fused Flex kernel itself runs for these inputs (f32, bf16 or f16 on Flex, no
+/// autodiff, not forced to the reference, shapes that fit).
 fn fused_kernel_applies(hidden: &Tensor<2>, weight: &Tensor<2>, targets: &Tensor<1, Int>) -> bool {
     let device = hidden.device();
     let [n, h] = hidden.dims();
@@ -88,8 +107,9 @@ fn fused_kernel_applies(hidden: &Tensor<2>, weight: &Tensor<2>, targets: &Tensor
         && !is_gpu(&device)
         && !device.is_autodiff()
         && !weight.is_autodiff()
-        && hidden.dtype() == DType::F32
-        && weight.dtype() == DType::F32
+        && [hidden.dtype(), weight.dtype()]
+            .iter()
+            .all(|d| matches!(d, DType::F32 | DType::BF16 | DType::F16))
         && h == wh
         && v > 0
         && targets.dims() == [n]

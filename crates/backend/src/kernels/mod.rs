@@ -479,7 +479,8 @@ pub fn lm_head_logps(
     with_stats: bool,
     keep_logits: bool,
 ) -> TargetLogps {
-    let weight = cast_to(weight, hidden.dtype());
+    let tiling = with_autocast(tiling);
+    let weight = lm_head_weight(weight, &hidden);
     match kernel_path_for(FusedOp::LmHead, &hidden.device(), hidden.dtype()) {
         KernelPath::Fused => TargetLogps::from_dispatch(<Dispatch as FusedOps>::lm_head_logps(
             hidden.into_dispatch(),
@@ -492,6 +493,32 @@ pub fn lm_head_logps(
         KernelPath::Reference => {
             reference::lm_head_logps(hidden, weight, targets, tiling, with_stats)
         }
+    }
+}
+
+/// `tiling` with the [`autocast`](crate::autocast) scope's half type where it names none.
+fn with_autocast(tiling: VocabTiling) -> VocabTiling {
+    VocabTiling {
+        half: tiling.half.or_else(crate::autocast_type),
+        ..tiling
+    }
+}
+
+/// The LM head's weight as its kernel takes it: Flex's reads f32, bf16 and f16 storage in
+/// place (a half-type weight makes its products half-precision, as in [`linear`]); elsewhere
+/// the weight is cast to `hidden`'s dtype.
+fn lm_head_weight(weight: Tensor<2>, hidden: &Tensor<2>) -> Tensor<2> {
+    let device = hidden.device();
+    let in_place = on_fused_ops_backend(&device)
+        && !is_gpu(&device)
+        && !forced_reference(FusedOp::LmHead)
+        && [hidden.dtype(), weight.dtype()]
+            .iter()
+            .all(|d| matches!(d, DType::F32 | DType::BF16 | DType::F16));
+    if in_place {
+        weight
+    } else {
+        cast_to(weight, hidden.dtype())
     }
 }
 
@@ -511,6 +538,7 @@ pub fn lm_head_logps_backward(
     need_hidden: bool,
     need_weight: bool,
 ) -> (Option<Tensor<2>>, Option<Tensor<2>>) {
+    let tiling = with_autocast(tiling);
     if kernel_path_for(FusedOp::LmHead, &hidden.device(), hidden.dtype()) == KernelPath::Reference {
         return reference::lm_head_logps_backward(
             hidden,

@@ -58,7 +58,7 @@ pub(in crate::kernels::flex) use super::gemm::Out;
 /// `dst[m, n]` (row-major, contiguous) `= (accumulate ? dst : 0) + alpha · lhs[m, k] ·
 /// rhs[k, n]`, operands rounded to `half`, on this thread (callers that run many in parallel
 /// tasks). [`super::gemm::matmul`] with half-precision operands. (Only the tests call it
-/// today: the LM head's tiles and attention's blocks keep f32 products.)
+/// today: attention's blocks keep f32 products.)
 #[cfg(test)]
 pub(super) fn matmul_half(
     dst: &mut [f32],

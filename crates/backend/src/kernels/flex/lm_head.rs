@@ -8,14 +8,18 @@
 //! SmolLM2 training step (12 tiles of 1 020 × 4 096, forward and backward) left one core idle
 //! for a good part of the head.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Flex, TensorMetadata, get_or_init_device_settings};
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
-use super::gemm::{View, matmul_parallel, matmul_parallel_uninit};
+use super::gemm::{matmul_parallel, matmul_parallel_uninit};
+use super::half_gemm::{HalfType, HalfView, matmul_half_parallel, matmul_half_parallel_uninit};
+use super::matmul::half_view;
 use super::simd::{dispatch, exp};
-use super::{contiguous_f32, owned_contiguous, view_2d};
+use super::{contiguous_f32, owned_contiguous};
 use crate::kernels::lm_head::{self as tile_loop, VocabTiling, blocks};
 use crate::kernels::ops::LmHeadOutput;
 
@@ -168,6 +172,46 @@ struct Dims {
     vocab: usize,
     vocab_tile: usize,
     row_block: usize,
+    /// The half type of the tile products (`None`: f32 operands, the f32 gemm).
+    half: Option<HalfType>,
+}
+
+impl Dims {
+    /// `dst = lhs · rhs` (`[m, k]·[k, n]`) on all threads, written without being read.
+    fn product_uninit<'d>(
+        &self,
+        dst: &'d mut [MaybeUninit<f32>],
+        lhs: HalfView<'_>,
+        rhs: HalfView<'_>,
+        mkn: [usize; 3],
+    ) -> &'d mut [f32] {
+        match (self.half, lhs.as_f32(), rhs.as_f32()) {
+            (None, Some(l), Some(r)) => matmul_parallel_uninit(dst, l, r, mkn, 1.0),
+            (half, ..) => matmul_half_parallel_uninit(dst, lhs, rhs, mkn, 1.0, self.half_of(half)),
+        }
+    }
+
+    /// `dst = (accumulate ? dst : 0) + lhs · rhs` on all threads.
+    fn product(
+        &self,
+        dst: &mut [f32],
+        accumulate: bool,
+        lhs: HalfView<'_>,
+        rhs: HalfView<'_>,
+        mkn: [usize; 3],
+    ) {
+        match (self.half, lhs.as_f32(), rhs.as_f32()) {
+            (None, Some(l), Some(r)) => matmul_parallel(dst, accumulate, l, r, mkn, 1.0),
+            (half, ..) => {
+                matmul_half_parallel(dst, accumulate, lhs, rhs, mkn, 1.0, self.half_of(half))
+            }
+        }
+    }
+
+    /// `kernel_inputs` sets a half type whenever an operand is stored in one.
+    fn half_of(&self, half: Option<HalfType>) -> HalfType {
+        half.unwrap_or_else(|| unreachable!("half-type operands without a half type"))
+    }
 }
 
 /// Forward: the row states after every tile. `hidden` `[rows, hidden]`, `weight`
@@ -177,8 +221,8 @@ struct Dims {
 /// block, tile) order — `rows × vocab` values that [`backward`] then reads instead of
 /// recomputing them with a gemm.
 fn forward(
-    hidden: View<'_>,
-    weight: View<'_>,
+    hidden: HalfView<'_>,
+    weight: HalfView<'_>,
     targets: &[i64],
     d: Dims,
     with_stats: bool,
@@ -198,12 +242,11 @@ fn forward(
         let nr = r1 - r0;
         for (v0, v1) in blocks(d.vocab, d.vocab_tile) {
             let tw = v1 - v0;
-            let z = matmul_parallel_uninit(
+            let z = d.product_uninit(
                 &mut buf.spare_capacity_mut()[offset..offset + nr * tw],
                 hidden.rows_from(r0),
                 weight.cols_from(v0),
                 [nr, d.hidden, tw],
-                1.0,
             );
             if keep_logits {
                 offset += nr * tw;
@@ -233,8 +276,8 @@ fn forward(
 /// logit gradient); without them every tile is recomputed.
 #[allow(clippy::too_many_arguments)]
 fn backward(
-    hidden: View<'_>,
-    weight: View<'_>,
+    hidden: HalfView<'_>,
+    weight: HalfView<'_>,
     targets: &[i64],
     lse: &[f32],
     grad: &[f32],
@@ -268,7 +311,7 @@ fn backward(
             let w_tile = weight.cols_from(v0);
             let z = &mut buf[offset..offset + nr * tw];
             if recompute {
-                matmul_parallel(z, false, h_rows, w_tile, [nr, d.hidden, tw], 1.0);
+                d.product(z, false, h_rows, w_tile, [nr, d.hidden, tw]);
             } else {
                 offset += nr * tw;
             }
@@ -289,20 +332,22 @@ fn backward(
                         z[local as usize] += g;
                     }
                 });
-            let dz = View::new(z, tw, 1);
+            // Under a half type ∂z is rounded to it like the other operands (torch's autocast
+            // hands a bf16 matmul the gradient of its bf16 output).
+            let dz = HalfView::f32(z, tw, 1);
             if let Some(dh) = d_hidden.as_mut() {
                 // ∂h[r0..r1] += ∂z · W_tileᵀ.
                 let dst = &mut dh[r0 * d.hidden..r1 * d.hidden];
-                matmul_parallel(dst, true, dz, w_tile.t(), [nr, tw, d.hidden], 1.0);
+                d.product(dst, true, dz, w_tile.t(), [nr, tw, d.hidden]);
             }
             if let Some(dwt) = d_weight_t.as_mut() {
                 // ∂Wᵀ[v0..v1] (+)= ∂zᵀ · h[r0..r1].
                 let (a, b, mkn) = (dz.t(), h_rows, [tw, nr, d.hidden]);
                 if bi == 0 {
                     let dst = &mut dwt.spare_capacity_mut()[v0 * d.hidden..v1 * d.hidden];
-                    matmul_parallel_uninit(dst, a, b, mkn, 1.0);
+                    d.product_uninit(dst, a, b, mkn);
                 } else {
-                    matmul_parallel(&mut dwt[v0 * d.hidden..v1 * d.hidden], true, a, b, mkn, 1.0);
+                    d.product(&mut dwt[v0 * d.hidden..v1 * d.hidden], true, a, b, mkn);
                 }
             }
         }
@@ -318,8 +363,10 @@ fn backward(
 }
 
 /// The host side of one kernel call: strided views of `hidden` `[rows, hidden]` and `weight`
-/// `[hidden, vocab]`, the target ids and the dimensions; `None` for inputs the kernel does not
-/// take (another dtype, negative strides), which then go through the tile loop.
+/// `[hidden, vocab]` (f32, bf16 or f16 storage, read in place), the target ids and the
+/// dimensions; `None` for inputs the kernel does not take (another dtype, negative strides),
+/// which then go through the tile loop. The products take `tiling.half`, else the half type an
+/// operand is stored in, else f32.
 ///
 /// # Panics
 /// On shapes that do not fit together or zero tile sizes: the kernel would index out of range.
@@ -328,9 +375,9 @@ fn kernel_inputs<'a>(
     weight: &'a FlexTensor,
     targets: &FlexTensor,
     tiling: VocabTiling,
-) -> Option<(View<'a>, View<'a>, Vec<i64>, Dims)> {
-    let (hv, [rows, h]) = view_2d(hidden)?;
-    let (wv, [wh, vocab]) = view_2d(weight)?;
+) -> Option<(HalfView<'a>, HalfView<'a>, Vec<i64>, Dims)> {
+    let (hv, wv) = (half_view(hidden)?, half_view(weight)?);
+    let ([rows, h], [wh, vocab]) = (dims_2d(hidden), dims_2d(weight));
     let ids = targets
         .clone()
         .into_data()
@@ -349,8 +396,24 @@ fn kernel_inputs<'a>(
         vocab,
         vocab_tile: tiling.vocab_tile,
         row_block: tiling.row_block,
+        half: tiling.half.or(hv.stored_half()).or(wv.stored_half()),
     };
     Some((hv, wv, ids, dims))
+}
+
+/// The two dimensions of a tensor [`half_view`] took.
+fn dims_2d(t: &FlexTensor) -> [usize; 2] {
+    let s = t.layout().shape().as_slice();
+    [s[0], s[1]]
+}
+
+/// `grad` (f32, `[rows, cols]`) in `like`'s dtype: a gradient comes back in its input's dtype.
+fn in_dtype_of(grad: FlexTensor, like: DType) -> FlexTensor {
+    if like == DType::F32 {
+        grad
+    } else {
+        super::matmul::cast_to(grad, like)
+    }
 }
 
 fn flex_f32(data: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
@@ -440,9 +503,9 @@ pub(super) fn logps_backward(
         need_weight,
         kept_slice,
     );
-    let dh = dh.map(|d| flex_f32(d, [rows, h]));
+    let dh = dh.map(|d| in_dtype_of(flex_f32(d, [rows, h]), hidden.dtype()));
     // ∂W was accumulated transposed (contiguous tile rows); hand it back as a `[hidden, vocab]`
     // view: a tied embedding's gradient (`[vocab, hidden]`) is then this very buffer.
-    let dw = dwt.map(|d| flex_f32(d, [vocab, h]).transpose(0, 1));
+    let dw = dwt.map(|d| in_dtype_of(flex_f32(d, [vocab, h]), weight.dtype()).transpose(0, 1));
     (dh, dw)
 }

@@ -61,7 +61,7 @@ fn product_dims(lhs: &FlexTensor, rhs: &FlexTensor, tl: bool, tr: bool) -> [usiz
 
 /// A 2-D f32, bf16 or f16 tensor as a strided view of its storage, without copying; `None`
 /// for other ranks or dtypes and for negative strides.
-fn half_view(t: &FlexTensor) -> Option<HalfView<'_>> {
+pub(super) fn half_view(t: &FlexTensor) -> Option<HalfView<'_>> {
     let layout = t.layout();
     let (dims, strides) = (layout.shape().as_slice(), layout.strides());
     if dims.len() != 2 || strides.iter().any(|s| *s < 0) {
@@ -126,7 +126,8 @@ fn half_product(
     cast_to(out, out_dtype)
 }
 
-fn cast_to(t: FlexTensor, dtype: DType) -> FlexTensor {
+/// A 2-D tensor in `dtype` (f32 for anything but bf16 and f16).
+pub(super) fn cast_to(t: FlexTensor, dtype: DType) -> FlexTensor {
     if t.dtype() == dtype {
         return t;
     }

@@ -4,8 +4,10 @@
 //! each input once, write each output once, split the work over rayon and vectorise through
 //! [`simd`]. Under autodiff the custom nodes of [`super::autodiff`] call the backward entries
 //! here, so a training step's RMSNorm, SwiGLU and attention run fused and in parallel in both
-//! directions; so does the LM head's tiled log-softmax ([`lm_head`]). Inputs of another dtype
-//! than f32 take the tensor-op reference (the LM head: its tile loop, [`super::lm_head`]).
+//! directions; so does the LM head's tiled log-softmax ([`lm_head`]), whose tile products
+//! also read bf16/f16 weights in place and round to autocast's half type. Inputs of another
+//! dtype than f32 take the tensor-op reference (the LM head: f64, through its tile loop,
+//! [`super::lm_head`]).
 
 mod adamw;
 mod attention;

@@ -132,6 +132,23 @@ impl<'a> HalfView<'a> {
         }
     }
 
+    /// The f32 gemm's view of the same matrix, when it is stored in f32.
+    pub(in crate::kernels::flex) fn as_f32(self) -> Option<super::super::gemm::View<'a>> {
+        match self.data {
+            HalfData::F32(d) => Some(super::super::gemm::View::new(d, self.rs, self.cs)),
+            _ => None,
+        }
+    }
+
+    /// The half type the matrix is stored in, if any.
+    pub(in crate::kernels::flex) fn stored_half(self) -> Option<HalfType> {
+        match self.data {
+            HalfData::F32(_) => None,
+            HalfData::Bf16(_) => Some(HalfType::Bf16),
+            HalfData::F16(_) => Some(HalfType::F16),
+        }
+    }
+
     pub(super) fn data(self) -> HalfData<'a> {
         self.data
     }
