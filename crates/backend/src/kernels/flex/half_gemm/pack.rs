@@ -116,8 +116,10 @@ unsafe fn across_lines<E: Lanes, const W: usize>(
     }
 }
 
-/// Depths contiguous (`x(l, p)` at `l·ls + p`): 32 depths of a line become 16 words, stored
-/// `W` apart.
+/// Depths contiguous (`x(l, p)` at `l·ls + p`): for each group of 16 lines, 32 depths of each
+/// line become 16 words in a register, and a 16 × 16 transpose in registers turns them into
+/// 16 rows of `W` words, each stored with one instruction. (Storing each line's words one by
+/// one, `W` apart, made this packing ≈ 12 % of a bf16 SmolLM2 training step on Zen 5.)
 ///
 /// # Safety
 /// As [`pack_from`].
@@ -137,40 +139,80 @@ unsafe fn along_depth<E: Lanes, const W: usize>(
         17, 15, 13, 11, 9, 7, 5, 3, 1,
     );
     let pairs = kc.div_ceil(2);
-    for l in 0..W {
-        if l >= lines {
-            for q in 0..pairs {
-                out[q * W + l] = 0;
-            }
-            continue;
-        }
+    for l0 in (0..W).step_by(16) {
+        // Lines of this group in the panel, and those of them that hold data (the rest, and
+        // every word of a missing line, stay zero).
+        let group = (W - l0).min(16);
+        let live = lines.saturating_sub(l0).min(group);
         for p0 in (0..kc).step_by(32) {
-            let line = data.wrapping_add(l * ls + p0);
-            // SAFETY: depths `p0..kc` of line `l < lines`, masked to them.
-            let (lo, up) = unsafe {
-                (
-                    E::load16::<true>(line, mask16(kc - p0)),
-                    E::load16::<true>(line.wrapping_add(16), mask16((kc - p0).saturating_sub(16))),
-                )
-            };
-            let words = _mm512_permutex2var_epi16(
-                _mm512_castps_si512(lo),
-                odd_halves,
-                _mm512_castps_si512(up),
-            );
-            let words: [u32; 16] = to_words(words);
-            for (t, w) in words.iter().enumerate().take(pairs - p0 / 2) {
-                out[(p0 / 2 + t) * W + l] = *w;
+            let mut words = [_mm512_setzero_si512(); 16];
+            for (i, w) in words.iter_mut().enumerate().take(live) {
+                let line = data.wrapping_add((l0 + i) * ls + p0);
+                // SAFETY: depths `p0..kc` of line `l0 + i < lines`, masked to them.
+                let (lo, up) = unsafe {
+                    (
+                        E::load16::<true>(line, mask16(kc - p0)),
+                        E::load16::<true>(
+                            line.wrapping_add(16),
+                            mask16((kc - p0).saturating_sub(16)),
+                        ),
+                    )
+                };
+                *w = _mm512_permutex2var_epi16(
+                    _mm512_castps_si512(lo),
+                    odd_halves,
+                    _mm512_castps_si512(up),
+                );
+            }
+            // Now `words[t]` lane `i` is pair `p0 / 2 + t` of line `l0 + i`.
+            let words = transpose16(words);
+            let q0 = p0 / 2;
+            for (t, w) in words.iter().enumerate().take(pairs - q0) {
+                // SAFETY: words `l0..l0 + group ≤ W` of pair `q0 + t < pairs`, inside `out`
+                // (`pairs · W` words).
+                unsafe {
+                    _mm512_mask_storeu_epi32(
+                        out.as_mut_ptr().add((q0 + t) * W + l0).cast(),
+                        mask16(group),
+                        *w,
+                    )
+                };
             }
         }
     }
 }
 
-#[inline(always)]
-fn to_words(v: __m512i) -> [u32; 16] {
-    // SAFETY: 64 bytes of integer lanes either way; every bit pattern is valid.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::mem::transmute::<__m512i, [u32; 16]>(v)
+/// The transpose of a 16 × 16 matrix of 32-bit words held as 16 rows: row `j` of the result
+/// is column `j` of `r`. Unpacks of 32- and 64-bit elements gather 4 × 4 blocks within each
+/// 128-bit lane, two rounds of lane shuffles put the blocks in place.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+    let mut a = [_mm512_setzero_si512(); 16];
+    for i in (0..16).step_by(2) {
+        // Lane L: r[i][4L], r[i+1][4L], r[i][4L+1], r[i+1][4L+1] (lo); +2, +3 (hi).
+        a[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        a[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
     }
+    let mut b = [_mm512_setzero_si512(); 16];
+    for g in (0..16).step_by(4) {
+        // b[g + c] lane L: column 4L + c of rows g..g + 4.
+        b[g] = _mm512_unpacklo_epi64(a[g], a[g + 2]);
+        b[g + 1] = _mm512_unpackhi_epi64(a[g], a[g + 2]);
+        b[g + 2] = _mm512_unpacklo_epi64(a[g + 1], a[g + 3]);
+        b[g + 3] = _mm512_unpackhi_epi64(a[g + 1], a[g + 3]);
+    }
+    let mut out = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        // Lanes 0, 2 (0x88) or 1, 3 (0xdd) of each operand.
+        let e0 = _mm512_shuffle_i32x4::<0x88>(b[c], b[4 + c]);
+        let e1 = _mm512_shuffle_i32x4::<0xdd>(b[c], b[4 + c]);
+        let f0 = _mm512_shuffle_i32x4::<0x88>(b[8 + c], b[12 + c]);
+        let f1 = _mm512_shuffle_i32x4::<0xdd>(b[8 + c], b[12 + c]);
+        out[c] = _mm512_shuffle_i32x4::<0x88>(e0, f0);
+        out[8 + c] = _mm512_shuffle_i32x4::<0xdd>(e0, f0);
+        out[4 + c] = _mm512_shuffle_i32x4::<0x88>(e1, f1);
+        out[12 + c] = _mm512_shuffle_i32x4::<0xdd>(e1, f1);
+    }
+    out
 }

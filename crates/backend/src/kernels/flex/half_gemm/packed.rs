@@ -45,8 +45,9 @@ const PARALLEL_WORK: usize = 192 * 192 * 192;
 const MIN_ROWS: usize = 64;
 
 /// `out = (accumulate ? out : 0) + alpha · lhs · rhs` with bf16-rounded operands, `k ≥ 1`,
-/// split over threads as `gemm.rs` splits: rows first (each thread packs its own copy of the
-/// right-hand side), else columns in whole panels, else on the calling thread.
+/// split over threads as `gemm.rs` splits: rows first (the threads share one packing of each
+/// right-hand block, [`rows_shared`]), else columns in whole panels, else on the calling
+/// thread.
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW, VL and BF16; `out` addresses `m` rows of `n` f32 (rows
@@ -68,43 +69,140 @@ pub(super) unsafe fn run(
         Threads::Rayon => rayon::current_num_threads(),
     };
     let work = m.saturating_mul(k).saturating_mul(n);
-    let (by_cols, len, size) = if threads_n < 2 || work < PARALLEL_WORK {
+    if threads_n < 2 || work < PARALLEL_WORK {
         // SAFETY: forwarded.
         return unsafe { block(out, accumulate, lhs, rhs, [m, k, n], alpha) };
     } else if m / threads_n >= MIN_ROWS {
-        (false, m, m.div_ceil(threads_n))
-    } else if n / threads_n >= NR {
-        (true, n, n.div_ceil(threads_n).next_multiple_of(NR))
-    } else {
+        // SAFETY: forwarded.
+        return unsafe { rows_shared(threads_n, out, accumulate, lhs, rhs, [m, k, n], alpha) };
+    } else if n / threads_n < NR {
         // SAFETY: forwarded.
         return unsafe { block(out, accumulate, lhs, rhs, [m, k, n], alpha) };
-    };
-    (0..len.div_ceil(size)).into_par_iter().for_each(|t| {
-        let (s, e) = (t * size, ((t + 1) * size).min(len));
-        // SAFETY: block `t` is rows (or columns) `s..e` of the caller's block, disjoint from
-        // every other task's; views and output move together so the bounds still hold.
+    }
+    let size = n.div_ceil(threads_n).next_multiple_of(NR);
+    (0..n.div_ceil(size)).into_par_iter().for_each(|t| {
+        let (s, e) = (t * size, ((t + 1) * size).min(n));
+        // SAFETY: block `t` is columns `s..e` of the caller's block, disjoint from every other
+        // task's; views and output move together so the bounds still hold.
         unsafe {
-            if by_cols {
-                block(
-                    out.at(0, s),
-                    accumulate,
-                    lhs,
-                    rhs.cols_from(s),
-                    [m, k, e - s],
-                    alpha,
-                )
-            } else {
-                block(
-                    out.at(s, 0),
-                    accumulate,
-                    lhs.rows_from(s),
-                    rhs,
-                    [e - s, k, n],
-                    alpha,
-                )
-            }
+            block(
+                out.at(0, s),
+                accumulate,
+                lhs,
+                rhs.cols_from(s),
+                [m, k, e - s],
+                alpha,
+            )
         }
     });
+}
+
+/// [`run`] split by rows over `parts` tasks that share one packing of each right-hand block:
+/// the panels are packed in parallel, then each task packs its own rows and runs its tiles.
+/// (Each task packing the whole right-hand side itself cost as much packing as a
+/// `1024 × 576 · 576 × 1536` product's compute left room for.) Every element still sums its
+/// depth blocks in order, on whichever thread.
+///
+/// # Safety
+/// As [`run`].
+#[allow(unsafe_code, clippy::too_many_arguments)]
+unsafe fn rows_shared(
+    parts: usize,
+    out: Out,
+    accumulate: bool,
+    lhs: HalfView<'_>,
+    rhs: HalfView<'_>,
+    [m, k, n]: [usize; 3],
+    alpha: f32,
+) {
+    use rayon::prelude::*;
+    let kc_max = KC.min(k.next_multiple_of(2));
+    let nc_max = NC.min(n.next_multiple_of(NR));
+    let mut bp = vec![0u32; nc_max * kc_max / 2];
+    let rhs_t = rhs.t();
+    let rows = m.div_ceil(parts);
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let pairs = kc.div_ceil(2);
+            bp.par_chunks_mut(NR * pairs)
+                .take(nc.div_ceil(NR))
+                .enumerate()
+                .for_each(|(panel, words)| {
+                    let j0 = jc + panel * NR;
+                    // SAFETY: columns `j0..j0 + lines` and depths `pc..pc + kc` of the checked
+                    // right-hand side; the CPU has AVX-512 (the caller's contract).
+                    unsafe {
+                        pack::<NR>(rhs_t.rows_from(j0).cols_from(pc), NR.min(n - j0), kc, words)
+                    };
+                });
+            let bp = &bp[..];
+            (0..m.div_ceil(rows)).into_par_iter().for_each(|t| {
+                let (s, e) = (t * rows, ((t + 1) * rows).min(m));
+                // SAFETY: rows `s..e` of the caller's block, disjoint from every other task's;
+                // the panels hold depths `pc..pc + kc` of columns `jc..jc + nc`.
+                unsafe {
+                    row_block(
+                        out.at(s, 0),
+                        lhs.rows_from(s),
+                        bp,
+                        [e - s, pc, kc, jc, nc],
+                        alpha,
+                        accumulate || pc > 0,
+                    )
+                };
+            });
+        }
+    }
+}
+
+/// Rows `0..m` of `lhs` (depths `pc..pc + kc`) times the packed right-hand block `bp`
+/// (columns `jc..jc + nc`), written to (or, with `add`, added to) `out`, whose column 0 is the
+/// product's.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW, VL and BF16; `out` addresses the `m` rows of the product's
+/// columns, ours alone; `lhs` holds those rows over the depths; `bp` is the packed block.
+#[allow(unsafe_code)]
+unsafe fn row_block(
+    out: Out,
+    lhs: HalfView<'_>,
+    bp: &[u32],
+    [m, pc, kc, jc, nc]: [usize; 5],
+    alpha: f32,
+    add: bool,
+) {
+    let pairs = kc.div_ceil(2);
+    let mut ap = vec![0u32; MC.min(m.next_multiple_of(MR)) * pairs];
+    for ic in (0..m).step_by(MC) {
+        let mc = MC.min(m - ic);
+        for (panel, words) in ap.chunks_mut(MR * pairs).take(mc.div_ceil(MR)).enumerate() {
+            let i0 = ic + panel * MR;
+            // SAFETY: rows `i0..` and depths `pc..pc + kc` of the checked left side.
+            unsafe { pack::<MR>(lhs.rows_from(i0).cols_from(pc), MR.min(m - i0), kc, words) };
+        }
+        for jr in (0..nc).step_by(NR) {
+            let b = &bp[jr / NR * NR * pairs..][..NR * pairs];
+            for ir in (0..mc).step_by(MR) {
+                let a = &ap[ir / MR * MR * pairs..][..MR * pairs];
+                let (i, j) = (ic + ir, jc + jr);
+                // SAFETY: the tile's rows `i..` and columns `j..`, clipped to the block, are
+                // the caller's; the panels hold `pairs` depth pairs.
+                unsafe {
+                    tile(
+                        pairs,
+                        a,
+                        b,
+                        out.at(i, j),
+                        [MR.min(m - i), NR.min(jc + nc - j)],
+                        alpha,
+                        add,
+                    )
+                };
+            }
+        }
+    }
 }
 
 /// [`run`] on the calling thread.
@@ -122,9 +220,7 @@ unsafe fn block(
 ) {
     let kc_max = KC.min(k.next_multiple_of(2));
     let nc_max = NC.min(n.next_multiple_of(NR));
-    let mc_max = MC.min(m.next_multiple_of(MR));
     let mut bp = vec![0u32; nc_max * kc_max / 2];
-    let mut ap = vec![0u32; mc_max * kc_max / 2];
     let rhs_t = rhs.t();
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
@@ -137,36 +233,17 @@ unsafe fn block(
                 // right-hand side.
                 unsafe { pack::<NR>(rhs_t.rows_from(j0).cols_from(pc), NR.min(n - j0), kc, words) };
             }
-            for ic in (0..m).step_by(MC) {
-                let mc = MC.min(m - ic);
-                for (panel, words) in ap.chunks_mut(MR * pairs).take(mc.div_ceil(MR)).enumerate() {
-                    let i0 = ic + panel * MR;
-                    // SAFETY: rows `i0..` and depths `pc..pc + kc` of the checked left side.
-                    unsafe {
-                        pack::<MR>(lhs.rows_from(i0).cols_from(pc), MR.min(m - i0), kc, words)
-                    };
-                }
-                for jr in (0..nc).step_by(NR) {
-                    let b = &bp[jr / NR * NR * pairs..][..NR * pairs];
-                    for ir in (0..mc).step_by(MR) {
-                        let a = &ap[ir / MR * MR * pairs..][..MR * pairs];
-                        let (i, j) = (ic + ir, jc + jr);
-                        // SAFETY: the tile's rows `i..` and columns `j..`, clipped to the
-                        // block, are the caller's; the panels hold `pairs` depth pairs.
-                        unsafe {
-                            tile(
-                                pairs,
-                                a,
-                                b,
-                                out.at(i, j),
-                                [MR.min(m - i), NR.min(n - j)],
-                                alpha,
-                                accumulate || pc > 0,
-                            )
-                        };
-                    }
-                }
-            }
+            // SAFETY: all `m` rows, forwarded; `bp` holds this block.
+            unsafe {
+                row_block(
+                    out,
+                    lhs,
+                    &bp,
+                    [m, pc, kc, jc, nc],
+                    alpha,
+                    accumulate || pc > 0,
+                )
+            };
         }
     }
 }

@@ -241,6 +241,8 @@ fn results_do_not_depend_on_the_thread_count() {
         [257, 129, 300],
         [1, 576, 1536],
         [3, 100, 800],
+        // Two depth blocks and two column blocks, rows split with shared panels.
+        [130, 400, 2100],
     ];
     let pools: Vec<_> = [1, 2]
         .iter()

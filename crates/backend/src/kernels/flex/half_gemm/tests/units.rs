@@ -116,10 +116,26 @@ fn packing_equals_its_definition() {
         eprintln!("note: no AVX-512 here: packing is not tested");
         return;
     }
-    const W: usize = 12;
+    packing_of_width::<12>();
+    packing_of_width::<32>();
+}
+
+/// [`packing_equals_its_definition`] for panels of `W` lines (the kernel's 12 and 32: one
+/// partial and two whole groups of 16 in the transposing path).
+#[cfg(target_arch = "x86_64")]
+fn packing_of_width<const W: usize>() {
     let op = Operand::new(40 * 70, 11);
     for store in [Store::F32, Store::Bf16, Store::F16] {
-        for (lines, kc) in [(12usize, 37usize), (5, 64), (1, 1), (12, 2), (7, 33)] {
+        let cases = [
+            (W, 37usize),
+            (5, 64),
+            (1, 1),
+            (W, 2),
+            (7, 33),
+            (W - 1, 70),
+            (W, 40),
+        ];
+        for (lines, kc) in cases {
             // (line stride, depth stride): depths contiguous, lines contiguous, neither.
             for [ls, ps] in [[70, 1], [1, 40], [2, 37]] {
                 let src = op.view(store, ls, ps);
