@@ -495,8 +495,9 @@ impl ModuleMapper for Sgd<'_> {
 
 /// A few SGD steps of a tiny tied model in `f16-mixed` on `TEMPER_TEST_DEVICE` (default `cpu`;
 /// `wgpu` in CI's lavapipe run, where the products run as f16 matmuls): the f32 master weights
-/// get f32 gradients through the f16 products, and every step's loss stays within f16
-/// rounding of the f32 run's. A static loss scale stands in for the trainer's `GradScaler`.
+/// get f32 gradients through the f16 products, and every step's loss differs from the f32
+/// run's, by less than an f16 rounding (2⁻¹⁰ relative). A static loss scale stands in for the
+/// trainer's `GradScaler`.
 #[test]
 fn f16_mixed_training_steps_on_the_test_device() {
     let spec: temper_backend::DeviceSpec = std::env::var("TEMPER_TEST_DEVICE")
@@ -535,7 +536,7 @@ fn f16_mixed_training_steps_on_the_test_device() {
             let grads = (loss * LOSS_SCALE).backward();
             let mut sgd = Sgd {
                 grads: &grads,
-                lr: 0.5,
+                lr: 0.2,
                 loss_scale: LOSS_SCALE,
                 dtypes: Vec::new(),
                 sq_norm: 0.0,
@@ -556,12 +557,13 @@ fn f16_mixed_training_steps_on_the_test_device() {
     };
     let (reference, mixed) = (run(TrainPrecision::F32), run(TrainPrecision::F16Mixed));
     assert!(
-        reference.windows(2).all(|w| w[1] < w[0]),
+        reference[2] < reference[0],
         "the steps train: {reference:?}"
     );
+    assert_ne!(mixed, reference, "the f16-mixed products were not rounded");
     for (step, (r, m)) in reference.iter().zip(&mixed).enumerate() {
         assert!(
-            m.is_finite() && (m - r).abs() <= 2e-3 * r.abs(),
+            m.is_finite() && (m - r).abs() <= 1e-3 * r.abs(),
             "step {step}: f16-mixed loss {m}, f32 {r}"
         );
     }
