@@ -27,7 +27,8 @@ use crate::{Result, TrainError};
 /// (`initial_policy`) use the base with adapters disabled instead of a second model.
 ///
 /// # Errors
-/// A precision the device cannot compute in (`bf16`/`bf16-mixed` on wgpu); loading, data, training (including [`TrainError::NonFiniteLoss`]) and saving failures.
+/// A precision the device cannot compute in (`bf16`/`bf16-mixed` on wgpu); loading, data,
+/// training (including [`TrainError::NonFiniteLoss`]) and saving failures.
 pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     config.validate()?;
     let tc = &config.trainer;
