@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use burn::tensor::Device;
 
-use crate::BackendError;
+use crate::{BackendError, TrainPrecision};
 
 /// Which burn backend a [`DeviceSpec`] names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,17 @@ impl DeviceSpec {
         } else {
             device
         })
+    }
+
+    /// Checks that this device computes in `precision`'s half type
+    /// ([`TrainPrecision::check`]), naming the device as written (`wgpu`, `cuda:0`).
+    ///
+    /// # Errors
+    /// [`BackendError::NotCompiled`]/[`BackendError::InvalidDevice`] as [`DeviceSpec::device`];
+    /// [`BackendError::UnsupportedPrecision`] (e.g. `bf16-mixed` on wgpu).
+    pub fn check_precision(&self, precision: TrainPrecision) -> Result<(), BackendError> {
+        let name = format!("`{}`", self.with_autodiff(false));
+        precision.check_named(&self.base_device()?, &name)
     }
 
     fn base_device(&self) -> Result<Device, BackendError> {

@@ -18,4 +18,14 @@ pub enum BackendError {
     /// The device cannot compute in this dtype.
     #[error("device {device} does not support {dtype} arithmetic; use f32")]
     UnsupportedDType { device: String, dtype: String },
+    /// The device cannot compute in a training precision's half type (bf16 on wgpu).
+    #[error(
+        "training precision `{precision}` computes in {half}, which device {device} does not support; use {instead}"
+    )]
+    UnsupportedPrecision {
+        precision: String,
+        device: String,
+        half: String,
+        instead: &'static str,
+    },
 }

@@ -15,10 +15,18 @@
 //! accumulation does — is where the arithmetic rate and the halved weight bytes come from.
 //! Where torch's autocast rounds each product's *output* to bf16 as well, Temper keeps it in f32:
 //! the same operand rounding, one rounding fewer (see `docs/architecture.md`, "Precision").
+//!
+//! On GPU backends (CubeCL: wgpu, cuda) the products cast their operands to the half type and
+//! run burn's matmul, which accumulates in f32 and rounds its output to the half type once
+//! (torch's rounding); the activations are f32 in the mixed modes ([`TrainPrecision::autocast`])
+//! and in the storage dtype in the pure ones. wgpu has f16 but no bf16 (WGSL has no bf16 type):
+//! [`TrainPrecision::check`] refuses `bf16` and `bf16-mixed` there.
 
 use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
+
+use burn::tensor::Device;
 
 use crate::{BackendError, FloatPrecision};
 
@@ -144,32 +152,111 @@ impl fmt::Display for TrainPrecision {
     }
 }
 
+/// What an [`autocast`] scope sets: the products' half type, and whether the activations
+/// between products are kept in f32 (mixed precision) where the backend would otherwise keep
+/// them in the weights' storage dtype (GPU backends, see `kernels::activation_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Scope {
+    half: Option<HalfType>,
+    f32_activations: bool,
+}
+
+impl Scope {
+    const OFF: Self = Self {
+        half: None,
+        f32_activations: false,
+    };
+}
+
 thread_local! {
-    static AUTOCAST: Cell<Option<HalfType>> = const { Cell::new(None) };
+    static AUTOCAST: Cell<Scope> = const { Cell::new(Scope::OFF) };
 }
 
 /// The half type the products of this thread round their operands to (`None`: f32), as set
 /// by [`autocast`].
 pub fn autocast_type() -> Option<HalfType> {
-    AUTOCAST.with(Cell::get)
+    AUTOCAST.with(Cell::get).half
+}
+
+/// Whether the current scope keeps the activations between products in f32: inside
+/// [`autocast`] with a half type and inside a mixed mode's [`TrainPrecision::autocast`], not
+/// inside a pure `bf16`/`f16` one (whose activations are stored in the half type on GPU
+/// backends).
+pub(crate) fn autocast_keeps_f32_activations() -> bool {
+    AUTOCAST.with(Cell::get).f32_activations
 }
 
 /// Runs the products of this thread with operands rounded to `half` until the guard drops
-/// (`torch.autocast`): f32 tensors stay f32, products accumulate in f32. `None` turns it off
-/// inside an outer scope. Nested scopes restore the outer setting.
+/// (`torch.autocast`): f32 tensors stay f32, products accumulate in f32, and the activations
+/// between products are f32 on every backend (a half-type weight, e.g. a frozen LoRA base,
+/// does not make them half). `None` turns it off inside an outer scope. Nested scopes restore
+/// the outer setting.
 ///
 /// Backward passes record the type their forward ran with, so `loss.backward()` need not be
 /// inside the scope (it may be).
 #[must_use = "autocast lasts while the guard lives"]
 pub fn autocast(half: Option<HalfType>) -> AutocastGuard {
-    let previous = AUTOCAST.with(|c| c.replace(half));
+    enter(Scope {
+        half,
+        f32_activations: half.is_some(),
+    })
+}
+
+impl TrainPrecision {
+    /// The [`autocast`] scope of a training step in this precision: products round to
+    /// [`TrainPrecision::compute`]; the mixed modes keep the activations in f32 (as
+    /// [`autocast`]), the pure ones leave them in the storage dtype.
+    #[must_use = "autocast lasts while the guard lives"]
+    pub fn autocast(self) -> AutocastGuard {
+        enter(Scope {
+            half: self.compute(),
+            f32_activations: self.is_mixed(),
+        })
+    }
+
+    /// Checks that `device` computes in this precision's half type (storage and arithmetic),
+    /// before anything is loaded: `bf16`/`bf16-mixed` on wgpu (WGSL has no bf16 type) are
+    /// refused here rather than failing, or silently computing in f32, later.
+    ///
+    /// # Errors
+    /// [`BackendError::UnsupportedPrecision`] naming the precision, the device (its `Debug`
+    /// form) and what to use instead.
+    pub fn check(self, device: &Device) -> Result<(), BackendError> {
+        self.check_named(device, &format!("{device:?}"))
+    }
+
+    /// [`TrainPrecision::check`] with the device named as the user wrote it.
+    pub(crate) fn check_named(self, device: &Device, name: &str) -> Result<(), BackendError> {
+        let Some(half) = self.compute() else {
+            return Ok(());
+        };
+        if device.supports_dtype(half.precision().dtype()) {
+            return Ok(());
+        }
+        let f16 = device.supports_dtype(FloatPrecision::F16.dtype());
+        let instead = if half == HalfType::Bf16 && f16 {
+            "`f16-mixed` (f32 master weights, f16 products, dynamic loss scaling) or `f32`"
+        } else {
+            "`f32`"
+        };
+        Err(BackendError::UnsupportedPrecision {
+            precision: self.to_string(),
+            device: name.to_string(),
+            half: half.precision().to_string(),
+            instead,
+        })
+    }
+}
+
+fn enter(scope: Scope) -> AutocastGuard {
+    let previous = AUTOCAST.with(|c| c.replace(scope));
     AutocastGuard { previous }
 }
 
 /// Restores the previous [`autocast`] setting when dropped.
 #[derive(Debug)]
 pub struct AutocastGuard {
-    previous: Option<HalfType>,
+    previous: Scope,
 }
 
 impl Drop for AutocastGuard {
@@ -228,5 +315,26 @@ mod tests {
             assert_eq!(other, None);
         }
         assert_eq!(autocast_type(), None);
+    }
+
+    #[test]
+    fn mixed_scopes_keep_f32_activations_and_pure_ones_do_not() {
+        assert!(!autocast_keeps_f32_activations());
+        {
+            let _mixed = TrainPrecision::F16Mixed.autocast();
+            assert_eq!(autocast_type(), Some(HalfType::F16));
+            assert!(autocast_keeps_f32_activations());
+            {
+                let _pure = TrainPrecision::Bf16.autocast();
+                assert_eq!(autocast_type(), Some(HalfType::Bf16));
+                assert!(!autocast_keeps_f32_activations());
+            }
+            assert!(autocast_keeps_f32_activations());
+            let _f32 = TrainPrecision::F32.autocast();
+            assert_eq!(autocast_type(), None);
+            assert!(!autocast_keeps_f32_activations());
+        }
+        let _torch = autocast(Some(HalfType::Bf16));
+        assert!(autocast_keeps_f32_activations());
     }
 }

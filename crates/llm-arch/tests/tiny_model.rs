@@ -1,12 +1,15 @@
 //! Fast behaviour tests on tiny random models built in the test: KV-cache consistency,
-//! padding, explicit positions and generation (checkpoint save/load: `tiny_checkpoint.rs`).
+//! padding, explicit positions and generation (checkpoint save/load: `tiny_checkpoint.rs`);
+//! a few f16-mixed training steps on the test device.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use burn::module::Param;
-use burn::tensor::Tensor;
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use proptest::prelude::*;
+use temper_backend::TrainPrecision;
 use temper_llm_arch::{
     ForwardOptions, GenerationConfig, KvCache, LlamaForCausalLM, ModelConfig, generate,
 };
@@ -463,5 +466,105 @@ fn explicit_position_ids_are_honoured() {
         )
         .remove(0);
         assert!(max_diff_rows(&default[2..], &rest) <= TOL);
+    }
+}
+
+/// Plain SGD on every float parameter, `w ← w − lr·∂w/scale`, recording each gradient's dtype
+/// and the squared gradient norm.
+struct Sgd<'a> {
+    grads: &'a burn::tensor::Gradients,
+    lr: f64,
+    loss_scale: f64,
+    dtypes: Vec<DType>,
+    sq_norm: f64,
+}
+
+impl ModuleMapper for Sgd<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|w| {
+            let g = w
+                .grad(self.grads)
+                .expect("every weight of the tiny model trains");
+            self.dtypes.push(g.dtype());
+            let g = g.cast(DType::F32) / self.loss_scale;
+            self.sq_norm += (g.clone() * g.clone()).sum().into_scalar::<f64>();
+            Tensor::from_inner(w.inner() - g * self.lr).require_grad()
+        })
+    }
+}
+
+/// A few SGD steps of a tiny tied model in `f16-mixed` on `TEMPER_TEST_DEVICE` (default `cpu`;
+/// `wgpu` in CI's lavapipe run, where the products run as f16 matmuls): the f32 master weights
+/// get f32 gradients through the f16 products, and every step's loss differs from the f32
+/// run's, by less than an f16 rounding (2⁻¹⁰ relative). A static loss scale stands in for the
+/// trainer's `GradScaler`.
+#[test]
+fn f16_mixed_training_steps_on_the_test_device() {
+    let spec: temper_backend::DeviceSpec = std::env::var("TEMPER_TEST_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .expect("TEMPER_TEST_DEVICE");
+    let device = spec.with_autodiff(true).device().expect("test device");
+    if !device.supports_dtype(DType::F16) {
+        return;
+    }
+    const LOSS_SCALE: f64 = 1024.0;
+    let mut config = ModelConfig::tiny(64, 64, 2, 4, 2);
+    config.tie_word_embeddings = true;
+    let initial = LlamaForCausalLM::init(&config, &device);
+    let (b, s) = (2, 12);
+    let tokens: Vec<i64> = (0..b * (s + 1))
+        .map(|i| ((i * 7 + i / 5) % 64) as i64)
+        .collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens, [b, s + 1]), &device);
+    let (inputs, targets) = (
+        tokens.clone().slice([0..b, 0..s]),
+        tokens.slice([0..b, 1..s + 1]),
+    );
+    let run = |precision: TrainPrecision| {
+        let mut model = initial.clone();
+        let mut losses = Vec::new();
+        for _ in 0..3 {
+            let _autocast = precision.autocast();
+            let logits = model
+                .forward(inputs.clone(), &ForwardOptions::default())
+                .unwrap();
+            assert_eq!(logits.dtype(), DType::F32, "{precision}: f32 logits");
+            let logp = log_softmax(logits, 2).gather(2, targets.clone().unsqueeze_dim::<3>(2));
+            let loss = -logp.mean();
+            losses.push(loss.clone().into_scalar::<f64>());
+            let grads = (loss * LOSS_SCALE).backward();
+            let mut sgd = Sgd {
+                grads: &grads,
+                lr: 0.2,
+                loss_scale: LOSS_SCALE,
+                dtypes: Vec::new(),
+                sq_norm: 0.0,
+            };
+            model = model.map(&mut sgd);
+            assert!(
+                sgd.dtypes.iter().all(|d| *d == DType::F32),
+                "{precision}: gradients {:?}",
+                sgd.dtypes
+            );
+            assert!(
+                sgd.sq_norm.is_finite() && sgd.sq_norm > 0.0,
+                "{precision}: {}",
+                sgd.sq_norm
+            );
+        }
+        losses
+    };
+    let (reference, mixed) = (run(TrainPrecision::F32), run(TrainPrecision::F16Mixed));
+    assert!(
+        reference[2] < reference[0],
+        "the steps train: {reference:?}"
+    );
+    assert_ne!(mixed, reference, "the f16-mixed products were not rounded");
+    for (step, (r, m)) in reference.iter().zip(&mixed).enumerate() {
+        assert!(
+            m.is_finite() && (m - r).abs() <= 1e-3 * r.abs(),
+            "step {step}: f16-mixed loss {m}, f32 {r}"
+        );
     }
 }

@@ -27,12 +27,15 @@ use crate::{Result, TrainError};
 /// (`initial_policy`) use the base with adapters disabled instead of a second model.
 ///
 /// # Errors
-/// Loading, data, training (including [`TrainError::NonFiniteLoss`]) and saving failures.
+/// A precision the device cannot compute in (`bf16`/`bf16-mixed` on wgpu); loading, data,
+/// training (including [`TrainError::NonFiniteLoss`]) and saving failures.
 pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     config.validate()?;
     let tc = &config.trainer;
     let spec: DeviceSpec = config.device.parse()?;
     let precision: TrainPrecision = config.precision.parse()?;
+    // Before anything is loaded: `bf16-mixed` on wgpu is refused here, naming the device.
+    spec.check_precision(precision)?;
     let train_device = spec.with_autodiff(true).device()?;
     // The strategy is a property of the parameters, fixed by the device they are created on
     // (a later `to_device` keeps it), so the policy is loaded straight onto this device.

@@ -385,8 +385,11 @@ impl Trainer {
     ///
     /// # Errors
     /// A non-finite loss or gradient norm ([`TrainError::NonFiniteLoss`], naming the step and
-    /// the last good checkpoint), forward/loss failures, I/O failures.
+    /// the last good checkpoint), forward/loss failures, I/O failures; a precision the
+    /// model's device cannot compute in ([`temper_backend::BackendError::UnsupportedPrecision`]:
+    /// `bf16-mixed` on wgpu).
     pub fn train(&mut self) -> Result<TrainSummary> {
+        self.precision.check(&self.model.device())?;
         let out_dir = self.config.output_dir.clone();
         std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
         let metrics_path = out_dir.join(METRICS_FILE);
@@ -552,8 +555,9 @@ impl Trainer {
         let tokens: usize = batches.iter().map(MicroBatch::tokens).sum();
 
         // Products round to the precision's half type (forward and the backward nodes it
-        // records); everything else stays in the storage dtype.
-        let _autocast = temper_backend::autocast(self.precision.compute());
+        // records); activations stay f32 in the mixed modes, in the storage dtype otherwise
+        // (see `temper_backend::kernels::activation_dtype`).
+        let _autocast = self.precision.autocast();
         let loss_scale = self.scaler.as_ref().map(GradScaler::scale);
         let mut accumulator = GradientsAccumulator::<LlamaForCausalLM>::new();
         let mut window_loss = 0.0;
@@ -655,7 +659,7 @@ impl Trainer {
             return Ok(None);
         }
         let model = self.model.valid();
-        let _autocast = temper_backend::autocast(self.precision.compute());
+        let _autocast = self.precision.autocast();
         let n = eval.len();
         let bs = self.config.batch_size;
         let mut losses = Vec::new();

@@ -13,6 +13,10 @@
 //! the CubeCL backends (their implementations choose between kernel and tile loop, see
 //! [`mod@lm_head`]), so that training keeps its bounded-memory backward node everywhere.
 //!
+//! The products ([`linear`], [`lora_linear`], [`matmul`]) take [`MatmulOps`] on Flex and burn's
+//! matmul on GPU backends, there with operands cast to the half type under
+//! [`autocast`](crate::autocast) (f32 accumulation in both, see [`gpu_autocast`]).
+//!
 //! `TEMPER_KERNELS=reference` forces the reference everywhere, `TEMPER_KERNELS=reference:attention,swiglu`
 //! for the named ops only (A/B measurements, kernel by kernel).
 //! Adding a kernel means a method on [`FusedOps`], its implementations, and a wrapper here; no
@@ -52,7 +56,7 @@ pub enum KernelPath {
 /// The fused ops, for [`kernel_path_for`] and `TEMPER_KERNELS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FusedOp {
-    /// [`linear`]: Flex only (GPU backends keep burn's matmul).
+    /// [`linear`]: Flex only (GPU backends keep burn's matmul, with casts under autocast).
     Linear,
     RmsNorm,
     Rotary,
@@ -170,7 +174,8 @@ pub fn kernel_path(device: &Device, dtype: DType) -> KernelPath {
 /// inputs), under [`autocast`](crate::autocast) and whenever an operand is stored in a half type
 /// (operands rounded, f32 accumulation). f32 inference keeps burn's matmul: the numerics the
 /// parity and PEFT-merge tests were measured with (burn-flex's output copy costs little next
-/// to the forward's own gemms). GPU backends keep burn's matmul.
+/// to the forward's own gemms). GPU backends keep burn's matmul (under autocast with casts
+/// around it, see [`gpu_autocast`]).
 ///
 /// `always`: take [`MatmulOps`] for f32 inference too.
 fn flex_product(device: &Device, dtypes: &[DType], always: bool) -> Option<Option<HalfType>> {
@@ -202,6 +207,26 @@ fn cast_to<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
     }
 }
 
+/// The half dtype a product on a GPU (CubeCL) device runs in under
+/// [`autocast`](crate::autocast), or `None` (not a GPU, no autocast, or a half type the device
+/// cannot compute in: bf16 on wgpu, whose WGSL has no bf16 type — there the product stays in
+/// the operands' dtype; `TrainPrecision::check` refuses `bf16-mixed` on such a device before
+/// training starts).
+///
+/// The products then cast their operands to this dtype and run burn's matmul, whose CubeCL
+/// kernels (cubek-matmul 0.3.1, `MatmulElems::from_globals`) accumulate f16/bf16 outputs in
+/// f32; the output is rounded to the half type once and cast back to the activation's dtype
+/// (torch's autocast rounds the same way). Gradients flow back through burn's autodiff casts,
+/// so an f32 master weight gets an f32 gradient.
+fn gpu_autocast(device: &Device) -> Option<DType> {
+    let half = crate::autocast_type()?;
+    if !is_gpu(device) {
+        return None;
+    }
+    let dtype = half.precision().dtype();
+    device.supports_dtype(dtype).then_some(dtype)
+}
+
 /// burn's `linear` with the weight (and bias) in `x`'s dtype.
 fn burn_linear<const D: usize>(
     x: Tensor<D>,
@@ -228,13 +253,20 @@ fn add_bias<const D: usize>(out: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D
 ///
 /// On Flex see [`flex_product`]: under [`autocast`](crate::autocast) or with a bf16/f16 weight
 /// the operands are rounded to the half type and accumulated in f32 (an f32 `x` gives an f32
-/// output). Elsewhere burn's `linear`, the weight cast to `x`'s dtype if they differ.
+/// output). On a GPU under autocast (see [`gpu_autocast`]): burn's `linear` on operands cast
+/// to the half type (f32 accumulation), the output cast back to `x`'s dtype before the bias is
+/// added. Elsewhere burn's `linear`, the weight cast to `x`'s dtype if they differ.
 pub fn linear<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
     let device = x.device();
+    if let Some(half) = gpu_autocast(&device) {
+        let dtype = x.dtype();
+        let out = burn_linear(cast_to(x, half), weight, None);
+        return add_bias(cast_to(out, dtype), bias);
+    }
     let Some(half) = flex_product(&device, &[x.dtype(), weight.dtype()], false) else {
         return burn_linear(x, weight, bias);
     };
@@ -258,7 +290,8 @@ pub fn linear<const D: usize>(
 ///
 /// On Flex (see [`flex_product`]): one [`MatmulOps::lora_linear`] node, the update accumulated
 /// into the base product by gemm and the backward computing only what tracked inputs need.
-/// Elsewhere the composition of burn ops (same values up to rounding).
+/// On a GPU under autocast both products take the half type as in [`linear`]. Elsewhere the
+/// composition of burn ops (same values up to rounding).
 pub fn lora_linear<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
@@ -268,6 +301,15 @@ pub fn lora_linear<const D: usize>(
     scale: f64,
 ) -> Tensor<D> {
     let device = x.device();
+    if let Some(half) = gpu_autocast(&device) {
+        // Both products' outputs are widened before the sum, so the update is added in the
+        // activation's dtype (Flex accumulates it into the base product in f32).
+        let dtype = x.dtype();
+        let xh = cast_to(x, half);
+        let update = burn_linear(burn_linear(xh.clone(), lora_a, None), lora_b, None);
+        let base = burn_linear(xh, weight, None);
+        return add_bias(cast_to(base, dtype) + cast_to(update, dtype) * scale, bias);
+    }
     let dtypes = [x.dtype(), weight.dtype(), lora_a.dtype(), lora_b.dtype()];
     let Some(half) = flex_product(&device, &dtypes, false) else {
         let update = burn_linear(burn_linear(x.clone(), lora_a, None), lora_b, None) * scale;
@@ -290,10 +332,15 @@ pub fn lora_linear<const D: usize>(
 }
 
 /// `lhs · rhs` of 2-D tensors: on Flex through [`MatmulOps`] (transposed views are read
-/// through their strides, not copied; half types as in [`linear`]), elsewhere burn's matmul
-/// (`rhs` cast to `lhs`'s dtype if they differ). Differentiable.
+/// through their strides, not copied; half types as in [`linear`]), on a GPU under autocast
+/// burn's matmul of the operands cast to the half type (output in `lhs`'s dtype), elsewhere
+/// burn's matmul (`rhs` cast to `lhs`'s dtype if they differ). Differentiable.
 pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
     let device = lhs.device();
+    if let Some(half) = gpu_autocast(&device) {
+        let dtype = lhs.dtype();
+        return cast_to(cast_to(lhs, half).matmul(cast_to(rhs, half)), dtype);
+    }
     let Some(half) = flex_product(&device, &[lhs.dtype(), rhs.dtype()], true) else {
         let dtype = lhs.dtype();
         return lhs.matmul(cast_to(rhs, dtype));
@@ -360,9 +407,15 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
 /// The dtype activations flow in between the products when the weights are stored in
 /// `weights`: f32 on the CPU whatever the storage (Temper's fused CPU kernels compute in f32;
 /// products with half-type weights round their operands and accumulate in f32, see
-/// [`crate::TrainPrecision`]), the storage dtype on GPU backends.
+/// [`crate::TrainPrecision`]); on GPU backends f32 inside an [`autocast`](crate::autocast)
+/// scope that keeps activations in f32 (the mixed modes: only the products run in the half
+/// type, so a frozen half-type LoRA base does not make the norms, attention and losses half),
+/// the storage dtype otherwise (inference, pure `bf16`/`f16` training).
 pub fn activation_dtype(device: &Device, weights: DType) -> DType {
-    if on_fused_ops_backend(device) && !is_gpu(device) && !forced_reference(FusedOp::Linear) {
+    let cpu_kernels =
+        on_fused_ops_backend(device) && !is_gpu(device) && !forced_reference(FusedOp::Linear);
+    let mixed_on_gpu = is_gpu(device) && crate::precision::autocast_keeps_f32_activations();
+    if cpu_kernels || mixed_on_gpu {
         DType::F32
     } else {
         weights
