@@ -14,10 +14,10 @@
 
 mod common;
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
-use common::values;
+use burn::tensor::DType;
+use common::{host, spec, tensor, test_device, values};
 use temper_backend::kernels::{self, activation_dtype};
-use temper_backend::{BackendKind, DeviceSpec, HalfType, TrainPrecision, autocast};
+use temper_backend::{BackendKind, HalfType, TrainPrecision, autocast};
 
 const M: usize = 4;
 /// Long enough for an f16 accumulator to drift far past the bound (the "k = 1000").
@@ -25,20 +25,6 @@ const K: usize = 1000;
 const N: usize = 8;
 /// The planted pair: `x = ±BIG` against weight rows of ones.
 const BIG: f32 = 2048.0;
-
-fn spec() -> DeviceSpec {
-    std::env::var("TEMPER_TEST_DEVICE")
-        .unwrap_or_else(|_| "cpu".into())
-        .parse()
-        .expect("TEMPER_TEST_DEVICE")
-}
-
-fn test_device(autodiff: bool) -> Device {
-    spec()
-        .with_autodiff(autodiff)
-        .device()
-        .expect("test device")
-}
 
 fn f16(x: f32) -> f32 {
     HalfType::F16.round(x)
@@ -133,18 +119,6 @@ fn pairwise_f16(terms: &[f32]) -> f32 {
         1 => terms[0],
         n => f16(pairwise_f16(&terms[..n / 2]) + pairwise_f16(&terms[n / 2..])),
     }
-}
-
-fn tensor<const D: usize>(data: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(data.to_vec(), shape), device)
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.cast(DType::F32)
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data")
 }
 
 /// The data separates the two accumulators: f32 accumulation (in order) is inside the bound,

@@ -12,40 +12,13 @@ mod common;
 
 use burn::backend::Dispatch;
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use common::values;
+use common::{host, spec, tensor, test_device, values};
 use proptest::prelude::*;
-use temper_backend::DeviceSpec;
 use temper_backend::kernels::{self, FusedOps, KernelPath, reference};
-
-fn spec() -> DeviceSpec {
-    std::env::var("TEMPER_TEST_DEVICE")
-        .unwrap_or_else(|_| "cpu".into())
-        .parse()
-        .expect("TEMPER_TEST_DEVICE")
-}
-
-fn test_device(autodiff: bool) -> Device {
-    spec()
-        .with_autodiff(autodiff)
-        .device()
-        .expect("test device")
-}
 
 fn flex(autodiff: bool) -> Device {
     let d = Device::flex();
     if autodiff { d.autodiff() } else { d }
-}
-
-fn tensor<const D: usize>(data: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(data.to_vec(), shape), device)
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.cast(DType::F32)
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data")
 }
 
 #[track_caller]

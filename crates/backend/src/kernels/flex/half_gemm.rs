@@ -26,7 +26,9 @@
 //! ≈ 90 % of that instruction's peak — runs at half the f32 gemm's 125–167 there, and
 //! [`calibrate`] leaves those products to the fallback (107–154). Decode (`m = 1`) with a
 //! bf16 weight runs 1.8–2.2× faster than the f32 gemm with an f32 weight when the weight is
-//! in cache, 2.4–2.9× when it comes from memory.
+//! in cache, 2.4–2.9× when it comes from memory. On one core of a Zen 5 EPYC (2026-12-07)
+//! `vdpbf16ps` runs at 499 GFLOP/s against 270 for f32 FMAs; the packed kernel reaches
+//! 400–495 on the same products, the f32 gemm 214–258, and [`calibrate`] picks the packed one.
 
 #[cfg(target_arch = "x86_64")]
 mod calibrate;

@@ -46,7 +46,7 @@ const MIN_ROWS: usize = 64;
 
 /// `out = (accumulate ? out : 0) + alpha · lhs · rhs` with bf16-rounded operands, `k ≥ 1`,
 /// split over threads as `gemm.rs` splits: rows first (the threads share one packing of each
-/// right-hand block, [`rows_shared`]), else columns in whole panels, else on the calling
+/// right-hand block, [`blocks`]), else columns in whole panels, else on the calling
 /// thread.
 ///
 /// # Safety
@@ -71,13 +71,13 @@ pub(super) unsafe fn run(
     let work = m.saturating_mul(k).saturating_mul(n);
     if threads_n < 2 || work < PARALLEL_WORK {
         // SAFETY: forwarded.
-        return unsafe { block(out, accumulate, lhs, rhs, [m, k, n], alpha) };
+        return unsafe { blocks(1, out, accumulate, lhs, rhs, [m, k, n], alpha) };
     } else if m / threads_n >= MIN_ROWS {
         // SAFETY: forwarded.
-        return unsafe { rows_shared(threads_n, out, accumulate, lhs, rhs, [m, k, n], alpha) };
+        return unsafe { blocks(threads_n, out, accumulate, lhs, rhs, [m, k, n], alpha) };
     } else if n / threads_n < NR {
         // SAFETY: forwarded.
-        return unsafe { block(out, accumulate, lhs, rhs, [m, k, n], alpha) };
+        return unsafe { blocks(1, out, accumulate, lhs, rhs, [m, k, n], alpha) };
     }
     let size = n.div_ceil(threads_n).next_multiple_of(NR);
     (0..n.div_ceil(size)).into_par_iter().for_each(|t| {
@@ -85,7 +85,8 @@ pub(super) unsafe fn run(
         // SAFETY: block `t` is columns `s..e` of the caller's block, disjoint from every other
         // task's; views and output move together so the bounds still hold.
         unsafe {
-            block(
+            blocks(
+                1,
                 out.at(0, s),
                 accumulate,
                 lhs,
@@ -97,16 +98,16 @@ pub(super) unsafe fn run(
     });
 }
 
-/// [`run`] split by rows over `parts` tasks that share one packing of each right-hand block:
-/// the panels are packed in parallel, then each task packs its own rows and runs its tiles.
-/// (Each task packing the whole right-hand side itself cost as much packing as a
-/// `1024 × 576 · 576 × 1536` product's compute left room for.) Every element still sums its
-/// depth blocks in order, on whichever thread.
+/// [`run`] split by rows over `parts` tasks (on the calling thread for 1) that share one
+/// packing of each right-hand block: the panels are packed (in parallel), then each task packs
+/// its own rows and runs its tiles. (Each task packing the whole right-hand side itself cost as
+/// much packing as a `1024 × 576 · 576 × 1536` product's compute left room for.) Every element
+/// still sums its depth blocks in order, on whichever thread.
 ///
 /// # Safety
 /// As [`run`].
 #[allow(unsafe_code, clippy::too_many_arguments)]
-unsafe fn rows_shared(
+unsafe fn blocks(
     parts: usize,
     out: Out,
     accumulate: bool,
@@ -120,25 +121,30 @@ unsafe fn rows_shared(
     let nc_max = NC.min(n.next_multiple_of(NR));
     let mut bp = vec![0u32; nc_max * kc_max / 2];
     let rhs_t = rhs.t();
-    let rows = m.div_ceil(parts);
+    let rows = m.div_ceil(parts.max(1)).max(1);
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let pairs = kc.div_ceil(2);
-            bp.par_chunks_mut(NR * pairs)
-                .take(nc.div_ceil(NR))
-                .enumerate()
-                .for_each(|(panel, words)| {
-                    let j0 = jc + panel * NR;
-                    // SAFETY: columns `j0..j0 + lines` and depths `pc..pc + kc` of the checked
-                    // right-hand side; the CPU has AVX-512 (the caller's contract).
-                    unsafe {
-                        pack::<NR>(rhs_t.rows_from(j0).cols_from(pc), NR.min(n - j0), kc, words)
-                    };
-                });
+            let panels = nc.div_ceil(NR);
+            let pack_panel = |(panel, words): (usize, &mut [u32])| {
+                let j0 = jc + panel * NR;
+                // SAFETY: columns `j0..j0 + lines` and depths `pc..pc + kc` of the checked
+                // right-hand side; the CPU has AVX-512 (the caller's contract).
+                unsafe { pack::<NR>(rhs_t.rows_from(j0).cols_from(pc), NR.min(n - j0), kc, words) };
+            };
+            if parts > 1 {
+                let chunks = bp.par_chunks_mut(NR * pairs).take(panels);
+                chunks.enumerate().for_each(pack_panel);
+            } else {
+                bp.chunks_mut(NR * pairs)
+                    .take(panels)
+                    .enumerate()
+                    .for_each(pack_panel);
+            }
             let bp = &bp[..];
-            (0..m.div_ceil(rows)).into_par_iter().for_each(|t| {
+            let run_rows = |t: usize| {
                 let (s, e) = (t * rows, ((t + 1) * rows).min(m));
                 // SAFETY: rows `s..e` of the caller's block, disjoint from every other task's;
                 // the panels hold depths `pc..pc + kc` of columns `jc..jc + nc`.
@@ -152,7 +158,12 @@ unsafe fn rows_shared(
                         accumulate || pc > 0,
                     )
                 };
-            });
+            };
+            if parts > 1 {
+                (0..m.div_ceil(rows)).into_par_iter().for_each(run_rows);
+            } else {
+                run_rows(0);
+            }
         }
     }
 }
@@ -201,49 +212,6 @@ unsafe fn row_block(
                     )
                 };
             }
-        }
-    }
-}
-
-/// [`run`] on the calling thread.
-///
-/// # Safety
-/// As [`run`].
-#[allow(unsafe_code)]
-unsafe fn block(
-    out: Out,
-    accumulate: bool,
-    lhs: HalfView<'_>,
-    rhs: HalfView<'_>,
-    [m, k, n]: [usize; 3],
-    alpha: f32,
-) {
-    let kc_max = KC.min(k.next_multiple_of(2));
-    let nc_max = NC.min(n.next_multiple_of(NR));
-    let mut bp = vec![0u32; nc_max * kc_max / 2];
-    let rhs_t = rhs.t();
-    for jc in (0..n).step_by(NC) {
-        let nc = NC.min(n - jc);
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
-            let pairs = kc.div_ceil(2);
-            for (panel, words) in bp.chunks_mut(NR * pairs).take(nc.div_ceil(NR)).enumerate() {
-                let j0 = jc + panel * NR;
-                // SAFETY: columns `j0..j0 + lines` and depths `pc..pc + kc` of the checked
-                // right-hand side.
-                unsafe { pack::<NR>(rhs_t.rows_from(j0).cols_from(pc), NR.min(n - j0), kc, words) };
-            }
-            // SAFETY: all `m` rows, forwarded; `bp` holds this block.
-            unsafe {
-                row_block(
-                    out,
-                    lhs,
-                    &bp,
-                    [m, pc, kc, jc, nc],
-                    alpha,
-                    accumulate || pc > 0,
-                )
-            };
         }
     }
 }
