@@ -57,6 +57,15 @@ impl HalfType {
             Self::F16 => FloatPrecision::F16,
         }
     }
+
+    /// The half type a tensor of `dtype` is stored in, if any.
+    pub fn of(dtype: burn::tensor::DType) -> Option<Self> {
+        match dtype {
+            burn::tensor::DType::BF16 => Some(Self::Bf16),
+            burn::tensor::DType::F16 => Some(Self::F16),
+            _ => None,
+        }
+    }
 }
 
 /// How a training run stores and computes (TOML `precision`, `temper train --precision`).

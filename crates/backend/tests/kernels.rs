@@ -267,6 +267,7 @@ fn check_attention(a: Attn, seed: u64) {
                 q.clone().into_dispatch(),
                 k.clone().into_dispatch(),
                 v.clone().into_dispatch(),
+                None,
             ))
         } else {
             reference::causal_attention(q.clone(), k.clone(), v.clone())
@@ -347,6 +348,7 @@ fn attention_refuses_inconsistent_shapes() {
                 qt.into_dispatch(),
                 kt.clone().into_dispatch(),
                 kt.into_dispatch(),
+                None,
             ))
             .into_data()
         });
@@ -439,6 +441,7 @@ fn half_precision_matches_f32_reference() {
         half(&qs, [b, s, h, d]),
         half(&ks, [b, s, kvh, d]),
         half(&vs, [b, s, kvh, d]),
+        None,
     ));
     let f = flex(false);
     let want = host(reference::causal_attention(

@@ -11,6 +11,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 use temper_backend::kernels;
+use temper_backend::{HalfType, autocast_type};
 use temper_backend::kernels::reference::repeat_kv;
 
 use crate::cache::{KvCache, LayerCache};
@@ -86,7 +87,12 @@ impl Attention {
             None => (k, v),
         };
         let out = match mask {
-            None => kernels::causal_attention(q, k, v),
+            None => {
+                // Training sets the products' type through autocast; a model loaded in a
+                // half type computes attention's products in it too (as torch's would).
+                let half = autocast_type().or(HalfType::of(self.o_proj.weight.val().dtype()));
+                kernels::causal_attention(q, k, v, half)
+            }
             Some(mask) => {
                 let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
                 let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));

@@ -25,6 +25,7 @@ use burn::tensor::Shape;
 use super::FusedOps;
 use super::lm_head::VocabTiling;
 use super::ops::LmHeadOutput;
+use crate::HalfType;
 
 type Ad<B, C> = Autodiff<B, C>;
 
@@ -95,16 +96,25 @@ impl<B: FusedOps> Backward<B, 2> for SwigluBackward {
 struct AttentionBackward;
 
 impl<B: FusedOps> Backward<B, 3> for AttentionBackward {
-    type State = (NodeId, NodeId, NodeId, FloatTensor<B>, FloatTensor<B>);
+    /// `q`, `k`, `v`, the output and its log-sum-exp, and the forward's half type (the
+    /// backward rounds as the forward did: autocast's scope has ended by then).
+    type State = (
+        NodeId,
+        NodeId,
+        NodeId,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        Option<HalfType>,
+    );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, cp: &mut Checkpointer) {
         let [node_q, node_k, node_v] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (q_id, k_id, v_id, out, lse) = ops.state;
+        let (q_id, k_id, v_id, out, lse, half) = ops.state;
         let q: FloatTensor<B> = cp.retrieve_node_output(q_id);
         let k: FloatTensor<B> = cp.retrieve_node_output(k_id);
         let v: FloatTensor<B> = cp.retrieve_node_output(v_id);
-        let (dq, dk, dv) = B::causal_attention_backward(q, k, v, out, lse, grad);
+        let (dq, dk, dv) = B::causal_attention_backward(q, k, v, out, lse, grad, half);
         register!(B, grads, node_q, dq);
         register!(B, grads, node_k, dk);
         register!(B, grads, node_v, dv);
@@ -259,6 +269,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        half: Option<HalfType>,
     ) -> FloatTensor<Self> {
         match AttentionBackward
             .prepare::<C>([q.node(), k.node(), v.node()])
@@ -275,13 +286,15 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                     q.into_primitive(),
                     k.into_primitive(),
                     v.into_primitive(),
+                    half,
                 );
-                prep.finish((q_id, k_id, v_id, out.clone(), lse), out)
+                prep.finish((q_id, k_id, v_id, out.clone(), lse, half), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::causal_attention(
                 q.into_primitive(),
                 k.into_primitive(),
                 v.into_primitive(),
+                half,
             )),
         }
     }
@@ -290,9 +303,14 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        half: Option<HalfType>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (out, lse) =
-            B::causal_attention_lse(q.into_primitive(), k.into_primitive(), v.into_primitive());
+        let (out, lse) = B::causal_attention_lse(
+            q.into_primitive(),
+            k.into_primitive(),
+            v.into_primitive(),
+            half,
+        );
         (untracked::<B, C>(out), untracked::<B, C>(lse))
     }
 
@@ -303,6 +321,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         out: FloatTensor<Self>,
         lse: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        half: Option<HalfType>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (dq, dk, dv) = B::causal_attention_backward(
             q.into_primitive(),
@@ -311,6 +330,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             out.into_primitive(),
             lse.into_primitive(),
             grad.into_primitive(),
+            half,
         );
         (
             untracked::<B, C>(dq),

@@ -381,7 +381,17 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Te
 /// Shapes: `q` `[batch, seq, heads, head_dim]`, `k`/`v` `[batch, total, kv_heads, head_dim]`
 /// with `total ≥ seq` (the cached keys first); query `i` sees keys `0..=total - seq + i`.
 /// `heads` must be a multiple of `kv_heads`. Output `[batch, seq, heads, head_dim]`.
-pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+///
+/// `half`: the products (`Q·Kᵀ`, `P·V` and their gradients) round their operands to this
+/// type and accumulate in f32, the softmax in f32 — model code passes
+/// [`autocast_type`](crate::autocast_type) (or its weights' half type at inference). Flex
+/// honours it; the GPU kernels and the reference compute in their inputs' dtype.
+pub fn causal_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    half: Option<crate::HalfType>,
+) -> Tensor<4> {
     let [b, s, h, _] = q.dims();
     let t = k.dims()[1];
     let path = match kernel_path_for(FusedOp::Attention, &q.device(), q.dtype()) {
@@ -399,6 +409,7 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
             q.into_dispatch(),
             k.into_dispatch(),
             v.into_dispatch(),
+            half,
         )),
         KernelPath::Reference => reference::causal_attention(q, k, v),
     }

@@ -23,6 +23,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, backend_extension};
 
 use super::lm_head::{self, VocabTiling};
+use crate::HalfType;
 
 /// What [`FusedOps::lm_head_logps`] returns: log-probs, log-sum-exp, the optional
 /// (entropy, argmax) statistics and the optional kept logits.
@@ -90,16 +91,22 @@ pub trait FusedOps: Backend {
     /// Causal grouped-query attention, sequence-major, scale `1/sqrt(d)`: `q` `[b, s, h, d]`,
     /// `k`/`v` `[b, t, kv_heads, d]` with `t ≥ s` (query `i` sees keys `0..=t-s+i`) →
     /// `[b, s, h, d]`.
+    ///
+    /// `half`: the two products (`Q·Kᵀ`, `P·V`) round their operands to this type and
+    /// accumulate in f32, the softmax stays in f32 (autocast; the probabilities are rounded
+    /// as flash attention rounds them for its second product). Backends without half-type
+    /// products (the GPU kernels: f32 there) may ignore it.
     #[fusion(dtype = q, shape = q)]
     fn causal_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        half: Option<HalfType>,
     ) -> FloatTensor<Self>;
 
     /// [`FusedOps::causal_attention`] that also returns each query row's log-sum-exp of its
     /// scaled scores, `[b, h, s]` in f32: all the backward pass needs besides the inputs.
-    #[fusion(meta = |q, _k, _v| {
+    #[fusion(meta = |q, _k, _v, _half| {
         let [b, s, h, _] = q.shape.dims::<4>();
         (
             q.clone(),
@@ -113,11 +120,15 @@ pub trait FusedOps: Backend {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        half: Option<HalfType>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// Gradients of [`FusedOps::causal_attention`] wrt `q`, `k`, `v`, recomputing the scores
     /// from the inputs, the forward output `out` and its `lse`; `grad` is the output gradient.
-    #[fusion(meta = |q, k, v, _out, _lse, _grad| (q.clone(), k.clone(), v.clone()))]
+    /// `half` as in the forward: its five products round their operands (the recomputed
+    /// probabilities and the score gradient included) and accumulate in f32.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |q, k, v, _out, _lse, _grad, _half| (q.clone(), k.clone(), v.clone()))]
     fn causal_attention_backward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -125,6 +136,7 @@ pub trait FusedOps: Backend {
         out: FloatTensor<Self>,
         lse: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        half: Option<HalfType>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// The LM head's per-token log-softmax in vocabulary tiles (see [`super::lm_head`]):

@@ -215,14 +215,22 @@ impl FusedOps for CubeBackend {
         (dgate, dup)
     }
 
-    fn causal_attention(q: CubeTensor, k: CubeTensor, v: CubeTensor) -> CubeTensor {
-        Self::causal_attention_lse(q, k, v).0
+    // `half` is not used: the kernels compute in their storage type (f32 activations under
+    // autocast on a GPU, see `activation_dtype`), as burn's own attention would.
+    fn causal_attention(
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        half: Option<HalfType>,
+    ) -> CubeTensor {
+        Self::causal_attention_lse(q, k, v, half).0
     }
 
     fn causal_attention_lse(
         q: CubeTensor,
         k: CubeTensor,
         v: CubeTensor,
+        _half: Option<HalfType>,
     ) -> (CubeTensor, CubeTensor) {
         check_attention_shapes(&q, &k, &v);
         let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
@@ -253,6 +261,7 @@ impl FusedOps for CubeBackend {
         out: CubeTensor,
         lse: CubeTensor,
         grad: CubeTensor,
+        _half: Option<HalfType>,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
         check_attention_shapes(&q, &k, &v);
         let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));

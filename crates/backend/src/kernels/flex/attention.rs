@@ -12,10 +12,16 @@
 //! the query heads of the group in the task. Each pass recomputes its block of `P`; the
 //! attention matmuls are ≈ 3 % of a SmolLM2 step's FLOPs, so that is cheaper than keeping
 //! `P` and far lighter on memory.
+//!
+//! Under autocast ([`Dims::half`]) every product rounds its operands to the half type and
+//! accumulates in f32 (`half_gemm`), as torch's bf16 flash attention does: `Q`, `K`, `V`, the
+//! probabilities before `P·V`, `∂O`, and `P`, `∂S` in the backward. The softmax, its
+//! log-sum-exp and `δ` stay in f32.
 
 use rayon::prelude::*;
 
 use super::gemm::{View, matmul};
+use super::half_gemm::{HalfType, HalfView, matmul_half};
 use super::simd::{dispatch, dot, exp};
 
 /// One task's output block: batch, head, first row, values, per-row statistics.
@@ -33,9 +39,46 @@ pub(super) struct Dims {
     pub d: usize,
     pub t: usize,
     pub kvh: usize,
+    /// The half type the products round their operands to (autocast), or `None` for f32.
+    pub half: Option<HalfType>,
 }
 
+/// A strided f32 matrix operand: data from its first element, row stride, column stride.
+type Operand<'a> = (&'a [f32], usize, usize);
+
 impl Dims {
+    /// `out[m, n] = (accumulate ? out : 0) + alpha · X[m, k] · Y[k, n]` on this thread, in f32
+    /// or with operands rounded to [`Dims::half`].
+    fn product(
+        &self,
+        out: &mut [f32],
+        accumulate: bool,
+        (x, xr, xc): Operand<'_>,
+        (y, yr, yc): Operand<'_>,
+        mkn: [usize; 3],
+        alpha: f32,
+    ) {
+        match self.half {
+            None => matmul(
+                out,
+                accumulate,
+                View::new(x, xr, xc),
+                View::new(y, yr, yc),
+                mkn,
+                alpha,
+            ),
+            Some(half) => matmul_half(
+                out,
+                accumulate,
+                HalfView::f32(x, xr, xc),
+                HalfView::f32(y, yr, yc),
+                mkn,
+                alpha,
+                half,
+            ),
+        }
+    }
+
     fn rep(&self) -> usize {
         self.h / self.kvh
     }
@@ -96,11 +139,11 @@ impl Dims {
         alpha: f32,
     ) {
         let (h, d, kvh) = (self.h, self.d, self.kvh);
-        matmul(
+        self.product(
             out,
             false,
-            View::new(x, h * d, 1),
-            View::new(y, 1, kvh * d),
+            (x, h * d, 1),
+            (y, 1, kvh * d),
             [rows, d, cols],
             alpha,
         );
@@ -158,11 +201,11 @@ pub(super) fn forward(
                 }
             });
             let mut o = vec![0.0f32; rows * d];
-            matmul(
+            dims.product(
                 &mut o,
                 false,
-                View::new(&scores, visible, 1),
-                View::new(&v[kv0..], kvh * d, 1),
+                (&scores, visible, 1),
+                (&v[kv0..], kvh * d, 1),
                 [rows, visible, d],
                 1.0,
             );
@@ -224,7 +267,15 @@ pub(super) fn backward(
     dims: Dims,
     [dq, dk, dv]: [&mut [f32]; 3],
 ) {
-    let Dims { b, s, h, d, t, kvh } = dims;
+    let Dims {
+        b,
+        s,
+        h,
+        d,
+        t,
+        kvh,
+        ..
+    } = dims;
     let (rep, offset, scale) = (dims.rep(), dims.offset(), dims.scale());
 
     // Pass 1: ∂Q and δ per (batch, head, query block).
@@ -252,11 +303,11 @@ pub(super) fn backward(
                 delta
             });
             let mut dq_blk = vec![0.0f32; rows * d];
-            matmul(
+            dims.product(
                 &mut dq_blk,
                 false,
-                View::new(&ds, visible, 1),
-                View::new(&k[kv0..], kvh * d, 1),
+                (&ds, visible, 1),
+                (&k[kv0..], kvh * d, 1),
                 [rows, visible, d],
                 scale,
             );
@@ -303,21 +354,21 @@ pub(super) fn backward(
                         |r| (offset + i_start + r + 1).saturating_sub(j0),
                     )
                 });
-                matmul(
+                dims.product(
                     &mut dv_blk,
                     true,
-                    View::new(&p, 1, keys),
-                    View::new(&grad[qs0..], h * d, 1),
+                    (&p, 1, keys),
+                    (&grad[qs0..], h * d, 1),
                     [keys, rows, d],
                     1.0,
                 );
                 dims.times_kv_t(&mut ds, &grad[qs0..], &v[kv0..], [rows, keys], 1.0);
                 dispatch(|| score_grad(&mut ds, &p, keys, |r| delta[row0 + r]));
-                matmul(
+                dims.product(
                     &mut dk_blk,
                     true,
-                    View::new(&ds, 1, keys),
-                    View::new(&q[qs0..], h * d, 1),
+                    (&ds, 1, keys),
+                    (&q[qs0..], h * d, 1),
                     [keys, rows, d],
                     scale,
                 );

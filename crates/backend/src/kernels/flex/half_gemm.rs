@@ -59,9 +59,7 @@ pub(in crate::kernels::flex) use super::gemm::Out;
 
 /// `dst[m, n]` (row-major, contiguous) `= (accumulate ? dst : 0) + alpha · lhs[m, k] ·
 /// rhs[k, n]`, operands rounded to `half`, on this thread (callers that run many in parallel
-/// tasks). [`super::gemm::matmul`] with half-precision operands. (Only the tests call it
-/// today: attention's blocks keep f32 products.)
-#[cfg(test)]
+/// tasks: attention's blocks). [`super::gemm::matmul`] with half-precision operands.
 pub(super) fn matmul_half(
     dst: &mut [f32],
     accumulate: bool,

@@ -30,6 +30,7 @@ use super::FusedOps;
 use super::lm_head::VocabTiling;
 use super::ops::LmHeadOutput;
 use super::reference;
+use crate::HalfType;
 
 /// A Flex primitive as a tensor, for the tensor-op reference paths.
 fn tensor<const D: usize>(x: FlexTensor) -> Tensor<D> {
@@ -206,8 +207,14 @@ fn view_2d(t: &FlexTensor) -> Option<(gemm::View<'_>, [usize; 2])> {
 }
 
 /// The shapes of an attention call, checked: a kernel given fewer keys than queries or KV
-/// heads that do not divide the heads would read out of bounds.
-fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> attention::Dims {
+/// heads that do not divide the heads would read out of bounds. `half`: the products' half
+/// type (autocast).
+fn attention_dims(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    half: Option<HalfType>,
+) -> attention::Dims {
     let (qs, ks) = (q.layout().shape(), k.layout().shape());
     let (qd, kd) = (qs.as_slice(), ks.as_slice());
     let ok = qd.len() == 4
@@ -231,6 +238,7 @@ fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> attention::
         d: qd[3],
         t: kd[1],
         kvh: kd[2],
+        half,
     }
 }
 
@@ -360,8 +368,13 @@ impl FusedOps for Flex {
         })
     }
 
-    fn causal_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> FlexTensor {
-        let dims = attention_dims(&q, &k, &v);
+    fn causal_attention(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        half: Option<HalfType>,
+    ) -> FlexTensor {
+        let dims = attention_dims(&q, &k, &v, half);
         if !all_f32(&[&q, &k, &v]) {
             return primitive(reference::causal_attention(tensor(q), tensor(k), tensor(v)));
         }
@@ -380,8 +393,9 @@ impl FusedOps for Flex {
         q: FlexTensor,
         k: FlexTensor,
         v: FlexTensor,
+        half: Option<HalfType>,
     ) -> (FlexTensor, FlexTensor) {
-        let dims = attention_dims(&q, &k, &v);
+        let dims = attention_dims(&q, &k, &v, half);
         if !all_f32(&[&q, &k, &v]) {
             let (out, lse) = reference::causal_attention_lse(tensor(q), tensor(k), tensor(v));
             return (primitive(out), primitive(lse));
@@ -405,8 +419,9 @@ impl FusedOps for Flex {
         out: FlexTensor,
         lse: FlexTensor,
         grad: FlexTensor,
+        half: Option<HalfType>,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let dims = attention_dims(&q, &k, &v);
+        let dims = attention_dims(&q, &k, &v, half);
         if !all_f32(&[&q, &k, &v, &out, &lse, &grad]) {
             let (dq, dk, dv) = reference::causal_attention_backward(
                 tensor(q),
@@ -502,6 +517,7 @@ fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
         q.into_dispatch(),
         k.into_dispatch(),
         v.into_dispatch(),
+        None,
     ))
 }
 
