@@ -106,7 +106,11 @@ fn kernel(x: &Inputs, half: Option<HalfType>) -> [Vec<f32>; 4] {
     let t = |data: &[f32], shape: [usize; 4]| {
         Tensor::<4>::from_data(TensorData::new(data.to_vec(), shape), &device).require_grad()
     };
-    let (q, k, v) = (t(&x.q, [B, S, H, D]), t(&x.k, [B, T, KVH, D]), t(&x.v, [B, T, KVH, D]));
+    let (q, k, v) = (
+        t(&x.q, [B, S, H, D]),
+        t(&x.k, [B, T, KVH, D]),
+        t(&x.v, [B, T, KVH, D]),
+    );
     let out = causal_attention(q.clone(), k.clone(), v.clone(), half);
     let grad = Tensor::<4>::from_data(TensorData::new(x.grad.clone(), [B, S, H, D]), &device);
     let grads = (out.clone() * grad).sum().backward();
@@ -133,7 +137,9 @@ fn check(half: HalfType) {
         .zip(&exact)
     {
         let (to_rounded, to_exact) = (max_diff(got, rounded), max_diff(got, exact));
-        eprintln!("{half:?} {name}: {to_rounded:.3e} from the rounded reference, {to_exact:.3e} from the exact one");
+        eprintln!(
+            "{half:?} {name}: {to_rounded:.3e} from the rounded reference, {to_exact:.3e} from the exact one"
+        );
         assert!(
             to_rounded * 4.0 < to_exact,
             "{half:?} {name}: {to_rounded:.3e} from the rounded f64 reference is not well below \
@@ -160,6 +166,9 @@ fn no_half_type_keeps_f32_products() {
     let exact = reference(&x, |a| a);
     for (name, (got, exact)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&exact)) {
         let diff = max_diff(got, exact);
-        assert!(diff < 2e-5, "f32 {name}: {diff:.3e} from the exact reference");
+        assert!(
+            diff < 2e-5,
+            "f32 {name}: {diff:.3e} from the exact reference"
+        );
     }
 }

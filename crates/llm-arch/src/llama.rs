@@ -11,8 +11,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 use temper_backend::kernels;
-use temper_backend::{HalfType, autocast_type};
 use temper_backend::kernels::reference::repeat_kv;
+use temper_backend::{HalfType, autocast_type};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::ModelConfig;

@@ -17,6 +17,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::FusedOps;
+use crate::HalfType;
 
 /// Units per cube of the row kernels (RMSNorm): a power of two.
 const ROW_BLOCK: usize = 128;

@@ -268,13 +268,7 @@ pub(super) fn backward(
     [dq, dk, dv]: [&mut [f32]; 3],
 ) {
     let Dims {
-        b,
-        s,
-        h,
-        d,
-        t,
-        kvh,
-        ..
+        b, s, h, d, t, kvh, ..
     } = dims;
     let (rep, offset, scale) = (dims.rep(), dims.offset(), dims.scale());
 
