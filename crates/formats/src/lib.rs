@@ -6,6 +6,8 @@
 //! * [`atomic`] — write a file atomically (temporary sibling, fsync, rename), and
 //!   [`staging`] — build a directory beside its destination and rename it into place;
 //! * [`mmap`] — the one read-only memory map (and the one `unsafe` call) of the workspace;
+//! * [`quant`] — block-quantized weight encodings (NF4 as bitsandbytes, Q8_0 and the GGUF
+//!   blocks as ggml), each bit-exact with its peer;
 //! * [`peft`] — PEFT's `adapter_config.json` and its module matching (`target_modules`,
 //!   `rank_pattern`, `alpha_pattern`), as PEFT 0.21 applies them;
 //! * [`tokenizer`] — `tokenizer_config.json` (special tokens, chat templates) and the
@@ -15,6 +17,7 @@ pub mod atomic;
 mod error;
 pub mod mmap;
 pub mod peft;
+pub mod quant;
 pub mod staging;
 pub mod tokenizer;
 

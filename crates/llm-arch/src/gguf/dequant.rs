@@ -1,24 +1,50 @@
 //! Decoding ggml tensor encodings to `f32`.
 //!
-//! Block layouts follow llama.cpp's `ggml-quants.c` (`QK_K = 256` for the K-quants). The
-//! arithmetic order matches gguf-py's numpy `dequantize` (a separate multiply and add, never a
-//! fused multiply-add), so results are bit-identical to what transformers loads from the same
-//! file; Rust never contracts `a * b + c` into an FMA on its own.
-//!
-//! Blocks are independent, so the work is split over rayon in chunks of whole blocks.
+//! The plain float types are widened here; the block encodings (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)
+//! have one home, [`temper_formats::quant`], bit-identical to gguf-py's numpy `dequantize` (so
+//! to what transformers loads from the same file). This module adds what a GGUF file needs on
+//! top: errors that name the file and the tensor, and the work split over rayon in chunks of
+//! whole blocks (blocks are independent).
 
 use half::f16;
 use rayon::prelude::*;
+use temper_formats::quant::{BlockFormat, QuantType};
 
 use super::error::GgufError;
 use super::ggml_type::GgmlType;
 
 /// Elements per K-quant super-block.
-pub const QK_K: usize = 256;
+pub use temper_formats::quant::QK_K;
 
 /// Roughly how many output values one rayon task decodes: large enough to amortise scheduling,
 /// small enough to spread a single 576×576 matrix over several cores.
 const ELEMENTS_PER_TASK: usize = 16 * 1024;
+
+/// How one chunk of whole blocks is decoded.
+#[derive(Clone, Copy)]
+enum Decoder {
+    /// A plain float type, element by element.
+    Plain(fn(&[u8], &mut [f32])),
+    /// A block encoding of `temper_formats::quant`.
+    Blocks(&'static dyn BlockFormat),
+}
+
+impl Decoder {
+    fn for_type(ty: GgmlType) -> Option<Self> {
+        let quant = match ty {
+            GgmlType::F32 => return Some(Self::Plain(f32_le)),
+            GgmlType::F16 => return Some(Self::Plain(f16_le)),
+            GgmlType::BF16 => return Some(Self::Plain(bf16_le)),
+            GgmlType::Q4_0 => QuantType::Q4_0,
+            GgmlType::Q4_1 => QuantType::Q4_1,
+            GgmlType::Q8_0 => QuantType::Q8_0,
+            GgmlType::Q4_K => QuantType::Q4_K,
+            GgmlType::Q6_K => QuantType::Q6_K,
+            GgmlType::Other(_) => return None,
+        };
+        quant.block_format().map(Self::Blocks)
+    }
+}
 
 /// Decode `n_elements` values of type `ty` from `bytes`, in storage order.
 ///
@@ -36,29 +62,14 @@ pub(crate) fn dequantize_named(
     path: &str,
     name: &str,
 ) -> Result<Vec<f32>, GgufError> {
-    let kernel: fn(&[u8], &mut [f32]) = match ty {
-        GgmlType::F32 => f32_le,
-        GgmlType::F16 => f16_le,
-        GgmlType::BF16 => bf16_le,
-        GgmlType::Q4_0 => q4_0,
-        GgmlType::Q4_1 => q4_1,
-        GgmlType::Q8_0 => q8_0,
-        GgmlType::Q4_K => q4_k,
-        GgmlType::Q6_K => q6_k,
-        GgmlType::Other(_) => {
-            return Err(GgufError::UnsupportedType {
-                path: path.to_string(),
-                name: name.to_string(),
-                ggml_type: ty,
-            });
-        }
+    let unsupported = || GgufError::UnsupportedType {
+        path: path.to_string(),
+        name: name.to_string(),
+        ggml_type: ty,
     };
+    let decoder = Decoder::for_type(ty).ok_or_else(unsupported)?;
     let (Some(block), Some(block_bytes)) = (ty.block_size(), ty.type_size()) else {
-        return Err(GgufError::UnsupportedType {
-            path: path.to_string(),
-            name: name.to_string(),
-            ggml_type: ty,
-        });
+        return Err(unsupported());
     };
     if !n_elements.is_multiple_of(block) {
         return Err(GgufError::NotBlockMultiple {
@@ -70,21 +81,30 @@ pub(crate) fn dequantize_named(
         });
     }
     let expected = (n_elements / block).checked_mul(block_bytes);
+    let size_error = || GgufError::DataSize {
+        path: path.to_string(),
+        name: name.to_string(),
+        ggml_type: ty,
+        n_elements: n_elements as u64,
+        expected: expected.map_or(u64::MAX, |e| e as u64),
+        actual: bytes.len() as u64,
+    };
     if expected != Some(bytes.len()) {
-        return Err(GgufError::DataSize {
-            path: path.to_string(),
-            name: name.to_string(),
-            ggml_type: ty,
-            n_elements: n_elements as u64,
-            expected: expected.map_or(u64::MAX, |e| e as u64),
-            actual: bytes.len() as u64,
-        });
+        return Err(size_error());
     }
     let mut out = vec![0f32; n_elements];
     let blocks_per_task = (ELEMENTS_PER_TASK / block).max(1);
     out.par_chunks_mut(block * blocks_per_task)
         .zip(bytes.par_chunks(block_bytes * blocks_per_task))
-        .for_each(|(dst, src)| kernel(src, dst));
+        .try_for_each(|(dst, src)| match decoder {
+            Decoder::Plain(kernel) => {
+                kernel(src, dst);
+                Ok(())
+            }
+            // Both chunks hold the same whole number of blocks (checked above), so this only
+            // fails if `GgmlType`'s layout and the format's disagree.
+            Decoder::Blocks(format) => format.dequantize_blocks(src, dst).map_err(|_| size_error()),
+        })?;
     Ok(out)
 }
 
@@ -110,107 +130,6 @@ fn f16_le(src: &[u8], dst: &mut [f32]) {
 fn bf16_le(src: &[u8], dst: &mut [f32]) {
     for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
         *y = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
-    }
-}
-
-/// Q4_0: `f16 d | u8 qs[16]`; low nibbles are elements 0..16, high nibbles 16..32; `y = (q - 8) * d`.
-fn q4_0(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(32)) {
-        let d = half_at(b, 0);
-        let qs = &b[2..18];
-        for (j, &q) in qs.iter().enumerate() {
-            y[j] = f32::from(i16::from(q & 0x0F) - 8) * d;
-            y[j + 16] = f32::from(i16::from(q >> 4) - 8) * d;
-        }
-    }
-}
-
-/// Q4_1: `f16 d | f16 m | u8 qs[16]`; `y = q * d + m` (multiply, then add).
-fn q4_1(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(20).zip(dst.chunks_exact_mut(32)) {
-        let d = half_at(b, 0);
-        let m = half_at(b, 2);
-        let qs = &b[4..20];
-        for (j, &q) in qs.iter().enumerate() {
-            y[j] = f32::from(q & 0x0F) * d + m;
-            y[j + 16] = f32::from(q >> 4) * d + m;
-        }
-    }
-}
-
-/// Q8_0: `f16 d | i8 qs[32]`; `y = q * d`.
-fn q8_0(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
-        let d = half_at(b, 0);
-        for (y, &q) in y.iter_mut().zip(&b[2..34]) {
-            *y = f32::from(q as i8) * d;
-        }
-    }
-}
-
-/// The `j`-th (scale, min) pair of a Q4_K block: eight 6-bit pairs packed into 12 bytes
-/// (`get_scale_min_k4` in llama.cpp).
-#[inline]
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (s[j] & 63, s[j + 4] & 63)
-    } else {
-        (
-            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
-    }
-}
-
-/// Q4_K super-block (144 bytes): `f16 d | f16 dmin | u8 scales[12] | u8 qs[128]`. Eight
-/// sub-blocks of 32; each 64-element chunk uses 32 bytes of `qs`, low nibbles for its first
-/// sub-block and high nibbles for its second. `y = (d * sc) * q - dmin * m`.
-fn q4_k(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(144).zip(dst.chunks_exact_mut(QK_K)) {
-        let d = half_at(b, 0);
-        let dmin = half_at(b, 2);
-        let scales = &b[4..16];
-        let qs = &b[16..144];
-        for chunk in 0..4 {
-            let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-            let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
-            let (d1, m1) = (d * f32::from(sc1), dmin * f32::from(m1));
-            let (d2, m2) = (d * f32::from(sc2), dmin * f32::from(m2));
-            let q = &qs[chunk * 32..chunk * 32 + 32];
-            let y = &mut y[chunk * 64..chunk * 64 + 64];
-            for l in 0..32 {
-                y[l] = d1 * f32::from(q[l] & 0x0F) - m1;
-                y[l + 32] = d2 * f32::from(q[l] >> 4) - m2;
-            }
-        }
-    }
-}
-
-/// Q6_K super-block (210 bytes): `u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d`. Each
-/// 128-element half uses 64 bytes of `ql` (4 low bits), 32 of `qh` (2 high bits, four values per
-/// byte) and 8 scales; `y = (d * scale) * (q - 32)`.
-fn q6_k(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(210).zip(dst.chunks_exact_mut(QK_K)) {
-        let d = half_at(b, 208);
-        for half in 0..2 {
-            let ql = &b[half * 64..half * 64 + 64];
-            let qh = &b[128 + half * 32..128 + half * 32 + 32];
-            let sc = &b[192 + half * 8..192 + half * 8 + 8];
-            let y = &mut y[half * 128..half * 128 + 128];
-            for l in 0..32 {
-                let is = l / 16;
-                let h = qh[l];
-                let q1 = i16::from((ql[l] & 0x0F) | ((h & 3) << 4)) - 32;
-                let q2 = i16::from((ql[l + 32] & 0x0F) | (((h >> 2) & 3) << 4)) - 32;
-                let q3 = i16::from((ql[l] >> 4) | (((h >> 4) & 3) << 4)) - 32;
-                let q4 = i16::from((ql[l + 32] >> 4) | (((h >> 6) & 3) << 4)) - 32;
-                let scale = |k: usize| d * f32::from(sc[is + k] as i8);
-                y[l] = scale(0) * f32::from(q1);
-                y[l + 32] = scale(2) * f32::from(q2);
-                y[l + 64] = scale(4) * f32::from(q3);
-                y[l + 96] = scale(6) * f32::from(q4);
-            }
-        }
     }
 }
 
