@@ -28,4 +28,27 @@ pub enum BackendError {
         half: String,
         instead: &'static str,
     },
+    /// A quantized encoding refused a tensor (its shape, a value, the bytes).
+    #[error(transparent)]
+    Quant(#[from] temper_formats::quant::QuantError),
+    /// Temper cannot produce this encoding (the ggml K-quants are read from GGUF files only).
+    #[error(
+        "tensor `{tensor}`: cannot quantize to {ty} (Temper quantizes to nf4 and q8_0; the other ggml types are read from GGUF files)"
+    )]
+    QuantizeTo {
+        tensor: String,
+        ty: temper_formats::quant::QuantType,
+    },
+    /// Stored blocks that do not make up the weight's shape.
+    #[error(
+        "tensor `{tensor}`: {bytes} bytes of {ty} blocks do not make a {shape:?} weight ({block_elems} values in {block_bytes} bytes a block, rows a whole number of blocks)"
+    )]
+    QuantLayout {
+        tensor: String,
+        ty: temper_formats::quant::QuantType,
+        shape: [usize; 2],
+        bytes: usize,
+        block_elems: usize,
+        block_bytes: usize,
+    },
 }

@@ -27,8 +27,11 @@ mod dtype;
 mod error;
 pub mod kernels;
 mod precision;
+pub mod quant;
 
 pub use device::{BackendKind, DeviceSpec};
 pub use dtype::FloatPrecision;
 pub use error::BackendError;
 pub use precision::{AutocastGuard, HalfType, TrainPrecision, autocast, autocast_type};
+pub use quant::QuantizedWeight;
+pub use temper_formats::quant::QuantType;

@@ -43,6 +43,10 @@ pub struct TrainArgs {
     /// Dropout on the LoRA adapter input (default 0).
     #[arg(long)]
     pub lora_dropout: Option<f64>,
+    /// QLoRA: keep the frozen base block-quantized while the adapter trains (`nf4`, as
+    /// bitsandbytes' double-quantized NF4, or `q8_0`). Needs --lora-r (or a `[lora]` table).
+    #[arg(long, value_name = "nf4|q8_0")]
+    pub quantize_base: Option<String>,
     /// With LoRA: write the PEFT adapter (adapter_config.json + adapter_model.safetensors +
     /// tokenizer) instead of the merged model.
     #[arg(long)]
@@ -115,9 +119,14 @@ pub fn stage_from_args(args: &TrainArgs) -> Result<StageConfig> {
         }
     }
     if stage.lora.is_none()
-        && (args.lora_alpha.is_some() || args.lora_dropout.is_some() || args.adapter_only)
+        && (args.lora_alpha.is_some()
+            || args.lora_dropout.is_some()
+            || args.adapter_only
+            || args.quantize_base.is_some())
     {
-        bail!("--lora-alpha, --lora-dropout and --adapter-only need --lora-r (or a [lora] table)");
+        bail!(
+            "--lora-alpha, --lora-dropout, --adapter-only and --quantize-base need --lora-r (or a [lora] table)"
+        );
     }
     if let Some(l) = stage.lora.as_mut() {
         if let Some(a) = args.lora_alpha {
@@ -125,6 +134,9 @@ pub fn stage_from_args(args: &TrainArgs) -> Result<StageConfig> {
         }
         if let Some(d) = args.lora_dropout {
             l.lora_dropout = d;
+        }
+        if let Some(q) = &args.quantize_base {
+            l.quantize_base = Some(q.clone());
         }
     }
     if args.adapter_only {

@@ -142,6 +142,21 @@ fn bad_inputs_exit_nonzero_with_a_message() {
         stderr.contains("invalid precision `fp8`") && stderr.contains("bf16-mixed"),
         "{stderr}"
     );
+    // QLoRA needs LoRA, and an encoding Temper can quantize to, named with the accepted ones.
+    let qlora = |extra: &[&str]| {
+        let mut args = vec![
+            "train", "sft", "--model", "x", "--data", "d.jsonl", "--out", "o",
+        ];
+        args.extend_from_slice(extra);
+        temper(&args)
+    };
+    let (ok, _, stderr) = qlora(&["--quantize-base", "nf4"]);
+    assert!(!ok && stderr.contains("--quantize-base need"), "{stderr}");
+    let (ok, _, stderr) = qlora(&["--lora-r", "4", "--quantize-base", "q4_k"]);
+    assert!(
+        !ok && stderr.contains("quantize_base = \"q4_k\"") && stderr.contains("nf4"),
+        "{stderr}"
+    );
 }
 
 fn merge_fixtures() -> PathBuf {

@@ -508,9 +508,17 @@ pub fn hf_tensors(model: &LlamaForCausalLM) -> Vec<(String, HostTensor)> {
         push_weight(out, name, &l.weight, l.bias.as_ref());
     };
     // The base weights only: an adapter is saved on its own (PEFT files) or merged first.
-    let push_proj = |out: &mut Vec<(String, HostTensor)>, name: String, p: &Projection| {
-        push_weight(out, name, &p.weight, p.bias.as_ref());
-    };
+    // A quantized base is written decoded (a dense model, never re-quantized).
+    let push_proj =
+        |out: &mut Vec<(String, HostTensor)>, name: String, p: &Projection| match &p.quantized {
+            None => push_weight(out, name, &p.weight, p.bias.as_ref()),
+            Some(_) => push_weight(
+                out,
+                name,
+                &Param::from_tensor(p.dense_weight()),
+                p.bias.as_ref(),
+            ),
+        };
     let norm = |name: String, n: &RmsNorm| {
         let d = n.weight.val().dims()[0];
         (

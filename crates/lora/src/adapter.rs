@@ -238,6 +238,9 @@ fn dense_delta_f32(lora: &LoraAdapter) -> Tensor<2> {
 }
 
 fn add_to_weight(proj: &mut Projection, delta: Tensor<2>) {
+    // A quantized base merges into its decoded f32 weight: the result is dense, never
+    // re-quantized (re-quantizing a merged QLoRA model loses the update, peft#1080).
+    proj.dequantize_base();
     proj.weight = proj.weight.clone().map(|w| {
         let dtype = w.dtype();
         let require_grad = w.is_require_grad();

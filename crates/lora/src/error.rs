@@ -23,6 +23,9 @@ pub enum LoraError {
     Safetensors { path: PathBuf, reason: String },
     #[error(transparent)]
     Arch(#[from] temper_llm_arch::Error),
+    /// Quantizing a base weight (QLoRA).
+    #[error(transparent)]
+    Backend(#[from] temper_backend::BackendError),
     /// Reading or writing an adapter file (`adapter_config.json`, atomic writes).
     #[error(transparent)]
     Format(#[from] temper_formats::FormatsError),

@@ -28,6 +28,7 @@ mod adapter;
 mod adapter_dir;
 mod error;
 mod peft;
+mod quantize;
 mod supported;
 
 pub use adapter::{
@@ -37,6 +38,7 @@ pub use adapter::{
 pub use adapter_dir::{is_adapter_dir, load_merged_adapter, resolve_base_model};
 pub use error::{LoraError, Result};
 pub use peft::{adapter_tensors, load_adapter, save_adapter, save_merged};
+pub use quantize::{QuantType, quantize_base};
 pub use supported::LoraConfigExt;
 /// The adapter files' schema, names and PEFT's module matching, from `temper-formats`.
 pub use temper_formats::peft::{

@@ -231,6 +231,7 @@ pub enum ReferenceConfig {
 /// lora_dropout = 0.05        # default 0
 /// target_modules = "all-linear"   # default; or ["q_proj", "v_proj"], or a regex string
 /// use_rslora = false
+/// quantize_base = "nf4"      # QLoRA: the frozen base kept in nf4 (or q8_0); default dense
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,6 +251,10 @@ pub struct LoraSettings {
     /// rsLoRA scaling.
     #[serde(default)]
     pub use_rslora: bool,
+    /// QLoRA: keep the frozen base projections block-quantized (`nf4` as bitsandbytes'
+    /// double-quantized NF4, or `q8_0`); the embedding, norms and LM head stay dense.
+    #[serde(default)]
+    pub quantize_base: Option<String>,
 }
 
 impl LoraSettings {
@@ -261,6 +266,23 @@ impl LoraSettings {
             lora_dropout: 0.0,
             target_modules: None,
             use_rslora: false,
+            quantize_base: None,
+        }
+    }
+
+    /// The base's encoding under QLoRA, parsed (`None`: a dense base).
+    ///
+    /// # Errors
+    /// An encoding Temper cannot quantize to, named with the ones it can.
+    pub fn base_quantization(&self) -> Result<Option<temper_lora::QuantType>> {
+        let Some(name) = &self.quantize_base else {
+            return Ok(None);
+        };
+        match name.parse::<temper_lora::QuantType>() {
+            Ok(t) if t.can_quantize() => Ok(Some(t)),
+            _ => Err(bad(format!(
+                "[lora] quantize_base = \"{name}\": expected \"nf4\" or \"q8_0\""
+            ))),
         }
     }
 
@@ -389,10 +411,12 @@ impl StageConfig {
             .parse::<temper_backend::TrainPrecision>()
             .map_err(|e| bad(format!("precision: {e}")))?;
         match &self.lora {
-            Some(l) => l
-                .to_lora_config()
-                .validate()
-                .map_err(|e| bad(format!("[lora]: {e}")))?,
+            Some(l) => {
+                l.to_lora_config()
+                    .validate()
+                    .map_err(|e| bad(format!("[lora]: {e}")))?;
+                l.base_quantization()?;
+            }
             None if self.save_adapter_only => {
                 return Err(bad("save_adapter_only needs a [lora] table"));
             }

@@ -12,7 +12,7 @@ use temper_llm_arch::{ChatTemplate, LlamaForCausalLM, Pretrained, SpecialTokens,
 use temper_objectives::data::{Preprocessor, RowOptions, TrainRows, read_train_rows};
 use temper_objectives::{RefCache, dataset_fingerprint};
 
-use crate::config::{ReferenceConfig, StageConfig};
+use crate::config::{LoraSettings, ReferenceConfig, StageConfig};
 use crate::finetune::LoraFineTuning;
 use crate::reference::Reference;
 use crate::trainer::{TrainData, TrainSummary, Trainer};
@@ -109,6 +109,17 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
         special,
         source,
     } = pretrained;
+    // QLoRA: the base projections quantized before the adapters go on (they take the
+    // compute dtype from the placeholder weights).
+    let model = match config
+        .lora
+        .as_ref()
+        .map(LoraSettings::base_quantization)
+        .transpose()?
+    {
+        Some(Some(ty)) => temper_lora::quantize_base(model, ty)?,
+        _ => model,
+    };
     let model = match &lora {
         Some(l) => {
             train_device.seed(tc.seed);

@@ -1,6 +1,7 @@
 //! A short real LoRA run on SmolLM2-135M-Instruct: a few SFT steps (r 8, all seven
 //! projections) on a handful of materials-science Q&A rows lower the loss on those rows,
-//! while the base weights stay frozen.
+//! while the base weights stay frozen — on the dense base, and as QLoRA on its projections
+//! quantized to NF4 (`temper_lora::quantize_base`).
 //!
 //! Model: `TEMPER_SMOLLM2_DIR` (default `.cache/smollm2/SmolLM2-135M-Instruct`, the HF
 //! directory `scripts/fetch-smollm2.sh` converts) when it holds a `config.json`, otherwise the
@@ -84,6 +85,16 @@ fn sft_loss(model: &LlamaForCausalLM, rows: &[SftTokens], pad: u32) -> f64 {
 
 #[test]
 fn smollm2_lora_sft_lowers_the_loss_on_its_rows() {
+    lora_sft_lowers_the_loss(None);
+}
+
+#[test]
+fn smollm2_nf4_qlora_sft_lowers_the_loss_on_its_rows() {
+    lora_sft_lowers_the_loss(Some(temper_lora::QuantType::Nf4));
+}
+
+/// Four LoRA SFT steps, the base projections quantized to `quantize` first when given.
+fn lora_sft_lowers_the_loss(quantize: Option<temper_lora::QuantType>) {
     let start = Instant::now();
     let path = model_path();
     let device = Device::flex().autodiff();
@@ -121,7 +132,11 @@ fn smollm2_lora_sft_lowers_the_loss_on_its_rows() {
 
     device.seed(0);
     let lora = LoraFineTuning::new(LoraConfig::new(8, 16.0));
-    let model = lora.inject(pretrained.model, &device).unwrap();
+    let base = match quantize {
+        Some(ty) => temper_lora::quantize_base(pretrained.model, ty).unwrap(),
+        None => pretrained.model,
+    };
+    let model = lora.inject(base, &device).unwrap();
     let n_trainable = temper_lora::num_trainable_params(&model);
     // r·(in + out) summed over the seven projections of 30 layers.
     assert_eq!(
@@ -149,7 +164,10 @@ fn smollm2_lora_sft_lowers_the_loss_on_its_rows() {
         .with_fine_tuning(Box::new(lora));
     let t = Instant::now();
     let summary = trainer.train().unwrap();
-    eprintln!("4 LoRA SFT steps in {:.1?}", t.elapsed());
+    eprintln!(
+        "4 LoRA SFT steps ({quantize:?} base) in {:.1?}",
+        t.elapsed()
+    );
     assert_eq!(summary.steps, 4);
     let after = sft_loss(&trainer.model().valid(), &seqs, pad);
     eprintln!(

@@ -33,11 +33,13 @@ pub mod lm_head;
 mod matmul;
 mod ops;
 mod optim;
+mod quant;
 
 pub use lm_head::{TargetLogps, VocabTiling, target_logps_backward, target_logps_forward};
 pub use matmul::MatmulOps;
 pub use ops::FusedOps;
 pub use optim::{AdamWStep, adamw_update, reference_adamw_update};
+pub use quant::{QuantOps, quant_linear};
 
 use burn::backend::Dispatch;
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor};

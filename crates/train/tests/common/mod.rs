@@ -17,9 +17,12 @@ pub fn device() -> Device {
     Device::flex().autodiff()
 }
 
+pub fn tiny_config() -> ModelConfig {
+    ModelConfig::tiny(VOCAB, 32, 2, 4, 2)
+}
+
 pub fn tiny_model() -> LlamaForCausalLM {
-    let config = ModelConfig::tiny(VOCAB, 32, 2, 4, 2);
-    LlamaForCausalLM::init(&config, &device())
+    LlamaForCausalLM::init(&tiny_config(), &device())
 }
 
 /// `steps` steps at a constant 1e-2, batch 4, logging every step.

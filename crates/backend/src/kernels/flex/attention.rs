@@ -20,8 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{View, matmul};
-use super::half_gemm::{HalfType, HalfView, matmul_half};
+use super::half_gemm::{HalfType, Strided, matmul_f32_or_half};
 use super::simd::{dispatch, dot, exp};
 
 /// One task's output block: batch, head, first row, values, per-row statistics.
@@ -43,9 +42,6 @@ pub(super) struct Dims {
     pub half: Option<HalfType>,
 }
 
-/// A strided f32 matrix operand: data from its first element, row stride, column stride.
-type Operand<'a> = (&'a [f32], usize, usize);
-
 impl Dims {
     /// `out[m, n] = (accumulate ? out : 0) + alpha · X[m, k] · Y[k, n]` on this thread, in f32
     /// or with operands rounded to [`Dims::half`].
@@ -53,30 +49,12 @@ impl Dims {
         &self,
         out: &mut [f32],
         accumulate: bool,
-        (x, xr, xc): Operand<'_>,
-        (y, yr, yc): Operand<'_>,
+        x: Strided<'_>,
+        y: Strided<'_>,
         mkn: [usize; 3],
         alpha: f32,
     ) {
-        match self.half {
-            None => matmul(
-                out,
-                accumulate,
-                View::new(x, xr, xc),
-                View::new(y, yr, yc),
-                mkn,
-                alpha,
-            ),
-            Some(half) => matmul_half(
-                out,
-                accumulate,
-                HalfView::f32(x, xr, xc),
-                HalfView::f32(y, yr, yc),
-                mkn,
-                alpha,
-                half,
-            ),
-        }
+        matmul_f32_or_half(self.half, false, out, accumulate, x, y, mkn, alpha);
     }
 
     fn rep(&self) -> usize {

@@ -82,6 +82,34 @@ pub(super) fn matmul_half(
     );
 }
 
+/// A strided f32 operand: its data from the first element, row stride, column stride.
+pub(super) type Strided<'a> = (&'a [f32], usize, usize);
+
+/// `dst[m, n] = (accumulate ? dst : 0) + alpha · lhs[m, k] · rhs[k, n]` over f32 operands:
+/// the f32 gemm when `half` is `None`, else the operands rounded to `half` (autocast); on
+/// rayon's threads when `parallel`, else on this one. The one switch the kernels that take an
+/// autocast type (attention's blocks, the quantized products) go through.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_f32_or_half(
+    half: Option<HalfType>,
+    parallel: bool,
+    dst: &mut [f32],
+    accumulate: bool,
+    (lhs, lr, lc): Strided<'_>,
+    (rhs, rr, rc): Strided<'_>,
+    mkn: [usize; 3],
+    alpha: f32,
+) {
+    let (a, b) = (gemm::View::new(lhs, lr, lc), gemm::View::new(rhs, rr, rc));
+    let (ha, hb) = (HalfView::f32(lhs, lr, lc), HalfView::f32(rhs, rr, rc));
+    match (half, parallel) {
+        (None, false) => gemm::matmul(dst, accumulate, a, b, mkn, alpha),
+        (None, true) => gemm::matmul_parallel(dst, accumulate, a, b, mkn, alpha),
+        (Some(h), false) => matmul_half(dst, accumulate, ha, hb, mkn, alpha, h),
+        (Some(h), true) => matmul_half_parallel(dst, accumulate, ha, hb, mkn, alpha, h),
+    }
+}
+
 /// [`matmul_half`] split over rayon's threads when the product is large enough to pay for it.
 pub(super) fn matmul_half_parallel(
     dst: &mut [f32],

@@ -16,6 +16,7 @@ mod half_gemm;
 mod lm_head;
 mod matmul;
 mod norm;
+mod quant_matmul;
 mod simd;
 mod swiglu;
 

@@ -1,0 +1,193 @@
+//! Products with a block-quantized frozen weight `W` `[n, k]` (`[out, in]`) on the CPU:
+//! the forward `y = x·Wᵀ` and the input gradient `∂x = ∂y·W` (a frozen base has no `∂W`).
+//!
+//! `W` is decoded a tile of rows at a time into a scratch buffer of at most [`TILE_BYTES`]
+//! (in parallel, a row per task), and each tile is multiplied by the existing gemms — f32, or
+//! with operands rounded to the autocast half type (`half_gemm`, `vdpbf16ps` where it pays) —
+//! so no dense copy of the weight ever exists: the scratch is ≤ 4 MiB whatever the model.
+//! Tiles are visited in order and `∂x` sums them in that order, so results do not depend on
+//! the number of threads.
+//!
+//! Few rows (decode, `m ≤ SMALL_M`) take a matrix-vector path instead: each task decodes one
+//! row of `W` at a time into a row buffer and dots it with the `m` inputs, so the blocks are
+//! read once and nothing larger than a row is written.
+
+use rayon::prelude::*;
+
+use super::half_gemm::{Strided, matmul_f32_or_half};
+use super::simd::{dispatch, dot};
+use crate::HalfType;
+use crate::quant::QuantizedWeight;
+
+/// The most scratch one tile of decoded rows takes (f32).
+const TILE_BYTES: usize = 4 << 20;
+/// Rows of `x` up to which the forward runs as matrix-vector products.
+const SMALL_M: usize = 4;
+/// Rows of `W` one matrix-vector task decodes.
+const ROWS_PER_TASK: usize = 16;
+
+/// Rows of `W` (`k` values each) per decoded tile: as many as fit [`TILE_BYTES`], at least 32.
+fn tile_rows(n: usize, k: usize) -> usize {
+    (TILE_BYTES / (4 * k.max(1))).max(32).min(n.max(1))
+}
+
+/// Rows `rows` of `w` decoded into `tile` (`rows.len() × k`), a row per rayon task.
+fn decode_tile(w: &QuantizedWeight, rows: std::ops::Range<usize>, tile: &mut [f32]) {
+    let k = w.shape()[1];
+    tile.par_chunks_mut(k.max(1))
+        .zip(rows.into_par_iter())
+        .for_each(|(out, r)| w.dequantize_rows(r..r + 1, out));
+}
+
+/// `dst[m, n] = (accumulate ? dst : 0) + lhs[m, k] · rhs[k, n]` on all threads, in f32 or
+/// with operands rounded to `half`.
+fn product(
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: Strided<'_>,
+    rhs: Strided<'_>,
+    mkn: [usize; 3],
+    half: Option<HalfType>,
+) {
+    matmul_f32_or_half(half, true, dst, accumulate, lhs, rhs, mkn, 1.0);
+}
+
+/// `out[m, n] = x[m, k] · Wᵀ` (`x` row-major, contiguous).
+pub(super) fn forward(
+    x: &[f32],
+    m: usize,
+    w: &QuantizedWeight,
+    half: Option<HalfType>,
+) -> Vec<f32> {
+    let [n, k] = w.shape();
+    assert_eq!(x.len(), m * k, "quantized product: x is not [{m}, {k}]");
+    if m <= SMALL_M {
+        return matvec(x, m, w, half);
+    }
+    let mut out = vec![0.0f32; m * n];
+    let nt = tile_rows(n, k);
+    let mut tile = vec![0.0f32; nt * k];
+    let mut part = if nt < n {
+        vec![0.0f32; m * nt]
+    } else {
+        Vec::new()
+    };
+    for n0 in (0..n).step_by(nt) {
+        let rows = nt.min(n - n0);
+        let tile = &mut tile[..rows * k];
+        decode_tile(w, n0..n0 + rows, tile);
+        // `Wᵀ`'s tile `[k, rows]` is the decoded rows read column-wise.
+        if rows == n {
+            product(&mut out, false, (x, k, 1), (tile, 1, k), [m, k, rows], half);
+        } else {
+            let part = &mut part[..m * rows];
+            product(part, false, (x, k, 1), (tile, 1, k), [m, k, rows], half);
+            for (dst, src) in out.chunks_exact_mut(n).zip(part.chunks_exact(rows)) {
+                dst[n0..n0 + rows].copy_from_slice(src);
+            }
+        }
+    }
+    out
+}
+
+/// `∂x[m, k] = ∂y[m, n] · W` (`grad` row-major, contiguous).
+pub(super) fn backward(
+    grad: &[f32],
+    m: usize,
+    w: &QuantizedWeight,
+    half: Option<HalfType>,
+) -> Vec<f32> {
+    let [n, k] = w.shape();
+    assert_eq!(grad.len(), m * n, "quantized product: ∂y is not [{m}, {n}]");
+    let mut dx = vec![0.0f32; m * k];
+    let nt = tile_rows(n, k);
+    let mut tile = vec![0.0f32; nt * k];
+    for n0 in (0..n).step_by(nt) {
+        let rows = nt.min(n - n0);
+        let tile = &mut tile[..rows * k];
+        decode_tile(w, n0..n0 + rows, tile);
+        // ∂y's columns `n0..n0 + rows` (row stride n) times the tile `[rows, k]`.
+        product(
+            &mut dx,
+            n0 > 0,
+            (&grad[n0..], n, 1),
+            (tile, k, 1),
+            [m, rows, k],
+            half,
+        );
+    }
+    dx
+}
+
+/// [`forward`] for a few rows: each task decodes [`ROWS_PER_TASK`] rows of `W`, one at a time,
+/// and dots each with the `m` inputs (rounded to `half` first when given).
+fn matvec(x: &[f32], m: usize, w: &QuantizedWeight, half: Option<HalfType>) -> Vec<f32> {
+    let [n, k] = w.shape();
+    let x: Vec<f32> = match half {
+        Some(h) => x.iter().map(|&v| h.round(v)).collect(),
+        None => x.to_vec(),
+    };
+    // Column-major results `[n, m]`, transposed at the end (m ≤ 4: a few values a row).
+    let mut cols = vec![0.0f32; n * m];
+    cols.par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let r0 = task * ROWS_PER_TASK;
+            let mut row = vec![0.0f32; k];
+            for (j, out) in out.chunks_exact_mut(m).enumerate() {
+                w.dequantize_rows(r0 + j..r0 + j + 1, &mut row);
+                if let Some(h) = half {
+                    row.iter_mut().for_each(|v| *v = h.round(*v));
+                }
+                dispatch(|| {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = dot(&x[i * k..(i + 1) * k], &row);
+                    }
+                });
+            }
+        });
+    let mut out = vec![0.0f32; m * n];
+    for (j, c) in cols.chunks_exact(m).enumerate() {
+        for (i, v) in c.iter().enumerate() {
+            out[i * n + j] = *v;
+        }
+    }
+    out
+}
+
+impl crate::kernels::QuantOps for burn::backend::Flex {
+    fn quant_matmul(
+        x: burn::backend::flex::FlexTensor,
+        weight: QuantizedWeight,
+        half: Option<HalfType>,
+    ) -> burn::backend::flex::FlexTensor {
+        let m = rows_of(&x, weight.shape()[1], "x");
+        let out = super::with_slice(&x, |xs| forward(xs, m, &weight, half));
+        fresh(out, [m, weight.shape()[0]])
+    }
+
+    fn quant_matmul_backward(
+        grad: burn::backend::flex::FlexTensor,
+        weight: QuantizedWeight,
+        half: Option<HalfType>,
+    ) -> burn::backend::flex::FlexTensor {
+        let m = rows_of(&grad, weight.shape()[0], "∂y");
+        let dx = super::with_slice(&grad, |gs| backward(gs, m, &weight, half));
+        fresh(dx, [m, weight.shape()[1]])
+    }
+}
+
+/// Rows of a `[m, cols]` f32 operand, checked.
+fn rows_of(t: &burn::backend::flex::FlexTensor, cols: usize, name: &str) -> usize {
+    let dims = t.layout().shape().as_slice();
+    assert!(
+        dims.len() == 2 && dims[1] == cols && t.dtype() == burn::tensor::DType::F32,
+        "quantized product: {name} is {:?} {dims:?}, expected f32 [m, {cols}]",
+        t.dtype()
+    );
+    dims[0]
+}
+
+fn fresh(data: Vec<f32>, shape: [usize; 2]) -> burn::backend::flex::FlexTensor {
+    burn::backend::flex::FlexTensor::from_data(burn::tensor::TensorData::new(data, shape))
+}

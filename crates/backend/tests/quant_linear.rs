@@ -1,0 +1,179 @@
+//! Linear layers over block-quantized frozen weights (`kernels::quant_linear`): forward
+//! `x·Wᵀ + b` and the input gradient `∂y·W`, against f64 products over the dequantised weight,
+//! on odd shapes — rows that are not whole NF4 blocks, several decoded tiles, the few-row
+//! (decode) path — in f32 and under bf16 autocast.
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use common::{host, values};
+use temper_backend::kernels::quant_linear;
+use temper_backend::{DeviceSpec, HalfType, QuantType, QuantizedWeight, autocast};
+
+fn device(autodiff: bool) -> burn::tensor::Device {
+    "cpu"
+        .parse::<DeviceSpec>()
+        .expect("cpu")
+        .with_autodiff(autodiff)
+        .device()
+        .expect("cpu device")
+}
+
+/// `a [m, k] · b [k, n]` in f64, `b` given as `[n, k]` rows when `bt` (i.e. `a·bᵀ`).
+fn product_f64(a: &[f64], b: &[f64], [m, k, n]: [usize; 3], bt: bool) -> Vec<f64> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k)
+                .map(|l| a[i * k + l] * if bt { b[j * k + l] } else { b[l * n + j] })
+                .sum();
+        }
+    }
+    out
+}
+
+fn widen(v: &[f32], round: Option<HalfType>) -> Vec<f64> {
+    v.iter()
+        .map(|&x| f64::from(round.map_or(x, |h| h.round(x))))
+        .collect()
+}
+
+/// Relative max error of `got` against `want` (relative to `want`'s largest magnitude).
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    let scale = want.iter().fold(0.0f64, |a, b| a.max(b.abs())).max(1e-30);
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (f64::from(g) - w).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// Forward and `∂x` of `m` rows through a `[n, k]` weight quantized to `ty`, checked against
+/// f64 over the dequantised weight (operands rounded to `half` first when given) within
+/// `tol` relative error.
+fn check(ty: QuantType, [m, k, n]: [usize; 3], half: Option<HalfType>, tol: f64) {
+    let w = values(n * k, 7, 0.5);
+    let weight =
+        QuantizedWeight::quantize("layers.0.mlp.up_proj.weight", &w, [n, k], ty).expect("quantize");
+    let deq = weight.dequantize();
+    let (x, g, bias) = (
+        values(m * k, 8, 1.0),
+        values(m * n, 9, 1.0),
+        values(n, 10, 0.1),
+    );
+
+    let dev = device(true);
+    let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), &dev).require_grad();
+    let bt = Tensor::<1>::from_data(TensorData::new(bias.clone(), [n]), &dev);
+    let out = {
+        let _scope = autocast(half);
+        quant_linear(xt.clone(), &weight, Some(bt))
+    };
+    let gt = Tensor::<2>::from_data(TensorData::new(g.clone(), [m, n]), &dev);
+    let grads = (out.clone() * gt).sum().backward();
+    let dx = host(xt.grad(&grads).expect("∂x"));
+    let out = host(out.inner());
+
+    let wd = widen(&deq, half);
+    let mut want = product_f64(&widen(&x, half), &wd, [m, k, n], true);
+    want.iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v += f64::from(bias[i % n]));
+    let want_dx = product_f64(&widen(&g, half), &wd, [m, n, k], false);
+    let (e_out, e_dx) = (rel_err(&out, &want), rel_err(&dx, &want_dx));
+    assert!(
+        e_out < tol && e_dx < tol,
+        "{ty} {:?} {half:?}: forward {e_out:.2e}, ∂x {e_dx:.2e} (tolerance {tol:.0e})",
+        [m, k, n]
+    );
+}
+
+/// f32 accumulation over at most a few thousand terms.
+const F32_TOL: f64 = 1e-5;
+
+#[test]
+fn nf4_products_match_f64_over_the_dequantised_weight() {
+    check(QuantType::Nf4, [9, 192, 37], None, F32_TOL);
+}
+
+#[test]
+fn nf4_rows_that_split_blocks() {
+    // 100 inputs: rows start and end inside NF4's 64-value blocks (bitsandbytes allows it).
+    check(QuantType::Nf4, [6, 100, 13], None, F32_TOL);
+}
+
+#[test]
+fn q8_0_products_over_several_decoded_tiles() {
+    // 4 MiB tiles of f32 rows hold 256 rows of 4,096: 300 rows take two tiles.
+    check(QuantType::Q8_0, [5, 4096, 300], None, F32_TOL);
+}
+
+#[test]
+fn few_rows_take_the_matrix_vector_path() {
+    check(QuantType::Nf4, [1, 128, 70], None, F32_TOL);
+    check(QuantType::Q8_0, [3, 96, 33], None, F32_TOL);
+}
+
+#[test]
+fn bf16_autocast_rounds_the_decoded_weight_and_the_input() {
+    for mkn in [[9, 192, 37], [2, 192, 37]] {
+        check(QuantType::Nf4, mkn, Some(HalfType::Bf16), F32_TOL);
+    }
+    // The same product against an unrounded reference is visibly off: the test sees bf16.
+    let w = values(37 * 192, 7, 0.5);
+    let weight = QuantizedWeight::quantize("w", &w, [37, 192], QuantType::Nf4).expect("quantize");
+    let x = values(9 * 192, 8, 1.0);
+    let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [9, 192]), &device(false));
+    let out = {
+        let _scope = autocast(Some(HalfType::Bf16));
+        host(quant_linear(xt, &weight, None))
+    };
+    let exact = product_f64(
+        &widen(&x, None),
+        &widen(&weight.dequantize(), None),
+        [9, 192, 37],
+        true,
+    );
+    let off = rel_err(&out, &exact);
+    assert!(
+        off > 1e-4,
+        "bf16 products indistinguishable from f32 ({off:.2e})"
+    );
+}
+
+#[test]
+fn a_wrong_input_width_names_the_weight() {
+    let weight = QuantizedWeight::quantize(
+        "model.layers.3.self_attn.q_proj.weight",
+        &values(64 * 64, 1, 1.0),
+        [64, 64],
+        QuantType::Q8_0,
+    )
+    .expect("quantize");
+    let x = Tensor::<2>::from_data(
+        TensorData::new(values(2 * 32, 2, 1.0), [2, 32]),
+        &device(false),
+    );
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        quant_linear(x, &weight, None)
+    }))
+    .expect_err("panics");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("q_proj") && msg.contains("32"), "{msg}");
+}
+
+#[test]
+fn quantizing_to_a_read_only_type_is_an_error_naming_the_tensor() {
+    let err = QuantizedWeight::quantize(
+        "lm_head.weight",
+        &values(256, 1, 1.0),
+        [1, 256],
+        QuantType::Q4_K,
+    )
+    .expect_err("K-quants are read, not written");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("lm_head.weight") && msg.contains("q4_k"),
+        "{msg}"
+    );
+}
