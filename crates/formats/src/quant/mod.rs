@@ -184,6 +184,25 @@ pub(crate) fn element_count(tensor: &str, shape: &[usize]) -> Result<usize, Quan
         })
 }
 
+/// Elements of a tensor of `shape` after checking that `values` holds exactly that many
+/// ([`QuantError::ValueCount`], [`QuantError::ShapeOverflow`]).
+pub(crate) fn value_count(
+    tensor: &str,
+    shape: &[usize],
+    values: &[f32],
+) -> Result<usize, QuantError> {
+    let n = element_count(tensor, shape)?;
+    if values.len() != n {
+        return Err(QuantError::ValueCount {
+            tensor: tensor.to_string(),
+            shape: shape.to_vec(),
+            expected: n,
+            actual: values.len(),
+        });
+    }
+    Ok(n)
+}
+
 /// The first non-finite value of `values`, as [`QuantError::NonFinite`].
 pub(crate) fn check_finite(
     tensor: &str,

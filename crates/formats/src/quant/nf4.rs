@@ -34,7 +34,7 @@
 use std::ops::Range;
 
 use super::dynamic8::{self, CODE_SIZE};
-use super::{QuantError, check_finite, element_count, torch_sum};
+use super::{QuantError, check_finite, element_count, torch_sum, value_count};
 
 /// Elements per NF4 block (bitsandbytes' default `blocksize`, QLoRA's choice).
 pub const NF4_BLOCK: usize = 64;
@@ -134,15 +134,7 @@ impl Nf4Tensor {
         values: &[f32],
         options: &Nf4Options,
     ) -> Result<Self, QuantError> {
-        let n = element_count(tensor, shape)?;
-        if values.len() != n {
-            return Err(QuantError::ValueCount {
-                tensor: tensor.to_string(),
-                shape: shape.to_vec(),
-                expected: n,
-                actual: values.len(),
-            });
-        }
+        let n = value_count(tensor, shape, values)?;
         check_finite(tensor, "NF4", values)?;
 
         let bounds = midpoints();

@@ -19,7 +19,7 @@
 use half::f16;
 
 use super::ggml::half_at;
-use super::{BlockFormat, QuantError, check_finite, element_count};
+use super::{BlockFormat, QuantError, check_finite, element_count, value_count};
 
 /// Elements per Q8_0 block.
 pub const Q8_0_BLOCK: usize = 32;
@@ -76,25 +76,8 @@ fn quantize_block(x: &[f32], out: &mut [u8]) -> Result<(), f32> {
 /// [`QuantError::NotBlockMultiple`] unless the last dimension is a multiple of 32 (gguf-py's
 /// `can_quantize`), [`QuantError::NonFinite`], [`QuantError::ScaleOverflow`].
 pub fn quantize(tensor: &str, shape: &[usize], values: &[f32]) -> Result<Vec<u8>, QuantError> {
-    let n = element_count(tensor, shape)?;
-    if values.len() != n {
-        return Err(QuantError::ValueCount {
-            tensor: tensor.to_string(),
-            shape: shape.to_vec(),
-            expected: n,
-            actual: values.len(),
-        });
-    }
-    let row = shape.last().copied().unwrap_or(1);
-    if !row.is_multiple_of(Q8_0_BLOCK) {
-        return Err(QuantError::NotBlockMultiple {
-            tensor: tensor.to_string(),
-            format: "Q8_0",
-            shape: shape.to_vec(),
-            row,
-            block: Q8_0_BLOCK,
-        });
-    }
+    let n = value_count(tensor, shape, values)?;
+    check_rows(tensor, shape)?;
     check_finite(tensor, "Q8_0", values)?;
     let mut out = vec![0u8; n / Q8_0_BLOCK * Q8_0_BYTES];
     for (block, (x, o)) in values
@@ -119,16 +102,7 @@ pub fn quantize(tensor: &str, shape: &[usize], values: &[f32]) -> Result<Vec<u8>
 /// `bytes` is not exactly the tensor's blocks.
 pub fn dequantize(tensor: &str, shape: &[usize], bytes: &[u8]) -> Result<Vec<f32>, QuantError> {
     let n = element_count(tensor, shape)?;
-    let row = shape.last().copied().unwrap_or(1);
-    if !row.is_multiple_of(Q8_0_BLOCK) {
-        return Err(QuantError::NotBlockMultiple {
-            tensor: tensor.to_string(),
-            format: "Q8_0",
-            shape: shape.to_vec(),
-            row,
-            block: Q8_0_BLOCK,
-        });
-    }
+    check_rows(tensor, shape)?;
     let blocks = n / Q8_0_BLOCK;
     if blocks.checked_mul(Q8_0_BYTES) != Some(bytes.len()) {
         return Err(QuantError::PartLength {
@@ -144,6 +118,21 @@ pub fn dequantize(tensor: &str, shape: &[usize], bytes: &[u8]) -> Result<Vec<f32
     let mut out = vec![0f32; n];
     Q8_0.dequantize_blocks(bytes, &mut out)?;
     Ok(out)
+}
+
+/// Rows (the last dimension) must be whole blocks, as gguf-py's `can_quantize` requires.
+fn check_rows(tensor: &str, shape: &[usize]) -> Result<(), QuantError> {
+    let row = shape.last().copied().unwrap_or(1);
+    if row.is_multiple_of(Q8_0_BLOCK) {
+        return Ok(());
+    }
+    Err(QuantError::NotBlockMultiple {
+        tensor: tensor.to_string(),
+        format: "Q8_0",
+        shape: shape.to_vec(),
+        row,
+        block: Q8_0_BLOCK,
+    })
 }
 
 #[cfg(test)]
