@@ -6,11 +6,12 @@
 //!   (median / best of 3);
 //! * peak RSS.
 //!
-//! `cargo run --release --example smollm2_speed [-- [MODEL] [--dtype f32|bf16|f16]]` where
+//! `cargo run --release --example smollm2_speed [-- [MODEL] [--dtype f32|bf16|f16|gguf]]` where
 //! MODEL is a .gguf or HF directory (default: `$TEMPER_SMOLLM2_GGUF` or the path
 //! `scripts/fetch-smollm2.sh` fills) and `--dtype` (or `$TEMPER_DTYPE`; default f32) the dtype
 //! the weights are loaded in (on the CPU the activations stay f32, products accumulate in f32),
-//! so bf16 and f32 can be timed against each other. Set `RAYON_NUM_THREADS` to pin the thread
+//! so bf16 and f32 can be timed against each other; `gguf` keeps the projections in the file's own
+//! blocks (`Pretrained::load_gguf_quantized`). Set `RAYON_NUM_THREADS` to pin the thread
 //! count.
 
 use std::time::Instant;
@@ -46,7 +47,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// `(MODEL, --dtype)` from the command line, `$TEMPER_DTYPE` when there is no `--dtype`.
-fn parse_args() -> anyhow::Result<(Option<String>, FloatPrecision)> {
+fn parse_args() -> anyhow::Result<(Option<String>, String)> {
     let (mut model, mut dtype) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -65,7 +66,7 @@ fn parse_args() -> anyhow::Result<(Option<String>, FloatPrecision)> {
     }
     let dtype = dtype
         .or_else(|| std::env::var("TEMPER_DTYPE").ok())
-        .map_or(Ok(FloatPrecision::F32), |d| d.parse())?;
+        .unwrap_or_else(|| "f32".into());
     Ok((model, dtype))
 }
 
@@ -87,7 +88,12 @@ fn main() -> anyhow::Result<()> {
         .parse()?;
     let device = spec.device()?;
     let t0 = Instant::now();
-    let p = Pretrained::load(&path, &device, dtype)?;
+    // `--dtype gguf`: the projections keep the file's own blocks (f32 elsewhere).
+    let p = if dtype == "gguf" {
+        Pretrained::load_gguf_quantized(std::path::Path::new(&path), &device, FloatPrecision::F32)?
+    } else {
+        Pretrained::load(&path, &device, dtype.parse::<FloatPrecision>()?)?
+    };
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();
 

@@ -114,6 +114,41 @@ fn few_rows_take_the_matrix_vector_path() {
     check(QuantType::Q8_0, [3, 96, 33], None, F32_TOL);
 }
 
+/// Blocks of ggml types Temper only reads (Q4_0, Q4_1) made from seeded bytes, with f16 scales
+/// of a sane size; the decode path dots the inputs with them as stored.
+#[test]
+fn ggml_blocks_straight_from_their_bytes() {
+    for (ty, bb, scales) in [
+        (QuantType::Q4_0, 18, 1),
+        (QuantType::Q4_1, 20, 2),
+        (QuantType::Q8_0, 34, 1),
+    ] {
+        let [n, k] = [37, 96];
+        let mut bytes: Vec<u8> = values(n * k / 32 * bb, 3, 1.0)
+            .iter()
+            .map(|v| (v.to_bits() >> 7) as u8)
+            .collect();
+        let scale = values(n * k / 32 * scales, 4, 0.05);
+        for (b, blk) in bytes.chunks_exact_mut(bb).enumerate() {
+            for s in 0..scales {
+                let h = burn::tensor::f16::from_f32(scale[b * scales + s]).to_bits();
+                blk[2 * s..2 * s + 2].copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        let w =
+            QuantizedWeight::from_blocks("blk.0.ffn_up.weight", ty, bytes, [n, k]).expect("blocks");
+        let deq = widen(&w.dequantize(), None);
+        for m in [1, 3, 6] {
+            let x = values(m * k, 5, 1.0);
+            let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), &device(false));
+            let got = host(quant_linear(xt, &w, None));
+            let want = product_f64(&widen(&x, None), &deq, [m, k, n], true);
+            let err = rel_err(&got, &want);
+            assert!(err < F32_TOL, "{ty} m = {m}: {err:.2e}");
+        }
+    }
+}
+
 #[test]
 fn bf16_autocast_rounds_the_decoded_weight_and_the_input() {
     for mkn in [[9, 192, 37], [2, 192, 37]] {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use temper_backend::{DeviceSpec, FloatPrecision};
+use temper_backend::DeviceSpec;
 use temper_bench_eval::results::{Summary, summarize, write_records};
 use temper_bench_eval::{EvalMode, EvalSettings, evaluate_model, load_questions};
 
@@ -33,10 +33,11 @@ pub struct EvalArgs {
     /// cpu, wgpu, wgpu:N or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    /// The dtype the weights are stored in (f32, bf16, f16). On the CPU the activations stay
-    /// f32 and products accumulate in f32 whatever this says.
-    #[arg(long, default_value = "f32")]
-    pub dtype: FloatPrecision,
+    /// How the weights are held: f32, bf16, f16, or a quantized base (nf4 / q8_0 quantized on
+    /// load, gguf keeping a GGUF file's own blocks). On the CPU the activations stay f32 and
+    /// products accumulate in f32 whatever this says.
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|f16|nf4|q8_0|gguf")]
+    pub dtype: crate::weights::WeightDType,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -67,7 +68,7 @@ fn print_summary(name: &str, s: &Summary) {
 pub fn run(args: EvalArgs) -> Result<()> {
     let questions = load_questions(&args.bench)?;
     let device = args.device.device()?;
-    let p = crate::load_model(&args.model, &device, args.dtype)?;
+    let p = crate::weights::load_model(&args.model, &device, args.dtype)?;
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {

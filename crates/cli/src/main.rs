@@ -6,6 +6,7 @@ mod inspect;
 mod merge;
 mod pipeline;
 mod train;
+mod weights;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -74,10 +75,12 @@ enum Command {
         /// cpu, wgpu, wgpu:N or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
-        /// dtype the weights are stored in: bf16 halves the bytes a decode step reads (products
-        /// accumulate in f32; on the CPU the activations stay f32).
-        #[arg(long, default_value = "f32")]
-        dtype: FloatPrecision,
+        /// How the weights are held: f32, bf16 or f16 storage (bf16 halves the bytes a decode
+        /// step reads; products accumulate in f32, on the CPU the activations stay f32), or a
+        /// quantized base — nf4 / q8_0 quantized on load, gguf keeping a GGUF file's own
+        /// blocks (memory ≈ the file).
+        #[arg(long, default_value = "f32", value_name = "f32|bf16|f16|nf4|q8_0|gguf")]
+        dtype: weights::WeightDType,
     },
     /// Print the token ids of a text as a JSON array.
     Tokenize {
@@ -170,7 +173,7 @@ fn run(cli: Cli) -> Result<()> {
             dtype,
         } => {
             let device = device.device()?;
-            let p = load_model(&model, &device, dtype)?;
+            let p = weights::load_model(&model, &device, dtype)?;
             let text = if chat {
                 let template = p
                     .chat_template
@@ -253,21 +256,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pipeline(args) => pipeline::run(args)?,
     }
     Ok(())
-}
-
-/// An HF directory, a GGUF file, or a PEFT adapter directory (loaded onto the base model its
-/// `adapter_config.json` names and merged).
-pub(crate) fn load_model(
-    path: &Path,
-    device: &burn::tensor::Device,
-    dtype: FloatPrecision,
-) -> Result<Pretrained> {
-    let loaded = if temper_lora::is_adapter_dir(path) {
-        temper_lora::load_merged_adapter(path, None, device, dtype).map_err(anyhow::Error::from)
-    } else {
-        Pretrained::load(path, device, dtype).map_err(anyhow::Error::from)
-    };
-    loaded.with_context(|| format!("loading {}", path.display()))
 }
 
 fn main() {

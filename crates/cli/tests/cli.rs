@@ -102,6 +102,45 @@ fn convert_then_generate_greedy_from_the_hf_directory() {
     );
 }
 
+/// `--dtype gguf` runs on the file's own Q4_1 blocks: the same greedy text as the f32 golden
+/// (every step of it has a top-1/top-2 margin ≥ 0.08, far above the reduction-order noise).
+/// `nf4` quantizes on load and still writes fluent text; `gguf` on a directory is refused.
+#[test]
+fn generate_on_quantized_weights() {
+    let generate = |dtype: &str, model: &str| {
+        temper(&[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "The mechanical properties of spider silk",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--dtype",
+            dtype,
+        ])
+    };
+    let model = gguf();
+    let (ok, stdout, stderr) = generate("gguf", model.to_str().unwrap());
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with(" are incredibly strong and flexible, making it a versatile material"),
+        "{stdout:?}"
+    );
+    let (ok, stdout, stderr) = generate("nf4", model.to_str().unwrap());
+    assert!(
+        ok && stdout.split_whitespace().count() >= 6,
+        "{stdout:?} {stderr}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = generate("gguf", dir.path().to_str().unwrap());
+    assert!(!ok && stderr.contains("not a .gguf file"), "{stderr}");
+    let (ok, _, stderr) = generate("q4", model.to_str().unwrap());
+    assert!(!ok && stderr.contains("nf4, q8_0 or gguf"), "{stderr}");
+}
+
 #[test]
 fn bad_inputs_exit_nonzero_with_a_message() {
     let (ok, _, stderr) = temper(&["inspect", "/nonexistent/model"]);

@@ -13,10 +13,10 @@ use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
-use temper_backend::FloatPrecision;
+use temper_backend::{FloatPrecision, QuantizedWeight};
 use temper_formats::{AtomicFile, map_file};
 
-use crate::gguf::{GgufFile, for_each_hf_tensor};
+use crate::gguf::{GgufFile, for_each_hf_tensor, for_each_hf_tensor_keeping_blocks};
 use crate::llama::{Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp, RmsNorm};
 use crate::projection::Projection;
 use crate::{Error, ModelConfig, Result};
@@ -39,6 +39,13 @@ pub trait TensorSource {
     fn take(&mut self, name: &str) -> Result<Option<HostTensor>>;
     /// Names not taken yet.
     fn remaining(&self) -> Vec<String>;
+
+    /// Remove and return the tensor `name` if the source holds it block-quantized (a GGUF
+    /// projection weight kept as stored); `None` sends the loader to [`TensorSource::take`].
+    fn take_quantized(&mut self, name: &str) -> Result<Option<QuantizedWeight>> {
+        let _ = name;
+        Ok(None)
+    }
 }
 
 /// Tensors already in memory (a dequantised GGUF, or a test's hand-made weights).
@@ -46,6 +53,7 @@ pub trait TensorSource {
 pub struct MemorySource {
     origin: PathBuf,
     tensors: HashMap<String, HostTensor>,
+    quantized: HashMap<String, QuantizedWeight>,
 }
 
 impl MemorySource {
@@ -54,6 +62,7 @@ impl MemorySource {
         Self {
             origin: origin.into(),
             tensors,
+            quantized: HashMap::new(),
         }
     }
 
@@ -75,6 +84,37 @@ impl MemorySource {
         })?;
         Ok(Self::new(file.path(), tensors))
     }
+
+    /// [`MemorySource::from_gguf`], except that projection weights stored in a ggml block type
+    /// (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) keep their blocks ([`TensorSource::take_quantized`]):
+    /// the model built from it holds about the file's bytes, not 4 bytes a parameter.
+    ///
+    /// # Errors
+    /// As [`MemorySource::from_gguf`]; blocks that do not make up their tensor's shape.
+    pub fn from_gguf_keeping_blocks(file: &GgufFile) -> Result<Self> {
+        let (mut tensors, mut quantized) = (HashMap::new(), HashMap::new());
+        for_each_hf_tensor_keeping_blocks(
+            file,
+            |t| {
+                tensors.insert(
+                    t.name,
+                    HostTensor {
+                        shape: t.shape,
+                        data: t.data,
+                    },
+                );
+                Ok::<(), Error>(())
+            },
+            |b| {
+                let w = QuantizedWeight::from_blocks(&b.name, b.ty, b.bytes, b.shape)?;
+                quantized.insert(b.name, w);
+                Ok(())
+            },
+        )?;
+        let mut source = Self::new(file.path(), tensors);
+        source.quantized = quantized;
+        Ok(source)
+    }
 }
 
 impl TensorSource for MemorySource {
@@ -85,7 +125,14 @@ impl TensorSource for MemorySource {
         Ok(self.tensors.remove(name))
     }
     fn remaining(&self) -> Vec<String> {
-        self.tensors.keys().cloned().collect()
+        self.tensors
+            .keys()
+            .chain(self.quantized.keys())
+            .cloned()
+            .collect()
+    }
+    fn take_quantized(&mut self, name: &str) -> Result<Option<QuantizedWeight>> {
+        Ok(self.quantized.remove(name))
     }
 }
 
@@ -356,6 +403,41 @@ impl Loader<'_> {
         Ok(l)
     }
 
+    /// A projection: a block-quantized weight when the source keeps one (the bias, if any,
+    /// dense), else [`Loader::linear_with_bias`].
+    fn projection(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Projection> {
+        let weight_name = format!("{name}.weight");
+        let Some(q) = self.source.take_quantized(&weight_name)? else {
+            return Ok(self.linear_with_bias(name, d_in, d_out, bias)?.into());
+        };
+        if q.shape() != [d_out, d_in] {
+            return Err(Error::ShapeMismatch {
+                path: self.source.origin().to_path_buf(),
+                name: weight_name,
+                expected: vec![d_out, d_in],
+                found: q.shape().to_vec(),
+            });
+        }
+        let bias = if bias {
+            let b = self.fetch(&format!("{name}.bias"), &[d_out])?;
+            Some(Param::from_tensor(self.tensor(b, [d_out])))
+        } else {
+            None
+        };
+        Ok(Projection::from_quantized(
+            q,
+            bias,
+            self.precision.dtype(),
+            self.device,
+        ))
+    }
+
     fn norm(&mut self, name: &str, d: usize, eps: f64) -> Result<RmsNorm> {
         let w = self.fetch(&format!("{name}.weight"), &[d])?;
         Ok(RmsNorm {
@@ -408,16 +490,10 @@ pub fn load_weights(
         layers.push(DecoderLayer {
             input_layernorm: l.norm(&format!("{p}.input_layernorm"), hs, c.rms_norm_eps)?,
             self_attn: Attention {
-                q_proj: l
-                    .linear_with_bias(&format!("{p}.self_attn.q_proj"), hs, q, c.attention_bias)?
-                    .into(),
-                k_proj: l
-                    .linear_with_bias(&format!("{p}.self_attn.k_proj"), hs, kv, c.attention_bias)?
-                    .into(),
-                v_proj: l
-                    .linear_with_bias(&format!("{p}.self_attn.v_proj"), hs, kv, c.attention_bias)?
-                    .into(),
-                o_proj: l.linear(&format!("{p}.self_attn.o_proj"), q, hs)?.into(),
+                q_proj: l.projection(&format!("{p}.self_attn.q_proj"), hs, q, c.attention_bias)?,
+                k_proj: l.projection(&format!("{p}.self_attn.k_proj"), hs, kv, c.attention_bias)?,
+                v_proj: l.projection(&format!("{p}.self_attn.v_proj"), hs, kv, c.attention_bias)?,
+                o_proj: l.projection(&format!("{p}.self_attn.o_proj"), q, hs, false)?,
                 num_heads: c.num_attention_heads,
                 num_kv_heads: c.num_key_value_heads,
                 head_dim: hd,
@@ -428,9 +504,9 @@ pub fn load_weights(
                 c.rms_norm_eps,
             )?,
             mlp: Mlp {
-                gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), hs, inter)?.into(),
-                up_proj: l.linear(&format!("{p}.mlp.up_proj"), hs, inter)?.into(),
-                down_proj: l.linear(&format!("{p}.mlp.down_proj"), inter, hs)?.into(),
+                gate_proj: l.projection(&format!("{p}.mlp.gate_proj"), hs, inter, false)?,
+                up_proj: l.projection(&format!("{p}.mlp.up_proj"), hs, inter, false)?,
+                down_proj: l.projection(&format!("{p}.mlp.down_proj"), inter, hs, false)?,
             },
         });
     }

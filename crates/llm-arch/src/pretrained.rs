@@ -84,11 +84,39 @@ impl Pretrained {
     /// # Errors
     /// Malformed GGUF, unsupported architecture or tokenizer.
     pub fn load_gguf(path: &Path, device: &Device, precision: FloatPrecision) -> Result<Self> {
+        Self::load_gguf_with(path, device, precision, false)
+    }
+
+    /// Load a GGUF file keeping its projections' own blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) as
+    /// [`temper_backend::QuantizedWeight`]s that the products decode tile by tile; the other
+    /// tensors (embedding, norms, an F32/F16 projection) are decoded to `precision`. Memory is
+    /// about the file's size instead of 4 bytes a parameter.
+    ///
+    /// # Errors
+    /// As [`Pretrained::load_gguf`].
+    pub fn load_gguf_quantized(
+        path: &Path,
+        device: &Device,
+        precision: FloatPrecision,
+    ) -> Result<Self> {
+        Self::load_gguf_with(path, device, precision, true)
+    }
+
+    fn load_gguf_with(
+        path: &Path,
+        device: &Device,
+        precision: FloatPrecision,
+        keep_blocks: bool,
+    ) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_json(&hf_config(&file)?, path)?;
         let bundle = TokenizerBundle::from_gguf(&file)?;
         let chat_template = bundle.compile_chat_template()?;
-        let mut source = MemorySource::from_gguf(&file)?;
+        let mut source = if keep_blocks {
+            MemorySource::from_gguf_keeping_blocks(&file)?
+        } else {
+            MemorySource::from_gguf(&file)?
+        };
         drop(file);
         let model = load_weights(&config, &mut source, device, precision)?;
         let st = bundle.gguf_special.unwrap_or_default();

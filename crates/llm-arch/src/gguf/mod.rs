@@ -49,8 +49,8 @@ pub use parse::GGUF_DEFAULT_ALIGNMENT;
 pub use reader::GgufFile;
 pub use tensor_info::GgufTensorInfo;
 pub use to_hf::{
-    HfTensor, for_each_hf_tensor, hf_config, hf_tensor_name, load_hf_tensors, permute_qk_rows,
-    unpermute_qk_rows,
+    HfBlocks, HfTensor, for_each_hf_tensor, for_each_hf_tensor_keeping_blocks, hf_config,
+    hf_tensor_name, load_hf_tensors, permute_qk_rows, unpermute_qk_block_rows, unpermute_qk_rows,
 };
 pub use tokenizer_json::{GgufSpecialTokens, chat_template, special_tokens, tokenizer_json};
 pub use value::GgufValue;

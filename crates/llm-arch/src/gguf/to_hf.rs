@@ -10,7 +10,10 @@
 
 use serde_json::{Map, Value, json};
 
+use temper_formats::quant::QuantType;
+
 use super::error::GgufError;
+use super::ggml_type::GgmlType;
 use super::reader::GgufFile;
 use super::tokenizer_json::special_tokens;
 
@@ -68,16 +71,16 @@ fn head_dim(len: usize, rows: usize, cols: usize, n_head: usize) -> Option<usize
     hd.is_multiple_of(2).then_some(hd)
 }
 
-/// Move whole rows: output row `dst(h, i, j)` takes input row `src(h, i, j)`.
-fn move_rows(
-    data: &[f32],
+/// Move whole rows of `cols` elements: output row `dst(h, i, j)` takes input row `src(h, i, j)`.
+fn move_rows<T: Copy + Default>(
+    data: &[T],
     rows: usize,
     cols: usize,
     n_head: usize,
     map: impl Fn(usize, usize, usize, usize) -> (usize, usize),
-) -> Option<Vec<f32>> {
+) -> Option<Vec<T>> {
     let hd = head_dim(data.len(), rows, cols, n_head)?;
-    let mut out = vec![0f32; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..n_head {
         for i in 0..hd / 2 {
             for j in 0..2 {
@@ -90,6 +93,11 @@ fn move_rows(
     Some(out)
 }
 
+/// HF row `h*hd + j*(hd/2) + i` of a q/k weight is GGUF row `h*hd + 2*i + j`.
+fn hf_from_gguf_row(h: usize, i: usize, j: usize, hd: usize) -> (usize, usize) {
+    (h * hd + j * (hd / 2) + i, h * hd + 2 * i + j)
+}
+
 /// Undo llama.cpp's q/k row permutation: HF row `h*hd + j*(hd/2) + i` takes GGUF row
 /// `h*hd + 2*i + j`. `data` is `rows × cols` row-major (`cols = 1` for a bias).
 ///
@@ -100,9 +108,18 @@ pub fn unpermute_qk_rows(
     cols: usize,
     n_head: usize,
 ) -> Option<Vec<f32>> {
-    move_rows(data, rows, cols, n_head, |h, i, j, hd| {
-        (h * hd + j * (hd / 2) + i, h * hd + 2 * i + j)
-    })
+    move_rows(data, rows, cols, n_head, hf_from_gguf_row)
+}
+
+/// [`unpermute_qk_rows`] on a weight's stored blocks: each of the `rows` rows is `row_bytes`
+/// bytes of whole blocks, moved as a unit (no decoding).
+pub fn unpermute_qk_block_rows(
+    bytes: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    n_head: usize,
+) -> Option<Vec<u8>> {
+    move_rows(bytes, rows, row_bytes, n_head, hf_from_gguf_row)
 }
 
 /// llama.cpp's permutation (`W.reshape(n_head, 2, hd/2, in).swapaxes(1, 2)`), the inverse of
@@ -164,7 +181,51 @@ fn opt_str<'a>(file: &'a GgufFile, key: &str) -> Result<Option<&'a str>, GgufErr
 /// which encodes RoPE scaling this module does not reconstruct) rather than silently dropping it.
 pub fn for_each_hf_tensor<E: From<GgufError>>(
     file: &GgufFile,
+    on_tensor: impl FnMut(HfTensor) -> Result<(), E>,
+) -> Result<(), E> {
+    walk(file, on_tensor, None::<fn(HfBlocks) -> Result<(), E>>)
+}
+
+/// A projection weight's stored blocks under its HF name: `[out, in]`, rows in HF order (the
+/// q/k permutation undone by moving whole rows of blocks), nothing decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HfBlocks {
+    pub name: String,
+    /// `[out, in]`.
+    pub shape: [usize; 2],
+    pub ty: QuantType,
+    pub bytes: Vec<u8>,
+}
+
+/// [`for_each_hf_tensor`], except that the weights of the seven projections stored in a ggml
+/// block type (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) go to `on_blocks` as stored instead of being
+/// decoded: a model built from them keeps the file's own blocks.
+pub fn for_each_hf_tensor_keeping_blocks<E: From<GgufError>>(
+    file: &GgufFile,
+    on_tensor: impl FnMut(HfTensor) -> Result<(), E>,
+    on_blocks: impl FnMut(HfBlocks) -> Result<(), E>,
+) -> Result<(), E> {
+    walk(file, on_tensor, Some(on_blocks))
+}
+
+/// The block encoding of a projection weight of type `ty`, if it is one Temper multiplies by.
+fn block_type(name: &str, ty: GgmlType) -> Option<QuantType> {
+    let projection = name.ends_with("_proj.weight");
+    let ty = match ty {
+        GgmlType::Q4_0 => QuantType::Q4_0,
+        GgmlType::Q4_1 => QuantType::Q4_1,
+        GgmlType::Q8_0 => QuantType::Q8_0,
+        GgmlType::Q4_K => QuantType::Q4_K,
+        GgmlType::Q6_K => QuantType::Q6_K,
+        _ => return None,
+    };
+    projection.then_some(ty)
+}
+
+fn walk<E: From<GgufError>>(
+    file: &GgufFile,
     mut on_tensor: impl FnMut(HfTensor) -> Result<(), E>,
+    mut on_blocks: Option<impl FnMut(HfBlocks) -> Result<(), E>>,
 ) -> Result<(), E> {
     let arch = Arch::of(file)?;
     let n_head = file.get_u32(&format!("{}.attention.head_count", arch.prefix()))?;
@@ -176,7 +237,6 @@ pub fn for_each_hf_tensor<E: From<GgufError>>(
             name: info.name.clone(),
         })?;
         let shape = info.hf_shape();
-        let mut data = file.dequantize(&info.name)?;
         let heads = if name.contains(".self_attn.q_proj.") {
             Some(n_head)
         } else if name.contains(".self_attn.k_proj.") {
@@ -184,19 +244,39 @@ pub fn for_each_hf_tensor<E: From<GgufError>>(
         } else {
             None
         };
-        if let Some(heads) = heads {
-            let rows = shape.first().copied().unwrap_or(1);
-            let cols = shape.iter().skip(1).product::<usize>();
-            data = unpermute_qk_rows(&data, rows, cols, heads as usize).ok_or_else(|| {
-                GgufError::BadTensorShape {
-                    path: file.display_path().to_string(),
-                    name: info.name.clone(),
-                    reason: format!(
-                        "shape {shape:?} does not split into {heads} heads of even size \
-                         (cannot undo the q/k row permutation)"
-                    ),
-                }
+        let rows = shape.first().copied().unwrap_or(1);
+        let cols = shape.iter().skip(1).product::<usize>();
+        let bad_heads = |heads: u32| GgufError::BadTensorShape {
+            path: file.display_path().to_string(),
+            name: info.name.clone(),
+            reason: format!(
+                "shape {shape:?} does not split into {heads} heads of even size \
+                 (cannot undo the q/k row permutation)"
+            ),
+        };
+        if let (Some(on_blocks), Some(ty), [_, _]) = (
+            on_blocks.as_mut(),
+            block_type(&name, info.ggml_type),
+            shape.as_slice(),
+        ) {
+            let mut bytes = file.tensor_bytes(info)?.to_vec();
+            if let Some(heads) = heads {
+                let row_bytes = bytes.len() / rows.max(1);
+                bytes = unpermute_qk_block_rows(&bytes, rows, row_bytes, heads as usize)
+                    .ok_or_else(|| bad_heads(heads))?;
+            }
+            on_blocks(HfBlocks {
+                name,
+                shape: [rows, cols],
+                ty,
+                bytes,
             })?;
+            continue;
+        }
+        let mut data = file.dequantize(&info.name)?;
+        if let Some(heads) = heads {
+            data = unpermute_qk_rows(&data, rows, cols, heads as usize)
+                .ok_or_else(|| bad_heads(heads))?;
         }
         on_tensor(HfTensor { name, shape, data })?;
     }

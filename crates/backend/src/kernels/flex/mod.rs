@@ -11,6 +11,7 @@
 
 mod adamw;
 mod attention;
+mod block_dot;
 mod gemm;
 mod half_gemm;
 mod lm_head;

@@ -8,12 +8,14 @@
 //! Tiles are visited in order and `∂x` sums them in that order, so results do not depend on
 //! the number of threads.
 //!
-//! Few rows (decode, `m ≤ SMALL_M`) take a matrix-vector path instead: each task decodes one
-//! row of `W` at a time into a row buffer and dots it with the `m` inputs, so the blocks are
-//! read once and nothing larger than a row is written.
+//! Few rows (decode, `m ≤ SMALL_M`) take a matrix-vector path instead: rows in ggml's 32-value
+//! blocks (Q4_0, Q4_1, Q8_0) are dotted with the inputs straight from their blocks
+//! ([`super::block_dot`]); other encodings decode one row at a time into a row buffer and dot
+//! it, so the blocks are read once and nothing larger than a row is written.
 
 use rayon::prelude::*;
 
+use super::block_dot;
 use super::half_gemm::{Strided, matmul_f32_or_half};
 use super::simd::{dispatch, dot};
 use crate::HalfType;
@@ -25,6 +27,8 @@ const TILE_BYTES: usize = 4 << 20;
 const SMALL_M: usize = 4;
 /// Rows of `W` one matrix-vector task decodes.
 const ROWS_PER_TASK: usize = 16;
+/// Rows of `W` one task dots straight from ggml blocks (≈ 46 KiB of Q4_1 at 576 columns).
+const BLOCK_ROWS_PER_TASK: usize = 128;
 
 /// Rows of `W` (`k` values each) per decoded tile: as many as fit [`TILE_BYTES`], at least 32.
 fn tile_rows(n: usize, k: usize) -> usize {
@@ -123,6 +127,26 @@ pub(super) fn backward(
 /// and dots each with the `m` inputs (rounded to `half` first when given).
 fn matvec(x: &[f32], m: usize, w: &QuantizedWeight, half: Option<HalfType>) -> Vec<f32> {
     let [n, k] = w.shape();
+    if let (None, Some(bb), Some(bytes)) = (
+        half,
+        block_dot::block_bytes(w.quant_type()),
+        w.block_bytes(),
+    ) {
+        // ggml's 32-value blocks: dot the inputs with the blocks as stored.
+        let row_bytes = k / 32 * bb;
+        let mut out = vec![0.0f32; m * n];
+        for (xi, oi) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+            let xsum = block_dot::block_sums(xi);
+            oi.par_chunks_mut(BLOCK_ROWS_PER_TASK)
+                .enumerate()
+                .for_each(|(task, o)| {
+                    let start = task * BLOCK_ROWS_PER_TASK * row_bytes;
+                    let rows = &bytes[start..start + o.len() * row_bytes];
+                    block_dot::dot_rows(w.quant_type(), rows, xi, &xsum, o);
+                });
+        }
+        return out;
+    }
     let x: Vec<f32> = match half {
         Some(h) => x.iter().map(|&v| h.round(v)).collect(),
         None => x.to_vec(),
