@@ -44,8 +44,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub lora_dropout: Option<f64>,
     /// QLoRA: keep the frozen base block-quantized while the adapter trains (`nf4`, as
-    /// bitsandbytes' double-quantized NF4, or `q8_0`). Needs --lora-r (or a `[lora]` table).
-    #[arg(long, value_name = "nf4|q8_0")]
+    /// bitsandbytes' double-quantized NF4, `q8_0`, or `gguf`: a GGUF model's own blocks). Needs
+    /// --lora-r (or a `[lora]` table).
+    #[arg(long, value_name = "nf4|q8_0|gguf")]
     pub quantize_base: Option<String>,
     /// With LoRA: write the PEFT adapter (adapter_config.json + adapter_model.safetensors +
     /// tokenizer) instead of the merged model.

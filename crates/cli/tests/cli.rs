@@ -193,7 +193,7 @@ fn bad_inputs_exit_nonzero_with_a_message() {
     assert!(!ok && stderr.contains("--quantize-base need"), "{stderr}");
     let (ok, _, stderr) = qlora(&["--lora-r", "4", "--quantize-base", "q4_k"]);
     assert!(
-        !ok && stderr.contains("quantize_base = \"q4_k\"") && stderr.contains("nf4"),
+        !ok && stderr.contains("quantize_base = \"q4_k\"") && stderr.contains("gguf"),
         "{stderr}"
     );
 }

@@ -252,7 +252,8 @@ pub struct LoraSettings {
     #[serde(default)]
     pub use_rslora: bool,
     /// QLoRA: keep the frozen base projections block-quantized (`nf4` as bitsandbytes'
-    /// double-quantized NF4, or `q8_0`); the embedding, norms and LM head stay dense.
+    /// double-quantized NF4, `q8_0`, or `gguf`: a GGUF model's own blocks as stored); the
+    /// embedding, norms and LM head stay dense.
     #[serde(default)]
     pub quantize_base: Option<String>,
 }
@@ -274,14 +275,17 @@ impl LoraSettings {
     ///
     /// # Errors
     /// An encoding Temper cannot quantize to, named with the ones it can.
-    pub fn base_quantization(&self) -> Result<Option<temper_lora::QuantType>> {
+    pub fn base_quantization(&self) -> Result<Option<BaseQuantization>> {
         let Some(name) = &self.quantize_base else {
             return Ok(None);
         };
+        if name.eq_ignore_ascii_case("gguf") {
+            return Ok(Some(BaseQuantization::Gguf));
+        }
         match name.parse::<temper_lora::QuantType>() {
-            Ok(t) if t.can_quantize() => Ok(Some(t)),
+            Ok(t) if t.can_quantize() => Ok(Some(BaseQuantization::Quantize(t))),
             _ => Err(bad(format!(
-                "[lora] quantize_base = \"{name}\": expected \"nf4\" or \"q8_0\""
+                "[lora] quantize_base = \"{name}\": expected \"nf4\", \"q8_0\" or \"gguf\""
             ))),
         }
     }
@@ -302,6 +306,15 @@ impl LoraSettings {
             )
             .with_use_rslora(self.use_rslora)
     }
+}
+
+/// How a QLoRA stage holds its frozen base ([`LoraSettings::quantize_base`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseQuantization {
+    /// Quantized on load to this encoding.
+    Quantize(temper_lora::QuantType),
+    /// A GGUF model's projections in the file's own blocks.
+    Gguf,
 }
 
 /// One training stage: what to load, what to train on, where to write.

@@ -35,7 +35,9 @@ pub mod trainer;
 pub use adamw::{FusedAdamW, FusedAdamWConfig};
 pub use checkpoint::{TrainerState, assign_param_ids, latest_checkpoint};
 pub use clip::{clip_grad_norm, global_grad_norm};
-pub use config::{LoraSettings, ReferenceConfig, ScheduleKind, StageConfig, TrainerConfig};
+pub use config::{
+    BaseQuantization, LoraSettings, ReferenceConfig, ScheduleKind, StageConfig, TrainerConfig,
+};
 pub use data::DataOrder;
 pub use error::{Result, TrainError};
 pub use finetune::{FineTuning, FullFineTuning, LoraFineTuning, adapter_param_ids, param_ids};

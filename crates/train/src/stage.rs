@@ -12,7 +12,7 @@ use temper_llm_arch::{ChatTemplate, LlamaForCausalLM, Pretrained, SpecialTokens,
 use temper_objectives::data::{Preprocessor, RowOptions, TrainRows, read_train_rows};
 use temper_objectives::{RefCache, dataset_fingerprint};
 
-use crate::config::{LoraSettings, ReferenceConfig, StageConfig};
+use crate::config::{BaseQuantization, LoraSettings, ReferenceConfig, StageConfig};
 use crate::finetune::LoraFineTuning;
 use crate::reference::Reference;
 use crate::trainer::{TrainData, TrainSummary, Trainer};
@@ -53,7 +53,24 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     } else {
         precision.master()
     };
-    let pretrained = Pretrained::load(&config.model, &train_device, storage)?;
+    let quantization = config
+        .lora
+        .as_ref()
+        .map(LoraSettings::base_quantization)
+        .transpose()?
+        .flatten();
+    let pretrained = if quantization == Some(BaseQuantization::Gguf) {
+        if !temper_llm_arch::is_gguf_path(&config.model) {
+            return Err(TrainError::Config(format!(
+                "[lora] quantize_base = \"gguf\" keeps a GGUF model's own blocks, and {} is not a \
+                 .gguf file (use \"nf4\" or \"q8_0\")",
+                config.model.display()
+            )));
+        }
+        Pretrained::load_gguf_quantized(&config.model, &train_device, storage)?
+    } else {
+        Pretrained::load(&config.model, &train_device, storage)?
+    };
     let pre = Preprocessor::load(&config.model)?;
     let objective = tc.objective.build();
     let rows = RowOptions {
@@ -111,13 +128,8 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     } = pretrained;
     // QLoRA: the base projections quantized before the adapters go on (they take the
     // compute dtype from the placeholder weights).
-    let model = match config
-        .lora
-        .as_ref()
-        .map(LoraSettings::base_quantization)
-        .transpose()?
-    {
-        Some(Some(ty)) => temper_lora::quantize_base(model, ty)?,
+    let model = match quantization {
+        Some(BaseQuantization::Quantize(ty)) => temper_lora::quantize_base(model, ty)?,
         _ => model,
     };
     let model = match &lora {

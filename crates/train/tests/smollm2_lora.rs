@@ -1,7 +1,8 @@
 //! A short real LoRA run on SmolLM2-135M-Instruct: a few SFT steps (r 8, all seven
 //! projections) on a handful of materials-science Q&A rows lower the loss on those rows,
 //! while the base weights stay frozen — on the dense base, and as QLoRA on its projections
-//! quantized to NF4 (`temper_lora::quantize_base`).
+//! quantized to NF4 (`temper_lora::quantize_base`) or kept in the GGUF's own Q4_1 blocks
+//! (`Pretrained::load_gguf_quantized`).
 //!
 //! Model: `TEMPER_SMOLLM2_DIR` (default `.cache/smollm2/SmolLM2-135M-Instruct`, the HF
 //! directory `scripts/fetch-smollm2.sh` converts) when it holds a `config.json`, otherwise the
@@ -85,20 +86,45 @@ fn sft_loss(model: &LlamaForCausalLM, rows: &[SftTokens], pad: u32) -> f64 {
 
 #[test]
 fn smollm2_lora_sft_lowers_the_loss_on_its_rows() {
-    lora_sft_lowers_the_loss(None);
+    lora_sft_lowers_the_loss(Base::Dense);
 }
 
 #[test]
 fn smollm2_nf4_qlora_sft_lowers_the_loss_on_its_rows() {
-    lora_sft_lowers_the_loss(Some(temper_lora::QuantType::Nf4));
+    lora_sft_lowers_the_loss(Base::Quantize(temper_lora::QuantType::Nf4));
 }
 
-/// Four LoRA SFT steps, the base projections quantized to `quantize` first when given.
-fn lora_sft_lowers_the_loss(quantize: Option<temper_lora::QuantType>) {
+#[test]
+fn smollm2_qlora_on_the_gguf_blocks_lowers_the_loss_on_its_rows() {
+    lora_sft_lowers_the_loss(Base::GgufBlocks);
+}
+
+/// How the frozen base is held.
+#[derive(Debug, Clone, Copy)]
+enum Base {
+    Dense,
+    /// Quantized on load.
+    Quantize(temper_lora::QuantType),
+    /// The GGUF's projections in their own blocks.
+    GgufBlocks,
+}
+
+/// Four LoRA SFT steps on the base held as `base` says.
+fn lora_sft_lowers_the_loss(base: Base) {
     let start = Instant::now();
-    let path = model_path();
     let device = Device::flex().autodiff();
-    let pretrained = Pretrained::load(&path, &device, FloatPrecision::F32).unwrap();
+    let (path, pretrained) = match base {
+        Base::GgufBlocks => {
+            let path = smollm2_common::gguf_path();
+            let p = Pretrained::load_gguf_quantized(&path, &device, FloatPrecision::F32).unwrap();
+            (path, p)
+        }
+        _ => {
+            let path = model_path();
+            let p = Pretrained::load(&path, &device, FloatPrecision::F32).unwrap();
+            (path, p)
+        }
+    };
     let pre = if path.is_dir() {
         Preprocessor::from_hf_dir(&path).unwrap()
     } else {
@@ -132,11 +158,11 @@ fn lora_sft_lowers_the_loss(quantize: Option<temper_lora::QuantType>) {
 
     device.seed(0);
     let lora = LoraFineTuning::new(LoraConfig::new(8, 16.0));
-    let base = match quantize {
-        Some(ty) => temper_lora::quantize_base(pretrained.model, ty).unwrap(),
-        None => pretrained.model,
+    let model = match base {
+        Base::Quantize(ty) => temper_lora::quantize_base(pretrained.model, ty).unwrap(),
+        _ => pretrained.model,
     };
-    let model = lora.inject(base, &device).unwrap();
+    let model = lora.inject(model, &device).unwrap();
     let n_trainable = temper_lora::num_trainable_params(&model);
     // r·(in + out) summed over the seven projections of 30 layers.
     assert_eq!(
@@ -164,10 +190,7 @@ fn lora_sft_lowers_the_loss(quantize: Option<temper_lora::QuantType>) {
         .with_fine_tuning(Box::new(lora));
     let t = Instant::now();
     let summary = trainer.train().unwrap();
-    eprintln!(
-        "4 LoRA SFT steps ({quantize:?} base) in {:.1?}",
-        t.elapsed()
-    );
+    eprintln!("4 LoRA SFT steps ({base:?} base) in {:.1?}", t.elapsed());
     assert_eq!(summary.steps, 4);
     let after = sft_loss(&trainer.model().valid(), &seqs, pad);
     eprintln!(

