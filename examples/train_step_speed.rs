@@ -17,6 +17,12 @@
 //! logits; the tied LM head's gradient is computed only in `full`) → token-mean NLL →
 //! backward → AdamW step.
 //!
+//! `--quant nf4|q8_0` (lora only): QLoRA, the projections quantized after init
+//! (`temper_lora::quantize_base`), the anchor's `--quant nf4`. `--shape smollm2-135m|smollm-1.7b|
+//! llama-3.1-8b` and `--layers N` pick the anchor's dimensions (random weights, built dense then
+//! quantized: an 8B shape needs its f32 weights in memory first), `--gradient-checkpointing`
+//! recomputes activations in the backward.
+//!
 //! `--precision f32|bf16-mixed|f16-mixed|bf16|f16` (or `TEMPER_PRECISION`): the trainer's
 //! policy (`TrainPrecision`) — the mixed modes keep f32 master weights (a LoRA base stored in
 //! the half type, f32 adapters) and run the step under `autocast`; pure `bf16` stores every
@@ -104,17 +110,51 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn smollm2_135m_config() -> ModelConfig {
-    let value = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
-        "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-        "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
-        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
-        "tie_word_embeddings": true, "hidden_act": "silu", "attention_bias": false,
-        "bos_token_id": 0, "eos_token_id": 0,
+/// The anchor's model shapes (`--shape`, random weights), `layers` overriding the depth.
+fn shape_config(shape: &str, layers: Option<usize>) -> anyhow::Result<ModelConfig> {
+    let mut value = match shape {
+        "smollm2-135m" => serde_json::json!({
+            "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+            "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+            "head_dim": 64, "rope_theta": 100000.0, "tie_word_embeddings": true,
+        }),
+        "smollm-1.7b" => serde_json::json!({
+            "vocab_size": 49152, "hidden_size": 2048, "intermediate_size": 8192,
+            "num_hidden_layers": 24, "num_attention_heads": 32, "num_key_value_heads": 32,
+            "head_dim": 64, "rope_theta": 10000.0, "tie_word_embeddings": true,
+        }),
+        "llama-3.1-8b" => serde_json::json!({
+            "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "head_dim": 128, "rope_theta": 500000.0, "tie_word_embeddings": false,
+        }),
+        other => {
+            anyhow::bail!("--shape {other:?}: expected smollm2-135m, smollm-1.7b or llama-3.1-8b")
+        }
+    };
+    let common = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+        "attention_bias": false, "bos_token_id": 0, "eos_token_id": 0,
     });
-    ModelConfig::from_json(&value, std::path::Path::new("<smollm2-135m>"))
-        .expect("the SmolLM2-135M config literal is complete")
+    if let (Some(v), Some(c)) = (value.as_object_mut(), common.as_object()) {
+        v.extend(c.clone());
+        if let Some(n) = layers {
+            v.insert("num_hidden_layers".into(), n.into());
+        }
+    }
+    Ok(ModelConfig::from_json(&value, std::path::Path::new(shape))?)
+}
+
+/// Removes `--name VALUE` from `args`, returning the value.
+fn take_flag(args: &mut Vec<String>, name: &str) -> anyhow::Result<Option<String>> {
+    let Some(i) = args.iter().position(|a| a == name) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(i + 1 < args.len(), "{name} needs a value");
+    let value = args.remove(i + 1);
+    args.remove(i);
+    Ok(Some(value))
 }
 
 /// Deterministic pseudo-random token ids in `[0, vocab)` (splitmix64).
@@ -139,11 +179,23 @@ fn main() -> anyhow::Result<()> {
     let mut precision: TrainPrecision = std::env::var("TEMPER_PRECISION")
         .unwrap_or_else(|_| "f32".into())
         .parse()?;
-    if let Some(i) = args.iter().position(|a| a == "--precision") {
-        anyhow::ensure!(i + 1 < args.len(), "--precision needs a value");
-        precision = args[i + 1].parse()?;
-        args.drain(i..i + 2);
+    if let Some(p) = take_flag(&mut args, "--precision")? {
+        precision = p.parse()?;
     }
+    let quant = take_flag(&mut args, "--quant")?
+        .map(|q| q.parse::<temper_llm::lora::QuantType>())
+        .transpose()?;
+    let shape = take_flag(&mut args, "--shape")?.unwrap_or_else(|| "smollm2-135m".into());
+    let layers = take_flag(&mut args, "--layers")?
+        .map(|n| n.parse::<usize>())
+        .transpose()?;
+    let checkpointing = match args.iter().position(|a| a == "--gradient-checkpointing") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
     let mode = args.first().map_or("lora", String::as_str).to_string();
     let warmup: usize = args.get(1).map_or(Ok(2), |s| s.parse())?;
     let timed: usize = args.get(2).map_or(Ok(5), |s| s.parse())?;
@@ -160,7 +212,16 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "cpu".into())
         .parse()?;
     let device = spec.with_autodiff(train).device()?;
-    let config = smollm2_135m_config();
+    let device = if checkpointing {
+        device.gradient_checkpointing()
+    } else {
+        device
+    };
+    anyhow::ensure!(
+        quant.is_none() || mode == "lora",
+        "--quant applies to the lora mode only (a quantized base is frozen)"
+    );
+    let config = shape_config(&shape, layers)?;
     let t_init = Instant::now();
     let mut model = LlamaForCausalLM::init(&config, &device);
     // Storage as `temper train` loads it: a LoRA base (and a forward-only model) in the compute
@@ -172,6 +233,10 @@ fn main() -> anyhow::Result<()> {
     };
     if storage != temper_llm::backend::FloatPrecision::F32 {
         model = cast_model(model, storage.float_dtype());
+    }
+    if let Some(ty) = quant {
+        // QLoRA: the projections quantized (dense copies dropped one by one), then adapters.
+        model = temper_llm::lora::quantize_base(model, ty)?;
     }
     if mode == "lora" {
         let adapters = precision
@@ -266,6 +331,10 @@ fn main() -> anyhow::Result<()> {
         "seq": seq,
         "device": spec.to_string(),
         "precision": precision.to_string(),
+        "quant": quant.map(|q| q.to_string()),
+        "shape": shape,
+        "layers": config.num_hidden_layers,
+        "gradient_checkpointing": checkpointing,
         "warmup": warmup,
         "timed": timed,
         "init_s": round(init_s, 3),

@@ -16,7 +16,8 @@
 use rayon::prelude::*;
 
 use super::block_dot;
-use super::half_gemm::{Strided, matmul_f32_or_half};
+use super::gemm::{self, View};
+use super::half_gemm::{self, HalfView, Strided, matmul_f32_or_half};
 use super::simd::{dispatch, dot};
 use crate::HalfType;
 use crate::quant::QuantizedWeight;
@@ -68,30 +69,69 @@ pub(super) fn forward(
     if m <= SMALL_M {
         return matvec(x, m, w, half);
     }
-    let mut out = vec![0.0f32; m * n];
     let nt = tile_rows(n, k);
-    let mut tile = vec![0.0f32; nt * k];
-    let mut part = if nt < n {
-        vec![0.0f32; m * nt]
-    } else {
-        Vec::new()
-    };
-    for n0 in (0..n).step_by(nt) {
-        let rows = nt.min(n - n0);
-        let tile = &mut tile[..rows * k];
-        decode_tile(w, n0..n0 + rows, tile);
-        // `Wᵀ`'s tile `[k, rows]` is the decoded rows read column-wise.
-        if rows == n {
-            product(&mut out, false, (x, k, 1), (tile, 1, k), [m, k, rows], half);
-        } else {
+    with_tile(nt * k, |tile| {
+        if nt >= n {
+            // One tile: the product is the output (a fresh buffer, never zero-filled).
+            let tile = &mut tile[..n * k];
+            decode_tile(w, 0..n, tile);
+            // `Wᵀ` `[k, n]` is the decoded rows read column-wise.
+            return fresh_product((x, k, 1), (tile, 1, k), [m, k, n], half);
+        }
+        let mut out = vec![0.0f32; m * n];
+        let mut part = vec![0.0f32; m * nt];
+        for n0 in (0..n).step_by(nt) {
+            let rows = nt.min(n - n0);
+            let tile = &mut tile[..rows * k];
+            decode_tile(w, n0..n0 + rows, tile);
             let part = &mut part[..m * rows];
             product(part, false, (x, k, 1), (tile, 1, k), [m, k, rows], half);
             for (dst, src) in out.chunks_exact_mut(n).zip(part.chunks_exact(rows)) {
                 dst[n0..n0 + rows].copy_from_slice(src);
             }
         }
+        out
+    })
+}
+
+thread_local! {
+    /// The calling thread's decoded-tile buffer, kept between calls: a fresh 4 MiB buffer per
+    /// product was zero-filled (and often faulted in) for nothing, as decoding writes it all.
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` with a scratch buffer of `len` f32s (contents unspecified: callers overwrite it).
+fn with_tile<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    TILE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (a product inside a product): a buffer of its own.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// A fresh `[m, n]` product `lhs · rhs` on all threads, in f32 or with operands rounded to
+/// `half`, written without a zero-filling pass.
+fn fresh_product(
+    (lhs, lr, lc): Strided<'_>,
+    (rhs, rr, rc): Strided<'_>,
+    mkn: [usize; 3],
+    half: Option<HalfType>,
+) -> Vec<f32> {
+    match half {
+        None => gemm::product(View::new(lhs, lr, lc), View::new(rhs, rr, rc), mkn, 1.0),
+        Some(h) => half_gemm::product_half(
+            HalfView::f32(lhs, lr, lc),
+            HalfView::f32(rhs, rr, rc),
+            mkn,
+            1.0,
+            h,
+        ),
     }
-    out
 }
 
 /// `∂x[m, k] = ∂y[m, n] · W` (`grad` row-major, contiguous).
@@ -103,24 +143,27 @@ pub(super) fn backward(
 ) -> Vec<f32> {
     let [n, k] = w.shape();
     assert_eq!(grad.len(), m * n, "quantized product: ∂y is not [{m}, {n}]");
-    let mut dx = vec![0.0f32; m * k];
     let nt = tile_rows(n, k);
-    let mut tile = vec![0.0f32; nt * k];
-    for n0 in (0..n).step_by(nt) {
-        let rows = nt.min(n - n0);
-        let tile = &mut tile[..rows * k];
-        decode_tile(w, n0..n0 + rows, tile);
-        // ∂y's columns `n0..n0 + rows` (row stride n) times the tile `[rows, k]`.
-        product(
-            &mut dx,
-            n0 > 0,
-            (&grad[n0..], n, 1),
-            (tile, k, 1),
-            [m, rows, k],
-            half,
-        );
-    }
-    dx
+    with_tile(nt * k, |tile| {
+        let mut dx: Vec<f32> = Vec::new();
+        for n0 in (0..n).step_by(nt) {
+            let rows = nt.min(n - n0);
+            let tile = &mut tile[..rows * k];
+            decode_tile(w, n0..n0 + rows, tile);
+            // ∂y's columns `n0..n0 + rows` (row stride n) times the tile `[rows, k]`: the first
+            // tile writes ∂x, the others add to it in order.
+            let (g, t) = ((&grad[n0..], n, 1), (&*tile, k, 1));
+            if n0 == 0 {
+                dx = fresh_product(g, t, [m, rows, k], half);
+            } else {
+                product(&mut dx, true, g, t, [m, rows, k], half);
+            }
+        }
+        if dx.is_empty() {
+            dx = vec![0.0; m * k];
+        }
+        dx
+    })
 }
 
 /// [`forward`] for a few rows: each task decodes [`ROWS_PER_TASK`] rows of `W`, one at a time,
