@@ -16,7 +16,7 @@ use safetensors::{Dtype, SafeTensors};
 use temper_backend::{FloatPrecision, QuantizedWeight};
 use temper_formats::{AtomicFile, map_file};
 
-use crate::gguf::{GgufFile, for_each_hf_tensor, for_each_hf_tensor_keeping_blocks};
+use crate::gguf::{GgufFile, HfTensor, for_each_hf_tensor, for_each_hf_tensor_keeping_blocks};
 use crate::llama::{Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp, RmsNorm};
 use crate::projection::Projection;
 use crate::{Error, ModelConfig, Result};
@@ -71,18 +71,7 @@ impl MemorySource {
     /// # Errors
     /// Any [`crate::gguf::GgufError`] (malformed file, unsupported quantisation).
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        let mut tensors = HashMap::new();
-        for_each_hf_tensor(file, |t| {
-            tensors.insert(
-                t.name,
-                HostTensor {
-                    shape: t.shape,
-                    data: t.data,
-                },
-            );
-            Ok::<(), Error>(())
-        })?;
-        Ok(Self::new(file.path(), tensors))
+        Self::gguf(file, false)
     }
 
     /// [`MemorySource::from_gguf`], except that projection weights stored in a ggml block type
@@ -92,25 +81,28 @@ impl MemorySource {
     /// # Errors
     /// As [`MemorySource::from_gguf`]; blocks that do not make up their tensor's shape.
     pub fn from_gguf_keeping_blocks(file: &GgufFile) -> Result<Self> {
+        Self::gguf(file, true)
+    }
+
+    fn gguf(file: &GgufFile, keep_blocks: bool) -> Result<Self> {
         let (mut tensors, mut quantized) = (HashMap::new(), HashMap::new());
-        for_each_hf_tensor_keeping_blocks(
-            file,
-            |t| {
-                tensors.insert(
-                    t.name,
-                    HostTensor {
-                        shape: t.shape,
-                        data: t.data,
-                    },
-                );
-                Ok::<(), Error>(())
-            },
-            |b| {
+        let on_tensor = |t: HfTensor| {
+            let host = HostTensor {
+                shape: t.shape,
+                data: t.data,
+            };
+            tensors.insert(t.name, host);
+            Ok::<(), Error>(())
+        };
+        if keep_blocks {
+            for_each_hf_tensor_keeping_blocks(file, on_tensor, |b| {
                 let w = QuantizedWeight::from_blocks(&b.name, b.ty, b.bytes, b.shape)?;
                 quantized.insert(b.name, w);
                 Ok(())
-            },
-        )?;
+            })?;
+        } else {
+            for_each_hf_tensor(file, on_tensor)?;
+        }
         let mut source = Self::new(file.path(), tensors);
         source.quantized = quantized;
         Ok(source)
