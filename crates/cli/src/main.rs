@@ -262,6 +262,16 @@ fn main() {
     // Training and generation allocate and free the same large buffers every step: keep them
     // for reuse instead of re-faulting fresh pages from the OS (see `temper_backend::alloc`).
     temper_backend::alloc::retain_freed_memory();
+    // The libraries' `tracing` events (the memory estimate before training, warnings) on
+    // stderr, at `info` unless `RUST_LOG` says otherwise.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

@@ -209,5 +209,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         fmt(summary.eval_loss),
         stage.trainer.output_dir.display()
     );
+    if let Some(peak) = summary.peak_rss_bytes {
+        eprintln!("peak memory {}", temper_train::memory::gib(peak));
+    }
     Ok(())
 }

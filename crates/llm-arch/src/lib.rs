@@ -29,7 +29,11 @@ pub use tokenizer::Tokenizer;
 pub mod pretrained;
 pub mod tokenizer_bundle;
 
-pub use pretrained::Pretrained;
+pub use pretrained::{Pretrained, ProjectionStorage, gguf_projection_bytes, read_config};
+pub mod quantizing_source;
+pub mod random_source;
+pub use quantizing_source::QuantizingSource;
+pub use random_source::RandomSource;
 pub use tokenizer_bundle::{SpecialTokens, TokenizerBundle, is_gguf_path, save_tokenizer_files};
 pub mod generation;
 

@@ -5,11 +5,14 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use serde_json::{Value, json};
-use temper_backend::FloatPrecision;
+use temper_backend::{FloatPrecision, QuantType};
 use temper_formats::write_atomic;
 
-use crate::checkpoint::{MemorySource, SafetensorsSource, load_weights, save_safetensors};
+use crate::checkpoint::{
+    MemorySource, SafetensorsSource, TensorSource, load_weights, save_safetensors,
+};
 use crate::gguf::{GgufFile, hf_config};
+use crate::quantizing_source::QuantizingSource;
 use crate::tokenizer_bundle::{SpecialTokens, TokenizerBundle, is_gguf_path, save_tokenizer_files};
 use crate::{ChatTemplate, Error, LlamaForCausalLM, ModelConfig, Result, Tokenizer};
 
@@ -22,6 +25,21 @@ pub struct Pretrained {
     pub special: SpecialTokens,
     /// Where it was loaded from.
     pub source: PathBuf,
+}
+
+/// How a loaded model holds its projections' base weights (the seven linear layers of each
+/// decoder layer; the embedding, norms and LM head are always dense).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProjectionStorage {
+    /// Dense tensors in the load precision.
+    #[default]
+    Dense,
+    /// A GGUF file's own blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) as stored; other files are
+    /// refused.
+    GgufBlocks,
+    /// Encoded to this type as each tensor is read (NF4 as bitsandbytes' `load_in_4bit`, Q8_0):
+    /// the dense model never exists in memory, only one dense tensor at a time.
+    Quantize(QuantType),
 }
 
 /// `generation_config.json`, when the directory has one.
@@ -51,6 +69,71 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
+/// The architecture config of an HF directory (`config.json`) or a GGUF file (its metadata),
+/// read without touching the weights: what an estimate made before loading needs.
+///
+/// # Errors
+/// A missing or malformed config, naming the file and key.
+pub fn read_config(path: &Path) -> Result<ModelConfig> {
+    if is_gguf_path(path) {
+        let file = GgufFile::open(path)?;
+        ModelConfig::from_json(&hf_config(&file)?, path)
+    } else {
+        ModelConfig::from_file(path.join("config.json"))
+    }
+}
+
+/// The bytes a GGUF file's projection tensors (`blk.N.attn_q` … `ffn_down`) take as stored:
+/// what [`ProjectionStorage::GgufBlocks`] keeps in memory.
+///
+/// # Errors
+/// A malformed GGUF file.
+pub fn gguf_projection_bytes(path: &Path) -> Result<u64> {
+    const PROJECTIONS: [&str; 7] = [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ];
+    let file = GgufFile::open(path)?;
+    Ok(file
+        .tensors()
+        .iter()
+        .filter(|t| {
+            t.name.strip_prefix("blk.").is_some_and(|rest| {
+                PROJECTIONS
+                    .iter()
+                    .any(|p| rest.ends_with(&format!(".{p}.weight")))
+            })
+        })
+        .filter_map(|t| t.n_bytes())
+        .fold(0u64, u64::saturating_add))
+}
+
+/// [`load_weights`] from `source`, its projections quantized on the way when `storage` asks.
+fn load_projections<S: TensorSource>(
+    config: &ModelConfig,
+    mut source: S,
+    device: &Device,
+    precision: FloatPrecision,
+    storage: ProjectionStorage,
+) -> Result<LlamaForCausalLM> {
+    match storage {
+        ProjectionStorage::Quantize(ty) => load_weights(
+            config,
+            &mut QuantizingSource::new(source, ty).rounding_to(precision),
+            device,
+            precision,
+        ),
+        ProjectionStorage::Dense | ProjectionStorage::GgufBlocks => {
+            load_weights(config, &mut source, device, precision)
+        }
+    }
+}
+
 impl Pretrained {
     /// Load an HF model directory or a `.gguf` file.
     ///
@@ -61,11 +144,31 @@ impl Pretrained {
         device: &Device,
         precision: FloatPrecision,
     ) -> Result<Self> {
+        Self::load_with(path, device, precision, ProjectionStorage::Dense)
+    }
+
+    /// Load an HF model directory or a `.gguf` file with its projections held as `storage`
+    /// says (dense, the GGUF's own blocks, or quantized while loading).
+    ///
+    /// # Errors
+    /// Any loading error, naming the file, key or tensor; [`ProjectionStorage::GgufBlocks`]
+    /// for a file that is not a GGUF.
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        device: &Device,
+        precision: FloatPrecision,
+        storage: ProjectionStorage,
+    ) -> Result<Self> {
         let path = path.as_ref();
         if is_gguf_path(path) {
-            Self::load_gguf(path, device, precision)
+            Self::load_gguf_with(path, device, precision, storage)
+        } else if storage == ProjectionStorage::GgufBlocks {
+            Err(Error::InvalidInput(format!(
+                "{}: only a .gguf file has blocks to keep (quantize it to nf4 or q8_0 instead)",
+                path.display()
+            )))
         } else if path.is_dir() {
-            Self::load_dir(path, device, precision)
+            Self::load_dir_with(path, device, precision, storage)
         } else if path.exists() {
             Err(Error::InvalidInput(format!(
                 "{}: expected an HF model directory or a .gguf file",
@@ -84,7 +187,7 @@ impl Pretrained {
     /// # Errors
     /// Malformed GGUF, unsupported architecture or tokenizer.
     pub fn load_gguf(path: &Path, device: &Device, precision: FloatPrecision) -> Result<Self> {
-        Self::load_gguf_with(path, device, precision, false)
+        Self::load_gguf_with(path, device, precision, ProjectionStorage::Dense)
     }
 
     /// Load a GGUF file keeping its projections' own blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) as
@@ -99,26 +202,27 @@ impl Pretrained {
         device: &Device,
         precision: FloatPrecision,
     ) -> Result<Self> {
-        Self::load_gguf_with(path, device, precision, true)
+        Self::load_gguf_with(path, device, precision, ProjectionStorage::GgufBlocks)
     }
 
     fn load_gguf_with(
         path: &Path,
         device: &Device,
         precision: FloatPrecision,
-        keep_blocks: bool,
+        storage: ProjectionStorage,
     ) -> Result<Self> {
+        let keep_blocks = storage == ProjectionStorage::GgufBlocks;
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_json(&hf_config(&file)?, path)?;
         let bundle = TokenizerBundle::from_gguf(&file)?;
         let chat_template = bundle.compile_chat_template()?;
-        let mut source = if keep_blocks {
+        let source = if keep_blocks {
             MemorySource::from_gguf_keeping_blocks(&file)?
         } else {
             MemorySource::from_gguf(&file)?
         };
         drop(file);
-        let model = load_weights(&config, &mut source, device, precision)?;
+        let model = load_projections(&config, source, device, precision, storage)?;
         let st = bundle.gguf_special.unwrap_or_default();
         let special = SpecialTokens {
             bos: st.bos.filter(|_| st.add_bos),
@@ -140,6 +244,15 @@ impl Pretrained {
     /// # Errors
     /// Missing files, bad config keys, weight mismatches.
     pub fn load_dir(dir: &Path, device: &Device, precision: FloatPrecision) -> Result<Self> {
+        Self::load_dir_with(dir, device, precision, ProjectionStorage::Dense)
+    }
+
+    fn load_dir_with(
+        dir: &Path,
+        device: &Device,
+        precision: FloatPrecision,
+        storage: ProjectionStorage,
+    ) -> Result<Self> {
         let config = ModelConfig::from_file(dir.join("config.json"))?;
         let bundle = TokenizerBundle::from_hf_dir(dir)?;
         let chat_template = bundle.compile_chat_template()?;
@@ -162,8 +275,8 @@ impl Pretrained {
                 .and_then(|g| ids(g.get("pad_token_id")).first().copied())
                 .or(config.pad_token_id),
         };
-        let mut source = SafetensorsSource::open_dir(dir)?;
-        let model = load_weights(&config, &mut source, device, precision)?;
+        let source = SafetensorsSource::open_dir(dir)?;
+        let model = load_projections(&config, source, device, precision, storage)?;
         Ok(Self {
             model,
             tokenizer: bundle.tokenizer,

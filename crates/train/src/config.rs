@@ -355,6 +355,10 @@ pub struct StageConfig {
     /// adapter (`adapter_config.json` + `adapter_model.safetensors`) and the tokenizer files.
     #[serde(default)]
     pub save_adapter_only: bool,
+    /// Refuse to start (before loading the model) when the memory estimate printed at the
+    /// start exceeds the memory available (CPU devices). Default true; `false` only warns.
+    #[serde(default = "default_true")]
+    pub memory_check: bool,
 }
 
 fn default_device() -> String {

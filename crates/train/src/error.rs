@@ -35,6 +35,16 @@ pub enum TrainError {
         value: f64,
         last_checkpoint: Option<PathBuf>,
     },
+    /// The run's memory estimate exceeds what the machine has: refused before loading.
+    #[error(
+        "this run needs about {needed}, and {available} of memory is available: {advice} \
+         (or set memory_check = false to start anyway)"
+    )]
+    WontFit {
+        needed: String,
+        available: String,
+        advice: String,
+    },
     /// A checkpoint is missing a file or does not fit this run.
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },

@@ -8,12 +8,16 @@ use std::path::Path;
 
 use burn::module::Module;
 use temper_backend::{DeviceSpec, TrainPrecision};
-use temper_llm_arch::{ChatTemplate, LlamaForCausalLM, Pretrained, SpecialTokens, Tokenizer};
+use temper_formats::peft::LayerKind;
+use temper_llm_arch::{
+    ChatTemplate, LlamaForCausalLM, Pretrained, ProjectionStorage, SpecialTokens, Tokenizer,
+};
 use temper_objectives::data::{Preprocessor, RowOptions, TrainRows, read_train_rows};
 use temper_objectives::{RefCache, dataset_fingerprint};
 
 use crate::config::{BaseQuantization, LoraSettings, ReferenceConfig, StageConfig};
 use crate::finetune::LoraFineTuning;
+use crate::memory::{MemoryEstimate, MemoryPlan, ProjectionBytes, available_memory};
 use crate::reference::Reference;
 use crate::trainer::{TrainData, TrainSummary, Trainer};
 use crate::{Result, TrainError};
@@ -59,17 +63,20 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
         .map(LoraSettings::base_quantization)
         .transpose()?
         .flatten();
-    let pretrained = if quantization == Some(BaseQuantization::Gguf) {
-        if !temper_llm_arch::is_gguf_path(&config.model) {
-            return Err(TrainError::Config(format!(
-                "[lora] quantize_base = \"gguf\" keeps a GGUF model's own blocks, and {} is not a \
-                 .gguf file (use \"nf4\" or \"q8_0\")",
-                config.model.display()
-            )));
+    let projections = match quantization {
+        None => ProjectionStorage::Dense,
+        Some(BaseQuantization::Gguf) => {
+            if !temper_llm_arch::is_gguf_path(&config.model) {
+                return Err(TrainError::Config(format!(
+                    "[lora] quantize_base = \"gguf\" keeps a GGUF model's own blocks, and {} is \
+                     not a .gguf file (use \"nf4\" or \"q8_0\")",
+                    config.model.display()
+                )));
+            }
+            ProjectionStorage::GgufBlocks
         }
-        Pretrained::load_gguf_quantized(&config.model, &train_device, storage)?
-    } else {
-        Pretrained::load(&config.model, &train_device, storage)?
+        // QLoRA: each projection encoded as it is read, so the dense base never exists.
+        Some(BaseQuantization::Quantize(ty)) => ProjectionStorage::Quantize(ty),
     };
     let pre = Preprocessor::load(&config.model)?;
     let objective = tc.objective.build();
@@ -80,6 +87,17 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     let read = |path: &Path| read_train_rows(path, objective.row_kind(), &pre, &rows);
     let train = read(&config.train_file)?;
     let eval = config.eval_file.as_deref().map(read).transpose()?;
+
+    // The data is read first (the tokenizer needs no weights), so the estimate knows the
+    // longest row, and a run that cannot fit is refused before the weights are read.
+    check_memory(
+        config,
+        precision,
+        projections,
+        &train,
+        objective.needs_reference(),
+    )?;
+    let pretrained = Pretrained::load_with(&config.model, &train_device, storage, projections)?;
 
     let lora = config.lora.as_ref().map(|l| {
         LoraFineTuning::new(
@@ -126,12 +144,6 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
         special,
         source,
     } = pretrained;
-    // QLoRA: the base projections quantized before the adapters go on (they take the
-    // compute dtype from the placeholder weights).
-    let model = match quantization {
-        Some(BaseQuantization::Quantize(ty)) => temper_lora::quantize_base(model, ty)?,
-        _ => model,
-    };
     let model = match &lora {
         Some(l) => {
             train_device.seed(tc.seed);
@@ -180,6 +192,67 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
         }
     }
     Ok(summary)
+}
+
+/// Prints the memory estimate (a `tracing` info line) and, on a CPU device with
+/// `memory_check`, refuses a run whose estimate exceeds the memory available.
+fn check_memory(
+    config: &StageConfig,
+    precision: TrainPrecision,
+    projections: ProjectionStorage,
+    train: &TrainRows,
+    needs_reference: bool,
+) -> Result<()> {
+    let model_config = temper_llm_arch::read_config(&config.model)?;
+    let projections = match projections {
+        ProjectionStorage::Dense => ProjectionBytes::Dense,
+        ProjectionStorage::Quantize(ty) => ProjectionBytes::Quantized(ty),
+        ProjectionStorage::GgufBlocks => {
+            ProjectionBytes::Exact(temper_llm_arch::gguf_projection_bytes(&config.model)?)
+        }
+    };
+    let lora = config.lora.as_ref().map(LoraSettings::to_lora_config);
+    let matcher = lora
+        .as_ref()
+        .map(|l| l.target_matcher())
+        .transpose()?
+        .flatten();
+    let rank = |path: &str| {
+        let l = lora.as_ref()?;
+        matcher
+            .as_ref()
+            .is_some_and(|m| m.matches(path, LayerKind::Linear))
+            .then(|| l.rank_for(path))
+    };
+    let tc = &config.trainer;
+    let estimate = MemoryEstimate::new(&MemoryPlan {
+        config: &model_config,
+        precision,
+        projections,
+        lora_rank: lora
+            .is_some()
+            .then_some(&rank as &dyn Fn(&str) -> Option<usize>),
+        sequences: tc.batch_size.saturating_mul(train.sequences_per_row()),
+        seq_len: train.longest(),
+        gradient_checkpointing: tc.gradient_checkpointing,
+        reference_model: needs_reference
+            && !matches!(config.reference, ReferenceConfig::Cache { .. })
+            && !(lora.is_some() && config.reference == ReferenceConfig::InitialPolicy),
+    });
+    let available = available_memory();
+    tracing::info!(
+        "memory estimate: {estimate}; available: {}",
+        available.map_or_else(|| "unknown".into(), crate::memory::gib)
+    );
+    let on_cpu = config.device.trim().eq_ignore_ascii_case("cpu");
+    match available {
+        Some(bytes) if config.memory_check && on_cpu => estimate.check_fits(bytes),
+        Some(bytes) if estimate.check_fits(bytes).is_err() => {
+            tracing::warn!("the memory estimate exceeds the memory available; starting anyway");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `tokenizer.json` and `tokenizer_config.json` (with the chat template) next to an adapter,

@@ -70,6 +70,9 @@ pub struct TrainSummary {
     pub log_history: Vec<LogRecord>,
     /// True when a stop hook ended the run before `total_steps`.
     pub stopped_early: bool,
+    /// The process's peak resident memory at the end of the run (Linux `VmHWM`), to hold
+    /// against the estimate printed at the start.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// The tokenised rows of a run.
@@ -467,6 +470,7 @@ impl Trainer {
             last_checkpoint: self.last_checkpoint.clone(),
             log_history: self.state.log_history.clone(),
             stopped_early,
+            peak_rss_bytes: crate::memory::peak_rss(),
         })
     }
 

@@ -40,6 +40,33 @@ impl TrainRows {
         self.len() == 0
     }
 
+    /// The longest row in tokens: the sequence length a batch is padded to at most (a pair's
+    /// prompt with its longer answer).
+    pub fn longest(&self) -> usize {
+        match self {
+            Self::Sequences(r) => r.iter().map(|s| s.input_ids.len()).max(),
+            Self::Packed(r) => r.iter().map(|b| b.input_ids.len()).max(),
+            Self::Preference(r) => r
+                .iter()
+                .map(|p| p.prompt_ids.len() + p.chosen_ids.len().max(p.rejected_ids.len()))
+                .max(),
+            Self::Unpaired(r) => r
+                .iter()
+                .map(|u| u.prompt_ids.len() + u.completion_ids.len())
+                .max(),
+        }
+        .unwrap_or(0)
+    }
+
+    /// Sequences a row puts through the model in one step: 2 for a preference pair (chosen
+    /// and rejected) and for a KTO row (its completion and a mismatched one for the KL term).
+    pub fn sequences_per_row(&self) -> usize {
+        match self {
+            Self::Sequences(_) | Self::Packed(_) => 1,
+            Self::Preference(_) | Self::Unpaired(_) => 2,
+        }
+    }
+
     /// The name of the row shape, for error messages.
     pub fn kind(&self) -> &'static str {
         match self {
