@@ -1,33 +1,24 @@
 //! PEFT 0.21.2 interop on a tiny random Llama (fixtures made by `tests/fixtures/make_fixtures.py`,
 //! see the README there), merge/unmerge, and frozen-base training.
 
-use std::path::{Path, PathBuf};
-
 use burn::module::{Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use temper_backend::FloatPrecision;
-use temper_llm_arch::checkpoint::{SafetensorsSource, hf_tensors, load_weights};
-use temper_llm_arch::{ForwardOptions, LlamaForCausalLM, ModelConfig};
+use temper_llm_arch::checkpoint::hf_tensors;
+use temper_llm_arch::{ForwardOptions, LlamaForCausalLM};
 use temper_lora::{
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, LoraConfigExt, TargetModules, adapter_paths,
     load_adapter, merge, merge_and_unload, num_trainable_params, projections, projections_mut,
     save_adapter, save_merged, set_adapters_enabled, unmerge,
 };
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod common;
+use common::{assert_close, fixtures, load_dir, read_f32};
 
 fn device() -> Device {
     Device::flex()
-}
-
-fn load_dir(dir: &Path, device: &Device) -> LlamaForCausalLM {
-    let config = ModelConfig::from_file(dir.join("config.json")).expect("config");
-    let mut source = SafetensorsSource::open_dir(dir).expect("weights");
-    load_weights(&config, &mut source, device, FloatPrecision::F32).expect("load")
 }
 
 fn tiny(device: &Device) -> LlamaForCausalLM {
@@ -36,23 +27,7 @@ fn tiny(device: &Device) -> LlamaForCausalLM {
 
 /// `(shape, values)` of a tensor of a fixture file, as f32 (int64 ids converted).
 fn read_tensor(file: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(fixtures().join(file)).expect("fixture file");
-    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
-    let t = st.tensor(name).expect("tensor in fixture");
-    let data = match t.dtype() {
-        Dtype::F32 => t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::I64 => t
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        other => panic!("unexpected dtype {other:?}"),
-    };
-    (t.shape().to_vec(), data)
+    read_f32(&fixtures().join(file), name)
 }
 
 fn input_ids(device: &Device) -> Tensor<2, Int> {
@@ -70,16 +45,6 @@ fn logits(model: &LlamaForCausalLM, device: &Device) -> Vec<f32> {
         .convert::<f32>()
         .try_into_vec::<f32>()
         .expect("f32")
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let max = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(max <= tol, "{what}: max |diff| {max} > {tol}");
 }
 
 fn expected(name: &str) -> Vec<f32> {
