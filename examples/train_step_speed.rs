@@ -17,11 +17,13 @@
 //! logits; the tied LM head's gradient is computed only in `full`) → token-mean NLL →
 //! backward → AdamW step.
 //!
-//! `--quant nf4|q8_0` (lora only): QLoRA, the projections quantized after init
-//! (`temper_lora::quantize_base`), the anchor's `--quant nf4`. `--shape smollm2-135m|smollm-1.7b|
-//! llama-3.1-8b` and `--layers N` pick the anchor's dimensions (random weights, built dense then
-//! quantized: an 8B shape needs its f32 weights in memory first), `--gradient-checkpointing`
-//! recomputes activations in the backward.
+//! Weights are random (`RandomSource`: uniform, std 0.02), made tensor by tensor through the
+//! checkpoint loader. `--quant nf4|q8_0` (lora only): QLoRA, each projection encoded as it is
+//! made (`QuantizingSource`, as `temper train` with `quantize_base` loads a checkpoint), the
+//! anchor's `--quant nf4`; no dense copy of the model ever exists, so an 8B shape fits.
+//! `--shape smollm2-135m|smollm-1.7b|llama-3.1-8b` and `--layers N` pick the anchor's
+//! dimensions, `--gradient-checkpointing` recomputes activations in the backward. The report
+//! holds the memory estimate `temper train` prints (`estimate_mib`) beside the measured peak.
 //!
 //! `--precision f32|bf16-mixed|f16-mixed|bf16|f16` (or `TEMPER_PRECISION`): the trainer's
 //! policy (`TrainPrecision`) — the mixed modes keep f32 master weights (a LoRA base stored in
@@ -40,14 +42,18 @@
 use std::time::Instant;
 
 use temper_llm::backend::{DeviceSpec, TrainPrecision, autocast};
-use temper_llm::burn::module::{Module, ModuleMapper, Param};
-use temper_llm::burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use temper_llm::burn::tensor::FloatDType;
+use temper_llm::burn::module::Module;
+use temper_llm::burn::optim::{
+    AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer,
+};
 use temper_llm::burn::tensor::{Int, Tensor, TensorData};
-use temper_llm::llm_arch::{ForwardOptions, LlamaForCausalLM, ModelConfig};
+use temper_llm::llm_arch::checkpoint::load_weights;
+use temper_llm::llm_arch::{
+    CheckpointTape, ForwardOptions, ModelConfig, QuantizingSource, RandomSource,
+};
 use temper_llm::lora::{LoraConfig, num_trainable_params};
 use temper_llm::objectives::{ChunkConfig, chunked_token_logps, lm_head_weight, token_mean_nll};
-use temper_llm::train::FusedAdamWConfig;
+use temper_llm::train::{FusedAdamWConfig, MemoryEstimate, MemoryPlan, ProjectionBytes};
 
 /// The anchor's shape; `TEMPER_BATCH` / `TEMPER_SEQ` override it (larger shapes on a GPU).
 const BATCH: usize = 4;
@@ -91,18 +97,6 @@ fn loadavg1() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
         .unwrap_or(f64::NAN)
-}
-
-/// Every float parameter stored in `dtype` (ids and `require_grad` kept).
-fn cast_model(model: LlamaForCausalLM, dtype: FloatDType) -> LlamaForCausalLM {
-    struct Cast(FloatDType);
-    impl ModuleMapper for Cast {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let dtype = self.0;
-            param.map(|t| t.cast(dtype))
-        }
-    }
-    model.map(&mut Cast(dtype))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -212,18 +206,12 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "cpu".into())
         .parse()?;
     let device = spec.with_autodiff(train).device()?;
-    let device = if checkpointing {
-        device.gradient_checkpointing()
-    } else {
-        device
-    };
     anyhow::ensure!(
         quant.is_none() || mode == "lora",
         "--quant applies to the lora mode only (a quantized base is frozen)"
     );
     let config = shape_config(&shape, layers)?;
     let t_init = Instant::now();
-    let mut model = LlamaForCausalLM::init(&config, &device);
     // Storage as `temper train` loads it: a LoRA base (and a forward-only model) in the compute
     // dtype, trained weights in the master dtype.
     let storage = if mode == "full" {
@@ -231,13 +219,22 @@ fn main() -> anyhow::Result<()> {
     } else {
         precision.frozen()
     };
-    if storage != temper_llm::backend::FloatPrecision::F32 {
-        model = cast_model(model, storage.float_dtype());
-    }
-    if let Some(ty) = quant {
-        // QLoRA: the projections quantized (dense copies dropped one by one), then adapters.
-        model = temper_llm::lora::quantize_base(model, ty)?;
-    }
+    // Random weights generated tensor by tensor through the checkpoint loader; with `--quant`
+    // each projection is encoded as it is made (QLoRA's load_in_4bit), so an 8B shape never
+    // exists densely.
+    let random = RandomSource::new(&config, 0);
+    let mut model = match quant {
+        Some(ty) => load_weights(
+            &config,
+            &mut QuantizingSource::new(random, ty).rounding_to(storage),
+            &device,
+            storage,
+        )?,
+        None => load_weights(&config, &mut { random }, &device, storage)?,
+    };
+    // Gradient checkpointing as the trainer does it: layer-wise, each layer's input kept.
+    let tape = (checkpointing && train).then(CheckpointTape::new);
+    model = model.with_layer_checkpointing(tape.clone());
     if mode == "lora" {
         let adapters = precision
             .is_mixed()
@@ -260,6 +257,19 @@ fn main() -> anyhow::Result<()> {
         env_usize("TEMPER_BATCH", BATCH)?,
         env_usize("TEMPER_SEQ", SEQ)?,
     );
+    // What `temper train` would print before this run.
+    let rank16 = |_: &str| Some(16usize);
+    let estimate = MemoryEstimate::new(&MemoryPlan {
+        config: &config,
+        precision,
+        projections: quant.map_or(ProjectionBytes::Dense, ProjectionBytes::Quantized),
+        lora_rank: (mode == "lora").then_some(&rank16 as &dyn Fn(&str) -> Option<usize>),
+        sequences: batch,
+        seq_len: seq,
+        gradient_checkpointing: checkpointing,
+        reference_model: false,
+    });
+    eprintln!("memory estimate: {estimate}");
     let ids = random_ids(batch * seq, config.vocab_size, 1);
     let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, seq]), &device);
     let options = ForwardOptions::default();
@@ -292,8 +302,16 @@ fn main() -> anyhow::Result<()> {
         let (mut t_bwd, mut t_opt, mut c_bwd) = (0.0, 0.0, 0.0);
         if train {
             let (t1, c1) = (Instant::now(), cpu_seconds());
-            let grads = loss.backward();
-            let grads = GradientsParams::from_grads(grads, &model);
+            let mut grads = loss.backward();
+            let mut accumulator = GradientsAccumulator::new();
+            if let Some(tape) = &tape {
+                tape.backward(&model, &mut grads, |mut layer| {
+                    accumulator
+                        .accumulate(&model, GradientsParams::from_module(&mut layer, &model));
+                })?;
+            }
+            accumulator.accumulate(&model, GradientsParams::from_module(&mut grads, &model));
+            let grads = accumulator.grads();
             t_bwd = t1.elapsed().as_secs_f64();
             c_bwd = cpu_seconds() - c1;
             let t2 = Instant::now();
@@ -348,6 +366,7 @@ fn main() -> anyhow::Result<()> {
         "median_forward_loss_cpu_s": round(phase_median(3), 3),
         "median_backward_cpu_s": round(phase_median(4), 3),
         "peak_rss_mib": round(status_mib("VmHWM:"), 1),
+        "estimate_mib": round(estimate.total() as f64 / f64::from(1u32 << 20), 1),
         "first_loss": round(losses[0], 5),
         "last_loss": round(losses[losses.len() - 1], 5),
         "rayon_threads": std::env::var("RAYON_NUM_THREADS").ok(),

@@ -373,7 +373,10 @@ impl Loader<'_> {
     /// A PyTorch `[out, in]` weight as a burn `Linear` (`[in, out]`).
     fn linear(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
         let w = self.fetch(&format!("{name}.weight"), &[d_out, d_in])?;
-        let weight = self.tensor(transpose(&w, d_out, d_in), [d_in, d_out]);
+        let transposed = transpose(&w, d_out, d_in);
+        // Freed before the tensor (and its cast) is made: an 8B model's LM head is 2 GB in f32.
+        drop(w);
+        let weight = self.tensor(transposed, [d_in, d_out]);
         Ok(Linear {
             weight: Param::from_tensor(weight),
             bias: None,

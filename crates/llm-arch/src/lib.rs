@@ -30,6 +30,8 @@ pub mod pretrained;
 pub mod tokenizer_bundle;
 
 pub use pretrained::{Pretrained, ProjectionStorage, gguf_projection_bytes, read_config};
+pub mod layer_checkpointing;
+pub use layer_checkpointing::CheckpointTape;
 pub mod quantizing_source;
 pub mod random_source;
 pub use quantizing_source::QuantizingSource;

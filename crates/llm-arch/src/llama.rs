@@ -16,6 +16,7 @@ use temper_backend::{HalfType, autocast_type};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::ModelConfig;
+use crate::layer_checkpointing::CheckpointTape;
 use crate::projection::Projection;
 use crate::rope::RotaryEmbedding;
 use crate::{Error, Result};
@@ -118,7 +119,7 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn forward(
+    pub(crate) fn forward(
         &self,
         x: Tensor<3>,
         cos: Tensor<3>,
@@ -165,6 +166,9 @@ pub struct LlamaForCausalLM {
     config: ModelConfig,
     #[module(skip)]
     rope: RotaryEmbedding,
+    /// Layer-wise gradient checkpointing, when enabled (see [`CheckpointTape`]).
+    #[module(skip)]
+    checkpoint_tape: Option<CheckpointTape>,
 }
 
 fn linear(w: Tensor<2>) -> Linear {
@@ -227,7 +231,32 @@ impl LlamaForCausalLM {
             lm_head,
             config,
             rope,
+            checkpoint_tape: None,
         }
+    }
+
+    /// Layer-wise gradient checkpointing (HF's `gradient_checkpointing_enable()`): training
+    /// forwards keep only each decoder layer's input in `tape`, and the caller finishes every
+    /// `loss.backward()` with [`CheckpointTape::backward`]. `None` turns it off. Inference (no
+    /// autodiff) and cached forwards are not affected.
+    pub fn with_layer_checkpointing(mut self, tape: Option<CheckpointTape>) -> Self {
+        self.checkpoint_tape = tape;
+        self
+    }
+
+    /// The tape of [`with_layer_checkpointing`](Self::with_layer_checkpointing), if on.
+    pub fn checkpoint_tape(&self) -> Option<&CheckpointTape> {
+        self.checkpoint_tape.as_ref()
+    }
+
+    /// The token embeddings of `input_ids` `[batch, seq]` in the activation dtype.
+    pub(crate) fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        let x = self.model.embed_tokens.forward(input_ids);
+        let dtype = temper_backend::kernels::activation_dtype(
+            &x.device(),
+            self.model.embed_tokens.weight.val().dtype(),
+        );
+        if x.dtype() == dtype { x } else { x.cast(dtype) }
     }
 
     /// The architecture config.
@@ -323,10 +352,15 @@ impl LlamaForCausalLM {
             self.config.sliding_window,
             &device,
         )?;
-        let mut x = self.model.embed_tokens.forward(input_ids);
-        if x.dtype() != dtype {
-            x = x.cast(dtype);
+        if let Some(tape) = &self.checkpoint_tape
+            && cache.is_none()
+            && device.is_autodiff()
+        {
+            let x = self.embed(input_ids.clone());
+            let x = tape.record(self, input_ids, x, cos, sin, mask);
+            return Ok(self.model.norm.forward(x));
         }
+        let mut x = self.embed(input_ids);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, cos.clone(), sin.clone(), mask.clone(), layer_cache);

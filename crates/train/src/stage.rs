@@ -41,13 +41,9 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     // Before anything is loaded: `bf16-mixed` on wgpu is refused here, naming the device.
     spec.check_precision(precision)?;
     let train_device = spec.with_autodiff(true).device()?;
-    // The strategy is a property of the parameters, fixed by the device they are created on
-    // (a later `to_device` keeps it), so the policy is loaded straight onto this device.
-    let train_device = if tc.gradient_checkpointing {
-        train_device.gradient_checkpointing()
-    } else {
-        train_device
-    };
+    // `gradient_checkpointing` is layer-wise (the trainer records only each layer's input,
+    // `temper_llm_arch::CheckpointTape`), not burn's per-op strategy, which keeps the
+    // products' inputs and saves no memory on a decoder.
     let plain_device = spec.with_autodiff(false).device()?;
 
     // Trained weights in the master dtype (f32 under mixed precision); a LoRA base is frozen

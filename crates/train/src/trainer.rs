@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use burn::module::{Module, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Bytes, Device};
+use burn::tensor::{Bytes, Device, Gradients};
 use indicatif::{ProgressBar, ProgressStyle};
 use temper_backend::TrainPrecision;
 use temper_llm_arch::{LlamaForCausalLM, ModelConfig};
@@ -41,7 +41,6 @@ use crate::clip::{clip_grad_norm, global_grad_norm, scale_grads};
 use crate::config::TrainerConfig;
 use crate::data::DataOrder;
 use crate::finetune::{FineTuning, FullFineTuning};
-use crate::grad_checkpointing::with_gradient_checkpointing;
 use crate::loss_scale::{GradScaler, ScaledStep};
 use crate::metrics::{LogRecord, append_jsonl, average, plot_loss_curve, rewrite_jsonl};
 use crate::reference::{Reference, RunReference};
@@ -196,11 +195,7 @@ impl Trainer {
             kind: config.lr_scheduler_type,
         };
         let model = assign_param_ids(model);
-        let model = if config.gradient_checkpointing {
-            with_gradient_checkpointing(model)
-        } else {
-            model
-        };
+        let model = layer_checkpointing(model, config.gradient_checkpointing);
         let state = TrainerState {
             step: 0,
             total_steps,
@@ -354,11 +349,7 @@ impl Trainer {
                 message: format!("optimizer state: {e:?}"),
             })?;
         self.optim = optim;
-        self.model = if self.config.gradient_checkpointing {
-            with_gradient_checkpointing(loaded.model)
-        } else {
-            loaded.model
-        };
+        self.model = layer_checkpointing(loaded.model, self.config.gradient_checkpointing);
         self.state = loaded.state;
         if let (Some(scaler), Some(saved)) = (&mut self.scaler, self.state.loss_scale) {
             *scaler = GradScaler::from_state(self.config.loss_scale, saved);
@@ -562,6 +553,10 @@ impl Trainer {
         // records); activations stay f32 in the mixed modes, in the storage dtype otherwise
         // (see `temper_backend::kernels::activation_dtype`).
         let _autocast = self.precision.autocast();
+        if let Some(tape) = self.model.checkpoint_tape() {
+            // Nothing of an earlier, failed step may linger.
+            tape.clear();
+        }
         let loss_scale = self.scaler.as_ref().map(GradScaler::scale);
         let mut accumulator = GradientsAccumulator::<LlamaForCausalLM>::new();
         let mut window_loss = 0.0;
@@ -586,11 +581,18 @@ impl Trainer {
                 None => loss,
             };
             let mut grads = loss.backward();
-            let params = match &self.trainable {
-                None => GradientsParams::from_module(&mut grads, &self.model),
-                Some(ids) => GradientsParams::from_params(&mut grads, &self.model, ids),
+            let trainable = |grads: &mut Gradients| match &self.trainable {
+                None => GradientsParams::from_module(grads, &self.model),
+                Some(ids) => GradientsParams::from_params(grads, &self.model, ids),
             };
-            accumulator.accumulate(&self.model, params);
+            if let Some(tape) = self.model.checkpoint_tape() {
+                // Gradient checkpointing: the loss's backward stopped at the last decoder
+                // layer; the layers are recomputed and back-propagated one at a time.
+                tape.backward(&self.model, &mut grads, |mut layer| {
+                    accumulator.accumulate(&self.model, trainable(&mut layer));
+                })?;
+            }
+            accumulator.accumulate(&self.model, trainable(&mut grads));
         }
         let mut grads = accumulator.grads();
         if let Some(scaler) = &mut self.scaler {
@@ -769,5 +771,14 @@ fn check_reference(
             train.len()
         ))),
         _ => Ok(()),
+    }
+}
+
+/// The model with layer-wise gradient checkpointing on (a fresh tape) or as it is.
+fn layer_checkpointing(model: LlamaForCausalLM, on: bool) -> LlamaForCausalLM {
+    if on {
+        model.with_layer_checkpointing(Some(temper_llm_arch::CheckpointTape::new()))
+    } else {
+        model
     }
 }

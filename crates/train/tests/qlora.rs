@@ -184,3 +184,117 @@ fn gradient_checkpointing_gives_the_same_qlora_losses() {
     let (checkpointed, _, _) = qlora_losses(QuantType::Q8_0, true);
     assert_eq!(plain, checkpointed);
 }
+
+#[test]
+fn quantizing_while_loading_stores_the_blocks_of_quantizing_after_loading() {
+    use temper_backend::FloatPrecision;
+    use temper_llm_arch::{Pretrained, ProjectionStorage};
+    let dir = tempfile::tempdir().unwrap();
+    common::write_base(dir.path());
+    let base = dir.path().join("base");
+    // bf16: transformers rounds to `torch_dtype` before bitsandbytes encodes, and so does the
+    // loader, so both routes see the same values.
+    for (ty, precision) in [
+        (QuantType::Nf4, FloatPrecision::F32),
+        (QuantType::Nf4, FloatPrecision::BF16),
+        (QuantType::Q8_0, FloatPrecision::F32),
+    ] {
+        let storage = ProjectionStorage::Quantize(ty);
+        let while_loading = Pretrained::load_with(&base, &device(), precision, storage)
+            .unwrap()
+            .model;
+        let after = quantize_base(
+            Pretrained::load(&base, &device(), precision).unwrap().model,
+            ty,
+        )
+        .unwrap();
+        assert_eq!(
+            stored_blocks(&while_loading),
+            stored_blocks(&after),
+            "{ty:?} {precision:?}"
+        );
+        assert_eq!(
+            logits(&while_loading),
+            logits(&after),
+            "{ty:?} {precision:?}"
+        );
+    }
+    // A directory has no GGUF blocks to keep.
+    let err = Pretrained::load_with(
+        &base,
+        &device(),
+        FloatPrecision::F32,
+        ProjectionStorage::GgufBlocks,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("only a .gguf file"), "{err}");
+}
+
+#[test]
+fn a_run_the_machine_cannot_hold_is_refused_before_its_weights_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_base(dir.path());
+    let base = dir.path().join("base");
+    // An 8B-wide model with a hundred thousand layers (~0.2 billion parameters a layer), and
+    // no weights at all: only the estimate can fail first.
+    let path = base.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (k, v) in [
+        ("num_hidden_layers", 100_000),
+        ("hidden_size", 4096),
+        ("intermediate_size", 14336),
+        ("num_attention_heads", 32),
+        ("num_key_value_heads", 8),
+    ] {
+        cfg[k] = v.into();
+    }
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    std::fs::remove_file(base.join("model.safetensors")).unwrap();
+    let stage_text = r#"
+model = "base"
+train_file = "train.jsonl"
+[lora]
+r = 4
+quantize_base = "nf4"
+[trainer]
+max_steps = 1
+batch_size = 2
+output_dir = "out"
+[trainer.objective]
+type = "sft"
+"#;
+    std::fs::write(dir.path().join("stage.toml"), stage_text).unwrap();
+    let stage = temper_train::StageConfig::from_toml_file(dir.path().join("stage.toml")).unwrap();
+    assert!(stage.memory_check, "the check is on by default");
+    let err = temper_train::run_stage(&stage, false).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, temper_train::TrainError::WontFit { .. }),
+        "{msg}"
+    );
+    for needle in [
+        "this run needs about",
+        "GiB (weights",
+        "is available",
+        "memory_check = false",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} not in {msg}");
+    }
+    // The adapter's rank and the data's longest row are priced: 2 rows a step, checkpointing
+    // suggested.
+    assert!(msg.contains("gradient_checkpointing = true"), "{msg}");
+
+    // Without the check the run goes on to loading, which fails on the missing weights.
+    let mut unchecked = stage.clone();
+    unchecked.memory_check = false;
+    let msg = temper_train::run_stage(&unchecked, false)
+        .unwrap_err()
+        .to_string();
+    assert!(!msg.contains("this run needs about"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") || msg.contains("weights"),
+        "{msg}"
+    );
+}

@@ -611,10 +611,10 @@ type = "sft"
     assert_eq!(s2.log_history, summary.log_history);
 }
 
-/// `gradient_checkpointing` recomputes activations in the backward pass: from the same initial
-/// weights, the losses equal those of a run without it. (burn 0.22 ties the strategy to the
-/// parameters: `to_device` keeps it and makes the parameters non-leaf, so the trainer re-roots
-/// them under the strategy.)
+/// `gradient_checkpointing` keeps only each decoder layer's input and recomputes the layers
+/// one at a time in the backward pass (`CheckpointTape`): from the same initial weights, the
+/// losses equal those of a run without it, with gradient accumulation, and nothing stays on
+/// the tape after a step.
 #[test]
 fn gradient_checkpointing_gives_the_same_losses() {
     let model = tiny_model();
@@ -638,22 +638,17 @@ fn gradient_checkpointing_gives_the_same_losses() {
         )
         .unwrap();
         let summary = trainer.train().unwrap();
-        let strategy = trainer
-            .model()
-            .model
-            .embed_tokens
-            .weight
-            .val()
-            .gradient_checkpointing_strategy();
-        (losses(&summary), strategy)
+        let tape = trainer.model().checkpoint_tape().map(|t| t.pending());
+        (losses(&summary), tape)
     };
-    let (plain, plain_strategy) = run(model.clone(), false);
-    let (ckpt, ckpt_strategy) = run(model, true);
+    let (plain, plain_tape) = run(model.clone(), false);
+    let (ckpt, ckpt_tape) = run(model, true);
+    assert_eq!(plain_tape, None);
     assert_eq!(
-        plain_strategy,
-        Some(GradientCheckpointingStrategy::Disabled)
+        ckpt_tape,
+        Some(0),
+        "every recorded forward was back-propagated"
     );
-    assert_eq!(ckpt_strategy, Some(GradientCheckpointingStrategy::Balanced));
     assert_eq!(plain.len(), 6);
     assert_eq!(plain.len(), ckpt.len());
     for (a, b) in plain.iter().zip(&ckpt) {
