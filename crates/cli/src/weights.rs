@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
 use temper_backend::FloatPrecision;
-use temper_llm_arch::Pretrained;
+use temper_llm_arch::{Pretrained, ProjectionStorage};
 use temper_lora::QuantType;
 
 /// How the weights are held in memory.
@@ -68,6 +68,16 @@ pub(crate) fn load_model(
     };
     let loaded = match dtype {
         WeightDType::Float(p) => load(p),
+        // A model is quantized one tensor at a time while it loads (never dense in memory); an
+        // adapter directory is merged into its base first, then quantized.
+        WeightDType::Quantized(ty) if !temper_lora::is_adapter_dir(path) => {
+            Ok(Pretrained::load_with(
+                path,
+                device,
+                FloatPrecision::F32,
+                ProjectionStorage::Quantize(ty),
+            )?)
+        }
         WeightDType::Quantized(ty) => load(FloatPrecision::F32).and_then(|mut p| {
             p.model = temper_lora::quantize_base(p.model, ty)?;
             Ok(p)
