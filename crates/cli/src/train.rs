@@ -69,6 +69,13 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in the output directory.
     #[arg(long)]
     pub resume: bool,
+    /// Keep only each decoder layer's input and recompute the layers in the backward pass
+    /// (HF's `gradient_checkpointing`): activation memory of one layer instead of all.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Start even when the memory estimate printed first exceeds the memory available.
+    #[arg(long)]
+    pub no_memory_check: bool,
     /// cpu, wgpu, wgpu:N or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
@@ -180,6 +187,12 @@ pub fn stage_from_args(args: &TrainArgs) -> Result<StageConfig> {
     }
     if args.resume {
         stage.resume = true;
+    }
+    if args.gradient_checkpointing {
+        t.gradient_checkpointing = true;
+    }
+    if args.no_memory_check {
+        stage.memory_check = false;
     }
     if let Some(d) = &args.device {
         stage.device = d.clone();
