@@ -550,101 +550,88 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 /// back to `[out, in]`). This is what [`save_safetensors`] writes.
 pub fn hf_tensors(model: &LlamaForCausalLM) -> Vec<(String, HostTensor)> {
     let mut out = Vec::new();
-    fn push_weight(
-        out: &mut Vec<(String, HostTensor)>,
-        name: String,
-        weight: &Param<Tensor<2>>,
+    for_each_hf_tensor_of(model, |name, t| out.push((name, t)));
+    out
+}
+
+/// [`hf_tensors`] one tensor at a time, in the same order: memory for one tensor's f32 copy
+/// instead of the whole model's (fingerprinting an 8B model's frozen base).
+pub fn for_each_hf_tensor_of(model: &LlamaForCausalLM, mut sink: impl FnMut(String, HostTensor)) {
+    fn weight(
+        sink: &mut dyn FnMut(String, HostTensor),
+        name: &str,
+        weight: Tensor<2>,
         bias: Option<&Param<Tensor<1>>>,
     ) {
-        let [d_in, d_out] = weight.val().dims();
-        let data = transpose(&host(weight.val()), d_in, d_out);
-        out.push((
+        let [d_in, d_out] = weight.dims();
+        let data = transpose(&host(weight), d_in, d_out);
+        sink(
             format!("{name}.weight"),
             HostTensor {
                 shape: vec![d_out, d_in],
                 data,
             },
-        ));
+        );
         if let Some(b) = bias {
-            out.push((
+            sink(
                 format!("{name}.bias"),
                 HostTensor {
                     shape: vec![d_out],
                     data: host(b.val()),
                 },
-            ));
+            );
         }
     }
-    let push_linear = |out: &mut Vec<(String, HostTensor)>, name: String, l: &Linear| {
-        push_weight(out, name, &l.weight, l.bias.as_ref());
-    };
-    // The base weights only: an adapter is saved on its own (PEFT files) or merged first.
-    // A quantized base is written decoded (a dense model, never re-quantized).
-    let push_proj =
-        |out: &mut Vec<(String, HostTensor)>, name: String, p: &Projection| match &p.quantized {
-            None => push_weight(out, name, &p.weight, p.bias.as_ref()),
-            Some(_) => push_weight(
-                out,
-                name,
-                &Param::from_tensor(p.dense_weight()),
-                p.bias.as_ref(),
-            ),
-        };
-    let norm = |name: String, n: &RmsNorm| {
-        let d = n.weight.val().dims()[0];
-        (
+    fn vector(sink: &mut dyn FnMut(String, HostTensor), name: &str, t: Tensor<1>) {
+        let d = t.dims()[0];
+        sink(
             format!("{name}.weight"),
             HostTensor {
                 shape: vec![d],
-                data: host(n.weight.val()),
+                data: host(t),
             },
-        )
+        );
+    }
+    let sink: &mut dyn FnMut(String, HostTensor) = &mut sink;
+    // The base weights only: an adapter is saved on its own (PEFT files) or merged first.
+    // A quantized base is written decoded (a dense model, never re-quantized).
+    let proj = |sink: &mut dyn FnMut(String, HostTensor), name: &str, p: &Projection| {
+        weight(sink, name, p.dense_weight(), p.bias.as_ref());
     };
     let m = &model.model;
     let e = m.embed_tokens.weight.val();
-    out.push((
+    sink(
         "model.embed_tokens.weight".into(),
         HostTensor {
             shape: e.dims().to_vec(),
             data: host(e),
         },
-    ));
+    );
     for (i, layer) in m.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
-        out.push(norm(format!("{p}.input_layernorm"), &layer.input_layernorm));
-        push_proj(
-            &mut out,
-            format!("{p}.self_attn.q_proj"),
-            &layer.self_attn.q_proj,
+        let (a, mlp) = (&layer.self_attn, &layer.mlp);
+        vector(
+            sink,
+            &format!("{p}.input_layernorm"),
+            layer.input_layernorm.weight.val(),
         );
-        push_proj(
-            &mut out,
-            format!("{p}.self_attn.k_proj"),
-            &layer.self_attn.k_proj,
+        proj(sink, &format!("{p}.self_attn.q_proj"), &a.q_proj);
+        proj(sink, &format!("{p}.self_attn.k_proj"), &a.k_proj);
+        proj(sink, &format!("{p}.self_attn.v_proj"), &a.v_proj);
+        proj(sink, &format!("{p}.self_attn.o_proj"), &a.o_proj);
+        vector(
+            sink,
+            &format!("{p}.post_attention_layernorm"),
+            layer.post_attention_layernorm.weight.val(),
         );
-        push_proj(
-            &mut out,
-            format!("{p}.self_attn.v_proj"),
-            &layer.self_attn.v_proj,
-        );
-        push_proj(
-            &mut out,
-            format!("{p}.self_attn.o_proj"),
-            &layer.self_attn.o_proj,
-        );
-        out.push(norm(
-            format!("{p}.post_attention_layernorm"),
-            &layer.post_attention_layernorm,
-        ));
-        push_proj(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
-        push_proj(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
-        push_proj(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
+        proj(sink, &format!("{p}.mlp.gate_proj"), &mlp.gate_proj);
+        proj(sink, &format!("{p}.mlp.up_proj"), &mlp.up_proj);
+        proj(sink, &format!("{p}.mlp.down_proj"), &mlp.down_proj);
     }
-    out.push(norm("model.norm".into(), &m.norm));
+    vector(sink, "model.norm", m.norm.weight.val());
     if let Some(head) = &model.lm_head {
-        push_linear(&mut out, "lm_head".into(), head);
+        weight(sink, "lm_head", head.weight.val(), head.bias.as_ref());
     }
-    out
 }
 
 /// Save the weights as one safetensors file in `dtype` (HF names, PyTorch layout).

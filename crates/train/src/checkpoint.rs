@@ -52,7 +52,8 @@ fn weights_fingerprint(model: &LlamaForCausalLM) -> String {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
     };
-    for (name, t) in temper_llm_arch::checkpoint::hf_tensors(model) {
+    // One tensor at a time: an 8B base is never copied whole to the host.
+    temper_llm_arch::checkpoint::for_each_hf_tensor_of(model, |name, t| {
         eat(name.as_bytes());
         for d in &t.shape {
             eat(&(*d as u64).to_le_bytes());
@@ -60,7 +61,7 @@ fn weights_fingerprint(model: &LlamaForCausalLM) -> String {
         for v in &t.data {
             eat(&v.to_le_bytes());
         }
-    }
+    });
     format!("{h:016x}")
 }
 

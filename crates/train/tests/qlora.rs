@@ -82,11 +82,7 @@ fn a_quantized_base_computes_what_its_decoded_dense_model_computes() {
 /// losses, the trained model and the base's stored blocks before training.
 fn qlora_losses(ty: QuantType, checkpointing: bool) -> (Vec<f64>, LlamaForCausalLM, Vec<Vec<u8>>) {
     let dir = tempfile::tempdir().unwrap();
-    let dev = if checkpointing {
-        device().gradient_checkpointing()
-    } else {
-        device()
-    };
+    let dev = device();
     dev.seed(5);
     let model = quantize_base(LlamaForCausalLM::init(&common::tiny_config(), &dev), ty).unwrap();
     let blocks = stored_blocks(&model);
@@ -98,6 +94,7 @@ fn qlora_losses(ty: QuantType, checkpointing: bool) -> (Vec<f64>, LlamaForCausal
         30,
     );
     cfg.learning_rate = 1e-2;
+    cfg.gradient_checkpointing = checkpointing;
     let mut trainer = Trainer::new(
         model,
         cfg,
@@ -297,4 +294,63 @@ type = "sft"
         msg.contains("model.safetensors") || msg.contains("weights"),
         "{msg}"
     );
+}
+
+/// A QLoRA run stopped at step 3 and resumed from its step-2 checkpoint ends where the
+/// uninterrupted run ends (losses, adapters, blocks); a checkpoint is refused on another
+/// quantized base (its fingerprint covers the decoded blocks).
+#[test]
+fn a_resumed_qlora_run_equals_the_uninterrupted_run() {
+    let dev = device();
+    dev.seed(11);
+    let base = quantize_base(
+        LlamaForCausalLM::init(&common::tiny_config(), &dev),
+        QuantType::Nf4,
+    )
+    .unwrap();
+    let l = LoraFineTuning::new(LoraConfig::new(4, 8.0));
+    let init = l.inject(base, &dev).unwrap();
+    let new = |dir: &std::path::Path, model: LlamaForCausalLM| {
+        let mut cfg = config(ObjectiveConfig::Sft(CausalLmConfig::default()), dir, 6);
+        cfg.save_steps = Some(2);
+        cfg.gradient_checkpointing = true;
+        Trainer::new(
+            model,
+            cfg,
+            TrainRows::Sequences(sft_rows()),
+            None,
+            Reference::None,
+            0,
+        )
+        .unwrap()
+        .with_fine_tuning(Box::new(l.clone()))
+    };
+    let a = tempfile::tempdir().unwrap();
+    let mut whole = new(a.path(), init.clone());
+    let summary_a = whole.train().unwrap();
+
+    let b = tempfile::tempdir().unwrap();
+    let mut first = new(b.path(), init.clone()).with_stop_after(Some(3));
+    assert!(first.train().unwrap().stopped_early);
+    drop(first);
+    let mut second = new(b.path(), init.clone());
+    assert!(second.resume_latest().unwrap());
+    assert_eq!(second.state().step, 2);
+    let summary_b = second.train().unwrap();
+    assert_eq!(summary_a.log_history, summary_b.log_history);
+    assert_eq!(logits(whole.model()), logits(second.model()));
+    assert_eq!(stored_blocks(second.model()), stored_blocks(&init));
+
+    dev.seed(12);
+    let other = quantize_base(
+        LlamaForCausalLM::init(&common::tiny_config(), &dev),
+        QuantType::Nf4,
+    )
+    .unwrap();
+    let other = l.inject(other, &dev).unwrap();
+    let err = new(b.path(), other)
+        .resume_latest()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("other base weights"), "{err}");
 }
