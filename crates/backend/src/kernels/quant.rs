@@ -24,10 +24,19 @@ use crate::HalfType;
 use crate::quant::QuantizedWeight;
 
 /// Products with a quantized frozen weight `W` `[out, in]`; outputs in f32.
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(feature = "gpu-kernels"),
+    Fusion: cfg(all(feature = "gpu-kernels", feature = "fusion")),
+    Autodiff
+)]
 pub trait QuantOps: Backend {
-    /// `x·Wᵀ`: `x` `[m, in]` → `[m, out]`, operands rounded to `half` when given (autocast),
-    /// f32 accumulation.
+    /// `x·Wᵀ`: `x` `[m, in]` → `[m, out]`, operands rounded to `half` when given (autocast;
+    /// the CubeCL kernels ignore it and compute in f32), f32 accumulation.
+    #[fusion(meta = |x, weight, _half| burn::backend::fusion::custom::TensorSpec::new(
+        burn::tensor::Shape::new([x.shape.dims::<2>()[0], weight.shape()[0]]),
+        DType::F32,
+    ))]
     fn quant_matmul(
         x: FloatTensor<Self>,
         weight: QuantizedWeight,
@@ -36,6 +45,10 @@ pub trait QuantOps: Backend {
 
     /// `∂y·W`: `grad` `[m, out]` → `[m, in]` (the input gradient of
     /// [`QuantOps::quant_matmul`]). Not differentiable.
+    #[fusion(meta = |grad, weight, _half| burn::backend::fusion::custom::TensorSpec::new(
+        burn::tensor::Shape::new([grad.shape.dims::<2>()[0], weight.shape()[1]]),
+        DType::F32,
+    ))]
     fn quant_matmul_backward(
         grad: FloatTensor<Self>,
         weight: QuantizedWeight,
@@ -141,7 +154,7 @@ pub fn quant_linear<const D: usize>(
     } else {
         x.cast(burn::tensor::FloatDType::F32)
     };
-    let out = if super::on_fused_ops_backend(&device) && !super::is_gpu(&device) {
+    let out = if super::on_fused_ops_backend(&device) {
         Tensor::<2>::from_dispatch(<Dispatch as QuantOps>::quant_matmul(
             x.into_dispatch(),
             weight.clone(),
