@@ -1,6 +1,6 @@
 //! Products with a block-quantized frozen weight `W` `[n, k]` on the CubeCL backends, decoding
 //! `W` inside the kernel: `y = x·Wᵀ` and `∂x = ∂y·W`. No dense copy of `W` exists on the
-//! device, only its [`Groups`] layout (codes packed in `u32` words, a scale and maybe an offset
+//! device, only its `Groups` layout (codes packed in `u32` words, a scale and maybe an offset
 //! per group, a code table), uploaded once per weight and device and kept with the weight
 //! ([`QuantizedWeight::device_copy`]): 4.5–10 bits a weight by encoding, see
 //! `crate::quant::groups`.
