@@ -7,9 +7,13 @@
 //! `[out, in]` in PyTorch's layout (`nn.Linear.weight`, GGUF's `ne = [in, out]`), row-major, so
 //! a run of rows is a run of blocks.
 
+#[cfg_attr(not(feature = "gpu-kernels"), allow(dead_code))]
+pub(crate) mod groups;
+
+use std::any::Any;
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use temper_formats::quant::{BlockFormat, Nf4Options, Nf4Tensor, QuantError, QuantType, q8_0};
 
@@ -34,7 +38,13 @@ pub struct QuantizedWeight {
     ty: QuantType,
     shape: [usize; 2],
     blocks: Blocks,
+    copies: DeviceCopies,
 }
+
+/// Copies of the weight that backends keep beside the blocks (a GPU backend's upload, one per
+/// device), made on first use and shared by clones: repeated products do not upload again.
+#[derive(Clone, Default)]
+struct DeviceCopies(Arc<Mutex<Vec<Arc<dyn Any + Send + Sync>>>>);
 
 impl fmt::Debug for QuantizedWeight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,6 +96,7 @@ impl QuantizedWeight {
             ty,
             shape,
             blocks,
+            copies: DeviceCopies::default(),
         })
     }
 
@@ -128,6 +139,7 @@ impl QuantizedWeight {
             ty,
             shape,
             blocks: Blocks::SelfContained { format, bytes },
+            copies: DeviceCopies::default(),
         })
     }
 
@@ -151,6 +163,7 @@ impl QuantizedWeight {
             ty: QuantType::Nf4,
             shape: [rows, cols],
             blocks: Blocks::Nf4(Arc::new(tensor)),
+            copies: DeviceCopies::default(),
         })
     }
 
@@ -193,6 +206,32 @@ impl QuantizedWeight {
                 t.packed().len() + t.absmax_codes().len() + 4 * t.nested_absmax().len() + 4 * 256
             }
         }
+    }
+
+    /// The copy of type `T` kept with this weight that `matches` accepts (a backend's upload to
+    /// one device), or the one `make` builds, kept from then on for as long as the weight (and
+    /// its clones) live. Concurrent callers wait for one `make`.
+    #[cfg_attr(not(feature = "gpu-kernels"), allow(dead_code))]
+    pub(crate) fn device_copy<T: Any + Send + Sync>(
+        &self,
+        matches: impl Fn(&T) -> bool,
+        make: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        let mut copies = self
+            .copies
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let found = copies
+            .iter()
+            .filter_map(|c| Arc::clone(c).downcast::<T>().ok())
+            .find(|c| matches(c));
+        if let Some(copy) = found {
+            return copy;
+        }
+        let copy = Arc::new(make());
+        copies.push(copy.clone());
+        copy
     }
 
     /// The whole weight decoded, row-major `[out, in]` (merging an adapter into its base,
@@ -245,5 +284,28 @@ impl QuantizedWeight {
 fn expect_decoded(w: &QuantizedWeight, r: Result<(), QuantError>) {
     if let Err(e) = r {
         unreachable!("{w:?}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_copies_are_made_once_and_shared_by_clones() {
+        let w =
+            QuantizedWeight::quantize("w", &[0.25; 64], [2, 32], QuantType::Q8_0).expect("q8_0");
+        let made = std::cell::Cell::new(0);
+        let make = |tag: u32| {
+            made.set(made.get() + 1);
+            tag
+        };
+        let a = w.device_copy(|t: &u32| *t == 1, || make(1));
+        let b = w.clone().device_copy(|t: &u32| *t == 1, || make(1));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(made.get(), 1);
+        // Another device (here: another tag) gets its own copy.
+        let c = w.device_copy(|t: &u32| *t == 2, || make(2));
+        assert_eq!((*c, made.get()), (2, 2));
     }
 }

@@ -2,11 +2,15 @@
 //! `x·Wᵀ + b` and the input gradient `∂y·W`, against f64 products over the dequantised weight,
 //! on odd shapes — rows that are not whole NF4 blocks, several decoded tiles, the few-row
 //! (decode) path — in f32 and under bf16 autocast.
+//!
+//! The `..._on_the_test_device` tests run every encoding on `TEMPER_TEST_DEVICE` (Flex's fused
+//! products by default; the CubeCL kernels under `TEMPER_TEST_DEVICE=wgpu`, as
+//! `scripts/test-lavapipe.sh` runs them on Mesa lavapipe).
 
 mod common;
 
-use burn::tensor::{Tensor, TensorData};
-use common::{host, values};
+use burn::tensor::{Device, Tensor, TensorData};
+use common::{host, test_device, values};
 use temper_backend::kernels::quant_linear;
 use temper_backend::{DeviceSpec, HalfType, QuantType, QuantizedWeight, autocast};
 
@@ -55,6 +59,18 @@ fn check(ty: QuantType, [m, k, n]: [usize; 3], half: Option<HalfType>, tol: f64)
     let w = values(n * k, 7, 0.5);
     let weight =
         QuantizedWeight::quantize("layers.0.mlp.up_proj.weight", &w, [n, k], ty).expect("quantize");
+    check_weight(&weight, m, &device(true), half, tol);
+}
+
+/// [`check`] for a given weight, on the autodiff device `dev`.
+fn check_weight(
+    weight: &QuantizedWeight,
+    m: usize,
+    dev: &Device,
+    half: Option<HalfType>,
+    tol: f64,
+) {
+    let (ty, [n, k]) = (weight.quant_type(), weight.shape());
     let deq = weight.dequantize();
     let (x, g, bias) = (
         values(m * k, 8, 1.0),
@@ -62,14 +78,13 @@ fn check(ty: QuantType, [m, k, n]: [usize; 3], half: Option<HalfType>, tol: f64)
         values(n, 10, 0.1),
     );
 
-    let dev = device(true);
-    let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), &dev).require_grad();
-    let bt = Tensor::<1>::from_data(TensorData::new(bias.clone(), [n]), &dev);
+    let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), dev).require_grad();
+    let bt = Tensor::<1>::from_data(TensorData::new(bias.clone(), [n]), dev);
     let out = {
         let _scope = autocast(half);
-        quant_linear(xt.clone(), &weight, Some(bt))
+        quant_linear(xt.clone(), weight, Some(bt))
     };
-    let gt = Tensor::<2>::from_data(TensorData::new(g.clone(), [m, n]), &dev);
+    let gt = Tensor::<2>::from_data(TensorData::new(g.clone(), [m, n]), dev);
     let grads = (out.clone() * gt).sum().backward();
     let dx = host(xt.grad(&grads).expect("∂x"));
     let out = host(out.inner());
@@ -114,29 +129,39 @@ fn few_rows_take_the_matrix_vector_path() {
     check(QuantType::Q8_0, [3, 96, 33], None, F32_TOL);
 }
 
+/// A `[n, k]` weight of ggml blocks of `ty` made from seeded bytes, with f16 scales of a sane
+/// size where the format keeps them (the K-quants' sub-block scales stay seeded bytes).
+fn ggml_weight(ty: QuantType, [n, k]: [usize; 2]) -> QuantizedWeight {
+    let (bb, scales_at): (usize, &[usize]) = match ty {
+        QuantType::Q4_0 => (18, &[0]),
+        QuantType::Q4_1 => (20, &[0, 2]),
+        QuantType::Q8_0 => (34, &[0]),
+        QuantType::Q4_K => (144, &[0, 2]),
+        QuantType::Q6_K => (210, &[208]),
+        QuantType::Nf4 => unreachable!("NF4 has no self-contained blocks"),
+    };
+    let blocks = n * k / ty.block_elems();
+    let mut bytes: Vec<u8> = values(blocks * bb, 3, 1.0)
+        .iter()
+        .map(|v| (v.to_bits() >> 7) as u8)
+        .collect();
+    let scale = values(blocks * scales_at.len(), 4, 0.05);
+    for (b, blk) in bytes.chunks_exact_mut(bb).enumerate() {
+        for (s, &at) in scales_at.iter().enumerate() {
+            let h = burn::tensor::f16::from_f32(scale[b * scales_at.len() + s]).to_bits();
+            blk[at..at + 2].copy_from_slice(&h.to_le_bytes());
+        }
+    }
+    QuantizedWeight::from_blocks("blk.0.ffn_up.weight", ty, bytes, [n, k]).expect("blocks")
+}
+
 /// Blocks of ggml types Temper only reads (Q4_0, Q4_1) made from seeded bytes, with f16 scales
 /// of a sane size; the decode path dots the inputs with them as stored.
 #[test]
 fn ggml_blocks_straight_from_their_bytes() {
-    for (ty, bb, scales) in [
-        (QuantType::Q4_0, 18, 1),
-        (QuantType::Q4_1, 20, 2),
-        (QuantType::Q8_0, 34, 1),
-    ] {
+    for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
         let [n, k] = [37, 96];
-        let mut bytes: Vec<u8> = values(n * k / 32 * bb, 3, 1.0)
-            .iter()
-            .map(|v| (v.to_bits() >> 7) as u8)
-            .collect();
-        let scale = values(n * k / 32 * scales, 4, 0.05);
-        for (b, blk) in bytes.chunks_exact_mut(bb).enumerate() {
-            for s in 0..scales {
-                let h = burn::tensor::f16::from_f32(scale[b * scales + s]).to_bits();
-                blk[2 * s..2 * s + 2].copy_from_slice(&h.to_le_bytes());
-            }
-        }
-        let w =
-            QuantizedWeight::from_blocks("blk.0.ffn_up.weight", ty, bytes, [n, k]).expect("blocks");
+        let w = ggml_weight(ty, [n, k]);
         let deq = widen(&w.dequantize(), None);
         for m in [1, 3, 6] {
             let x = values(m * k, 5, 1.0);
@@ -146,6 +171,56 @@ fn ggml_blocks_straight_from_their_bytes() {
             let err = rel_err(&got, &want);
             assert!(err < F32_TOL, "{ty} m = {m}: {err:.2e}");
         }
+    }
+}
+
+/// Forward and `∂x` through every encoding on `TEMPER_TEST_DEVICE`, against f64 over the
+/// dequantised weight: 19 rows (two of the GPU kernels' 16-row tiles, the second partial) and
+/// one (decode), 512 inputs (whole K-quant super-blocks), 37 outputs (odd, three partial
+/// column tiles; `∂x`'s depth is not a multiple of 16).
+#[test]
+fn every_encoding_forward_and_input_gradient_on_the_test_device() {
+    let dev = test_device(true);
+    let [k, n] = [512, 37];
+    for ty in QuantType::ALL {
+        let weight = match ty {
+            QuantType::Nf4 | QuantType::Q8_0 => {
+                QuantizedWeight::quantize("w", &values(n * k, 7, 0.5), [n, k], ty)
+                    .expect("quantize")
+            }
+            _ => ggml_weight(ty, [n, k]),
+        };
+        for m in [19, 1] {
+            check_weight(&weight, m, &dev, None, F32_TOL);
+        }
+    }
+}
+
+/// NF4 rows that start and end inside its 64-value blocks (100 inputs), on the test device:
+/// the GPU layout indexes NF4's groups over the flat tensor, not per row.
+#[test]
+fn nf4_rows_that_split_blocks_on_the_test_device() {
+    let weight =
+        QuantizedWeight::quantize("w", &values(13 * 100, 7, 0.5), [13, 100], QuantType::Nf4)
+            .expect("quantize");
+    check_weight(&weight, 6, &test_device(true), None, F32_TOL);
+}
+
+/// One weight (uploaded once per device, the copy shared by its clones) in products of
+/// different heights, without autodiff: each result matches its reference.
+#[test]
+fn a_weight_reused_across_calls_on_the_test_device() {
+    let weight = ggml_weight(QuantType::Q4_K, [21, 256]);
+    let deq = widen(&weight.dequantize(), None);
+    let dev = test_device(false);
+    for (round, m) in [3usize, 17, 3].into_iter().enumerate() {
+        let w = weight.clone();
+        let x = values(m * 256, 20 + round as u64, 1.0);
+        let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, 256]), &dev);
+        let got = host(quant_linear(xt, &w, None));
+        let want = product_f64(&widen(&x, None), &deq, [m, 256, 21], true);
+        let err = rel_err(&got, &want);
+        assert!(err < F32_TOL, "round {round}, m = {m}: {err:.2e}");
     }
 }
 

@@ -17,6 +17,10 @@
 //! matmul on GPU backends, there with operands cast to the half type under
 //! [`autocast`](crate::autocast) (f32 accumulation in both, see [`gpu_autocast`]).
 //!
+//! The products with a block-quantized frozen weight ([`quant_linear`]) take [`QuantOps`] on Flex
+//! (fused CPU decode-and-multiply) and the CubeCL backends (`#[cube]` kernels decoding in
+//! shared-memory tiles), a dense decoded copy of the weight elsewhere.
+//!
 //! `TEMPER_KERNELS=reference` forces the reference everywhere, `TEMPER_KERNELS=reference:attention,swiglu`
 //! for the named ops only (A/B measurements, kernel by kernel).
 //! Adding a kernel means a method on [`FusedOps`], its implementations, and a wrapper here; no

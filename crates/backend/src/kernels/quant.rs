@@ -2,10 +2,15 @@
 //! and `∂x = ∂y·W` backward, decoded tile by tile inside the product (QLoRA's base layer).
 //!
 //! [`QuantOps`] is the backend extension: Flex runs the fused CPU products
-//! (`kernels/flex/quant_matmul.rs`); under autodiff one node keeps the weight (shared, not
-//! copied) and computes `∂x` only — a frozen base has no gradient. Backends without the
-//! extension (the GPU ones, until their CubeCL kernels exist) take [`quant_linear`]'s fallback:
-//! the weight decoded to a dense tensor for the call, then burn's `linear`.
+//! (`kernels/flex/quant_matmul.rs`); the CubeCL backends (wgpu, cuda; feature `gpu-kernels`)
+//! run `#[cube]` kernels (`kernels/cube/quant.rs`) that decode the weight in shared-memory
+//! tiles from a copy uploaded once per device and kept with the weight (codes packed in `u32`
+//! words plus an f32 scale, and for Q4_1/Q4_K an offset, per group: 4.5 bits a weight for NF4,
+//! 5–6 for Q4_0/Q4_1/Q4_K, 9 for Q8_0, 10 for Q6_K; see `crate::quant::groups`), in f32 (they
+//! ignore `half`); `Fusion` wraps them lazily. Under autodiff one node keeps the weight
+//! (shared, not copied) and computes `∂x` only — a frozen base has no gradient. Backends
+//! without the extension take [`quant_linear`]'s fallback: the weight decoded to a dense
+//! tensor for the call, then burn's `linear`.
 
 // `backend_extension` expands the signatures into dispatch arms for compiled-out backends
 // that ignore their arguments.
@@ -24,10 +29,19 @@ use crate::HalfType;
 use crate::quant::QuantizedWeight;
 
 /// Products with a quantized frozen weight `W` `[out, in]`; outputs in f32.
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(feature = "gpu-kernels"),
+    Fusion: cfg(all(feature = "gpu-kernels", feature = "fusion")),
+    Autodiff
+)]
 pub trait QuantOps: Backend {
-    /// `x·Wᵀ`: `x` `[m, in]` → `[m, out]`, operands rounded to `half` when given (autocast),
-    /// f32 accumulation.
+    /// `x·Wᵀ`: `x` `[m, in]` → `[m, out]`, operands rounded to `half` when given (autocast;
+    /// the CubeCL kernels ignore it and compute in f32), f32 accumulation.
+    #[fusion(meta = |x, weight, _half| burn::backend::fusion::custom::TensorSpec::new(
+        burn::tensor::Shape::new([x.shape.dims::<2>()[0], weight.shape()[0]]),
+        DType::F32,
+    ))]
     fn quant_matmul(
         x: FloatTensor<Self>,
         weight: QuantizedWeight,
@@ -36,6 +50,10 @@ pub trait QuantOps: Backend {
 
     /// `∂y·W`: `grad` `[m, out]` → `[m, in]` (the input gradient of
     /// [`QuantOps::quant_matmul`]). Not differentiable.
+    #[fusion(meta = |grad, weight, _half| burn::backend::fusion::custom::TensorSpec::new(
+        burn::tensor::Shape::new([grad.shape.dims::<2>()[0], weight.shape()[1]]),
+        DType::F32,
+    ))]
     fn quant_matmul_backward(
         grad: FloatTensor<Self>,
         weight: QuantizedWeight,
@@ -113,10 +131,11 @@ impl<B: QuantOps, C: CheckpointStrategy> QuantOps for Autodiff<B, C> {
 /// `x·Wᵀ + bias` over the last dimension for a quantized frozen `weight` `[out, in]`:
 /// `x` `[..., in]` → `[..., out]` in f32, differentiable in `x` (never in the weight).
 ///
-/// Under [`autocast`](crate::autocast) the products round their operands (the decoded weight
-/// included, as bitsandbytes' `dequantize_4bit` to the compute dtype does) and accumulate in
-/// f32. On Flex the weight is decoded tile by tile inside the product; on other backends it is
-/// decoded whole for the call (a dense temporary: correct, not memory-saving).
+/// On Flex and the CubeCL backends the weight is decoded tile by tile inside the product; on
+/// other backends it is decoded whole for the call (a dense temporary: correct, not
+/// memory-saving). Under [`autocast`](crate::autocast) Flex's products round their operands
+/// (the decoded weight included, as bitsandbytes' `dequantize_4bit` to the compute dtype does)
+/// and accumulate in f32; the GPU kernels multiply in f32.
 ///
 /// # Panics
 /// If `x`'s last dimension is not the weight's `in`.
@@ -141,7 +160,7 @@ pub fn quant_linear<const D: usize>(
     } else {
         x.cast(burn::tensor::FloatDType::F32)
     };
-    let out = if super::on_fused_ops_backend(&device) && !super::is_gpu(&device) {
+    let out = if super::on_fused_ops_backend(&device) {
         Tensor::<2>::from_dispatch(<Dispatch as QuantOps>::quant_matmul(
             x.into_dispatch(),
             weight.clone(),

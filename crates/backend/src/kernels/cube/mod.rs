@@ -3,6 +3,7 @@
 //! dtype (f32, f16, bf16 where the device has it) and accumulate in f32.
 
 mod attention;
+mod quant;
 mod rms_norm;
 mod rotary;
 mod swiglu;
