@@ -74,6 +74,8 @@ fn main() -> anyhow::Result<()> {
                     seq_len: 512,
                     gradient_checkpointing: true,
                     reference_model: false,
+                    save_merged: false,
+                    load_decodes_whole_file: false,
                 });
                 gib(e.total())
             })
@@ -112,6 +114,8 @@ fn main() -> anyhow::Result<()> {
                     seq_len: 0,
                     gradient_checkpointing: true,
                     reference_model: false,
+                    save_merged: false,
+                    load_decodes_whole_file: false,
                 });
                 gib(e.weights)
             })

@@ -234,6 +234,8 @@ fn main() -> anyhow::Result<()> {
         seq_len: seq,
         gradient_checkpointing: checkpointing,
         reference_model: false,
+        save_merged: false,
+        load_decodes_whole_file: false,
     });
     eprintln!("memory estimate: {estimate}");
     let ids = random_ids(batch * seq, config.vocab_size, 1);

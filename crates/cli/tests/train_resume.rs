@@ -199,3 +199,47 @@ fn sigkilled_run_resumes_to_the_uninterrupted_result() {
     );
     assert_eq!(metrics_a, metrics_b, "metrics.jsonl differ");
 }
+
+/// `temper train` prints its memory estimate before training (a `tracing` line on stderr) and
+/// the measured peak after; `--gradient-checkpointing` lowers the estimate's activations.
+#[test]
+fn train_prints_its_memory_estimate_first_and_its_peak_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_model_and_data(d);
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_temper"))
+            .current_dir(d)
+            .args([
+                "train",
+                "sft",
+                "--model",
+                "base",
+                "--data",
+                "train.jsonl",
+                "--out",
+                "out",
+            ])
+            .args(["--max-steps", "2", "--batch-size", "2", "--quiet"])
+            .args(extra)
+            .env("RAYON_NUM_THREADS", "1")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let err = run(&[]);
+    let estimate = err
+        .find("memory estimate: ")
+        .unwrap_or_else(|| panic!("{err}"));
+    let done = err
+        .find("2 steps of sft")
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(estimate < done, "{err}");
+    assert!(err.contains("without checkpointing ["), "{err}");
+    assert!(err.contains("peak memory "), "{err}");
+    let err = run(&["--gradient-checkpointing", "--no-memory-check"]);
+    assert!(err.contains("with checkpointing ["), "{err}");
+}

@@ -162,12 +162,20 @@ impl Projection {
         }
     }
 
-    /// Make the base dense again (`weight` = the decoded base in f32), dropping the quantized
-    /// blocks: merging an adapter into a quantized base writes a dense model, never a
+    /// Make the base dense again (`weight` = the decoded base in the placeholder's dtype),
+    /// dropping the quantized blocks: merging an adapter into a quantized base writes a dense model, never a
     /// re-quantized one (the QLoRA merge pitfall, peft#1080).
     pub fn dequantize_base(&mut self) {
         if self.quantized.is_some() {
+            // In the placeholder's dtype (the run's compute dtype): a merged 8B model in bf16
+            // is half the memory of one in f32, and it is saved in that dtype anyway.
+            let dtype = self.weight.val().dtype();
             let dense = self.dense_weight();
+            let dense = if dense.dtype() == dtype {
+                dense
+            } else {
+                dense.cast(dtype)
+            };
             self.weight = Param::from_tensor(dense).set_require_grad(false);
             self.quantized = None;
         }

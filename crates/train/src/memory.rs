@@ -47,6 +47,13 @@ pub struct MemoryPlan<'a> {
     pub gradient_checkpointing: bool,
     /// A second, frozen model (DPO's reference loaded from a path).
     pub reference_model: bool,
+    /// The run ends by writing a full model (full fine-tuning, or LoRA merged into its base):
+    /// the merged weights, their f32 host copy and their encoded bytes exist together while
+    /// `model.safetensors` is written.
+    pub save_merged: bool,
+    /// The loader decodes the whole file to f32 before building the model (a GGUF not kept in
+    /// its own blocks); an HF checkpoint is read one tensor at a time.
+    pub load_decodes_whole_file: bool,
 }
 
 impl fmt::Debug for MemoryPlan<'_> {
@@ -60,6 +67,8 @@ impl fmt::Debug for MemoryPlan<'_> {
             .field("seq_len", &self.seq_len)
             .field("gradient_checkpointing", &self.gradient_checkpointing)
             .field("reference_model", &self.reference_model)
+            .field("save_merged", &self.save_merged)
+            .field("load_decodes_whole_file", &self.load_decodes_whole_file)
             .finish()
     }
 }
@@ -84,6 +93,12 @@ pub struct MemoryEstimate {
     pub checkpointing: bool,
     /// The fixed floor ([`RUNTIME_BYTES`]).
     pub runtime: u64,
+    /// Writing the merged model at the end (0 when only an adapter is written): a later phase
+    /// than training, so the peak is the larger of the phases.
+    pub saving: u64,
+    /// Loading, when the whole file is decoded to f32 first (0 otherwise): the model being
+    /// built beside every tensor in f32.
+    pub loading: u64,
 }
 
 fn dtype_bytes(p: temper_backend::FloatPrecision) -> u64 {
@@ -207,6 +222,23 @@ impl MemoryEstimate {
         let per_token = [without, with];
         let activations =
             tokens.saturating_mul(per_token[usize::from(plan.gradient_checkpointing)]);
+        // The merged model in its storage dtype (a quantized base is decoded when merged), the
+        // f32 host copy `save_safetensors` makes, and the encoded bytes.
+        let loading = if plan.load_decodes_whole_file {
+            projections
+                .saturating_add(dense)
+                .saturating_mul(4)
+                .saturating_add(weights)
+        } else {
+            0
+        };
+        let saving = if plan.save_merged {
+            projections
+                .saturating_add(dense)
+                .saturating_mul(storage.saturating_mul(2).saturating_add(4))
+        } else {
+            0
+        };
         Self {
             weights,
             adapters,
@@ -217,11 +249,13 @@ impl MemoryEstimate {
             per_token,
             checkpointing: plan.gradient_checkpointing,
             runtime: RUNTIME_BYTES,
+            saving,
+            loading,
         }
     }
 
-    /// Everything together.
-    pub fn total(&self) -> u64 {
+    /// Training's bytes (everything but [`saving`](Self::saving)).
+    pub fn training(&self) -> u64 {
         [
             self.weights,
             self.adapters,
@@ -232,6 +266,13 @@ impl MemoryEstimate {
         ]
         .iter()
         .fold(0u64, |a, &b| a.saturating_add(b))
+    }
+
+    /// The peak: training, or loading or writing the merged model if that needs more.
+    pub fn total(&self) -> u64 {
+        self.training()
+            .max(self.saving.saturating_add(self.runtime))
+            .max(self.loading.saturating_add(self.runtime))
     }
 
     /// The activations at this run's tokens with the other checkpointing choice.
@@ -260,6 +301,13 @@ impl MemoryEstimate {
         } else {
             advice.push("quantize the base ([lora] quantize_base = \"nf4\")".into());
         }
+        if self.saving.saturating_add(self.runtime) > available {
+            advice.push(format!(
+                "write only the adapter (save_adapter_only = true, --adapter-only): merging and \
+                 writing the full model at the end needs {}",
+                gib(self.saving.saturating_add(self.runtime))
+            ));
+        }
         Err(crate::TrainError::WontFit {
             needed: self.to_string(),
             available: gib(available),
@@ -282,7 +330,7 @@ impl fmt::Display for MemoryEstimate {
         write!(
             f,
             "{} (weights {}, adapters {}, gradients {}, optimizer {}, activations {} for {} \
-             tokens a step {} checkpointing [{} without, {} with], runtime {})",
+             tokens a step {} checkpointing [{} without, {} with], runtime {}{})",
             gib(self.total()),
             gib(self.weights),
             gib(self.adapters),
@@ -298,6 +346,14 @@ impl fmt::Display for MemoryEstimate {
             gib(self.activations_if_checkpointing(false)),
             gib(self.activations_if_checkpointing(true)),
             gib(self.runtime),
+            [
+                (self.loading, "loading (the file decoded whole)"),
+                (self.saving, "writing the merged model at the end"),
+            ]
+            .iter()
+            .filter(|(b, _)| *b > 0)
+            .map(|(b, what)| format!("; {what} {}", gib(*b)))
+            .collect::<String>(),
         )
     }
 }
@@ -359,6 +415,8 @@ mod tests {
             seq_len: 256,
             gradient_checkpointing: false,
             reference_model: false,
+            save_merged: false,
+            load_decodes_whole_file: false,
         }
     }
 
@@ -422,5 +480,37 @@ mod tests {
         let e = MemoryEstimate::new(&plan(&huge));
         assert_eq!(e.total(), u64::MAX);
         assert!(e.check_fits(u64::MAX - 1).is_err());
+    }
+
+    #[test]
+    fn writing_a_merged_model_can_be_the_peak_and_says_so() {
+        let c = smollm2();
+        let rank = |_: &str| Some(8);
+        let mut p = plan(&c);
+        p.precision = TrainPrecision::Bf16Mixed;
+        p.projections = ProjectionBytes::Quantized(QuantType::Nf4);
+        p.lora_rank = Some(&rank);
+        p.gradient_checkpointing = true;
+        let adapter_only = MemoryEstimate::new(&p);
+        p.save_merged = true;
+        let merged = MemoryEstimate::new(&p);
+        let n = c.num_parameters() as u64;
+        // bf16 merged weights, their f32 host copy, bf16 bytes: 8 bytes a parameter.
+        assert_eq!(merged.saving, 8 * n);
+        assert_eq!(merged.training(), adapter_only.training());
+        assert_eq!(merged.total(), 8 * n + merged.runtime);
+        assert!(merged.total() > merged.training());
+        let msg = merged
+            .check_fits(merged.training())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("write only the adapter"), "{msg}");
+        assert!(adapter_only.check_fits(adapter_only.training()).is_ok());
+
+        // A GGUF decoded whole before quantizing: every tensor in f32 beside the model.
+        p.load_decodes_whole_file = true;
+        let gguf = MemoryEstimate::new(&p);
+        assert_eq!(gguf.loading, 4 * n + gguf.weights);
+        assert!(gguf.to_string().contains("loading (the file decoded whole)"));
     }
 }

@@ -200,6 +200,7 @@ fn check_memory(
     needs_reference: bool,
 ) -> Result<()> {
     let model_config = temper_llm_arch::read_config(&config.model)?;
+    let projections_kept = projections;
     let projections = match projections {
         ProjectionStorage::Dense => ProjectionBytes::Dense,
         ProjectionStorage::Quantize(ty) => ProjectionBytes::Quantized(ty),
@@ -231,6 +232,9 @@ fn check_memory(
         sequences: tc.batch_size.saturating_mul(train.sequences_per_row()),
         seq_len: train.longest(),
         gradient_checkpointing: tc.gradient_checkpointing,
+        save_merged: lora.is_none() || !config.save_adapter_only,
+        load_decodes_whole_file: temper_llm_arch::is_gguf_path(&config.model)
+            && projections_kept != ProjectionStorage::GgufBlocks,
         reference_model: needs_reference
             && !matches!(config.reference, ReferenceConfig::Cache { .. })
             && !(lora.is_some() && config.reference == ReferenceConfig::InitialPolicy),
