@@ -48,8 +48,8 @@ pub struct MemoryPlan<'a> {
     /// A second, frozen model (DPO's reference loaded from a path).
     pub reference_model: bool,
     /// The run ends by writing a full model (full fine-tuning, or LoRA merged into its base):
-    /// the merged weights, their f32 host copy and their encoded bytes exist together while
-    /// `model.safetensors` is written.
+    /// the merged weights and their encoded bytes exist together while `model.safetensors` is
+    /// written.
     pub save_merged: bool,
     /// The loader decodes the whole file to f32 before building the model (a GGUF not kept in
     /// its own blocks); an HF checkpoint is read one tensor at a time.
@@ -222,8 +222,6 @@ impl MemoryEstimate {
         let per_token = [without, with];
         let activations =
             tokens.saturating_mul(per_token[usize::from(plan.gradient_checkpointing)]);
-        // The merged model in its storage dtype (a quantized base is decoded when merged), the
-        // f32 host copy `save_safetensors` makes, and the encoded bytes.
         let loading = if plan.load_decodes_whole_file {
             projections
                 .saturating_add(dense)
@@ -232,10 +230,13 @@ impl MemoryEstimate {
         } else {
             0
         };
+        // The merged model in its storage dtype (a quantized base is decoded into it when
+        // merged) and the file bytes `save_safetensors` assembles (each tensor's f32 host copy
+        // is dropped once encoded).
         let saving = if plan.save_merged {
             projections
                 .saturating_add(dense)
-                .saturating_mul(storage.saturating_mul(2).saturating_add(4))
+                .saturating_mul(storage.saturating_mul(2))
         } else {
             0
         };
@@ -495,10 +496,10 @@ mod tests {
         p.save_merged = true;
         let merged = MemoryEstimate::new(&p);
         let n = c.num_parameters() as u64;
-        // bf16 merged weights, their f32 host copy, bf16 bytes: 8 bytes a parameter.
-        assert_eq!(merged.saving, 8 * n);
+        // bf16 merged weights and their bf16 bytes: 4 bytes a parameter.
+        assert_eq!(merged.saving, 4 * n);
         assert_eq!(merged.training(), adapter_only.training());
-        assert_eq!(merged.total(), 8 * n + merged.runtime);
+        assert_eq!(merged.total(), 4 * n + merged.runtime);
         assert!(merged.total() > merged.training());
         let msg = merged
             .check_fits(merged.training())
