@@ -64,6 +64,9 @@ pub struct TrainArgs {
     pub gradient_accumulation_steps: Option<usize>,
     #[arg(long)]
     pub max_length: Option<usize>,
+    /// Log (metrics.jsonl, and a line on stderr without a terminal) every N steps.
+    #[arg(long)]
+    pub logging_steps: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Continue from the newest checkpoint in the output directory.
@@ -181,6 +184,9 @@ pub fn stage_from_args(args: &TrainArgs) -> Result<StageConfig> {
     }
     if let Some(l) = args.max_length {
         t.max_length = Some(l);
+    }
+    if let Some(n) = args.logging_steps {
+        t.logging_steps = n;
     }
     if let Some(s) = args.seed {
         t.seed = s;

@@ -200,8 +200,9 @@ fn sigkilled_run_resumes_to_the_uninterrupted_result() {
     assert_eq!(metrics_a, metrics_b, "metrics.jsonl differ");
 }
 
-/// `temper train` prints its memory estimate before training (a `tracing` line on stderr) and
-/// the measured peak after; `--gradient-checkpointing` lowers the estimate's activations.
+/// `temper train` prints its memory estimate before training (a `tracing` line on stderr),
+/// without a terminal a plain line per logging step instead of the progress bar, and the
+/// measured peak after; `--gradient-checkpointing` lowers the estimate's activations.
 #[test]
 fn train_prints_its_memory_estimate_first_and_its_peak_last() {
     let dir = tempfile::tempdir().unwrap();
@@ -220,7 +221,14 @@ fn train_prints_its_memory_estimate_first_and_its_peak_last() {
                 "--out",
                 "out",
             ])
-            .args(["--max-steps", "2", "--batch-size", "2", "--quiet"])
+            .args([
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--logging-steps",
+                "1",
+            ])
             .args(extra)
             .env("RAYON_NUM_THREADS", "1")
             .env_remove("RUST_LOG")
@@ -238,6 +246,14 @@ fn train_prints_its_memory_estimate_first_and_its_peak_last() {
         .find("2 steps of sft")
         .unwrap_or_else(|| panic!("{err}"));
     assert!(estimate < done, "{err}");
+    let step1 = err
+        .find("step 1/2  loss ")
+        .unwrap_or_else(|| panic!("{err}"));
+    let step2 = err
+        .find("step 2/2  loss ")
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(estimate < step1 && step1 < step2 && step2 < done, "{err}");
+    assert!(err.contains(" tok/s  eta "), "{err}");
     assert!(err.contains("without checkpointing ["), "{err}");
     assert!(err.contains("peak memory "), "{err}");
     let err = run(&["--gradient-checkpointing", "--no-memory-check"]);

@@ -512,6 +512,9 @@ mod tests {
         p.load_decodes_whole_file = true;
         let gguf = MemoryEstimate::new(&p);
         assert_eq!(gguf.loading, 4 * n + gguf.weights);
-        assert!(gguf.to_string().contains("loading (the file decoded whole)"));
+        assert!(
+            gguf.to_string()
+                .contains("loading (the file decoded whole)")
+        );
     }
 }

@@ -412,11 +412,18 @@ impl Trainer {
                 append_jsonl(&metrics_path, &record)?;
                 self.state.log_history.push(record);
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!(
+                let figures = format!(
                     "loss {:.4}  lr {lr:.3e}  {:.0} tok/s",
                     last_loss.unwrap_or(f64::NAN),
                     window_tokens as f64 / secs
-                ));
+                );
+                if self.progress && bar.is_hidden() {
+                    // No terminal (CI, nohup, a pipe): a plain line per logging step instead
+                    // of the bar, with the time left at this window's pace.
+                    let left = (total - step) as f64 * secs / window.len().max(1) as f64;
+                    tracing::info!("step {step}/{total}  {figures}  eta {}", eta(left));
+                }
+                bar.set_message(figures);
                 window.clear();
                 window_tokens = 0;
                 window_start = Instant::now();
@@ -780,5 +787,15 @@ fn layer_checkpointing(model: LlamaForCausalLM, on: bool) -> LlamaForCausalLM {
         model.with_layer_checkpointing(Some(temper_llm_arch::CheckpointTape::new()))
     } else {
         model
+    }
+}
+
+/// Seconds as `1h02m`, `3m05s` or `12s`.
+fn eta(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
     }
 }
