@@ -33,7 +33,11 @@ impl CudaSearch {
     /// (`cubecl_cuda::install::cuda_path()`).
     pub fn from_system(cuda_path: Option<PathBuf>) -> Self {
         let mut library_dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
-            .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
+            .map(|v| {
+                std::env::split_paths(&v)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         ld_so_conf_dirs(Path::new("/etc/ld.so.conf"), &mut library_dirs, 0);
         // The loader's trusted directories, searched after everything configured.
@@ -70,7 +74,10 @@ pub enum CudaMissing {
     /// No CUDA tree: `CUDA_PATH` unset and none of cubecl-cuda's default locations exists.
     NoCudaPath,
     /// The CUDA tree lacks headers every generated kernel includes.
-    Headers { cuda_path: PathBuf, missing: Vec<String> },
+    Headers {
+        cuda_path: PathBuf,
+        missing: Vec<String>,
+    },
     /// The CUDA tree lacks CCCL (`cuda/barrier`), which the TMA kernels include.
     Cccl { cuda_path: PathBuf },
 }
@@ -233,8 +240,10 @@ fn glob_last_component(pattern: &str, base: Option<&Path>) -> Vec<PathBuf> {
         Some(base) if !pattern.starts_with('/') => base.join(pattern),
         _ => PathBuf::from(pattern),
     };
-    let (Some(dir), Some(name)) = (pattern.parent(), pattern.file_name().and_then(|n| n.to_str()))
-    else {
+    let (Some(dir), Some(name)) = (
+        pattern.parent(),
+        pattern.file_name().and_then(|n| n.to_str()),
+    ) else {
         return Vec::new();
     };
     let Some((prefix, suffix)) = name.split_once('*') else {
@@ -338,7 +347,11 @@ mod tests {
                 },
             ]
         );
-        assert!(missing[1].to_string().contains("cuda_bf16.h, crt/host_defines.h"));
+        assert!(
+            missing[1]
+                .to_string()
+                .contains("cuda_bf16.h, crt/host_defines.h")
+        );
         assert!(missing[2].to_string().contains("nvidia-cuda-cccl"));
 
         touch(&lib.join("libnvrtc.so.13"));
@@ -364,7 +377,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\n  - the NVIDIA driver"), "{text}");
-        assert!(text.ends_with("TEMPER_CUDA_SKIP_PROBE=1 skips it)"), "{text}");
+        assert!(
+            text.ends_with("TEMPER_CUDA_SKIP_PROBE=1 skips it)"),
+            "{text}"
+        );
     }
 
     #[test]

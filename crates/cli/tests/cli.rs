@@ -153,11 +153,18 @@ fn a_cuda_device_that_cannot_start_is_a_clear_error() {
             .env_remove("TEMPER_CUDA_SKIP_PROBE")
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     for args in [
-        &["generate", "--model", "x.gguf", "--prompt", "hi", "--device", "cuda:0"][..],
-        &["train", "sft", "--model", "x", "--data", "d.jsonl", "--out", "o", "--device", "cuda:1"],
+        &[
+            "generate", "--model", "x.gguf", "--prompt", "hi", "--device", "cuda:0",
+        ][..],
+        &[
+            "train", "sft", "--model", "x", "--data", "d.jsonl", "--out", "o", "--device", "cuda:1",
+        ],
     ] {
         let (ok, stderr) = run(args);
         assert!(!ok, "{args:?}");
