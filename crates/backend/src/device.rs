@@ -42,7 +42,9 @@ impl DeviceSpec {
     /// Build the burn device.
     ///
     /// # Errors
-    /// [`BackendError::NotCompiled`] when the backend's cargo feature is off.
+    /// [`BackendError::NotCompiled`] when the backend's cargo feature is off;
+    /// [`BackendError::CudaUnavailable`] for a `cuda:N` device on a machine without the CUDA
+    /// driver, NVRTC or headers.
     pub fn device(&self) -> Result<Device, BackendError> {
         let device = self.base_device()?;
         Ok(if self.autodiff {
@@ -92,6 +94,7 @@ impl DeviceSpec {
             BackendKind::Cuda(index) => {
                 #[cfg(feature = "cuda")]
                 {
+                    self.check_cuda_runtime()?;
                     Ok(Device::cuda(index))
                 }
                 #[cfg(not(feature = "cuda"))]
@@ -100,6 +103,27 @@ impl DeviceSpec {
                     Err(self.not_compiled("cuda"))
                 }
             }
+        }
+    }
+
+    /// The driver, NVRTC and headers a CUDA device loads, looked for where cudarc and
+    /// cubecl-cuda will (`cuda_probe`), so a miss is an error naming the fix rather than a panic
+    /// on a runtime thread.
+    #[cfg(feature = "cuda")]
+    fn check_cuda_runtime(&self) -> Result<(), BackendError> {
+        use crate::cuda_probe::{CudaSearch, SKIP_ENV, probe};
+        if std::env::var_os(SKIP_ENV).is_some_and(|v| v == "1") {
+            return Ok(());
+        }
+        let search = CudaSearch::from_system(cubecl_cuda::install::cuda_path());
+        let missing = probe(&search);
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(BackendError::CudaUnavailable {
+                spec: self.with_autodiff(false).to_string(),
+                missing,
+            })
         }
     }
 

@@ -1,3 +1,5 @@
+use crate::cuda_probe::CudaMissing;
+
 /// Errors of the backend layer: bad device strings, backends not compiled in, unsupported dtypes.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -9,6 +11,13 @@ pub enum BackendError {
         "device `{spec}` needs the `{feature}` cargo feature, which this build of Temper was compiled without"
     )]
     NotCompiled { spec: String, feature: &'static str },
+    /// A CUDA device whose driver, NVRTC or headers are not on this machine (found before
+    /// cudarc would panic on them).
+    #[error("device `{spec}` cannot start:{}\n(if they are there and this check is wrong, TEMPER_CUDA_SKIP_PROBE=1 skips it)", bullets(.missing))]
+    CudaUnavailable {
+        spec: String,
+        missing: Vec<CudaMissing>,
+    },
     /// The dtype string is not known.
     #[error("invalid dtype `{0}` (expected `f32`, `bf16` or `f16`)")]
     InvalidDType(String),
@@ -51,4 +60,8 @@ pub enum BackendError {
         block_elems: usize,
         block_bytes: usize,
     },
+}
+
+fn bullets(items: &[CudaMissing]) -> String {
+    items.iter().map(|m| format!("\n  - {m}")).collect()
 }

@@ -1,10 +1,11 @@
 //! The one backend layer every Temper crate shares.
 //!
 //! * Cargo features choose which burn backends are compiled in: `flex` (pure-Rust CPU, the
-//!   default), `wgpu` (Vulkan/Metal/DX12, builds offline) and `cuda` (needs an LLVM download at
-//!   build time, never enabled in CI).
+//!   default), `wgpu` (Vulkan/Metal/DX12) and `cuda` (kernels compiled by NVRTC at run time;
+//!   builds offline through the workspace's cubecl-llvm stand-in, `vendor/cubecl-llvm`).
 //! * [`DeviceSpec`] parses `cpu`, `wgpu`, `wgpu:N`, `cuda:N` into a burn [`Device`], with or
-//!   without autodiff.
+//!   without autodiff; before a CUDA device it checks that the driver, NVRTC and the CUDA
+//!   headers are there ([`CudaMissing`]).
 //! * [`FloatPrecision`] is the compute dtype policy (`f32`, `bf16`, `f16`) and checks that a
 //!   device supports it; [`TrainPrecision`] is the training policy (`f32`, `bf16`,
 //!   `bf16-mixed`, `f16-mixed`, PyTorch AMP's meanings) and [`autocast`] the scope that rounds
@@ -22,6 +23,9 @@ pub use burn;
 pub use burn::tensor::Device;
 
 pub mod alloc;
+// The probe runs only with `cuda`; compiled (and tested) in every build.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod cuda_probe;
 mod device;
 mod dtype;
 mod error;
@@ -29,6 +33,7 @@ pub mod kernels;
 mod precision;
 pub mod quant;
 
+pub use cuda_probe::CudaMissing;
 pub use device::{BackendKind, DeviceSpec};
 pub use dtype::FloatPrecision;
 pub use error::BackendError;

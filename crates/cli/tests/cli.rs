@@ -141,6 +141,45 @@ fn generate_on_quantized_weights() {
     assert!(!ok && stderr.contains("nf4, q8_0 or gguf"), "{stderr}");
 }
 
+/// `--device cuda:N` is accepted wherever `--device` is, and a machine that cannot run it says
+/// why before anything is loaded: without the `cuda` feature, that the build lacks it; with it,
+/// what is missing (here `CUDA_PATH` points at nothing, so the headers are missing everywhere).
+#[test]
+fn a_cuda_device_that_cannot_start_is_a_clear_error() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_temper"))
+            .args(args)
+            .env("CUDA_PATH", "/nonexistent/cuda")
+            .env_remove("TEMPER_CUDA_SKIP_PROBE")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [
+        &[
+            "generate", "--model", "x.gguf", "--prompt", "hi", "--device", "cuda:0",
+        ][..],
+        &[
+            "train", "sft", "--model", "x", "--data", "d.jsonl", "--out", "o", "--device", "cuda:1",
+        ],
+    ] {
+        let (ok, stderr) = run(args);
+        assert!(!ok, "{args:?}");
+        assert!(stderr.contains("device `cuda:"), "{stderr}");
+        if cfg!(feature = "cuda") {
+            assert!(
+                stderr.contains("cannot start") && stderr.contains("CUDA_PATH /nonexistent/cuda"),
+                "{stderr}"
+            );
+        } else {
+            assert!(stderr.contains("`cuda` cargo feature"), "{stderr}");
+        }
+    }
+}
+
 #[test]
 fn bad_inputs_exit_nonzero_with_a_message() {
     let (ok, _, stderr) = temper(&["inspect", "/nonexistent/model"]);
