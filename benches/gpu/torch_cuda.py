@@ -6,7 +6,9 @@
   train     one training step, batch 4 x 256 (and 16 x 512), causal-LM loss on every token,
             AdamW: `lora` (PEFT r=16, alpha=32, all seven projections) or `full`
 
-in float32 and bfloat16 (bf16 weights; torch's bf16 matmuls accumulate in f32), weights
+in float32 and bfloat16 (bf16 weights; torch's bf16 matmuls accumulate in f32) and, for the
+training step, bf16 autocast (f32 master weights, `torch.autocast("cuda", torch.bfloat16)`:
+what Temper's `bf16-mixed` and TRL's `bf16=True` do), weights
 randomly initialised from the SmolLM2-135M config (speed does not depend on the values).
 Timing: CUDA-synchronised wall clock, median of the timed repetitions after warm-up.
 MFU: 6·N·T (full) or 4·N·T (LoRA: no weight gradients) plus attention, over the GPU's
@@ -76,7 +78,9 @@ def bench_inference(dtype_name):
 
 
 def bench_train(mode, dtype_name, batch, seq):
-    dtype = getattr(torch, dtype_name)
+    # "bf16-autocast": f32 weights and optimizer, bf16 products under autocast.
+    autocast = dtype_name == "bf16-autocast"
+    dtype = torch.float32 if autocast else getattr(torch, dtype_name)
     model = model_for(dtype)
     n = n_params(model)
     if mode == "lora":
@@ -91,7 +95,8 @@ def bench_train(mode, dtype_name, batch, seq):
     model.train()
 
     def step():
-        out = model(input_ids=ids, labels=ids, use_cache=False)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            out = model(input_ids=ids, labels=ids, use_cache=False)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -100,7 +105,7 @@ def bench_train(mode, dtype_name, batch, seq):
     flops = train_flops(n, batch, seq, mode == "lora")
     return {"mode": mode, "dtype": dtype_name, "batch": batch, "seq": seq,
             "median_step_ms": round(med * 1e3, 2), "tokens_per_s": round(batch * seq / med, 1),
-            "mfu": round(flops / med / PEAK[dtype_name], 4),
+            "mfu": round(flops / med / PEAK["bfloat16" if autocast else dtype_name], 4),
             "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
 
 
@@ -113,9 +118,10 @@ def main():
     torch.backends.cudnn.allow_tf32 = args.tf32
     res = {"tool": "torch", "torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
            "tf32": args.tf32, "inference": [], "train": []}
-    for dt in ["float32", "bfloat16"]:
-        res["inference"].append(bench_inference(dt))
-        print(json.dumps(res["inference"][-1]), flush=True)
+    for dt in ["float32", "bfloat16", "bf16-autocast"]:
+        if dt != "bf16-autocast":
+            res["inference"].append(bench_inference(dt))
+            print(json.dumps(res["inference"][-1]), flush=True)
         for mode in ["lora", "full"]:
             for batch, seq in [(4, 256), (16, 512)]:
                 res["train"].append(bench_train(mode, dt, batch, seq))
