@@ -243,8 +243,9 @@ impl LlamaForCausalLM {
     /// GGUF stores it) as its LM head for decode steps: up to 4 positions whose hidden states
     /// need no gradient, while the embedding is frozen, outside autocast (whose products
     /// decode the blocks row by row). The f32 embedding (113 MB for SmolLM2-135M) was read
-    /// whole for every token; its Q8_0 blocks are 30 MB, dotted with 8-bit inputs as llama.cpp does (logits differ by the input rounding). Prefill and
-    /// training keep the f32 head.
+    /// whole for every token; its Q8_0 blocks are 30 MB, dotted with 8-bit inputs as
+    /// llama.cpp does (logits differ by the input rounding). Prefill and training keep the
+    /// f32 head.
     pub fn with_decode_head(mut self, head: QuantizedWeight) -> Self {
         self.decode_head = Some(head);
         self
