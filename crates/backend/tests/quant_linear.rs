@@ -42,6 +42,42 @@ fn widen(v: &[f32], round: Option<HalfType>) -> Vec<f64> {
         .collect()
 }
 
+/// `x` (`m` rows of `k`) as the CPU's decode products see it: rows of ggml's 32-value blocks
+/// with `m ≤ 4` (`quant_matmul`'s matrix-vector path) round their f32 inputs to 8 bits per
+/// 32-value block first, as llama.cpp does (`e = max|x| / 127`, `c = round(x / e)`, the input
+/// taken as `e·c`); every other product (and the GPU kernels) takes `x` as it is.
+fn decode_inputs(
+    x: &[f32],
+    ty: QuantType,
+    m: usize,
+    half: Option<HalfType>,
+    cpu: bool,
+) -> Vec<f64> {
+    let rounds = cpu
+        && half.is_none()
+        && m <= 4
+        && matches!(ty, QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q8_0);
+    if !rounds {
+        return widen(x, half);
+    }
+    x.chunks_exact(32)
+        .flat_map(|b| {
+            let e = b.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+            let inv = if e != 0.0 { 1.0 / e } else { 0.0 };
+            b.iter()
+                .map(move |&v| f64::from(e) * f64::from((v * inv).round()))
+        })
+        .collect()
+}
+
+/// Whether the kernel tests run on the CPU (`TEMPER_TEST_DEVICE` unset or `cpu`).
+fn test_device_is_cpu() -> bool {
+    matches!(
+        std::env::var("TEMPER_TEST_DEVICE").as_deref(),
+        Err(_) | Ok("cpu")
+    )
+}
+
 /// Relative max error of `got` against `want` (relative to `want`'s largest magnitude).
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     let scale = want.iter().fold(0.0f64, |a, b| a.max(b.abs())).max(1e-30);
@@ -59,14 +95,15 @@ fn check(ty: QuantType, [m, k, n]: [usize; 3], half: Option<HalfType>, tol: f64)
     let w = values(n * k, 7, 0.5);
     let weight =
         QuantizedWeight::quantize("layers.0.mlp.up_proj.weight", &w, [n, k], ty).expect("quantize");
-    check_weight(&weight, m, &device(true), half, tol);
+    check_weight(&weight, m, &device(true), true, half, tol);
 }
 
-/// [`check`] for a given weight, on the autodiff device `dev`.
+/// [`check`] for a given weight, on the autodiff device `dev` (the CPU when `cpu`).
 fn check_weight(
     weight: &QuantizedWeight,
     m: usize,
     dev: &Device,
+    cpu: bool,
     half: Option<HalfType>,
     tol: f64,
 ) {
@@ -90,7 +127,8 @@ fn check_weight(
     let out = host(out.inner());
 
     let wd = widen(&deq, half);
-    let mut want = product_f64(&widen(&x, half), &wd, [m, k, n], true);
+    let xd = decode_inputs(&x, ty, m, half, cpu);
+    let mut want = product_f64(&xd, &wd, [m, k, n], true);
     want.iter_mut()
         .enumerate()
         .for_each(|(i, v)| *v += f64::from(bias[i % n]));
@@ -167,7 +205,8 @@ fn ggml_blocks_straight_from_their_bytes() {
             let x = values(m * k, 5, 1.0);
             let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [m, k]), &device(false));
             let got = host(quant_linear(xt, &w, None));
-            let want = product_f64(&widen(&x, None), &deq, [m, k, n], true);
+            let xd = decode_inputs(&x, ty, m, None, true);
+            let want = product_f64(&xd, &deq, [m, k, n], true);
             let err = rel_err(&got, &want);
             assert!(err < F32_TOL, "{ty} m = {m}: {err:.2e}");
         }
@@ -191,7 +230,7 @@ fn every_encoding_forward_and_input_gradient_on_the_test_device() {
             _ => ggml_weight(ty, [n, k]),
         };
         for m in [19, 1] {
-            check_weight(&weight, m, &dev, None, F32_TOL);
+            check_weight(&weight, m, &dev, test_device_is_cpu(), None, F32_TOL);
         }
     }
 }
@@ -203,7 +242,14 @@ fn nf4_rows_that_split_blocks_on_the_test_device() {
     let weight =
         QuantizedWeight::quantize("w", &values(13 * 100, 7, 0.5), [13, 100], QuantType::Nf4)
             .expect("quantize");
-    check_weight(&weight, 6, &test_device(true), None, F32_TOL);
+    check_weight(
+        &weight,
+        6,
+        &test_device(true),
+        test_device_is_cpu(),
+        None,
+        F32_TOL,
+    );
 }
 
 /// One weight (uploaded once per device, the copy shared by its clones) in products of

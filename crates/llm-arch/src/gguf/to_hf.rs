@@ -199,7 +199,9 @@ pub struct HfBlocks {
 
 /// [`for_each_hf_tensor`], except that the weights of the seven projections stored in a ggml
 /// block type (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) go to `on_blocks` as stored instead of being
-/// decoded: a model built from them keeps the file's own blocks.
+/// decoded: a model built from them keeps the file's own blocks. The token embedding, when
+/// stored as Q4_0, Q4_1 or Q8_0, goes to both: decoded to `on_tensor` (the lookup) and as
+/// stored to `on_blocks` (a tied model's LM head at decode).
 pub fn for_each_hf_tensor_keeping_blocks<E: From<GgufError>>(
     file: &GgufFile,
     on_tensor: impl FnMut(HfTensor) -> Result<(), E>,
@@ -220,6 +222,18 @@ fn block_type(name: &str, ty: GgmlType) -> Option<QuantType> {
         _ => return None,
     };
     projection.then_some(ty)
+}
+
+/// The block encoding of the token embedding of type `ty`, if the decode products read it
+/// (ggml's 32-value blocks).
+fn embedding_block_type(name: &str, ty: GgmlType) -> Option<QuantType> {
+    let ty = match ty {
+        GgmlType::Q4_0 => QuantType::Q4_0,
+        GgmlType::Q4_1 => QuantType::Q4_1,
+        GgmlType::Q8_0 => QuantType::Q8_0,
+        _ => return None,
+    };
+    (name == "model.embed_tokens.weight").then_some(ty)
 }
 
 fn walk<E: From<GgufError>>(
@@ -272,6 +286,20 @@ fn walk<E: From<GgufError>>(
                 bytes,
             })?;
             continue;
+        }
+        if let (Some(on_blocks), Some(ty), [_, _]) = (
+            on_blocks.as_mut(),
+            embedding_block_type(&name, info.ggml_type),
+            shape.as_slice(),
+        ) {
+            // The token embedding stays f32 (the lookup), and its blocks come too: a tied
+            // model's decode reads its LM head from them (a quarter of the f32 bytes for Q8_0).
+            on_blocks(HfBlocks {
+                name: name.clone(),
+                shape: [rows, cols],
+                ty,
+                bytes: file.tensor_bytes(info)?.to_vec(),
+            })?;
         }
         let mut data = file.dequantize(&info.name)?;
         if let Some(heads) = heads {

@@ -9,9 +9,9 @@
 //! the number of threads.
 //!
 //! Few rows (decode, `m ≤ SMALL_M`) take a matrix-vector path instead: rows in ggml's 32-value
-//! blocks (Q4_0, Q4_1, Q8_0) are dotted with the inputs straight from their blocks
-//! ([`super::block_dot`]); other encodings decode one row at a time into a row buffer and dot
-//! it, so the blocks are read once and nothing larger than a row is written.
+//! blocks (Q4_0, Q4_1, Q8_0) are dotted with the inputs, rounded to 8 bits, straight from
+//! their blocks ([`super::block_dot`]); other encodings decode one row at a time into a row
+//! buffer and dot it, so the blocks are read once and nothing larger than a row is written.
 
 use rayon::prelude::*;
 
@@ -28,8 +28,22 @@ const TILE_BYTES: usize = 4 << 20;
 const SMALL_M: usize = 4;
 /// Rows of `W` one matrix-vector task decodes.
 const ROWS_PER_TASK: usize = 16;
-/// Rows of `W` one task dots straight from ggml blocks (≈ 46 KiB of Q4_1 at 576 columns).
-const BLOCK_ROWS_PER_TASK: usize = 128;
+/// Weight bytes below which a product straight from ggml blocks runs on the calling thread:
+/// SmolLM2-135M's attention projections (≤ 203 KiB of Q4_1, ≈ 10 µs of VNNI work) take less
+/// than waking rayon's threads costs; its MLP projections (540 KiB) are split. (Measured on
+/// the 2-core Zen 5 VM under load 4: every product on the calling thread decoded as fast as
+/// any split, ±10 % noise; splitting each into 128-row tasks was no faster.)
+const BLOCK_SEQUENTIAL_BYTES: usize = 256 << 10;
+
+/// Rows of `W` one task dots straight from ggml blocks: all `n` (on the calling thread) for a
+/// small weight, else an equal share per thread (one task each: fewer, larger tasks).
+fn block_rows_per_task(n: usize, row_bytes: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if threads < 2 || n * row_bytes < BLOCK_SEQUENTIAL_BYTES {
+        return n.max(1);
+    }
+    n.div_ceil(threads).max(1)
+}
 
 /// Rows of `W` (`k` values each) per decoded tile: as many as fit [`TILE_BYTES`], at least 32.
 fn tile_rows(n: usize, k: usize) -> usize {
@@ -175,18 +189,26 @@ fn matvec(x: &[f32], m: usize, w: &QuantizedWeight, half: Option<HalfType>) -> V
         block_dot::block_bytes(w.quant_type()),
         w.block_bytes(),
     ) {
-        // ggml's 32-value blocks: dot the inputs with the blocks as stored.
+        // ggml's 32-value blocks: the inputs rounded to 8 bits once, then integer dots with
+        // the blocks as stored (as llama.cpp decodes).
         let row_bytes = k / 32 * bb;
+        let kernel = block_dot::default_kernel();
+        let xq: Vec<_> = x
+            .chunks_exact(k)
+            .map(|xi| block_dot::Q8Input::new(xi, w.quant_type()))
+            .collect();
         let mut out = vec![0.0f32; m * n];
-        for (xi, oi) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
-            let xsum = block_dot::block_sums(xi);
-            oi.par_chunks_mut(BLOCK_ROWS_PER_TASK)
-                .enumerate()
-                .for_each(|(task, o)| {
-                    let start = task * BLOCK_ROWS_PER_TASK * row_bytes;
-                    let rows = &bytes[start..start + o.len() * row_bytes];
-                    block_dot::dot_rows(w.quant_type(), rows, xi, &xsum, o);
-                });
+        let chunk = block_rows_per_task(n, row_bytes);
+        for (xi, oi) in xq.iter().zip(out.chunks_exact_mut(n)) {
+            if chunk >= n {
+                block_dot::dot_rows(kernel, &bytes[..n * row_bytes], xi, oi);
+                continue;
+            }
+            oi.par_chunks_mut(chunk).enumerate().for_each(|(task, o)| {
+                let start = task * chunk * row_bytes;
+                let rows = &bytes[start..start + o.len() * row_bytes];
+                block_dot::dot_rows(kernel, rows, xi, o);
+            });
         }
         return out;
     }
