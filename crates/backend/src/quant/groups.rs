@@ -105,19 +105,6 @@ impl Packer {
     }
 }
 
-/// The `j`-th (scale, min) pair of a Q4_K block's 12 packed bytes (llama.cpp's
-/// `get_scale_min_k4`).
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (s[j] & 63, s[j + 4] & 63)
-    } else {
-        (
-            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
-    }
-}
-
 impl QuantizedWeight {
     /// The weight as [`Groups`] (built on the host once per device upload; transient).
     pub(crate) fn groups(&self) -> Groups {
@@ -196,7 +183,7 @@ fn ggml_groups(ty: QuantType, bytes: &[u8], elems: usize) -> Groups {
                 for chunk in 0..4 {
                     let q = &qs[chunk * 32..chunk * 32 + 32];
                     for (j, shift) in [(2 * chunk, 0), (2 * chunk + 1, 4)] {
-                        let (sc, m) = scale_min_k4(j, sm);
+                        let (sc, m) = temper_formats::quant::ggml::scale_min_k4(j, sm);
                         // The host computes `(d·sc)·q − dmin·m`; `a − b` is `a + (−b)` exactly.
                         scales.push(d * f32::from(sc));
                         offsets.push(-(dmin * f32::from(m)));

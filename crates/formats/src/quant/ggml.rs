@@ -74,7 +74,7 @@ impl BlockFormat for Q4_1 {
 /// The `j`-th (scale, min) pair of a Q4_K block: eight 6-bit pairs packed into 12 bytes
 /// (`get_scale_min_k4` in llama.cpp).
 #[inline]
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+pub fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
