@@ -6,6 +6,8 @@
 //! * [`atomic`] — write a file atomically (temporary sibling, fsync, rename), and
 //!   [`staging`] — build a directory beside its destination and rename it into place;
 //! * [`mmap`] — the one read-only memory map (and the one `unsafe` call) of the workspace;
+//! * [`safetensors`] — the layout of a safetensors file from its tensors' shapes, so writers
+//!   stream the data one tensor at a time;
 //! * [`quant`] — block-quantized weight encodings (NF4 as bitsandbytes, Q8_0 and the GGUF
 //!   blocks as ggml), each bit-exact with its peer;
 //! * [`peft`] — PEFT's `adapter_config.json` and its module matching (`target_modules`,
@@ -18,6 +20,7 @@ mod error;
 pub mod mmap;
 pub mod peft;
 pub mod quant;
+pub mod safetensors;
 pub mod staging;
 pub mod tokenizer;
 
