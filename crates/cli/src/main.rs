@@ -1,6 +1,7 @@
 //! `temper`: the command-line front end of the Temper crates.
 
 mod eval;
+mod eval_tasks;
 mod extract_lora;
 mod inspect;
 mod merge;
