@@ -4,7 +4,8 @@
 //! file format"), without burn or the `tokenizers` crate, so every crate can depend on it:
 //!
 //! * [`atomic`] — write a file atomically (temporary sibling, fsync, rename), and
-//!   [`staging`] — build a directory beside its destination and rename it into place;
+//!   [`staging`] — build a directory beside its destination and rename it into place, and
+//!   [`stale`] — remove what interrupted writers left behind;
 //! * [`mmap`] — the one read-only memory map (and the one `unsafe` call) of the workspace;
 //! * [`quant`] — block-quantized weight encodings (NF4 as bitsandbytes, Q8_0 and the GGUF
 //!   blocks as ggml), each bit-exact with its peer;
@@ -18,6 +19,7 @@ mod error;
 pub mod mmap;
 pub mod peft;
 pub mod quant;
+pub mod stale;
 pub mod staging;
 pub mod tokenizer;
 
@@ -25,3 +27,4 @@ pub use atomic::{AtomicFile, write_atomic};
 pub use error::{FormatsError, Result};
 pub use mmap::{Mmap, map_file};
 pub use staging::StagingDir;
+pub use stale::{Sweep, sweep_stale_temps};
