@@ -19,12 +19,12 @@ mod error;
 pub mod mmap;
 pub mod peft;
 pub mod quant;
-pub mod stale;
 pub mod staging;
+pub mod stale;
 pub mod tokenizer;
 
 pub use atomic::{AtomicFile, write_atomic};
 pub use error::{FormatsError, Result};
 pub use mmap::{Mmap, map_file};
-pub use staging::StagingDir;
+pub use staging::{StagingDir, check_output_dir};
 pub use stale::{Sweep, sweep_stale_temps};

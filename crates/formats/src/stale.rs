@@ -49,7 +49,9 @@ pub fn temp_owner(file_name: &str) -> Option<u32> {
             .flatten();
     }
     let (step, pid) = rest.strip_prefix("checkpoint-")?.split_once(".tmp-")?;
-    (digits(step) && digits(pid)).then(|| pid.parse().ok()).flatten()
+    (digits(step) && digits(pid))
+        .then(|| pid.parse().ok())
+        .flatten()
 }
 
 /// Whether process `pid` is running: `Some(false)` only when that is certain.
@@ -134,7 +136,9 @@ pub fn sweep_once(target: &Path) {
     // An absolute key, so `out` and `./out` are one directory; unresolvable: swept each time.
     let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     {
-        let mut swept = SWEPT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut swept = SWEPT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !swept.get_or_insert_with(HashSet::new).insert(key) {
             return;
         }
