@@ -4,7 +4,8 @@
 //! file format"), without burn or the `tokenizers` crate, so every crate can depend on it:
 //!
 //! * [`atomic`] — write a file atomically (temporary sibling, fsync, rename), and
-//!   [`staging`] — build a directory beside its destination and rename it into place;
+//!   [`staging`] — build a directory beside its destination and rename it into place, and
+//!   [`stale`] — remove what interrupted writers left behind;
 //! * [`mmap`] — the one read-only memory map (and the one `unsafe` call) of the workspace;
 //! * [`safetensors`] — the layout of a safetensors file from its tensors' shapes, so writers
 //!   stream the data one tensor at a time;
@@ -22,9 +23,11 @@ pub mod peft;
 pub mod quant;
 pub mod safetensors;
 pub mod staging;
+pub mod stale;
 pub mod tokenizer;
 
 pub use atomic::{AtomicFile, write_atomic};
 pub use error::{FormatsError, Result};
 pub use mmap::{Mmap, map_file};
-pub use staging::StagingDir;
+pub use staging::{StagingDir, check_output_dir};
+pub use stale::{Sweep, sweep_stale_temps};
