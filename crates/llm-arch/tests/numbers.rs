@@ -76,7 +76,6 @@ fn out_of_range_config_numbers_name_the_key_and_range() {
         ("rope_theta", json!(-10000.0), "> 0"),
         ("vocab_size", json!(0), "≥ 1"),
         ("intermediate_size", json!(0), "≥ 1"),
-        ("num_hidden_layers", json!(0), "≥ 1"),
         ("max_position_embeddings", json!(0), "≥ 1"),
     ] {
         let err = config_err(|v| v[key] = value.clone());

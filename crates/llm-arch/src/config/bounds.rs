@@ -49,11 +49,12 @@ impl ModelConfig {
     /// # Errors
     /// [`Error::InvalidConfig`] naming the key and its allowed range.
     pub fn validate(&self, origin: &Path) -> Result<()> {
+        // `num_hidden_layers` may be 0: embedding, norm and head alone still run (HF allows
+        // it, and the trainer's stand-in model is one).
         for (key, value) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
             ("num_key_value_heads", self.num_key_value_heads),
             ("max_position_embeddings", self.max_position_embeddings),
