@@ -6,7 +6,10 @@
 //! {"type": "short", "question": "...", "answer": "keratin", "aliases": ["alpha-keratin"]}
 //! ```
 //! `id` and `category` are optional; a missing id becomes `line{N}`. Blank lines are skipped.
+//! Ids must be unique (records and paired comparisons are keyed by them), and a file without
+//! a question is an error rather than a `0.0 ± 0.0` score.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -111,9 +114,12 @@ impl Question {
 /// Parse JSONL text; `path` only names the source in errors.
 ///
 /// # Errors
-/// [`EvalError::Malformed`] naming the file and 1-based line of the first bad line.
+/// [`EvalError::Malformed`] naming the file and 1-based line of the first bad line (a second
+/// use of an id names the line of the first); [`EvalError::NoQuestions`] for a file with none.
 pub fn parse_questions(text: &str, path: &Path) -> Result<Vec<Question>> {
     let mut out = Vec::new();
+    // id → the line it was first used on.
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         if line.trim().is_empty() {
@@ -129,7 +135,18 @@ pub fn parse_questions(text: &str, path: &Path) -> Result<Vec<Question>> {
         if q.id.is_empty() {
             q.id = format!("line{n}");
         }
+        if let Some(first) = seen.insert(q.id.clone(), n) {
+            return Err(malformed(format!(
+                "duplicate id `{}` (first used on line {first}; ids must be unique)",
+                q.id
+            )));
+        }
         out.push(q);
+    }
+    if out.is_empty() {
+        return Err(EvalError::NoQuestions {
+            path: path.to_path_buf(),
+        });
     }
     Ok(out)
 }
@@ -180,6 +197,43 @@ mod tests {
         let line = serde_json::to_string(&qs[0]).map_err(|e| EvalError::Invalid(e.to_string()))?;
         assert_eq!(parse_questions(&line, Path::new("x"))?[0], qs[0]);
         Ok(())
+    }
+
+    #[test]
+    fn duplicate_ids_name_the_id_and_both_lines() {
+        let text = "{\"id\": \"q1\", \"type\": \"tf\", \"question\": \"A\", \"answer\": true}\n\n\
+                    {\"id\": \"q2\", \"type\": \"tf\", \"question\": \"B\", \"answer\": true}\n\
+                    {\"id\": \"q1\", \"type\": \"tf\", \"question\": \"C\", \"answer\": false}\n";
+        let msg = parse_questions(text, Path::new("b.jsonl"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            msg,
+            "b.jsonl:4: duplicate id `q1` (first used on line 1; ids must be unique)"
+        );
+        // An explicit id that collides with a generated `line{N}` is caught too.
+        let text = "{\"type\": \"tf\", \"question\": \"A\", \"answer\": true}\n\
+                    {\"id\": \"line1\", \"type\": \"tf\", \"question\": \"B\", \"answer\": true}\n";
+        let msg = parse_questions(text, Path::new("b.jsonl"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.starts_with("b.jsonl:2: duplicate id `line1`"), "{msg}");
+    }
+
+    #[test]
+    fn an_empty_benchmark_is_an_error() {
+        for text in ["", "\n  \n\n"] {
+            let msg = parse_questions(text, Path::new("empty.jsonl"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                msg.starts_with("empty.jsonl: no questions"),
+                "{text:?}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod config;
 mod error;
+mod finite;
 pub mod gguf;
 pub mod llama;
 pub mod projection;

@@ -221,4 +221,18 @@ pub enum GgufError {
         name: String,
         n_elements: u64,
     },
+
+    /// A NaN or infinite value in a tensor (or in the scale of one of its quantized blocks,
+    /// which makes the whole block so); `index` is the first bad element in file order.
+    #[error(
+        "{path}: tensor `{name}` holds {value} at element {index}{what} (weights must be finite)"
+    )]
+    NonFiniteTensor {
+        path: String,
+        name: String,
+        index: usize,
+        value: f32,
+        /// Empty, or " (the scale of its quantized block)".
+        what: &'static str,
+    },
 }
