@@ -79,6 +79,7 @@ impl Preprocessor {
     /// # Errors
     /// No EOS token, special tokens not in the vocabulary, a bad template.
     pub fn from_bundle(bundle: TokenizerBundle) -> Result<Self> {
+        let template_origin = bundle.chat_template_origin();
         let TokenizerBundle {
             tokenizer,
             bos_token,
@@ -107,7 +108,11 @@ impl Preprocessor {
         };
         let bos = bos_token.unwrap_or_default();
         match chat_template {
-            Some(t) => p.with_chat_template(&t, &bos),
+            Some(t) => {
+                let mut p = p.with_chat_template(&t, &bos)?;
+                p.chat = p.chat.map(|c| c.with_origin(&template_origin));
+                Ok(p)
+            }
             None => Ok(p),
         }
     }
