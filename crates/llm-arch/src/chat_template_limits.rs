@@ -45,6 +45,8 @@ const ADD: &str = "__temper_add";
 const MUL: &str = "__temper_mul";
 const CONCAT: &str = "__temper_concat";
 
+/// Bytes counted per list item or map entry (the size of a `Value`).
+const ITEM_BYTES: u64 = 24;
 /// Depth to which nested lists and maps are measured; deeper values count as over the limit.
 const MEASURE_DEPTH: usize = 32;
 
@@ -220,14 +222,17 @@ pub fn install(env: &mut minijinja::Environment<'static>) {
 /// The limit it broke.
 pub fn account(value: Value) -> Result<Value, JinjaError> {
     precheck("an operation", measure(&value))?;
-    // What the value newly holds: a string's bytes; a list's item slots (its strings are
-    // shared with the operands, not copied).
-    let held = match value.as_str() {
-        Some(s) => s.len() as u64,
-        None => 24 * value.len().unwrap_or(1) as u64,
-    };
-    charge(held)?;
+    charge(held(&value))?;
     Ok(value)
+}
+
+/// What a freshly built value newly holds: a string's bytes; a list's item slots (its strings
+/// are shared with the operands, not copied).
+fn held(value: &Value) -> u64 {
+    match value.as_str() {
+        Some(s) => s.len() as u64,
+        None => ITEM_BYTES.saturating_mul(value.len().unwrap_or(1) as u64),
+    }
 }
 
 /// Refuse a call whose result would be over [`MAX_VALUE_BYTES`] (`bound` is its size bound).
@@ -236,8 +241,13 @@ pub fn account(value: Value) -> Result<Value, JinjaError> {
 /// The limit it broke.
 pub fn precheck(what: &str, bound: u64) -> Result<(), JinjaError> {
     if bound > MAX_VALUE_BYTES {
+        let size = if bound == u64::MAX {
+            "too large or deep a value".to_string()
+        } else {
+            format!("a value of {bound} bytes")
+        };
         return Err(limit_error(format!(
-            "{what} would build a value of {bound} bytes, over the limit of {MAX_VALUE_BYTES}"
+            "{what} would build {size}, over the limit of {MAX_VALUE_BYTES} bytes"
         )));
     }
     Ok(())
@@ -270,7 +280,9 @@ fn checked(
     // The operator itself is minijinja's: evaluate it on the checked operands.
     let compiled = state.env().compile_expression(expr)?;
     let result = compiled.eval(minijinja::context! { a => a, b => b })?;
-    account(result)
+    // `bound` already covers the result's measure; only its new memory is charged.
+    charge(held(&result))?;
+    Ok(result)
 }
 
 fn is_number(v: &Value) -> bool {
@@ -301,12 +313,18 @@ fn measure_into(value: &Value, depth: usize, total: &mut u64) {
             *total = total.saturating_add(len as u64);
         }
         ValueKind::Seq | ValueKind::Iterable | ValueKind::Map => {
+            // A long list is over the limit by its item count alone; do not walk it.
+            let slots = ITEM_BYTES.saturating_mul(value.len().unwrap_or(0) as u64);
+            if total.saturating_add(slots) > MAX_VALUE_BYTES {
+                *total = u64::MAX;
+                return;
+            }
             let Ok(items) = value.try_iter() else {
                 return;
             };
             let is_map = value.kind() == ValueKind::Map;
             for item in items {
-                *total = total.saturating_add(8);
+                *total = total.saturating_add(ITEM_BYTES);
                 if is_map {
                     if let Ok(v) = value.get_item(&item) {
                         measure_into(&v, depth + 1, total);
@@ -318,7 +336,7 @@ fn measure_into(value: &Value, depth: usize, total: &mut u64) {
                 }
             }
         }
-        _ => *total = total.saturating_add(8),
+        _ => *total = total.saturating_add(ITEM_BYTES),
     }
 }
 
