@@ -254,11 +254,21 @@ mod tests {
         let good = r#"{"type":"tf","question":"q","answer":true}"#;
         let mut bytes = format!("{good}\n{good}\n").into_bytes();
         bytes.extend_from_slice(b"{\"type\":\"tf\",\"question\":\"\xff\"}\n");
-        let err = parse_question_lines(&bytes[..], path).unwrap_err().to_string();
-        assert!(err.contains("bench.jsonl:3") && err.contains("UTF-8"), "{err}");
+        let err = parse_question_lines(&bytes[..], path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bench.jsonl:3") && err.contains("UTF-8"),
+            "{err}"
+        );
         let mut bytes = format!("{good}\n").into_bytes();
         bytes.extend(std::iter::repeat_n(b' ', MAX_QUESTION_LINE_BYTES + 1));
-        let err = parse_question_lines(&bytes[..], path).unwrap_err().to_string();
-        assert!(err.contains("bench.jsonl:2") && err.contains("over the limit"), "{err}");
+        let err = parse_question_lines(&bytes[..], path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bench.jsonl:2") && err.contains("over the limit"),
+            "{err}"
+        );
     }
 }

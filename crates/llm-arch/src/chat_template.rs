@@ -134,13 +134,11 @@ impl ChatTemplate {
             .map_err(|e| {
                 let hit_fuel = e.kind() == ErrorKind::OutOfFuel;
                 let mut err = fail(e);
-                if hit_fuel {
-                    if let Error::Template(m) = &mut err {
-                        m.push_str(&format!(
-                            " (the limit is {} template steps per render)",
-                            self.env.fuel().unwrap_or(0)
-                        ));
-                    }
+                if hit_fuel && let Error::Template(m) = &mut err {
+                    m.push_str(&format!(
+                        " (the limit is {} template steps per render)",
+                        self.env.fuel().unwrap_or(0)
+                    ));
                 }
                 err
             })?;
@@ -156,12 +154,8 @@ type Compiled<'s> = (
 /// Parse and compile `source` as minijinja's `Environment` would (default syntax and
 /// whitespace).
 fn compile(source: &str) -> std::result::Result<Compiled<'_>, JinjaError> {
-    let ast = minijinja::machinery::parse(
-        source,
-        "chat",
-        SyntaxConfig::default(),
-        WhitespaceConfig::default(),
-    )?;
+    let ast =
+        minijinja::machinery::parse(source, "chat", SyntaxConfig, WhitespaceConfig::default())?;
     let mut generator = CodeGenerator::new("chat", source);
     generator.compile_stmt(&ast);
     Ok(generator.finish())
@@ -171,12 +165,9 @@ fn compile(source: &str) -> std::result::Result<Compiled<'_>, JinjaError> {
 /// counted); the whole source when it does not tokenize (compiling reports that error).
 fn longest_literal(source: &str) -> usize {
     let mut longest = 0;
-    for token in minijinja::machinery::tokenize(
-        source,
-        false,
-        SyntaxConfig::default(),
-        WhitespaceConfig::default(),
-    ) {
+    for token in
+        minijinja::machinery::tokenize(source, false, SyntaxConfig, WhitespaceConfig::default())
+    {
         match token {
             Ok((Token::TemplateData(text), _)) => longest = longest.max(text.len()),
             Ok(_) => {}

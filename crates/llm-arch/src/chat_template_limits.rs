@@ -122,13 +122,16 @@ fn builtin_filter(name: &str) -> Option<Value> {
         "pprint" => Value::from_function(f::pprint),
         "format" => Value::from_function(f::format),
         "tojson" => Value::from_function(f::tojson),
-        
+
         _ => return None,
     })
 }
 
 const FILTERS: &[&str] = &[
-    "lower", "upper", "title", "replace", "dictsort", "items", "reverse", "trim", "join", "split", "lines", "default", "attr", "first", "last", "min", "max", "sort", "list", "string", "batch", "slice", "sum", "indent", "select", "reject", "map", "groupby", "unique", "chain", "zip", "pprint", "format", "tojson",
+    "lower", "upper", "title", "replace", "dictsort", "items", "reverse", "trim", "join", "split",
+    "lines", "default", "attr", "first", "last", "min", "max", "sort", "list", "string", "batch",
+    "slice", "sum", "indent", "select", "reject", "map", "groupby", "unique", "chain", "zip",
+    "pprint", "format", "tojson",
 ];
 
 /// An upper bound on what filter or method `name` builds from `args` (receiver first), for the
@@ -150,7 +153,12 @@ pub fn amplified_bound(name: &str, args: &[Value]) -> Option<u64> {
         // Width per line, or a fill to a width.
         "indent" | "center" | "ljust" | "rjust" | "zfill" | "expandtabs" => {
             let lines = input.saturating_add(1);
-            let width = args.iter().skip(1).filter_map(Value::as_usize).max().unwrap_or(8) as u64;
+            let width = args
+                .iter()
+                .skip(1)
+                .filter_map(Value::as_usize)
+                .max()
+                .unwrap_or(8) as u64;
             Some(input.saturating_add(lines.saturating_mul(width.max(8))))
         }
         // Each placeholder (two bytes of the format string at least) may print any argument.
@@ -161,7 +169,11 @@ pub fn amplified_bound(name: &str, args: &[Value]) -> Option<u64> {
         // Indentation repeated on every line, one line per item at most.
         "tojson" | "pprint" => {
             let indent = num(1).max(8);
-            Some(input.saturating_mul(8).saturating_mul(indent.saturating_add(1)))
+            Some(
+                input
+                    .saturating_mul(8)
+                    .saturating_mul(indent.saturating_add(1)),
+            )
         }
         _ => None,
     }
@@ -173,12 +185,15 @@ pub fn install(env: &mut minijinja::Environment<'static>) {
         let Some(original) = builtin_filter(name) else {
             continue;
         };
-        env.add_filter(name, move |state: &State<'_, '_>, args: minijinja::value::Rest<Value>| {
-            if let Some(bound) = amplified_bound(name, &args) {
-                precheck(&format!("filter `{name}`"), bound)?;
-            }
-            account(original.call(state, &args)?)
-        });
+        env.add_filter(
+            name,
+            move |state: &State<'_, '_>, args: minijinja::value::Rest<Value>| {
+                if let Some(bound) = amplified_bound(name, &args) {
+                    precheck(&format!("filter `{name}`"), bound)?;
+                }
+                account(original.call(state, &args)?)
+            },
+        );
     }
     env.add_function(ADD, |state: &State<'_, '_>, a: Value, b: Value| {
         let bound = measure(&a).saturating_add(measure(&b));
@@ -199,21 +214,23 @@ pub fn install(env: &mut minijinja::Environment<'static>) {
         let bound = measure(&a).saturating_add(measure(&b));
         checked(state, "~", bound, "a ~ b", a, b)
     });
-    env.set_formatter(|out: &mut Output<'_>, state: &State<'_, '_>, value: &Value| {
-        let len = measure(value);
-        let total = SPENT.with(|s| {
-            let (built, output) = s.get();
-            let output = output.saturating_add(len);
-            s.set((built, output));
-            output
-        });
-        if total > MAX_OUTPUT_BYTES {
-            return Err(limit_error(format!(
-                "rendered output exceeds {MAX_OUTPUT_BYTES} bytes"
-            )));
-        }
-        minijinja::escape_formatter(out, state, value)
-    });
+    env.set_formatter(
+        |out: &mut Output<'_>, state: &State<'_, '_>, value: &Value| {
+            let len = measure(value);
+            let total = SPENT.with(|s| {
+                let (built, output) = s.get();
+                let output = output.saturating_add(len);
+                s.set((built, output));
+                output
+            });
+            if total > MAX_OUTPUT_BYTES {
+                return Err(limit_error(format!(
+                    "rendered output exceeds {MAX_OUTPUT_BYTES} bytes"
+                )));
+            }
+            minijinja::escape_formatter(out, state, value)
+        },
+    );
 }
 
 /// Account a value built by a filter or method: refuse it if it is over the limits.
@@ -325,10 +342,8 @@ fn measure_into(value: &Value, depth: usize, total: &mut u64) {
             let is_map = value.kind() == ValueKind::Map;
             for item in items {
                 *total = total.saturating_add(ITEM_BYTES);
-                if is_map {
-                    if let Ok(v) = value.get_item(&item) {
-                        measure_into(&v, depth + 1, total);
-                    }
+                if is_map && let Ok(v) = value.get_item(&item) {
+                    measure_into(&v, depth + 1, total);
                 }
                 measure_into(&item, depth + 1, total);
                 if *total > MAX_VALUE_BYTES {

@@ -24,7 +24,10 @@ fn doubling_concat_is_refused() {
     let err = render_err(
         "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
     );
-    assert!(err.contains("operator `~`") && err.contains("over the limit"), "{err}");
+    assert!(
+        err.contains("operator `~`") && err.contains("over the limit"),
+        "{err}"
+    );
     let err = render_err(
         "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
     );
@@ -70,12 +73,14 @@ fn deep_macro_recursion_is_refused() {
 /// A 1 MB string printed 1000 times is 1 GB of output: stops at the output limit.
 #[test]
 fn output_is_capped() {
-    let err = render_err(
-        "{% set s = 'x' * 1000000 %}{% for i in range(1000) %}{{ s }}{% endfor %}",
-    );
+    let err =
+        render_err("{% set s = 'x' * 1000000 %}{% for i in range(1000) %}{{ s }}{% endfor %}");
     assert!(err.contains("rendered output exceeds"), "{err}");
     // Literal text cannot be counted per emit: a 1 MB literal chunk lowers the fuel.
-    let src = format!("{{% for i in range(100000) %}}{}{{% endfor %}}", "y".repeat(1 << 20));
+    let src = format!(
+        "{{% for i in range(100000) %}}{}{{% endfor %}}",
+        "y".repeat(1 << 20)
+    );
     assert!(render_err(&src).contains("template steps"));
 }
 

@@ -448,19 +448,30 @@ fn amplifying_metadata_arrays_are_refused() {
     let big = GgufBuilder::new(3)
         .kv_raw("general.big", 9, u8_array(64 << 20))
         .build();
-    let err = GgufFile::from_bytes(big, "big.gguf").unwrap_err().to_string();
+    let err = GgufFile::from_bytes(big, "big.gguf")
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("big.gguf") && err.contains("`general.big`") && err.contains("limit"),
         "{err}"
     );
     let charsmap = GgufBuilder::new(3)
-        .kv_raw("tokenizer.ggml.precompiled_charsmap", 9, u8_array(300 << 10))
+        .kv_raw(
+            "tokenizer.ggml.precompiled_charsmap",
+            9,
+            u8_array(300 << 10),
+        )
         .kv_str_array("tokenizer.ggml.tokens", &["a"; 100_000])
         .build();
     let file = GgufFile::from_bytes(charsmap, "ok.gguf").unwrap();
     assert_eq!(
-        file.get_array("tokenizer.ggml.precompiled_charsmap").unwrap().len(),
+        file.get_array("tokenizer.ggml.precompiled_charsmap")
+            .unwrap()
+            .len(),
         300 << 10
     );
-    assert_eq!(file.get_array("tokenizer.ggml.tokens").unwrap().len(), 100_000);
+    assert_eq!(
+        file.get_array("tokenizer.ggml.tokens").unwrap().len(),
+        100_000
+    );
 }

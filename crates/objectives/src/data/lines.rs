@@ -132,6 +132,9 @@ mod tests {
             Some((1, Line::TooLong { len: 10 << 20 }))
         );
         assert!(lines.buf.capacity() < 64 * 1024, "{}", lines.buf.capacity());
-        assert_eq!(lines.next_line().unwrap(), Some((2, Line::Text("ok".into()))));
+        assert_eq!(
+            lines.next_line().unwrap(),
+            Some((2, Line::Text("ok".into())))
+        );
     }
 }

@@ -7,9 +7,7 @@ use super::example::{Document, PreferenceRow, SftRow, UnpairedRow};
 use super::jsonl::{DEFAULT_MAX_LINE_BYTES, ReadOptions, first_lines, read_jsonl};
 use super::pack::{PackOptions, PackedBlock, pack_documents};
 use super::preprocessor::Preprocessor;
-use super::tokenize::{
-    PreferenceTokens, SftOptions, SftTokens, UnpairedTokens, text_byte_bound,
-};
+use super::tokenize::{PreferenceTokens, SftOptions, SftTokens, UnpairedTokens, text_byte_bound};
 use crate::objective::RowKind;
 use crate::{ObjectiveError, Result};
 
@@ -220,7 +218,10 @@ pub fn line_byte_bound(kind: RowKind, max_length: Option<usize>) -> usize {
 
 /// The file lines of the rows at `indices`.
 fn lines_of(indices: &[usize], row_lines: &[usize]) -> Vec<usize> {
-    indices.iter().filter_map(|&i| row_lines.get(i).copied()).collect()
+    indices
+        .iter()
+        .filter_map(|&i| row_lines.get(i).copied())
+        .collect()
 }
 
 #[cfg(test)]
@@ -267,7 +268,9 @@ mod tests {
     fn long_rows_keep_their_first_tokens() {
         let long_text = format!("the sky is {}", "blue ".repeat(40_000));
         assert!(long_text.len() > text_byte_bound(8));
-        let line = serde_json::json!({"text": long_text}).to_string().into_bytes();
+        let line = serde_json::json!({"text": long_text})
+            .to_string()
+            .into_bytes();
         let f = file(&[line]);
         let opts = RowOptions {
             completion_only_loss: false,
@@ -297,8 +300,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no usable"), "{err}");
-        assert!(err.contains("2 row(s) too long") && err.contains("first lines: 1, 4"), "{err}");
-        assert!(err.contains(&format!("1 line(s) over {cap} bytes (first: 3)")), "{err}");
+        assert!(
+            err.contains("2 row(s) too long") && err.contains("first lines: 1, 4"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("1 line(s) over {cap} bytes (first: 3)")),
+            "{err}"
+        );
         assert!(err.contains("1 blank"), "{err}");
     }
 }
