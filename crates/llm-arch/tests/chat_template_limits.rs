@@ -122,3 +122,33 @@ fn real_templates_render_long_conversations() {
         assert!(out.contains("message number 19999"));
     }
 }
+
+/// A hostile template in a model folder's `tokenizer_config.json`: the render error names that
+/// file.
+#[test]
+fn errors_name_the_tokenizer_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        r#"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": null,
+            "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "unk_token": "a", "vocab": {"a": 0, "b": 1}}}"#,
+    )
+    .unwrap();
+    let template =
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        serde_json::json!({"eos_token": "b", "chat_template": template}).to_string(),
+    )
+    .unwrap();
+    let bundle = temper_llm_arch::TokenizerBundle::from_hf_dir(dir.path()).unwrap();
+    let t = bundle.compile_chat_template().unwrap().unwrap();
+    let err = t
+        .render(&[ChatMessage::new("user", "hi")], true)
+        .unwrap_err()
+        .to_string();
+    let config = dir.path().join("tokenizer_config.json");
+    assert!(err.contains(&config.display().to_string()), "{err}");
+    assert!(err.contains("template steps"), "{err}");
+}
