@@ -22,6 +22,7 @@ pub use error::{Error, Result};
 pub use llama::{ForwardOptions, LlamaForCausalLM};
 pub use projection::{LoraAdapter, Projection};
 pub mod chat_template;
+mod chat_template_limits;
 pub mod checkpoint;
 mod save;
 pub mod tokenizer;
