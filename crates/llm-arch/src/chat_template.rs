@@ -32,34 +32,33 @@ impl ChatMessage {
 /// A compiled chat template plus the special tokens it may reference.
 #[derive(Debug)]
 pub struct ChatTemplate {
-    env: Environment<'static>,
-    source: String,
-    /// Where the template came from, for errors ("`DIR/tokenizer_config.json`", "GGUF
-    /// tokenizer.chat_template in `FILE`").
-    origin: String,
+    template: BoundedTemplate,
     bos_token: String,
     eos_token: String,
 }
 
-fn raise_exception(message: String) -> std::result::Result<String, JinjaError> {
-    Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+/// A Jinja template rendered within the limits (steps, recursion, value and output sizes:
+/// [`crate::chat_template_limits`]) with CPython's string methods and lists' `.index()` —
+/// the chat templates' engine, for other templates a user downloads (lm-eval task prompts).
+#[derive(Debug)]
+pub struct BoundedTemplate {
+    env: Environment<'static>,
+    source: String,
+    origin: String,
 }
 
-impl ChatTemplate {
-    /// Compile `source`; render errors name where it came from once [`Self::with_origin`]
-    /// has said so.
+impl BoundedTemplate {
+    /// Compile `source`; `origin` names it in errors (a file, a YAML key).
     ///
     /// # Errors
-    /// [`Error::Template`] with minijinja's syntax error, or a template that uses the names
-    /// reserved for the limit checks.
-    pub fn new(
-        source: impl Into<String>,
-        bos_token: impl Into<String>,
-        eos_token: impl Into<String>,
-    ) -> Result<Self> {
+    /// [`Error::Template`] with the syntax error, or a name reserved for the checks.
+    pub fn new(source: impl Into<String>, origin: impl Into<String>) -> Result<Self> {
         let source = source.into();
-        let origin = String::new();
-        let fail = Error::Template;
+        let origin = origin.into();
+        let fail = |m: String| match origin.as_str() {
+            "" => Error::Template(m),
+            o => Error::Template(format!("{o}: {m}")),
+        };
         if source.contains(limits::RESERVED_PREFIX) {
             return Err(fail(format!(
                 "names starting with `{}` are reserved",
@@ -79,20 +78,26 @@ impl ChatTemplate {
             env,
             source,
             origin,
-            bos_token: bos_token.into(),
-            eos_token: eos_token.into(),
         })
     }
 
-    /// Name where the template came from (a `tokenizer_config.json` path, "GGUF
-    /// tokenizer.chat_template in FILE"); render errors start with it.
-    #[must_use]
-    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
-        self.origin = origin.into();
-        self
+    /// The environment, to register more filters or functions. What they build is not
+    /// checked against the limits unless they bound it themselves
+    /// ([`BoundedTemplate::check_size`]).
+    pub fn environment_mut(&mut self) -> &mut Environment<'static> {
+        &mut self.env
     }
 
-    /// Where the template came from (empty when unknown).
+    /// Refuse a value of `bytes` bytes over the limit of one value (for filters registered
+    /// through [`BoundedTemplate::environment_mut`]).
+    ///
+    /// # Errors
+    /// The limit, as a template error.
+    pub fn check_size(what: &str, bytes: u64) -> std::result::Result<(), JinjaError> {
+        limits::precheck(what, bytes)
+    }
+
+    /// Where the template came from.
     pub fn origin(&self) -> &str {
         &self.origin
     }
@@ -102,25 +107,18 @@ impl ChatTemplate {
         &self.source
     }
 
-    /// Render `messages`; with `add_generation_prompt` the assistant turn header is appended.
+    /// Render with `root` as the context.
     ///
     /// # Errors
-    /// [`Error::Template`] naming the template's origin, for render errors (the template's
-    /// own `raise_exception` included) and for a render that runs past the limits (steps,
-    /// recursion, size of a value or of the output).
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    /// [`Error::Template`] naming the origin, for render errors and for a render that runs
+    /// past the limits.
+    pub fn render(&self, root: Value) -> Result<String> {
         let fail = |e: JinjaError| match self.origin.as_str() {
             "" => Error::Template(format!("{e:#}")),
             origin => Error::Template(format!("{origin}: {e:#}")),
         };
         let (mut instructions, blocks) = compile(&self.source).map_err(fail)?;
         limits::rewrite(&mut instructions);
-        let root = Value::from_serialize(context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token,
-            eos_token => self.eos_token,
-        });
         let mut rendered = String::new();
         limits::start_render();
         Vm::new(&self.env)
@@ -143,6 +141,61 @@ impl ChatTemplate {
                 err
             })?;
         Ok(rendered)
+    }
+}
+
+fn raise_exception(message: String) -> std::result::Result<String, JinjaError> {
+    Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+}
+
+impl ChatTemplate {
+    /// Compile `source`; render errors name where it came from once [`Self::with_origin`]
+    /// has said so.
+    ///
+    /// # Errors
+    /// [`Error::Template`] with minijinja's syntax error, or a template that uses the names
+    /// reserved for the limit checks.
+    pub fn new(
+        source: impl Into<String>,
+        bos_token: impl Into<String>,
+        eos_token: impl Into<String>,
+    ) -> Result<Self> {
+        Ok(Self {
+            template: BoundedTemplate::new(source, "")?,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
+    }
+
+    #[must_use]
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.template.origin = origin.into();
+        self
+    }
+
+    /// Where the template came from (empty when unknown).
+    pub fn origin(&self) -> &str {
+        self.template.origin()
+    }
+
+    /// The Jinja source.
+    pub fn source(&self) -> &str {
+        self.template.source()
+    }
+
+    /// Render `messages`; with `add_generation_prompt` the assistant turn header is appended.
+    ///
+    /// # Errors
+    /// [`Error::Template`] naming the template's origin, for render errors (the template's
+    /// own `raise_exception` included) and for a render that runs past the limits (steps,
+    /// recursion, size of a value or of the output).
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.template.render(Value::from_serialize(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        }))
     }
 }
 
@@ -184,6 +237,22 @@ fn checked_method(
     method: &str,
     args: &[Value],
 ) -> std::result::Result<Value, JinjaError> {
+    if method == "index" && value.kind() == minijinja::value::ValueKind::Seq {
+        // Python's `list.index(x)` (lm-eval's `choices.label.index(answerKey)`).
+        let [needle] = args else {
+            return Err(JinjaError::new(
+                ErrorKind::InvalidOperation,
+                "list.index takes one argument",
+            ));
+        };
+        return value
+            .try_iter()?
+            .position(|item| &item == needle)
+            .map(Value::from)
+            .ok_or_else(|| {
+                JinjaError::new(ErrorKind::InvalidOperation, format!("{needle} is not in list"))
+            });
+    }
     let mut all = Vec::with_capacity(args.len() + 1);
     all.push(value.clone());
     all.extend_from_slice(args);

@@ -27,7 +27,7 @@ pub mod checkpoint;
 mod save;
 pub mod tokenizer;
 
-pub use chat_template::{ChatMessage, ChatTemplate};
+pub use chat_template::{BoundedTemplate, ChatMessage, ChatTemplate};
 pub use tokenizer::Tokenizer;
 pub mod pretrained;
 pub mod tokenizer_bundle;

@@ -190,7 +190,8 @@ impl Trainer {
                 let steps = ((config.num_train_epochs * nb as f64).ceil()
                     / config.gradient_accumulation_steps as f64)
                     .ceil();
-                if !(steps <= MAX_STEPS as f64) {
+                // Written so that a NaN step count is refused too.
+                if steps.is_nan() || steps > MAX_STEPS as f64 {
                     return Err(TrainError::Config(format!(
                         "num_train_epochs {:?} over {nb} micro-batches an epoch gives {steps:?} \
                          optimizer steps (at most {MAX_STEPS})",
@@ -351,8 +352,7 @@ impl Trainer {
         // Each optimizer step consumes at most `gradient_accumulation_steps` micro-batches.
         let max_position = s
             .step
-            .checked_mul(self.config.gradient_accumulation_steps)
-            .unwrap_or(usize::MAX);
+            .saturating_mul(self.config.gradient_accumulation_steps);
         if s.next_micro_batch > max_position {
             return Err(TrainError::Checkpoint {
                 path: dir.to_path_buf(),
