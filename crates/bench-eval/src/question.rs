@@ -140,7 +140,7 @@ pub fn parse_questions(text: &str, path: &Path) -> Result<Vec<Question>> {
 /// I/O errors and [`EvalError::Malformed`] lines.
 pub fn load_questions(path: impl AsRef<Path>) -> Result<Vec<Question>> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
+    let text = temper_formats::read_regular_to_string(path).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
         source,
     })?;

@@ -91,7 +91,7 @@ impl Progress for Bar {
 
 /// Run `temper merge`.
 pub fn run(args: MergeArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.config)
+    let text = temper_formats::read_regular_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let config = MergeConfig::from_yaml(&text, &args.config.display().to_string())?;
     let options = MergeOptions {

@@ -5,7 +5,9 @@
 //!
 //! * [`atomic`] — write a file atomically (temporary sibling, fsync, rename), and
 //!   [`staging`] — build a directory beside its destination and rename it into place;
-//! * [`mmap`] — the one read-only memory map (and the one `unsafe` call) of the workspace;
+//! * [`mmap`] — the one read-only memory map (and the one `unsafe` call) of the workspace,
+//!   and [`regular`] — open only regular files (a FIFO or a device would block or never end);
+//! * [`safetensors`] — the safetensors header and shard index, checked naming the tensor;
 //! * [`quant`] — block-quantized weight encodings (NF4 as bitsandbytes, Q8_0 and the GGUF
 //!   blocks as ggml), each bit-exact with its peer;
 //! * [`peft`] — PEFT's `adapter_config.json` and its module matching (`target_modules`,
@@ -18,10 +20,13 @@ mod error;
 pub mod mmap;
 pub mod peft;
 pub mod quant;
+pub mod regular;
+pub mod safetensors;
 pub mod staging;
 pub mod tokenizer;
 
 pub use atomic::{AtomicFile, write_atomic};
 pub use error::{FormatsError, Result};
 pub use mmap::{Mmap, map_file};
+pub use regular::{open_regular, read_regular, read_regular_to_string};
 pub use staging::StagingDir;

@@ -205,7 +205,8 @@ impl Adapter {
             };
             return Err(MergeError::checkpoint(dir, msg));
         }
-        let bytes = std::fs::read(&weights_path).map_err(|e| MergeError::io(&weights_path, e))?;
+        let bytes = temper_formats::read_regular(&weights_path)
+            .map_err(|e| MergeError::io(&weights_path, e))?;
         let (modules, saved) = {
             let st = SafeTensors::deserialize(&bytes).map_err(|e| {
                 MergeError::checkpoint(&weights_path, format!("invalid safetensors: {e}"))
