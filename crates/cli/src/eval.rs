@@ -52,7 +52,7 @@ fn parse_mode(s: &str) -> Result<EvalMode, String> {
     }
 }
 
-fn print_summary(name: &str, s: &Summary) {
+fn print_summary(name: &str, s: &Summary) -> std::io::Result<()> {
     outln!(
         "{name:9} {:.4} ± {:.4}  (n = {})",
         s.overall.accuracy,
@@ -67,6 +67,7 @@ fn print_summary(name: &str, s: &Summary) {
             a.n
         )?;
     }
+    Ok(())
 }
 
 /// Run `temper eval`.
@@ -98,7 +99,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .map(|(n, m)| (*n, summarize(&records, *m)))
         .collect();
     for (name, s) in &summaries {
-        print_summary(name, s);
+        print_summary(name, s)?;
     }
     if args.mode == EvalMode::Generate {
         outln!(

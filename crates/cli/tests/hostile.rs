@@ -220,23 +220,24 @@ fn a_shard_index_cannot_point_outside_the_model_folder() {
         s(&secret)
     );
     std::fs::write(model.join("model.safetensors.index.json"), index).unwrap();
-    let out = dir.path().join("gen");
-    let _ = out;
+    let config = dir.path().join("merge.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "merge_method: linear\nmodels:\n  - model: {}\n    parameters:\n      weight: 1.0\ndtype: float32\n",
+            s(&model)
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("merged");
     assert_refused(
-        &[
-            "generate",
-            "--model",
-            s(&model),
-            "--prompt",
-            "hi",
-            "--max-new-tokens",
-            "1",
-        ],
+        &["merge", s(&config), s(&out)],
         &[
             "model.safetensors.index.json",
             "weight_map.model.embed_tokens.weight",
         ],
     );
+    assert!(!out.exists(), "merge left {}", out.display());
 }
 
 #[test]

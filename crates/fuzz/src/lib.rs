@@ -35,40 +35,66 @@ pub struct Outcome {
     pub panics: u64,
     /// `(iteration, input, panic message)` of the first few panics.
     pub crashes: Vec<(u64, Vec<u8>, String)>,
-    /// The slowest single execution.
+    /// The slowest single execution, and its input (to look for super-linear parsing).
     pub slowest: Duration,
+    pub slowest_input: Vec<u8>,
     pub elapsed: Duration,
 }
 
-/// The largest input a campaign keeps mutating (mutations that grow it past this restart
-/// from a seed), so memory stays bounded over millions of iterations.
+/// The largest input a campaign runs (mutations that grow past it are dropped), so memory
+/// stays bounded over millions of iterations.
 const MAX_INPUT: usize = 1 << 20;
+
+/// The largest input kept in the pool: without it, stacked insertions and duplications grow
+/// the pooled inputs until every execution parses a megabyte.
+const MAX_POOLED: usize = 64 << 10;
 
 /// Run `iterations` mutated inputs through `target`, starting from `seed`.
 ///
-/// Each input is one of the target's seeds mutated once or more; an accepted input joins the
-/// pool (capped), so mutations stack on inputs that get deep into the parser.
+/// Each input is a seed or a pooled input mutated once or more; an accepted input joins the
+/// pool (capped at 64, replacing a random one), so mutations stack on inputs that get deep
+/// into the parser.
 pub fn campaign(target: &Target, iterations: u64, seed: u64) -> Outcome {
+    campaign_within(target, iterations, seed, Duration::MAX)
+}
+
+/// [`campaign`], stopping early once `budget` has passed (a long campaign bounded in time).
+pub fn campaign_within(target: &Target, iterations: u64, seed: u64, budget: Duration) -> Outcome {
     let scratch = Scratch::new();
     let mut mutator = Mutator::new(seed);
-    let mut pool: Vec<Vec<u8>> = (target.seeds)();
+    let seeds: Vec<Vec<u8>> = (target.seeds)();
+    let mut pool: Vec<Vec<u8>> = seeds.clone();
     let mut outcome = Outcome::default();
     let start = Instant::now();
     for iteration in 0..iterations {
-        let base = pool[mutator.below(pool.len())].clone();
-        let mut input = base;
+        if iteration % 1024 == 0 && start.elapsed() > budget {
+            break;
+        }
+        // Half the inputs start from a seed, so the pool cannot drift to degenerate files
+        // (a GGUF with no tensors is accepted, and every mutation of it too).
+        let mut input = if mutator.below(2) == 0 {
+            seeds[mutator.below(seeds.len())].clone()
+        } else {
+            pool[mutator.below(pool.len())].clone()
+        };
         mutator.mutate(&mut input, target.text);
         if input.len() > MAX_INPUT {
             continue;
         }
         let t0 = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| (target.run)(&scratch, &input)));
-        outcome.slowest = outcome.slowest.max(t0.elapsed());
+        let took = t0.elapsed();
+        if took > outcome.slowest {
+            outcome.slowest = took;
+            outcome.slowest_input.clone_from(&input);
+        }
         outcome.executions += 1;
         match result {
             Ok(Ok(())) => {
                 outcome.accepted += 1;
-                if pool.len() < 64 {
+                if input.len() > MAX_POOLED {
+                    // Counted, not pooled.
+                } else if pool.len() < 64 {
                     pool.push(input);
                 } else {
                     let slot = mutator.below(pool.len());

@@ -1,9 +1,12 @@
-//! `temper-fuzz --target NAME|all --iterations N [--seed S]`: a long campaign, reporting
-//! executions and outcomes per target; panicking inputs are saved under `fuzz-crashes/`.
+//! `temper-fuzz --target NAME|all --iterations N [--seed S] [--seconds T]`: a long campaign,
+//! reporting executions and outcomes per target (stopping a target after `T` seconds if
+//! given); panicking inputs are saved under `fuzz-crashes/`.
 
 use std::process::ExitCode;
 
-use temper_fuzz::{TARGETS, campaign, target};
+use std::time::Duration;
+
+use temper_fuzz::{TARGETS, campaign_within, target};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,6 +21,9 @@ fn main() -> ExitCode {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let seed: u64 = value("--seed").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let budget = value("--seconds")
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::MAX, Duration::from_secs);
     let chosen: Vec<_> = if name == "all" {
         TARGETS.iter().collect()
     } else if let Some(t) = target(&name) {
@@ -35,7 +41,7 @@ fn main() -> ExitCode {
     let mut failed = false;
     println!("target            executions   accepted   rejected  panics  exec/s   slowest");
     for t in chosen {
-        let o = campaign(t, iterations, seed);
+        let o = campaign_within(t, iterations, seed, budget);
         println!(
             "{:<16} {:>11} {:>10} {:>10} {:>7} {:>7.0} {:>8.1?}",
             t.name,
@@ -46,6 +52,15 @@ fn main() -> ExitCode {
             o.executions as f64 / o.elapsed.as_secs_f64().max(1e-9),
             o.slowest
         );
+        if o.slowest > Duration::from_secs(1) {
+            let path = format!("fuzz-slow/{}.bin", t.name);
+            let _ = std::fs::create_dir_all("fuzz-slow");
+            let _ = std::fs::write(&path, &o.slowest_input);
+            println!(
+                "  slowest input ({} bytes) saved as {path}",
+                o.slowest_input.len()
+            );
+        }
         for (iteration, input, message) in &o.crashes {
             failed = true;
             let path = format!("fuzz-crashes/{}-{iteration}.bin", t.name);

@@ -80,12 +80,12 @@ pub fn gguf() -> Vec<u8> {
         out.extend_from_slice(&ty.to_le_bytes());
         out.extend_from_slice(&offset.to_le_bytes());
         data.extend_from_slice(bytes);
-        while data.len() % 32 != 0 {
+        while !data.len().is_multiple_of(32) {
             data.push(0);
         }
         offset = data.len() as u64;
     }
-    while out.len() % 32 != 0 {
+    while !out.len().is_multiple_of(32) {
         out.push(0);
     }
     out.extend(data);

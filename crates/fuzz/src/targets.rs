@@ -25,7 +25,6 @@ pub struct Scratch {
 impl Scratch {
     /// # Panics
     /// No temporary directory can be created.
-    #[allow(clippy::expect_used)]
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         Self { dir }
