@@ -107,7 +107,7 @@ pub fn inspect(path: &Path) -> Result<String> {
 /// `(name, dtype)` of every tensor in a safetensors file, reading only its header (checked as
 /// the loaders check it, naming the tensor at fault).
 fn safetensors_header(path: &Path) -> Result<Vec<(String, String)>> {
-    Ok(temper_formats::safetensors::read_header(path)?
+    Ok(temper_formats::safetensors_check::read_header(path)?
         .into_iter()
         .map(|t| (t.name, t.dtype))
         .collect())

@@ -167,7 +167,7 @@ fn gguf(_: &Scratch, bytes: &[u8]) -> Result<(), String> {
 }
 
 fn safetensors(scratch: &Scratch, bytes: &[u8]) -> Result<(), String> {
-    temper_formats::safetensors::check_header(bytes, "fuzz.safetensors").map_err(err)?;
+    temper_formats::safetensors_check::check_header(bytes, "fuzz.safetensors").map_err(err)?;
     let path = scratch.write("fuzz.safetensors", bytes)?;
     let mut source = SafetensorsSource::open_file(&path).map_err(err)?;
     for name in source.remaining() {

@@ -159,7 +159,7 @@ impl ShardFile {
         // Only the header pages are touched. `check_header` names the tensor at fault (the
         // `safetensors` crate does not always); both check that the data section matches the
         // file length (a truncated file fails here).
-        temper_formats::safetensors::check_header(&map, path)?;
+        temper_formats::safetensors_check::check_header(&map, path)?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&map).map_err(|e| st_error(path, e))?;
         drop(map);
@@ -260,8 +260,12 @@ impl SafetensorsSource {
             let id = match shard_ids.get(shard) {
                 Some(&id) => id,
                 None => {
-                    let path =
-                        temper_formats::safetensors::shard_path(dir, &index_path, name, shard)?;
+                    let path = temper_formats::safetensors_check::shard_path(
+                        dir,
+                        &index_path,
+                        name,
+                        shard,
+                    )?;
                     let opened = ShardFile::open(&path)?;
                     if opened.metadata.info(name).is_none() {
                         return Err(st_error(

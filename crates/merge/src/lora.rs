@@ -208,7 +208,7 @@ impl Adapter {
         let bytes = temper_formats::read_regular(&weights_path)
             .map_err(|e| MergeError::io(&weights_path, e))?;
         // Names the tensor at fault where the `safetensors` crate does not.
-        temper_formats::safetensors::check_header(&bytes, &weights_path)?;
+        temper_formats::safetensors_check::check_header(&bytes, &weights_path)?;
         let (modules, saved) = {
             let st = SafeTensors::deserialize(&bytes).map_err(|e| {
                 MergeError::checkpoint(&weights_path, format!("invalid safetensors: {e}"))

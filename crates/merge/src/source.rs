@@ -134,7 +134,7 @@ impl ModelSource {
     fn add_shard(&mut self, path: PathBuf) -> Result<()> {
         let mmap = map_file(&path)?;
         // Names the tensor at fault where the `safetensors` crate does not.
-        temper_formats::safetensors::check_header(&mmap, &path)?;
+        temper_formats::safetensors_check::check_header(&mmap, &path)?;
         let st = SafeTensors::deserialize(&mmap)
             .map_err(|e| MergeError::checkpoint(&path, format!("invalid safetensors: {e}")))?;
         // Offsets in the header are relative to the data section after the header.
@@ -326,7 +326,7 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let file = file.as_str().ok_or_else(|| {
             MergeError::checkpoint(&index_path, format!("weight_map[{tensor}] is not a string"))
         })?;
-        temper_formats::safetensors::shard_path(dir, &index_path, tensor, file)?;
+        temper_formats::safetensors_check::shard_path(dir, &index_path, tensor, file)?;
         if !files.iter().any(|f| f == file) {
             files.push(file.to_string());
         }
