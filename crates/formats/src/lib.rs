@@ -7,8 +7,9 @@
 //!   [`staging`] — build a directory beside its destination and rename it into place;
 //! * [`mmap`] — the one read-only memory map (and the one `unsafe` call) of the workspace,
 //!   and [`regular`] — open only regular files (a FIFO or a device would block or never end);
-//! * [`safetensors_check`] — reading safetensors: the header and the shard index, checked
-//!   naming the tensor;
+//! * [`safetensors`] — the layout of a safetensors file from its tensors' shapes, so writers
+//!   stream the data one tensor at a time, and [`safetensors_check`] — reading one: the
+//!   header and the shard index, checked naming the tensor;
 //! * [`quant`] — block-quantized weight encodings (NF4 as bitsandbytes, Q8_0 and the GGUF
 //!   blocks as ggml), each bit-exact with its peer;
 //! * [`peft`] — PEFT's `adapter_config.json` and its module matching (`target_modules`,
@@ -22,6 +23,7 @@ pub mod mmap;
 pub mod peft;
 pub mod quant;
 pub mod regular;
+pub mod safetensors;
 pub mod safetensors_check;
 pub mod staging;
 pub mod tokenizer;

@@ -14,12 +14,13 @@ use burn::nn::{Embedding, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use temper_backend::{FloatPrecision, QuantizedWeight};
-use temper_formats::AtomicFile;
 
 use crate::gguf::{GgufFile, HfTensor, for_each_hf_tensor, for_each_hf_tensor_keeping_blocks};
 use crate::llama::{Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp, RmsNorm};
 use crate::projection::Projection;
 use crate::{Error, ModelConfig, Result};
+
+pub use crate::save::{HfParam, for_each_hf_tensor_of, hf_params, hf_tensors, save_safetensors};
 
 /// A tensor in HF layout: PyTorch shape and row-major f32 values.
 #[derive(Debug, Clone, PartialEq)]
@@ -329,7 +330,7 @@ impl TensorSource for SafetensorsSource {
 }
 
 /// `[rows, cols]` row-major → `[cols, rows]` row-major.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; data.len()];
     const B: usize = 32;
     for r0 in (0..rows).step_by(B) {
@@ -552,148 +553,4 @@ pub fn load_weights(
         Some(head) if c.tie_word_embeddings => model.with_decode_head(head),
         _ => model,
     })
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.cast(burn::tensor::DType::F32)
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default()
-}
-
-/// Every parameter with its HF name, PyTorch shape and f32 values (linear weights transposed
-/// back to `[out, in]`). This is what [`save_safetensors`] writes.
-pub fn hf_tensors(model: &LlamaForCausalLM) -> Vec<(String, HostTensor)> {
-    let mut out = Vec::new();
-    for_each_hf_tensor_of(model, |name, t| out.push((name, t)));
-    out
-}
-
-/// [`hf_tensors`] one tensor at a time, in the same order: memory for one tensor's f32 copy
-/// instead of the whole model's (fingerprinting an 8B model's frozen base).
-pub fn for_each_hf_tensor_of(model: &LlamaForCausalLM, mut sink: impl FnMut(String, HostTensor)) {
-    fn weight(
-        sink: &mut dyn FnMut(String, HostTensor),
-        name: &str,
-        weight: Tensor<2>,
-        bias: Option<&Param<Tensor<1>>>,
-    ) {
-        let [d_in, d_out] = weight.dims();
-        let data = transpose(&host(weight), d_in, d_out);
-        sink(
-            format!("{name}.weight"),
-            HostTensor {
-                shape: vec![d_out, d_in],
-                data,
-            },
-        );
-        if let Some(b) = bias {
-            sink(
-                format!("{name}.bias"),
-                HostTensor {
-                    shape: vec![d_out],
-                    data: host(b.val()),
-                },
-            );
-        }
-    }
-    fn vector(sink: &mut dyn FnMut(String, HostTensor), name: &str, t: Tensor<1>) {
-        let d = t.dims()[0];
-        sink(
-            format!("{name}.weight"),
-            HostTensor {
-                shape: vec![d],
-                data: host(t),
-            },
-        );
-    }
-    let sink: &mut dyn FnMut(String, HostTensor) = &mut sink;
-    // The base weights only: an adapter is saved on its own (PEFT files) or merged first.
-    // A quantized base is written decoded (a dense model, never re-quantized).
-    let proj = |sink: &mut dyn FnMut(String, HostTensor), name: &str, p: &Projection| {
-        weight(sink, name, p.dense_weight(), p.bias.as_ref());
-    };
-    let m = &model.model;
-    let e = m.embed_tokens.weight.val();
-    sink(
-        "model.embed_tokens.weight".into(),
-        HostTensor {
-            shape: e.dims().to_vec(),
-            data: host(e),
-        },
-    );
-    for (i, layer) in m.layers.iter().enumerate() {
-        let p = format!("model.layers.{i}");
-        let (a, mlp) = (&layer.self_attn, &layer.mlp);
-        vector(
-            sink,
-            &format!("{p}.input_layernorm"),
-            layer.input_layernorm.weight.val(),
-        );
-        proj(sink, &format!("{p}.self_attn.q_proj"), &a.q_proj);
-        proj(sink, &format!("{p}.self_attn.k_proj"), &a.k_proj);
-        proj(sink, &format!("{p}.self_attn.v_proj"), &a.v_proj);
-        proj(sink, &format!("{p}.self_attn.o_proj"), &a.o_proj);
-        vector(
-            sink,
-            &format!("{p}.post_attention_layernorm"),
-            layer.post_attention_layernorm.weight.val(),
-        );
-        proj(sink, &format!("{p}.mlp.gate_proj"), &mlp.gate_proj);
-        proj(sink, &format!("{p}.mlp.up_proj"), &mlp.up_proj);
-        proj(sink, &format!("{p}.mlp.down_proj"), &mlp.down_proj);
-    }
-    vector(sink, "model.norm", m.norm.weight.val());
-    if let Some(head) = &model.lm_head {
-        weight(sink, "lm_head", head.weight.val(), head.bias.as_ref());
-    }
-}
-
-/// Save the weights as one safetensors file in `dtype` (HF names, PyTorch layout).
-///
-/// # Errors
-/// I/O errors naming the file.
-pub fn save_safetensors(
-    model: &LlamaForCausalLM,
-    path: &Path,
-    dtype: FloatPrecision,
-) -> Result<()> {
-    let tensors = hf_tensors(model);
-    let (st_dtype, width) = match dtype {
-        FloatPrecision::F32 => (Dtype::F32, 4),
-        FloatPrecision::BF16 => (Dtype::BF16, 2),
-        FloatPrecision::F16 => (Dtype::F16, 2),
-    };
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(name, t)| {
-            let mut bytes = Vec::with_capacity(t.data.len() * width);
-            for v in &t.data {
-                match dtype {
-                    FloatPrecision::F32 => bytes.extend_from_slice(&v.to_le_bytes()),
-                    FloatPrecision::BF16 => {
-                        bytes.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
-                    }
-                    FloatPrecision::F16 => {
-                        bytes.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())
-                    }
-                }
-            }
-            (name, t.shape, bytes)
-        })
-        .collect();
-    let views = encoded
-        .iter()
-        .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| st_error(path, e))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    let file = AtomicFile::create(path)?;
-    safetensors::serialize_to_file(views, metadata, file.temp_path())
-        .map_err(|e| st_error(path, e))?;
-    Ok(file.commit()?)
 }

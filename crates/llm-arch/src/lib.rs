@@ -22,6 +22,7 @@ pub use llama::{ForwardOptions, LlamaForCausalLM};
 pub use projection::{LoraAdapter, Projection};
 pub mod chat_template;
 pub mod checkpoint;
+mod save;
 pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};

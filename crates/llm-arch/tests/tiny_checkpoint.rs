@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 use temper_backend::FloatPrecision;
-use temper_llm_arch::checkpoint::{SafetensorsSource, TensorSource, hf_tensors, load_weights};
+use temper_llm_arch::checkpoint::{
+    SafetensorsSource, TensorSource, hf_tensors, load_weights, save_safetensors,
+};
 use temper_llm_arch::{LlamaForCausalLM, ModelConfig, Pretrained, SpecialTokens, Tokenizer};
 
 use common::{device, forward_plain, llama3_scaling, random_model};
@@ -252,6 +254,55 @@ fn bf16_save_rounds_each_value_to_bf16() {
         changed > 0,
         "random f32 weights should not all be exact bf16 values"
     );
+}
+
+/// The streamed file is the `safetensors` crate's serialisation of the same tensors, byte for
+/// byte, in every dtype — streaming changes the memory, not the file.
+#[test]
+fn streamed_save_is_byte_identical_to_the_safetensors_serialiser() {
+    for config in checkpoint_configs() {
+        let model = random_model(&config);
+        for (precision, dtype) in [
+            (FloatPrecision::F32, Dtype::F32),
+            (FloatPrecision::BF16, Dtype::BF16),
+            (FloatPrecision::F16, Dtype::F16),
+        ] {
+            let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = hf_tensors(&model)
+                .into_iter()
+                .map(|(name, t)| {
+                    let bytes = t
+                        .data
+                        .iter()
+                        .flat_map(|v| match precision {
+                            FloatPrecision::F32 => v.to_le_bytes().to_vec(),
+                            FloatPrecision::BF16 => half::bf16::from_f32(*v).to_le_bytes().to_vec(),
+                            FloatPrecision::F16 => half::f16::from_f32(*v).to_le_bytes().to_vec(),
+                        })
+                        .collect();
+                    (name, t.shape, bytes)
+                })
+                .collect();
+            let views = encoded.iter().map(|(name, shape, bytes)| {
+                (
+                    name.clone(),
+                    safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).unwrap(),
+                )
+            });
+            let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+            let expected = safetensors::serialize(views, metadata).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("model.safetensors");
+            save_safetensors(&model, &path, precision).unwrap();
+            let got = std::fs::read(&path).unwrap();
+            assert!(got == expected, "{precision:?}: streamed file differs");
+            let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert_eq!(
+                names.len(),
+                1,
+                "a temporary file was left beside the output"
+            );
+        }
+    }
 }
 
 /// Split `model.safetensors` into two shards plus `model.safetensors.index.json`.

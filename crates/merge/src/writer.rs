@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use temper_formats::safetensors::{self, TensorEntry};
+
 use crate::plan::PlannedTensor;
 use crate::{DType, MergeError, Result};
 
@@ -76,49 +78,34 @@ impl ShardedWriter {
         let mut total = 0u64;
         for (s, members) in assignment.iter().enumerate() {
             let name = shard_name(s, n);
-            // Data in name order, like the safetensors serialiser.
-            let mut sorted = members.clone();
-            sorted.sort_by(|a, b| tensors[*a].name.cmp(&tensors[*b].name));
-            // Written by hand to keep the safetensors serialiser's key order (dtype, shape,
-            // data_offsets), so outputs can be byte-identical to mergekit's.
-            let mut header = String::from(r#"{"__metadata__":{"format":"pt"}"#);
-            let mut pos = 0u64;
-            let mut offsets = Vec::with_capacity(sorted.len());
-            for &i in &sorted {
-                let t = &tensors[i];
-                let len = t.out_bytes();
-                let name_json = serde_json::to_string(&t.name)
-                    .map_err(|e| MergeError::tensor(&t.name, e.to_string()))?;
-                let shape: Vec<String> = t.shape.iter().map(usize::to_string).collect();
-                header.push_str(&format!(
-                    r#",{name_json}:{{"dtype":"{}","shape":[{}],"data_offsets":[{pos},{}]}}"#,
-                    t.out_dtype.safetensors_name(),
-                    shape.join(","),
-                    pos + len
-                ));
-                offsets.push((i, pos));
-                weight_map.insert(t.name.clone(), serde_json::Value::String(name.clone()));
-                pos += len;
-            }
-            header.push('}');
-            total += pos;
-            let mut bytes = header.into_bytes();
-            // The data section must start 8-byte aligned: pad the header with spaces.
-            while (bytes.len() + 8) % 8 != 0 {
-                bytes.push(b' ');
-            }
-            let data_start = 8 + bytes.len() as u64;
             let path = dir.join(&name);
+            let entries: Vec<TensorEntry<'_>> = members
+                .iter()
+                .map(|&i| TensorEntry {
+                    name: &tensors[i].name,
+                    dtype: tensors[i].out_dtype.safetensors_name(),
+                    shape: &tensors[i].shape,
+                    bytes: tensors[i].out_bytes(),
+                })
+                .collect();
+            // The safetensors serialiser's layout, so outputs can be byte-identical to
+            // mergekit's.
+            let layout = safetensors::layout(&path, &entries)?;
+            for &i in members {
+                weight_map.insert(
+                    tensors[i].name.clone(),
+                    serde_json::Value::String(name.clone()),
+                );
+            }
+            total += layout.file_len - layout.head.len() as u64;
             let file = File::create(&path).map_err(|e| MergeError::io(&path, e))?;
-            file.set_len(data_start + pos)
+            file.set_len(layout.file_len)
                 .map_err(|e| MergeError::io(&path, e))?;
-            let mut head = (bytes.len() as u64).to_le_bytes().to_vec();
-            head.extend_from_slice(&bytes);
-            write_at(&file, &head, 0).map_err(|e| MergeError::io(&path, e))?;
-            for (i, off) in offsets {
+            write_at(&file, &layout.head, 0).map_err(|e| MergeError::io(&path, e))?;
+            for (&i, &offset) in members.iter().zip(&layout.offsets) {
                 slots[i] = Slot {
                     shard: s,
-                    offset: data_start + off,
+                    offset,
                     dtype: tensors[i].out_dtype,
                 };
             }

@@ -31,6 +31,9 @@ pub enum ProjectionBytes {
     Exact(u64),
 }
 
+/// The LoRA rank of a module path, `None` where the module gets no adapter.
+pub type RankOf<'a> = dyn Fn(&str) -> Option<usize> + 'a;
+
 /// The run's shape, as far as memory is concerned.
 #[derive(Clone)]
 pub struct MemoryPlan<'a> {
@@ -39,7 +42,7 @@ pub struct MemoryPlan<'a> {
     pub projections: ProjectionBytes,
     /// LoRA: the rank of the adapter on each projection that gets one, by module path
     /// (`model.layers.0.self_attn.q_proj`); `None` trains every weight.
-    pub lora_rank: Option<&'a dyn Fn(&str) -> Option<usize>>,
+    pub lora_rank: Option<&'a RankOf<'a>>,
     /// Sequences in one forward pass (batch × sequences per row: 2 for preference pairs).
     pub sequences: usize,
     /// The longest row, in tokens.
@@ -231,12 +234,17 @@ impl MemoryEstimate {
             0
         };
         // The merged model in its storage dtype (a quantized base is decoded into it when
-        // merged) and the file bytes `save_safetensors` assembles (each tensor's f32 host copy
-        // is dropped once encoded).
+        // merged), and the one tensor `save_safetensors` holds at a time while it streams the
+        // file: its f32 copy, the transposed copy and the encoded bytes.
+        let largest = v
+            .saturating_mul(h)
+            .max(i.saturating_mul(h))
+            .max(q.saturating_mul(h));
         let saving = if plan.save_merged {
             projections
                 .saturating_add(dense)
-                .saturating_mul(storage.saturating_mul(2))
+                .saturating_mul(storage)
+                .saturating_add(largest.saturating_mul(storage.saturating_add(8)))
         } else {
             0
         };
@@ -496,10 +504,12 @@ mod tests {
         p.save_merged = true;
         let merged = MemoryEstimate::new(&p);
         let n = c.num_parameters() as u64;
-        // bf16 merged weights and their bf16 bytes: 4 bytes a parameter.
-        assert_eq!(merged.saving, 4 * n);
+        // bf16 merged weights, 2 bytes a parameter, and the largest tensor (the embedding)
+        // streamed out: f32 copy, transposed copy, bf16 bytes.
+        let embedding = (c.vocab_size * c.hidden_size) as u64;
+        assert_eq!(merged.saving, 2 * n + 10 * embedding);
         assert_eq!(merged.training(), adapter_only.training());
-        assert_eq!(merged.total(), 4 * n + merged.runtime);
+        assert_eq!(merged.total(), merged.saving + merged.runtime);
         assert!(merged.total() > merged.training());
         let msg = merged
             .check_fits(merged.training())
