@@ -17,11 +17,29 @@ pub mod mutate;
 pub mod seeds;
 pub mod targets;
 
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 pub use mutate::Mutator;
 pub use targets::{Scratch, TARGETS, Target, target};
+
+thread_local! {
+    /// Where the last panic on this thread happened (set by [`quiet_panic_hook`]).
+    static PANIC_LOCATION: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Replace the default panic hook (which prints every caught panic) by one that records the
+/// panic's source location for the campaign's report.
+pub fn quiet_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        PANIC_LOCATION.with(|p| *p.borrow_mut() = location);
+    }));
+}
 
 /// What a campaign saw.
 #[derive(Debug, Clone, Default)]
@@ -109,6 +127,8 @@ pub fn campaign_within(target: &Target, iterations: u64, seed: u64, budget: Dura
                     .cloned()
                     .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
                     .unwrap_or_default();
+                let location = PANIC_LOCATION.with(|p| p.borrow().clone());
+                let message = format!("{message} (at {location})");
                 if outcome.crashes.len() < 16 {
                     outcome.crashes.push((iteration, input, message));
                 }

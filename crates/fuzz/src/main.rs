@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     // The panics are counted and reported below; the default hook would print each one.
-    std::panic::set_hook(Box::new(|_| {}));
+    temper_fuzz::quiet_panic_hook();
     let mut failed = false;
     println!("target            executions   accepted   rejected  panics  exec/s   slowest");
     for t in chosen {

@@ -5,7 +5,7 @@ use temper_fuzz::{TARGETS, campaign};
 
 #[test]
 fn every_target_survives_a_short_campaign() {
-    std::panic::set_hook(Box::new(|_| {}));
+    temper_fuzz::quiet_panic_hook();
     let mut report = Vec::new();
     for target in TARGETS {
         let o = campaign(target, 300, 23);
