@@ -29,6 +29,14 @@ pub enum EvalError {
     /// Inconsistent arguments (empty inputs, mismatched record sets, ...).
     #[error("{0}")]
     Invalid(String),
+    /// An lm-evaluation-harness task YAML (or its dataset) that cannot be used as written.
+    #[error("{}: `{key}`: {reason}", path.display())]
+    Task {
+        path: PathBuf,
+        /// The YAML key (or dataset field) at fault.
+        key: String,
+        reason: String,
+    },
     /// Writing a file atomically (`temper-formats`); names the file.
     #[error(transparent)]
     Format(#[from] temper_formats::FormatsError),

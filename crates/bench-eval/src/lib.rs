@@ -6,6 +6,8 @@
 //! * [`generative`]: the paper's generative protocol (one word or letter, greedy decoding) and
 //!   the answer parser.
 //! * [`run`]: [`evaluate_model`], either mode with the special tokens read off the model.
+//! * [`task`]: lm-evaluation-harness task YAMLs over local data (multiple choice), with
+//!   lm-eval's few-shot contexts, metrics and results JSON.
 //! * [`results`]: accuracy with standard errors, per-question records, McNemar and paired
 //!   bootstrap tests, merge analysis.
 
@@ -16,6 +18,7 @@ pub mod question;
 mod record;
 pub mod results;
 pub mod run;
+pub mod task;
 
 pub use error::{EvalError, Result};
 pub use question::{Question, QuestionKind, load_questions, parse_questions};

@@ -17,8 +17,31 @@ pub struct EvalArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// The benchmark (JSONL, one question a line).
+    #[arg(long, required_unless_present = "tasks", conflicts_with = "tasks")]
+    pub bench: Option<PathBuf>,
+    /// lm-evaluation-harness task YAMLs (comma-separated or repeated) over local data:
+    /// multiple_choice tasks with lm-eval's contexts, few-shot examples and metrics.
+    #[arg(
+        long = "task",
+        alias = "tasks",
+        value_delimiter = ',',
+        value_name = "FILE.yaml"
+    )]
+    pub tasks: Vec<PathBuf>,
+    /// Few-shot examples per document (overrides the task's `num_fewshot`).
     #[arg(long)]
-    pub bench: PathBuf,
+    pub num_fewshot: Option<usize>,
+    /// Evaluate only the first N documents of each task.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Tasks: write lm-eval's results JSON here (a `.json` file, or a folder that gets
+    /// results.json).
+    #[arg(long)]
+    pub output_path: Option<PathBuf>,
+    /// Tasks: also write each document's requests and log-likelihoods
+    /// (samples_<task>.jsonl beside the results).
+    #[arg(long, requires = "output_path")]
+    pub log_samples: bool,
     /// loglik: lm-eval log-likelihood multiple choice (acc, acc_norm, acc_bytes); generate:
     /// the paper's protocol (greedy decoding, first answer letter or True/False parsed).
     #[arg(long, value_parser = parse_mode, default_value = "loglik")]
@@ -72,7 +95,14 @@ fn print_summary(name: &str, s: &Summary) -> std::io::Result<()> {
 
 /// Run `temper eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
-    let questions = load_questions(&args.bench)?;
+    if !args.tasks.is_empty() {
+        return crate::eval_tasks::run(&args);
+    }
+    let bench = args
+        .bench
+        .as_ref()
+        .context("--bench FILE.jsonl or --task FILE.yaml is needed")?;
+    let questions = load_questions(bench)?;
     let device = args.device.device()?;
     let p = crate::weights::load_model(&args.model, &device, args.dtype)?;
     let bar = if args.quiet {

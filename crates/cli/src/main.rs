@@ -1,6 +1,7 @@
 //! `temper`: the command-line front end of the Temper crates.
 
 mod eval;
+mod eval_tasks;
 mod extract_lora;
 mod inspect;
 mod merge;
@@ -39,11 +40,14 @@ enum Command {
     Convert {
         /// The .gguf file.
         model: PathBuf,
-        /// The output directory (created if needed).
+        /// The output directory (written atomically: it appears only when complete).
         out_dir: PathBuf,
         /// dtype of the written safetensors.
         #[arg(long, default_value = "f32")]
         dtype: FloatPrecision,
+        /// Replace OUT_DIR if it exists and is not empty.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Generate a continuation; prints only the new text, streaming.
     Generate {
@@ -140,17 +144,20 @@ fn run(cli: Cli) -> Result<()> {
             model,
             out_dir,
             dtype,
+            overwrite,
         } => {
             if !is_gguf(&model) {
                 bail!("{}: expected a .gguf file", model.display());
             }
+            // Before the (slow) load: an existing model is not replaced by mistake.
+            temper_formats::check_output_dir(&out_dir, overwrite)?;
             let device = DeviceSpec::CPU.device()?;
             let bar = spinner(&format!("reading {}", model.display()));
             let pretrained = Pretrained::load_gguf(&model, &device, FloatPrecision::F32)
                 .with_context(|| format!("loading {}", model.display()))?;
             bar.set_message(format!("writing {}", out_dir.display()));
             pretrained
-                .save(&out_dir, dtype)
+                .save_new(&out_dir, dtype, overwrite)
                 .with_context(|| format!("writing {}", out_dir.display()))?;
             bar.finish_and_clear();
             eprintln!(

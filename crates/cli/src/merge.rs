@@ -1,11 +1,13 @@
 //! `temper merge CONFIG.yml OUT_DIR`: mergekit YAML in, HF model directory out.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use temper_formats::AtomicFile;
 use temper_merge::{MergeConfig, MergeOptions, Progress, run_merge};
 
 /// Arguments of `temper merge`.
@@ -89,6 +91,38 @@ impl Progress for Bar {
     }
 }
 
+/// The `--report` file, opened (as its temporary sibling) before the merge starts: a missing
+/// folder, a directory in its place or no permission fail here, with nothing written.
+fn open_report(path: &Path, out_dir: &Path) -> Result<AtomicFile> {
+    if path.is_dir() {
+        bail!("--report {}: is a directory", path.display());
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // Inside OUT_DIR it would be written into the directory the merge replaces.
+    let inside = |dir: &Path| {
+        std::fs::canonicalize(dir)
+            .is_ok_and(|d| std::fs::canonicalize(parent).is_ok_and(|p| p.starts_with(&d)))
+    };
+    if inside(out_dir) {
+        bail!(
+            "--report {}: inside the output directory {}, which the merge replaces",
+            path.display(),
+            out_dir.display()
+        );
+    }
+    if !parent.is_dir() {
+        bail!(
+            "--report {}: the folder {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    AtomicFile::create(path).with_context(|| format!("--report {}", path.display()))
+}
+
 /// Run `temper merge`.
 pub fn run(args: MergeArgs) -> Result<()> {
     let text = temper_formats::read_regular_to_string(&args.config)
@@ -121,13 +155,23 @@ pub fn run(args: MergeArgs) -> Result<()> {
         tensors: AtomicU64::new(0),
         total_tensors: AtomicU64::new(0),
     };
+    // Every output is checked before the model is written: a report that cannot be written
+    // fails now, not after the merged model was committed.
+    temper_formats::check_output_dir(&args.out_dir, args.overwrite)?;
+    let report = args
+        .report
+        .as_deref()
+        .map(|path| open_report(path, &args.out_dir))
+        .transpose()?;
     let start = Instant::now();
     let summary = run_merge(&config, Some(&text), &args.out_dir, &options, &progress)?;
     progress.bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&summary.reports)?;
-        temper_formats::write_atomic(path, json.as_bytes())?;
+    if let Some(mut file) = report {
+        let json = serde_json::to_vec_pretty(&summary.reports)?;
+        file.write_all(&json)
+            .with_context(|| format!("writing {}", file.path().display()))?;
+        file.commit()?;
     }
     let fallbacks = summary
         .reports

@@ -72,6 +72,10 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in the output directory.
     #[arg(long)]
     pub resume: bool,
+    /// Train into an output directory that is not empty without resuming (its model files
+    /// are replaced; refused otherwise).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Keep only each decoder layer's input and recompute the layers in the backward pass
     /// (HF's `gradient_checkpointing`): activation memory of one layer instead of all.
     #[arg(long)]
@@ -193,6 +197,9 @@ pub fn stage_from_args(args: &TrainArgs) -> Result<StageConfig> {
     }
     if args.resume {
         stage.resume = true;
+    }
+    if args.overwrite {
+        stage.overwrite = true;
     }
     if args.gradient_checkpointing {
         t.gradient_checkpointing = true;

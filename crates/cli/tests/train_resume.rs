@@ -256,6 +256,10 @@ fn train_prints_its_memory_estimate_first_and_its_peak_last() {
     assert!(err.contains(" tok/s  eta "), "{err}");
     assert!(err.contains("without checkpointing ["), "{err}");
     assert!(err.contains("peak memory "), "{err}");
-    let err = run(&["--gradient-checkpointing", "--no-memory-check"]);
+    let err = run(&[
+        "--gradient-checkpointing",
+        "--no-memory-check",
+        "--overwrite",
+    ]);
     assert!(err.contains("with checkpointing ["), "{err}");
 }

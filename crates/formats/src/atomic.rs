@@ -4,7 +4,8 @@
 //!
 //! Every temporary name Temper uses — for files here and for directories in
 //! [`crate::staging`] — is [`temp_sibling`]'s: `.{name}.temper-tmp-{pid}-{n}` beside the
-//! target, hidden, unique per process and call, and recognisable in a listing.
+//! target, hidden, unique per process and call, and recognisable in a listing — which lets
+//! the next writer remove those of interrupted processes ([`crate::stale`]).
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::Write;
@@ -43,11 +44,13 @@ pub fn temp_sibling(path: &Path) -> Result<PathBuf> {
 }
 
 /// Create a fresh temporary sibling of `path` with `create` (which must fail with
-/// `AlreadyExists` when the name is taken), trying new names on a clash.
+/// `AlreadyExists` when the name is taken), trying new names on a clash. The directory is
+/// first cleared of temporary names left there by dead processes ([`crate::stale`]).
 pub(crate) fn create_unique<T>(
     path: &Path,
     create: impl Fn(&Path) -> std::io::Result<T>,
 ) -> Result<(PathBuf, T)> {
+    crate::stale::sweep_once(path);
     let mut last = None;
     for _ in 0..ATTEMPTS {
         let tmp = temp_sibling(path)?;

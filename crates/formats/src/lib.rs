@@ -4,7 +4,8 @@
 //! file format"), without burn or the `tokenizers` crate, so every crate can depend on it:
 //!
 //! * [`atomic`] — write a file atomically (temporary sibling, fsync, rename), and
-//!   [`staging`] — build a directory beside its destination and rename it into place;
+//!   [`staging`] — build a directory beside its destination and rename it into place, and
+//!   [`stale`] — remove what interrupted writers left behind;
 //! * [`mmap`] — the one read-only memory map (and the one `unsafe` call) of the workspace,
 //!   and [`regular`] — open only regular files (a FIFO or a device would block or never end);
 //! * [`safetensors`] — the layout of a safetensors file from its tensors' shapes, so writers
@@ -26,10 +27,12 @@ pub mod regular;
 pub mod safetensors;
 pub mod safetensors_check;
 pub mod staging;
+pub mod stale;
 pub mod tokenizer;
 
 pub use atomic::{AtomicFile, write_atomic};
 pub use error::{FormatsError, Result};
 pub use mmap::{Mmap, map_file};
 pub use regular::{open_regular, read_regular, read_regular_to_string};
-pub use staging::StagingDir;
+pub use staging::{StagingDir, check_output_dir};
+pub use stale::{Sweep, sweep_stale_temps};

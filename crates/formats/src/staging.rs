@@ -11,6 +11,37 @@ use std::path::{Path, PathBuf};
 use crate::atomic::{create_unique, sync_parent};
 use crate::{FormatsError, Result};
 
+/// Whether `out_dir` may be written as a new output directory: absent, an empty directory,
+/// or any directory when `replace` (`--overwrite`). Commands call it before their slow part,
+/// so a mistaken destination fails at once; [`StagingDir::create`] checks it again.
+///
+/// # Errors
+/// `out_dir` is a file, or a non-empty directory without `replace` (the message names
+/// `--overwrite`); I/O errors reading it.
+pub fn check_output_dir(out_dir: &Path, replace: bool) -> Result<()> {
+    if !out_dir.exists() {
+        return Ok(());
+    }
+    if !out_dir.is_dir() {
+        return Err(FormatsError::Output {
+            path: out_dir.to_path_buf(),
+            reason: "output path exists and is not a directory".into(),
+        });
+    }
+    let non_empty = std::fs::read_dir(out_dir)
+        .map_err(|e| FormatsError::io(out_dir, e))?
+        .next()
+        .is_some();
+    if non_empty && !replace {
+        return Err(FormatsError::Output {
+            path: out_dir.to_path_buf(),
+            reason: "output directory exists and is not empty (use --overwrite to replace it)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// A temporary directory that becomes `out_dir` on [`StagingDir::commit`].
 #[derive(Debug)]
 pub struct StagingDir {
@@ -27,26 +58,7 @@ impl StagingDir {
     /// `out_dir` is a file, or a non-empty directory without `replace`; I/O errors.
     pub fn create(out_dir: impl AsRef<Path>, replace: bool) -> Result<Self> {
         let out_dir = out_dir.as_ref();
-        if out_dir.exists() {
-            if !out_dir.is_dir() {
-                return Err(FormatsError::Output {
-                    path: out_dir.to_path_buf(),
-                    reason: "output path exists and is not a directory".into(),
-                });
-            }
-            let non_empty = std::fs::read_dir(out_dir)
-                .map_err(|e| FormatsError::io(out_dir, e))?
-                .next()
-                .is_some();
-            if non_empty && !replace {
-                return Err(FormatsError::Output {
-                    path: out_dir.to_path_buf(),
-                    reason: "output directory exists and is not empty (use --overwrite to \
-                             replace it)"
-                        .into(),
-                });
-            }
-        }
+        check_output_dir(out_dir, replace)?;
         if let Some(parent) = out_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| FormatsError::io(parent, e))?;
         }

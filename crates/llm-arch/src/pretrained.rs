@@ -334,4 +334,18 @@ impl Pretrained {
         )?;
         Ok(())
     }
+
+    /// [`save`](Self::save) as a whole: the directory is written beside `dir` and renamed into
+    /// place when complete (`temper_formats::StagingDir`), so an interruption leaves no
+    /// half-written model, only a temporary directory the next writer removes. An existing
+    /// non-empty `dir` is refused unless `overwrite`, and then replaced at the end.
+    ///
+    /// # Errors
+    /// `dir` is a file or a non-empty directory without `overwrite`; I/O errors naming the file.
+    pub fn save_new(&self, dir: &Path, dtype: FloatPrecision, overwrite: bool) -> Result<()> {
+        let staging = temper_formats::StagingDir::create(dir, overwrite)?;
+        self.save(staging.path(), dtype)?;
+        staging.commit()?;
+        Ok(())
+    }
 }

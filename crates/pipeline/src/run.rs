@@ -213,7 +213,7 @@ impl Runner<'_> {
                     source: Box::new(source),
                 }
             })?;
-            p.save(&dir, FloatPrecision::F32)
+            p.save_new(&dir, FloatPrecision::F32, true)
                 .map_err(|source| PipelineError::Model {
                     path: dir.clone(),
                     source: Box::new(source),

@@ -340,6 +340,11 @@ pub struct StageConfig {
     /// Resume from the newest checkpoint in `trainer.output_dir` when there is one.
     #[serde(default)]
     pub resume: bool,
+    /// Write into a `trainer.output_dir` that is not empty without resuming (`--overwrite`):
+    /// its model files are replaced. Without it (and without `resume`) such a directory is
+    /// refused before anything is loaded, so an earlier run's model is not lost by mistake.
+    #[serde(default)]
+    pub overwrite: bool,
     /// SFT: train on completion tokens only (TRL `completion_only_loss`). Default true.
     #[serde(default = "default_true")]
     pub completion_only_loss: bool,

@@ -53,7 +53,9 @@ pub(crate) fn rewrite_jsonl(path: &Path, records: &[LogRecord]) -> Result<()> {
         text.push_str(&r.to_json_line());
         text.push('\n');
     }
-    std::fs::write(path, text).map_err(|e| TrainError::io(path, e))
+    // Atomic: a run killed while rewriting keeps the old rows (and the writer sweeps the
+    // output directory of dead runs' temporary outputs at the start of a run).
+    Ok(temper_formats::write_atomic(path, text.as_bytes())?)
 }
 
 /// Appends one row to `path`.
@@ -90,8 +92,10 @@ pub fn plot_loss_curve(records: &[LogRecord], path: &Path) -> Result<()> {
         y_max = y_max.max(*y);
     }
     let pad = ((y_max - y_min) * 0.05).max(1e-3);
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    // Drawn into memory and written atomically: no half-drawn SVG after an interruption.
+    let mut svg = String::new();
+    let mut draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption("loss", ("sans-serif", 20))
@@ -129,7 +133,8 @@ pub fn plot_loss_curve(records: &[LogRecord], path: &Path) -> Result<()> {
             path,
             std::io::Error::other(format!("drawing the loss curve: {e}")),
         )
-    })
+    })?;
+    Ok(temper_formats::write_atomic(path, svg.as_bytes())?)
 }
 
 /// Per-name mean over micro-batches/steps, in first-seen order.

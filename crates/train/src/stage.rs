@@ -35,6 +35,18 @@ use crate::{Result, TrainError};
 /// training (including [`TrainError::NonFiniteLoss`]) and saving failures.
 pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     config.validate()?;
+    if !config.resume {
+        // A resume continues in the directory it finds; a fresh run must not silently mix
+        // with (or replace) what an earlier run left there.
+        temper_formats::check_output_dir(&config.trainer.output_dir, config.overwrite).map_err(
+            |e| {
+                TrainError::Config(format!(
+                    "{e}, or --resume to continue its run (`overwrite` / `resume` in a stage \
+                     file)"
+                ))
+            },
+        )?;
+    }
     let tc = &config.trainer;
     let spec: DeviceSpec = config.device.parse()?;
     let precision: TrainPrecision = config.precision.parse()?;

@@ -1,0 +1,18 @@
+//! lm-evaluation-harness 0.4 task YAMLs over local data (issue 24).
+//!
+//! * [`config`]: the YAML (with `include`), refusing what Temper does not run;
+//! * [`dataset`]: the splits from local JSON lines / JSON / CSV files or a dataset folder;
+//! * [`prompt`]: `doc_to_text` / `doc_to_choice` / `doc_to_target` (Jinja) and the few-shot
+//!   context;
+//! * [`sampler`]: few-shot examples as lm-eval draws them (`first_n`, and the default seeded
+//!   sampler with CPython's generator);
+//! * [`run`]: requests, lm-eval's metrics and its results JSON.
+
+pub mod config;
+pub mod dataset;
+pub mod prompt;
+pub mod run;
+pub mod sampler;
+
+pub use config::TaskConfig;
+pub use run::{TaskResult, TaskSettings, evaluate_task};

@@ -1,0 +1,385 @@
+//! `doc_to_text` / `doc_to_target` / `doc_to_choice` and the few-shot context, as lm-eval 0.4
+//! builds them for a multiple-choice task.
+//!
+//! A spec that names a field of the document is that field; any other string is a Jinja
+//! template rendered with the document's fields (strict undefined, trailing newline kept, as
+//! lm-eval's environment), with CPython's string methods and lists' `.index()`. A rendered
+//! target made of digits is a choice index. Choices rendered from a template are read as a
+//! Python literal list by lm-eval (`ast.literal_eval`): Temper evaluates a template that is a
+//! single `{{ expression }}` directly to its list, and reads other renders as a literal list.
+
+use minijinja::value::{Value as JValue, ValueKind};
+use minijinja::{Environment, Error as JinjaError, ErrorKind, UndefinedBehavior, context};
+use serde_json::Value;
+
+use super::config::TaskConfig;
+use super::dataset::Doc;
+use crate::{EvalError, Result};
+
+/// A document's target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Index(usize),
+    Text(String),
+}
+
+/// The templates of one task, compiled once.
+#[derive(Debug)]
+pub struct Prompter<'t> {
+    config: &'t TaskConfig,
+    env: Environment<'static>,
+}
+
+fn index_method(
+    _state: &minijinja::State<'_, '_>,
+    value: &JValue,
+    method: &str,
+    args: &[JValue],
+) -> std::result::Result<JValue, JinjaError> {
+    if method == "index" && value.kind() == ValueKind::Seq {
+        let [needle] = args else {
+            return Err(JinjaError::new(
+                ErrorKind::InvalidOperation,
+                "list.index takes one argument",
+            ));
+        };
+        let iter = value.try_iter()?;
+        for (i, item) in iter.enumerate() {
+            if &item == needle {
+                return Ok(JValue::from(i));
+            }
+        }
+        return Err(JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!("{needle} is not in list"),
+        ));
+    }
+    Err(JinjaError::from(ErrorKind::UnknownMethod))
+}
+
+fn regex_replace(
+    s: String,
+    pattern: String,
+    repl: String,
+) -> std::result::Result<String, JinjaError> {
+    let re = regex::Regex::new(&pattern)
+        .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, format!("regex_replace: {e}")))?;
+    // Python's `\1` back-references are `${1}` here.
+    let backref = regex::Regex::new(r"\\(\d+)")
+        .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, format!("regex_replace: {e}")))?;
+    let repl = backref.replace_all(&repl, "$${$1}");
+    Ok(re.replace_all(&s, repl.as_ref()).into_owned())
+}
+
+/// `ast.literal_eval` of a list of strings or numbers, as Python prints one.
+fn literal_list(text: &str) -> Option<Vec<String>> {
+    let t = text.trim();
+    let inner = t.strip_prefix('[')?.strip_suffix(']')?;
+    let mut out = Vec::new();
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        let Some(&c) = chars.peek() else { break };
+        if c == '\'' || c == '"' {
+            chars.next();
+            let mut s = String::new();
+            loop {
+                match chars.next()? {
+                    '\\' => match chars.next()? {
+                        'n' => s.push('\n'),
+                        't' => s.push('\t'),
+                        other => s.push(other),
+                    },
+                    q if q == c => break,
+                    other => s.push(other),
+                }
+            }
+            out.push(s);
+        } else {
+            let mut s = String::new();
+            while let Some(&d) = chars.peek() {
+                if d == ',' {
+                    break;
+                }
+                s.push(d);
+                chars.next();
+            }
+            let s = s.trim().to_string();
+            s.parse::<f64>().ok()?;
+            out.push(s);
+        }
+    }
+    Some(out)
+}
+
+fn to_strings(v: &JValue) -> Option<Vec<String>> {
+    if v.kind() != ValueKind::Seq {
+        return None;
+    }
+    v.try_iter()
+        .ok()?
+        .map(|x| {
+            if let Some(s) = x.as_str() {
+                Some(s.to_string())
+            } else {
+                Some(x.to_string())
+            }
+        })
+        .collect()
+}
+
+fn json_strings(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|x| match x {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect(),
+        Value::Object(map) => json_strings(&Value::Array(map.values().cloned().collect())),
+        _ => None,
+    }
+}
+
+impl<'t> Prompter<'t> {
+    /// Compile the task's templates.
+    pub fn new(config: &'t TaskConfig) -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        env.set_unknown_method_callback(|state, value, method, args| {
+            match index_method(state, value, method, args) {
+                Err(e) if e.kind() == ErrorKind::UnknownMethod => {
+                    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+                }
+                other => other,
+            }
+        });
+        env.add_filter("regex_replace", regex_replace);
+        Self { config, env }
+    }
+
+    fn error(&self, key: &str, doc: usize, reason: impl std::fmt::Display) -> EvalError {
+        EvalError::Task {
+            path: self.config.path.clone(),
+            key: key.to_string(),
+            reason: format!("document {doc}: {reason}"),
+        }
+    }
+
+    fn render(&self, key: &str, template: &str, doc: &Doc, n: usize) -> Result<String> {
+        self.env
+            .render_str(template, context! { ..JValue::from_serialize(doc) })
+            .map_err(|e| self.error(key, n, format!("template: {e:#}")))
+    }
+
+    /// A template that is one `{{ expression }}`, evaluated to its value.
+    fn eval_expression(&self, template: &str, doc: &Doc) -> Option<JValue> {
+        let inner = template.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+        if inner.contains("{{") || inner.contains("{%") {
+            return None;
+        }
+        let expr = self.env.compile_expression(inner.trim()).ok()?;
+        expr.eval(JValue::from_serialize(doc)).ok()
+    }
+
+    /// `doc_to_text`.
+    ///
+    /// # Errors
+    /// Template errors, a field that is not a string, or an integer (lm-eval's multiple-input
+    /// tasks, not supported).
+    pub fn text(&self, spec: &Value, doc: &Doc, n: usize) -> Result<String> {
+        match spec {
+            Value::String(s) if doc.contains_key(s) => match &doc[s] {
+                Value::String(t) => Ok(t.clone()),
+                other => Err(self.error(
+                    "doc_to_text",
+                    n,
+                    format!("field `{s}` is {other}, not text"),
+                )),
+            },
+            Value::String(template) => {
+                let text = self.render("doc_to_text", template, doc, n)?;
+                if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(self.error(
+                        "doc_to_text",
+                        n,
+                        "renders to an index: multiple-input tasks (Winogrande-style) are not \
+                         supported",
+                    ));
+                }
+                Ok(text)
+            }
+            other => Err(self.error("doc_to_text", n, format!("{other} is not supported"))),
+        }
+    }
+
+    /// `doc_to_choice`.
+    ///
+    /// # Errors
+    /// Template errors, or a value that is not a list of strings.
+    pub fn choices(&self, spec: &Value, doc: &Doc, n: usize) -> Result<Vec<String>> {
+        let not_list = |what: &str| {
+            self.error(
+                "doc_to_choice",
+                n,
+                format!("{what} is not a list of strings"),
+            )
+        };
+        match spec {
+            Value::String(s) if doc.contains_key(s) => {
+                json_strings(&doc[s]).ok_or_else(|| not_list(s))
+            }
+            Value::String(template) => {
+                if let Some(v) = self.eval_expression(template, doc)
+                    && let Some(list) = to_strings(&v)
+                {
+                    return Ok(list);
+                }
+                let text = self.render("doc_to_choice", template, doc, n)?;
+                literal_list(&text).ok_or_else(|| not_list(&format!("`{text}`")))
+            }
+            other => json_strings(other).ok_or_else(|| not_list("the value")),
+        }
+    }
+
+    /// `doc_to_target`: an index into the choices or a choice's text.
+    ///
+    /// # Errors
+    /// Template errors, a list (multiple targets, not supported) or another type.
+    pub fn target(&self, spec: &Value, doc: &Doc, n: usize) -> Result<Target> {
+        let from_value = |v: &Value| -> Result<Target> {
+            match v {
+                Value::Number(x) => x
+                    .as_u64()
+                    .and_then(|i| usize::try_from(i).ok())
+                    .map(Target::Index)
+                    .ok_or_else(|| self.error("doc_to_target", n, format!("{x} is not an index"))),
+                Value::String(s) => Ok(Target::Text(s.clone())),
+                Value::Bool(b) => Ok(Target::Index(usize::from(*b))),
+                other => Err(self.error(
+                    "doc_to_target",
+                    n,
+                    format!("{other}: only one target (an index or a choice) is supported"),
+                )),
+            }
+        };
+        match spec {
+            Value::Number(_) => from_value(spec),
+            Value::String(s) if doc.contains_key(s) => from_value(&doc[s]),
+            Value::String(template) => {
+                let text = self.render("doc_to_target", template, doc, n)?;
+                if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                    return text
+                        .parse()
+                        .map(Target::Index)
+                        .map_err(|e| self.error("doc_to_target", n, e));
+                }
+                if text.starts_with('[') && text.ends_with(']') && literal_list(&text).is_some() {
+                    return Err(self.error(
+                        "doc_to_target",
+                        n,
+                        "several targets are not supported",
+                    ));
+                }
+                Ok(Target::Text(text))
+            }
+            other => from_value(other),
+        }
+    }
+
+    /// The text of a description / field spec (`resolve_field`).
+    fn resolve_field(&self, key: &str, spec: &str, doc: &Doc, n: usize) -> Result<String> {
+        if spec.is_empty() {
+            return Ok(String::new());
+        }
+        match doc.get(spec) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Ok(other.to_string()),
+            None => self.render(key, spec, doc, n),
+        }
+    }
+
+    /// The gold index among `choices` (lm-eval's `choices.index(target)` for a text target);
+    /// `None` when the target is not among them — lm-eval warns and scores the document wrong,
+    /// and so does Temper.
+    ///
+    /// # Errors
+    /// Template errors.
+    pub fn gold(&self, doc: &Doc, n: usize, choices: &[String]) -> Result<Option<usize>> {
+        let gold = match self.target(&self.config.doc_to_target, doc, n)? {
+            Target::Index(i) => Some(i).filter(|&i| i < choices.len()),
+            Target::Text(t) => choices.iter().position(|c| *c == t),
+        };
+        if gold.is_none() {
+            tracing::warn!(
+                task = %self.config.task,
+                document = n,
+                "the target is not one of the {} choices: scored as wrong (as lm-eval does)",
+                choices.len()
+            );
+        }
+        Ok(gold)
+    }
+
+    /// The answer text of a few-shot example.
+    fn answer(&self, doc: &Doc, n: usize) -> Result<String> {
+        let choices = match &self.config.doc_to_choice {
+            Some(spec) => Some(self.choices(spec, doc, n)?),
+            None => None,
+        };
+        match (self.target(&self.config.doc_to_target, doc, n)?, choices) {
+            (Target::Index(i), Some(c)) => c.get(i).cloned().ok_or_else(|| {
+                self.error(
+                    "doc_to_target",
+                    n,
+                    format!("index {i} is past the {} choices", c.len()),
+                )
+            }),
+            (Target::Index(i), None) => Ok(i.to_string()),
+            (Target::Text(t), _) => Ok(t),
+        }
+    }
+
+    /// The full context of document `doc` (number `n`) with few-shot examples `shots`:
+    /// description, then each example as `text + target_delimiter + answer +
+    /// fewshot_delimiter`, then the document's text.
+    ///
+    /// # Errors
+    /// Template errors naming the key and document.
+    pub fn context(&self, doc: &Doc, n: usize, shots: &[(usize, &Doc)]) -> Result<String> {
+        let c = self.config;
+        let mut out = self.resolve_field("description", &c.description, doc, n)?;
+        for &(m, shot) in shots {
+            out.push_str(&self.text(&c.doc_to_text, shot, m)?);
+            out.push_str(&c.target_delimiter);
+            out.push_str(&self.answer(shot, m)?);
+            out.push_str(&c.fewshot_delimiter);
+        }
+        out.push_str(&self.text(&c.doc_to_text, doc, n)?);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_literal_lists_parse() {
+        assert_eq!(
+            literal_list(r#"['a', "b's", 'c\'d']"#),
+            Some(vec!["a".into(), "b's".into(), "c'd".into()])
+        );
+        assert_eq!(
+            literal_list("[1, 2.5]"),
+            Some(vec!["1".into(), "2.5".into()])
+        );
+        assert_eq!(literal_list("not a list"), None);
+        assert_eq!(literal_list("[foo]"), None);
+    }
+}

