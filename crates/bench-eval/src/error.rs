@@ -13,6 +13,9 @@ pub enum EvalError {
         line: usize,
         reason: String,
     },
+    /// A benchmark file without a single question (empty, or only blank lines).
+    #[error("{}: no questions (the file is empty or holds only blank lines)", path.display())]
+    NoQuestions { path: PathBuf },
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

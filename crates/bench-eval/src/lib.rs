@@ -8,9 +8,11 @@
 //! * [`run`]: [`evaluate_model`], either mode with the special tokens read off the model.
 //! * [`task`]: lm-evaluation-harness task YAMLs over local data (multiple choice), with
 //!   lm-eval's few-shot contexts, metrics and results JSON.
+//! * [`compare`]: two runs side by side (McNemar, paired bootstrap, Holm across categories).
 //! * [`results`]: accuracy with standard errors, per-question records, McNemar and paired
 //!   bootstrap tests, merge analysis.
 
+pub mod compare;
 pub mod error;
 pub mod generative;
 pub mod loglik;

@@ -6,10 +6,16 @@
 //! {"type": "short", "question": "...", "answer": "keratin", "aliases": ["alpha-keratin"]}
 //! ```
 //! `id` and `category` are optional; a missing id becomes `line{N}`. Blank lines are skipped.
+//! Ids must be unique (records and paired comparisons are keyed by them), and a file without
+//! a question is an error rather than a `0.0 ± 0.0` score.
 
+use std::collections::HashMap;
+use std::io::BufRead;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use temper_objectives::data::lines::{BoundedLines, Line};
 
 use crate::{EvalError, Result};
 
@@ -108,28 +114,76 @@ impl Question {
     }
 }
 
+/// Longest benchmark line read (16 MiB: room for a long reading-comprehension context);
+/// longer lines are rejected without being read into memory whole.
+pub const MAX_QUESTION_LINE_BYTES: usize = 16 << 20;
+
 /// Parse JSONL text; `path` only names the source in errors.
 ///
 /// # Errors
-/// [`EvalError::Malformed`] naming the file and 1-based line of the first bad line.
+/// [`EvalError::Malformed`] naming the file and 1-based line of the first bad line (a second
+/// use of an id names the line of the first); [`EvalError::NoQuestions`] for a file with none.
 pub fn parse_questions(text: &str, path: &Path) -> Result<Vec<Question>> {
+    parse_question_lines(text.as_bytes(), path)
+}
+
+/// Parse JSONL from a reader, line by line with [`MAX_QUESTION_LINE_BYTES`] per line.
+///
+/// # Errors
+/// I/O errors; [`EvalError::Malformed`] naming the file and 1-based line of the first bad line
+/// (malformed JSON or fields, invalid UTF-8, a line over the cap, a second use of an id);
+/// [`EvalError::NoQuestions`] for a file with none.
+pub fn parse_question_lines(reader: impl BufRead, path: &Path) -> Result<Vec<Question>> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
+    // id → the line it was first used on.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut lines = BoundedLines::new(reader, MAX_QUESTION_LINE_BYTES);
+    let io = |source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    while let Some((n, line)) = lines.next_line().map_err(io)? {
         let malformed = |reason: String| EvalError::Malformed {
             path: path.to_path_buf(),
             line: n,
             reason,
         };
+        let line = match line {
+            Line::Text(text) => text,
+            Line::TooLong { len } => {
+                return Err(malformed(format!(
+                    "line of {len} bytes, over the limit of {MAX_QUESTION_LINE_BYTES}"
+                )));
+            }
+            Line::InvalidUtf8 { at } => {
+                return Err(malformed(format!("invalid UTF-8 at byte {at} of the line")));
+            }
+        };
+        let line = if n == 1 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            &line
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
         let mut q: Question = serde_json::from_str(line).map_err(|e| malformed(e.to_string()))?;
         q.validate().map_err(malformed)?;
         if q.id.is_empty() {
             q.id = format!("line{n}");
         }
+        if let Some(first) = seen.insert(q.id.clone(), n) {
+            return Err(malformed(format!(
+                "duplicate id `{}` (first used on line {first}; ids must be unique)",
+                q.id
+            )));
+        }
         out.push(q);
+    }
+    if out.is_empty() {
+        return Err(EvalError::NoQuestions {
+            path: path.to_path_buf(),
+        });
     }
     Ok(out)
 }
@@ -140,11 +194,11 @@ pub fn parse_questions(text: &str, path: &Path) -> Result<Vec<Question>> {
 /// I/O errors and [`EvalError::Malformed`] lines.
 pub fn load_questions(path: impl AsRef<Path>) -> Result<Vec<Question>> {
     let path = path.as_ref();
-    let text = temper_formats::read_regular_to_string(path).map_err(|source| EvalError::Io {
+    let file = temper_formats::open_regular(path).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_questions(&text, path)
+    parse_question_lines(std::io::BufReader::new(file), path)
 }
 
 #[cfg(test)]
@@ -183,6 +237,43 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_ids_name_the_id_and_both_lines() {
+        let text = "{\"id\": \"q1\", \"type\": \"tf\", \"question\": \"A\", \"answer\": true}\n\n\
+                    {\"id\": \"q2\", \"type\": \"tf\", \"question\": \"B\", \"answer\": true}\n\
+                    {\"id\": \"q1\", \"type\": \"tf\", \"question\": \"C\", \"answer\": false}\n";
+        let msg = parse_questions(text, Path::new("b.jsonl"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            msg,
+            "b.jsonl:4: duplicate id `q1` (first used on line 1; ids must be unique)"
+        );
+        // An explicit id that collides with a generated `line{N}` is caught too.
+        let text = "{\"type\": \"tf\", \"question\": \"A\", \"answer\": true}\n\
+                    {\"id\": \"line1\", \"type\": \"tf\", \"question\": \"B\", \"answer\": true}\n";
+        let msg = parse_questions(text, Path::new("b.jsonl"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.starts_with("b.jsonl:2: duplicate id `line1`"), "{msg}");
+    }
+
+    #[test]
+    fn an_empty_benchmark_is_an_error() {
+        for text in ["", "\n  \n\n"] {
+            let msg = parse_questions(text, Path::new("empty.jsonl"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                msg.starts_with("empty.jsonl: no questions"),
+                "{text:?}: {msg}"
+            );
+        }
+    }
+
+    #[test]
     fn malformed_lines_name_file_and_line() {
         let cases = [
             "{\"type\": \"mc\", \"question\": \"Q\", \"choices\": [\"a\", \"b\"], \"answer\": 5}",
@@ -209,5 +300,30 @@ mod tests {
                 .unwrap_or_default();
             assert!(msg.starts_with("bench/x.jsonl:2:"), "{msg}");
         }
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn invalid_utf8_and_huge_lines_name_the_line() {
+        let path = Path::new("bench.jsonl");
+        let good = r#"{"type":"tf","question":"q","answer":true}"#;
+        let mut bytes = format!("{good}\n{good}\n").into_bytes();
+        bytes.extend_from_slice(b"{\"type\":\"tf\",\"question\":\"\xff\"}\n");
+        let err = parse_question_lines(&bytes[..], path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bench.jsonl:3") && err.contains("UTF-8"),
+            "{err}"
+        );
+        let mut bytes = format!("{good}\n").into_bytes();
+        bytes.extend(std::iter::repeat_n(b' ', MAX_QUESTION_LINE_BYTES + 1));
+        let err = parse_question_lines(&bytes[..], path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bench.jsonl:2") && err.contains("over the limit"),
+            "{err}"
+        );
     }
 }

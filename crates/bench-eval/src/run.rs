@@ -5,11 +5,11 @@
 use serde::{Deserialize, Serialize};
 use temper_llm_arch::Pretrained;
 
-use crate::Result;
 use crate::generative::{GenerativeConfig, evaluate_generative};
 use crate::loglik::{LoglikConfig, evaluate_loglik};
 use crate::question::Question;
 use crate::results::{Metric, QuestionRecord};
+use crate::{EvalError, Result};
 
 /// How answers are obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -69,6 +69,10 @@ pub fn evaluate_model(
     settings: &EvalSettings,
     progress: impl FnMut(usize, usize),
 ) -> Result<Vec<QuestionRecord>> {
+    // No questions would score as `0.0 ± 0.0`, which reads like a result.
+    if questions.is_empty() {
+        return Err(EvalError::Invalid("no questions to evaluate".into()));
+    }
     let pad = p
         .special
         .pad

@@ -1,5 +1,6 @@
 //! `temper`: the command-line front end of the Temper crates.
 
+mod compare;
 mod eval;
 mod eval_tasks;
 mod extract_lora;
@@ -104,6 +105,9 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Evaluate a model on a benchmark (log-likelihood or the paper's generative protocol).
     Eval(eval::EvalArgs),
+    /// Compare two evaluation runs of one benchmark: per category and overall, McNemar's exact
+    /// test, a paired bootstrap, Holm's correction across categories (table, JSON, SVG).
+    Compare(compare::CompareArgs),
     /// The paper's study in one command: CPT → SFT → ORPO from an instruct model, each stage
     /// SLERP-merged with it, every variant benchmarked, report.{md,html,json}.
     Pipeline(pipeline::PipelineArgs),
@@ -262,6 +266,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ExtractLora(args) => extract_lora::run(args)?,
         Command::Train(args) => train::run(args)?,
         Command::Eval(args) => eval::run(args)?,
+        Command::Compare(args) => compare::run(args)?,
         Command::Pipeline(args) => pipeline::run(args)?,
     }
     Ok(())

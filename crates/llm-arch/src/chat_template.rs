@@ -1,10 +1,15 @@
 //! HF chat templates (Jinja, from `tokenizer_config.json` or GGUF metadata) rendered with
 //! minijinja, with Python string methods (`.strip()`, `.startswith()`, ...) that HF templates
-//! call and the `raise_exception` helper they expect.
+//! call and the `raise_exception` helper they expect. Rendering is bounded (steps, recursion,
+//! value and output sizes: [`crate::chat_template_limits`]), and errors name where the template
+//! came from.
 
-use minijinja::{Environment, Error as JinjaError, ErrorKind, context};
+use minijinja::machinery::{CodeGenerator, Token, Vm, WhitespaceConfig, make_string_output};
+use minijinja::syntax::SyntaxConfig;
+use minijinja::{AutoEscape, Environment, Error as JinjaError, ErrorKind, Value, context};
 use serde::{Deserialize, Serialize};
 
+use crate::chat_template_limits as limits;
 use crate::{Error, Result};
 
 /// One chat message (`{"role": ..., "content": ...}`, the TRL/HF format).
@@ -29,6 +34,9 @@ impl ChatMessage {
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
+    /// Where the template came from, for errors ("`DIR/tokenizer_config.json`", "GGUF
+    /// tokenizer.chat_template in `FILE`").
+    origin: String,
     bos_token: String,
     eos_token: String,
 }
@@ -38,27 +46,55 @@ fn raise_exception(message: String) -> std::result::Result<String, JinjaError> {
 }
 
 impl ChatTemplate {
-    /// Compile `source`.
+    /// Compile `source`; render errors name where it came from once [`Self::with_origin`]
+    /// has said so.
     ///
     /// # Errors
-    /// [`Error::Template`] with minijinja's syntax error.
+    /// [`Error::Template`] with minijinja's syntax error, or a template that uses the names
+    /// reserved for the limit checks.
     pub fn new(
         source: impl Into<String>,
         bos_token: impl Into<String>,
         eos_token: impl Into<String>,
     ) -> Result<Self> {
         let source = source.into();
+        let origin = String::new();
+        let fail = Error::Template;
+        if source.contains(limits::RESERVED_PREFIX) {
+            return Err(fail(format!(
+                "names starting with `{}` are reserved",
+                limits::RESERVED_PREFIX
+            )));
+        }
         let mut env = Environment::new();
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(checked_method);
         env.add_function("raise_exception", raise_exception);
-        env.add_template_owned("chat", source.clone())
-            .map_err(|e| Error::Template(e.to_string()))?;
+        env.set_recursion_limit(limits::RECURSION_LIMIT);
+        env.set_fuel(Some(limits::fuel_for(longest_literal(&source))));
+        limits::install(&mut env);
+        // Compile once here for the syntax error; `render` compiles again (the instructions
+        // borrow the source, so they cannot live in `Self`).
+        compile(&source).map_err(|e| fail(format!("{e:#}")))?;
         Ok(Self {
             env,
             source,
+            origin,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
         })
+    }
+
+    /// Name where the template came from (a `tokenizer_config.json` path, "GGUF
+    /// tokenizer.chat_template in FILE"); render errors start with it.
+    #[must_use]
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = origin.into();
+        self
+    }
+
+    /// Where the template came from (empty when unknown).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The Jinja source.
@@ -69,20 +105,94 @@ impl ChatTemplate {
     /// Render `messages`; with `add_generation_prompt` the assistant turn header is appended.
     ///
     /// # Errors
-    /// [`Error::Template`] for render errors, including the template's own `raise_exception`.
+    /// [`Error::Template`] naming the template's origin, for render errors (the template's
+    /// own `raise_exception` included) and for a render that runs past the limits (steps,
+    /// recursion, size of a value or of the output).
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self
-            .env
-            .get_template("chat")
-            .map_err(|e| Error::Template(e.to_string()))?;
-        tmpl.render(context! {
+        let fail = |e: JinjaError| match self.origin.as_str() {
+            "" => Error::Template(format!("{e:#}")),
+            origin => Error::Template(format!("{origin}: {e:#}")),
+        };
+        let (mut instructions, blocks) = compile(&self.source).map_err(fail)?;
+        limits::rewrite(&mut instructions);
+        let root = Value::from_serialize(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
-        })
-        .map_err(|e| Error::Template(format!("{e:#}")))
+        });
+        let mut rendered = String::new();
+        limits::start_render();
+        Vm::new(&self.env)
+            .eval(
+                &instructions,
+                root,
+                &blocks,
+                &mut make_string_output(&mut rendered),
+                AutoEscape::None,
+            )
+            .map_err(|e| {
+                let hit_fuel = e.kind() == ErrorKind::OutOfFuel;
+                let mut err = fail(e);
+                if hit_fuel && let Error::Template(m) = &mut err {
+                    m.push_str(&format!(
+                        " (the limit is {} template steps per render)",
+                        self.env.fuel().unwrap_or(0)
+                    ));
+                }
+                err
+            })?;
+        Ok(rendered)
     }
+}
+
+type Compiled<'s> = (
+    minijinja::machinery::Instructions<'s>,
+    std::collections::BTreeMap<&'s str, minijinja::machinery::Instructions<'s>>,
+);
+
+/// Parse and compile `source` as minijinja's `Environment` would (default syntax and
+/// whitespace).
+fn compile(source: &str) -> std::result::Result<Compiled<'_>, JinjaError> {
+    let ast =
+        minijinja::machinery::parse(source, "chat", SyntaxConfig, WhitespaceConfig::default())?;
+    let mut generator = CodeGenerator::new("chat", source);
+    generator.compile_stmt(&ast);
+    Ok(generator.finish())
+}
+
+/// The longest literal text chunk of `source` (what one instruction can emit without being
+/// counted); the whole source when it does not tokenize (compiling reports that error).
+fn longest_literal(source: &str) -> usize {
+    let mut longest = 0;
+    for token in
+        minijinja::machinery::tokenize(source, false, SyntaxConfig, WhitespaceConfig::default())
+    {
+        match token {
+            Ok((Token::TemplateData(text), _)) => longest = longest.max(text.len()),
+            Ok(_) => {}
+            Err(_) => return source.len(),
+        }
+    }
+    longest
+}
+
+/// Python string methods (minijinja-contrib's `pycompat`), with a bound on what they build.
+fn checked_method(
+    state: &minijinja::State<'_, '_>,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, JinjaError> {
+    let mut all = Vec::with_capacity(args.len() + 1);
+    all.push(value.clone());
+    all.extend_from_slice(args);
+    if let Some(bound) = limits::amplified_bound(method, &all) {
+        limits::precheck(&format!("method `{method}`"), bound)?;
+    }
+    limits::account(minijinja_contrib::pycompat::unknown_method_callback(
+        state, value, method, args,
+    )?)
 }
 
 #[cfg(test)]

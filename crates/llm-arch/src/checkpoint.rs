@@ -289,9 +289,9 @@ impl SafetensorsSource {
     }
 }
 
-/// Convert raw little-endian tensor bytes to f32.
+/// Convert raw little-endian tensor bytes to f32, refusing NaN and infinite values.
 fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
-    Ok(match dtype {
+    let data: Vec<f32> = match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -311,7 +311,16 @@ fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32
                 dtype: format!("{other:?}"),
             });
         }
-    })
+    };
+    match crate::finite::first_non_finite(&data) {
+        None => Ok(data),
+        Some(index) => Err(Error::NonFiniteWeight {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            index,
+            value: data[index],
+        }),
+    }
 }
 
 impl TensorSource for SafetensorsSource {

@@ -6,6 +6,8 @@ use serde_json::{Map, Value, json};
 
 use crate::{Error, Result};
 
+mod bounds;
+
 /// RoPE frequency scaling (`rope_scaling` / `rope_parameters` in HF configs).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -102,14 +104,15 @@ impl Keys<'_> {
                 .iter()
                 .map(|v| {
                     v.as_u64()
-                        .map(|n| n as u32)
-                        .ok_or_else(|| self.invalid(key, "expected token ids"))
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| self.invalid(key, "expected token ids (0 ≤ id < 2^32)"))
                 })
                 .collect(),
             Some(v) => v
                 .as_u64()
-                .map(|n| vec![n as u32])
-                .ok_or_else(|| self.invalid(key, "expected a token id")),
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|n| vec![n])
+                .ok_or_else(|| self.invalid(key, "expected a token id (0 ≤ id < 2^32)")),
         }
     }
 }
@@ -179,9 +182,20 @@ impl ModelConfig {
                 format!("{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"),
             ));
         }
-        let head_dim = k
-            .usize_opt("head_dim")?
-            .unwrap_or(hidden_size / num_attention_heads);
+        let head_dim = match k.usize_opt("head_dim")? {
+            Some(d) => d,
+            // HF derives it by floor division; a remainder means the config is not one model.
+            None if !hidden_size.is_multiple_of(num_attention_heads) => {
+                return Err(k.invalid(
+                    "num_attention_heads",
+                    format!(
+                        "{num_attention_heads} does not divide hidden_size {hidden_size} \
+                         (and no head_dim is given)"
+                    ),
+                ));
+            }
+            None => hidden_size / num_attention_heads,
+        };
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(k.invalid("head_dim", format!("{head_dim} must be even and positive")));
         }
@@ -214,7 +228,7 @@ impl ModelConfig {
             })?),
         };
         let vocab_size = k.usize("vocab_size")?;
-        Ok(Self {
+        let config = Self {
             vocab_size,
             hidden_size,
             intermediate_size: k.usize("intermediate_size")?,
@@ -234,7 +248,9 @@ impl ModelConfig {
             pad_token_id: k.ids("pad_token_id")?.first().copied(),
             model_type,
             raw: obj.clone(),
-        })
+        };
+        config.validate(origin)?;
+        Ok(config)
     }
 
     fn parse_rope_scaling(s: &Map<String, Value>, k: &Keys<'_>) -> Result<Option<RopeScaling>> {
@@ -257,6 +273,7 @@ impl ModelConfig {
                 factor: num("factor")?,
                 low_freq_factor: num("low_freq_factor")?,
                 high_freq_factor: num("high_freq_factor")?,
+                // A negative or fractional value saturates to 0 here, which `validate` refuses.
                 original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
             }),
             other => {
@@ -355,18 +372,11 @@ impl ModelConfig {
         Self::from_json(&value, &PathBuf::from("<tiny>")).unwrap_or_else(|e| unreachable!("{e}"))
     }
 
-    /// Parameter count of a model with this config.
+    /// Parameter count of a model with this config. A config read from a file has passed
+    /// [`ModelConfig::validate`], so the count fits; one built by hand with absurd sizes
+    /// saturates at `usize::MAX` (see [`ModelConfig::checked_num_parameters`]).
     pub fn num_parameters(&self) -> usize {
-        let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
-        let q = self.num_attention_heads * hd;
-        let kv = self.num_key_value_heads * hd;
-        let bias = if self.attention_bias { q + 2 * kv } else { 0 };
-        let layer = h * q + 2 * h * kv + q * h + bias + 3 * h * i + 2 * h;
-        let embed = self.vocab_size * h;
-        embed
-            + self.num_hidden_layers * layer
-            + h
-            + if self.tie_word_embeddings { 0 } else { embed }
+        self.checked_num_parameters().unwrap_or(usize::MAX)
     }
 }
 

@@ -49,6 +49,14 @@ pub enum Error {
         name: String,
         dtype: String,
     },
+    /// A NaN or infinite weight; `index` is the first bad element (row-major, as stored).
+    #[error("{path}: tensor `{name}` holds {value} at element {index} (weights must be finite)")]
+    NonFiniteWeight {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f32,
+    },
     #[error("{path}: no model.safetensors, model.safetensors.index.json or .gguf file found")]
     NoWeights { path: PathBuf },
     #[error(transparent)]
@@ -63,6 +71,9 @@ pub enum Error {
     Template(String),
     #[error(transparent)]
     Backend(#[from] temper_backend::BackendError),
+    /// A setting (a generation flag such as `temperature`) outside its range.
+    #[error("`{field}`: {reason}")]
+    InvalidSetting { field: String, reason: String },
     #[error("invalid input: {0}")]
     InvalidInput(String),
 }

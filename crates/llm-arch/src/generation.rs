@@ -44,6 +44,45 @@ impl Default for GenerationConfig {
     }
 }
 
+impl GenerationConfig {
+    /// Check the sampling numbers against HF's ranges, so `temperature: -1` or `top_p: 5` is
+    /// an error rather than a silent greedy run or a no-op filter. [`generate`] calls it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] naming the field and its allowed range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, value: String, range: &str| {
+            Err(Error::InvalidSetting {
+                field: field.to_string(),
+                reason: format!("{value} is out of range (must be {range})"),
+            })
+        };
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(
+                "temperature",
+                self.temperature.to_string(),
+                "a finite number ≥ 0; 0 is greedy",
+            );
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return bad("top_p", p.to_string(), "in (0, 1]");
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k", "0".into(), "≥ 1; leave it unset for no top-k");
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(
+                "repetition_penalty",
+                self.repetition_penalty.to_string(),
+                "a finite number > 0; 1 is no penalty",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Why a row stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
@@ -154,6 +193,7 @@ pub fn generate(
     config: &GenerationConfig,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<GenerationOutput>> {
+    config.validate()?;
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(Error::InvalidInput(
             "every prompt needs at least one token".into(),

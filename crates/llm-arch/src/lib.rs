@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod config;
 mod error;
+mod finite;
 pub mod gguf;
 pub mod llama;
 pub mod projection;
@@ -21,6 +22,7 @@ pub use error::{Error, Result};
 pub use llama::{ForwardOptions, LlamaForCausalLM};
 pub use projection::{LoraAdapter, Projection};
 pub mod chat_template;
+mod chat_template_limits;
 pub mod checkpoint;
 mod save;
 pub mod tokenizer;

@@ -127,8 +127,27 @@ impl TokenizerBundle {
                     self.bos_token.clone().unwrap_or_default(),
                     self.eos_token.clone().unwrap_or_default(),
                 )
+                .map(|t| t.with_origin(self.chat_template_origin()))
             })
             .transpose()
+    }
+}
+
+impl TokenizerBundle {
+    /// Where the chat template was read, for errors: the GGUF key, `chat_template.jinja` (which
+    /// takes precedence) or `tokenizer_config.json`.
+    pub fn chat_template_origin(&self) -> String {
+        if self.gguf_special.is_some() {
+            return format!("GGUF tokenizer.chat_template in {}", self.origin.display());
+        }
+        let jinja = self
+            .origin
+            .with_file_name(temper_formats::tokenizer::CHAT_TEMPLATE_JINJA);
+        if jinja.is_file() {
+            jinja.display().to_string()
+        } else {
+            format!("{} (chat_template)", self.origin.display())
+        }
     }
 }
 

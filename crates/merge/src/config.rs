@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use crate::{DType, MergeError, Result};
 
+mod ranges;
+
 /// A whole merge configuration (`mergekit-yaml` file).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +223,7 @@ impl MergeConfig {
         let cfg: Self = serde_yaml_ng::from_str(text)
             .map_err(|e| MergeError::Config(format!("{origin}: {e}")))?;
         cfg.validate_shape()?;
+        cfg.validate_parameters(origin)?;
         Ok(cfg)
     }
 

@@ -433,6 +433,21 @@ impl PipelineConfig {
                 &self.precision,
             )?;
         }
+        // 0 would evaluate nothing (a `0.0 ± 0.0` score) or never finish a batch.
+        let b = &self.benchmark;
+        for (key, value) in [
+            ("benchmark.batch_size", Some(b.batch_size)),
+            ("benchmark.limit", b.limit),
+            ("benchmark.max_new_tokens", Some(b.max_new_tokens)),
+            ("benchmark.bootstrap_resamples", Some(b.bootstrap_resamples)),
+        ] {
+            if value == Some(0) {
+                return Err(PipelineError::config(
+                    origin,
+                    format!("`{key}` 0 is out of range (must be ≥ 1)"),
+                ));
+            }
+        }
         if self.benchmark.mode == EvalMode::Generate && self.benchmark.metric != Metric::Acc {
             return Err(PipelineError::config(
                 origin,
@@ -542,5 +557,68 @@ mod tests {
             "{base}[merge]\nyaml = \"merge_method: slerp\"\n{stage}"
         ));
         assert!(e.contains("{finetuned}"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_the_key_and_range() {
+        let base = "name = \"x\"\ninstruct = \"m\"\n";
+        let stage = |trainer: &str| {
+            format!(
+                "[[stage]]\nname = \"cpt\"\ndata = \"d\"\n[stage.trainer]\n{trainer}\n\
+                 [stage.trainer.objective]\ntype = \"cpt\"\n"
+            )
+        };
+        let err = |bench: &str, trainer: &str| {
+            let text = format!(
+                "{base}[benchmark]\nfile = \"b.jsonl\"\n{bench}\n{}",
+                stage(trainer)
+            );
+            PipelineConfig::from_toml_str(&text, "p.toml", Path::new("."))
+                .unwrap_err()
+                .to_string()
+        };
+        for key in [
+            "batch_size",
+            "limit",
+            "max_new_tokens",
+            "bootstrap_resamples",
+        ] {
+            let e = err(&format!("{key} = 0"), "max_steps = 1");
+            assert!(
+                e.contains("p.toml")
+                    && e.contains(&format!("`benchmark.{key}` 0"))
+                    && e.contains("≥ 1"),
+                "{key}: {e}"
+            );
+        }
+        for (trainer, expected) in [
+            (
+                "num_train_epochs = 1e300",
+                "num_train_epochs 1e300 is out of range",
+            ),
+            ("learning_rate = nan", "learning_rate NaN is out of range"),
+            (
+                "learning_rate = -1e-4",
+                "learning_rate -0.0001 is out of range",
+            ),
+            (
+                "warmup_ratio = 1.5\nmax_steps = 1",
+                "warmup_ratio 1.5 is out of range (must be in [0, 1])",
+            ),
+            (
+                "batch_size = 0\nmax_steps = 1",
+                "batch_size 0 is out of range (must be ≥ 1)",
+            ),
+            (
+                "max_steps = 9223372036854775807",
+                "max_steps 9223372036854775807 is out of range",
+            ),
+        ] {
+            let e = err("", trainer);
+            assert!(
+                e.contains("stage `cpt`") && e.contains(expected),
+                "{trainer}: {e}"
+            );
+        }
     }
 }

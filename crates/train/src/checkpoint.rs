@@ -28,6 +28,7 @@ use temper_formats::StagingDir;
 use temper_llm_arch::LlamaForCausalLM;
 use temper_llm_arch::checkpoint::{SafetensorsSource, load_weights, save_safetensors};
 
+use crate::config::MAX_STEPS;
 use crate::finetune::FineTuning;
 use crate::loss_scale::LossScaleState;
 use crate::metrics::LogRecord;
@@ -90,6 +91,45 @@ pub struct TrainerState {
     /// The f16-mixed loss scaler's state.
     #[serde(default)]
     pub loss_scale: Option<LossScaleState>,
+}
+
+impl TrainerState {
+    /// Check the counters of a state read from `dir`: a hand-edited or corrupted
+    /// `trainer_state.json` (a step of 2^63, a step past the run's end) would otherwise resume
+    /// into a run that silently does nothing or overflows its data position.
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] naming the file, the field and its allowed range.
+    pub fn validate(&self, dir: &Path) -> Result<()> {
+        let bad = |field: &str, value: String, range: String| {
+            Err(ckpt_err(
+                dir,
+                format!("{STATE_FILE} `{field}` {value} is out of range (must be {range})"),
+            ))
+        };
+        if self.total_steps == 0 || self.total_steps > MAX_STEPS {
+            return bad(
+                "total_steps",
+                self.total_steps.to_string(),
+                format!("in [1, {MAX_STEPS}]"),
+            );
+        }
+        if self.step > self.total_steps {
+            return bad(
+                "step",
+                self.step.to_string(),
+                format!("≤ total_steps {}", self.total_steps),
+            );
+        }
+        if !(self.num_tokens.is_finite() && self.num_tokens >= 0.0) {
+            return bad(
+                "num_tokens",
+                self.num_tokens.to_string(),
+                "a finite number ≥ 0".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Gives every float parameter the id `index in visit order`: fresh and reloaded models of
@@ -207,10 +247,12 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let state_path = dir.join(STATE_FILE);
     let text = temper_formats::read_regular_to_string(&state_path)
         .map_err(|e| TrainError::io(&state_path, e))?;
-    serde_json::from_str(&text).map_err(|source| TrainError::Json {
+    let state: TrainerState = serde_json::from_str(&text).map_err(|source| TrainError::Json {
         path: state_path,
         source,
-    })
+    })?;
+    state.validate(dir)?;
+    Ok(state)
 }
 
 /// A loaded checkpoint.

@@ -117,6 +117,11 @@ impl Default for TrainerConfig {
     }
 }
 
+/// The most optimizer steps a run may have (2^40 ≈ 1.1·10¹²: decades at a millisecond a
+/// step). It keeps `--epochs 1e300` from saturating the step count to `usize::MAX` and a
+/// trainer state's counters far from overflow.
+pub const MAX_STEPS: usize = 1 << 40;
+
 fn bad(msg: impl Into<String>) -> TrainError {
     TrainError::Config(msg.into())
 }
@@ -141,30 +146,41 @@ impl TrainerConfig {
         self.loss_scale.validate().map_err(bad)?;
         if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
             return Err(bad(format!(
-                "learning_rate must be ≥ 0, got {}",
+                "learning_rate {} is out of range (must be a finite number ≥ 0)",
                 self.learning_rate
             )));
         }
         if self.batch_size == 0 {
-            return Err(bad("batch_size must be positive"));
+            return Err(bad("batch_size 0 is out of range (must be ≥ 1)"));
         }
         if self.gradient_accumulation_steps == 0 {
-            return Err(bad("gradient_accumulation_steps must be positive"));
+            return Err(bad(
+                "gradient_accumulation_steps 0 is out of range (must be ≥ 1)",
+            ));
         }
+        // Each epoch has at least one batch, so more epochs than MAX_STEPS × accumulation
+        // cannot fit; the exact count is checked once the data is known (Trainer::new).
+        let max_epochs = MAX_STEPS as f64 * self.gradient_accumulation_steps as f64;
         if self.max_steps.is_none()
-            && !(self.num_train_epochs.is_finite() && self.num_train_epochs > 0.0)
+            && !(self.num_train_epochs.is_finite()
+                && self.num_train_epochs > 0.0
+                && self.num_train_epochs <= max_epochs)
         {
             return Err(bad(format!(
-                "num_train_epochs must be positive, got {}",
+                "num_train_epochs {:?} is out of range (must be in (0, {max_epochs:?}])",
                 self.num_train_epochs
             )));
         }
-        if self.max_steps == Some(0) {
-            return Err(bad("max_steps must be positive"));
+        if let Some(n) = self.max_steps
+            && !(1..=MAX_STEPS).contains(&n)
+        {
+            return Err(bad(format!(
+                "max_steps {n} is out of range (must be in [1, {MAX_STEPS}])"
+            )));
         }
         if !(0.0..=1.0).contains(&self.warmup_ratio) {
             return Err(bad(format!(
-                "warmup_ratio must be in [0, 1], got {}",
+                "warmup_ratio {} is out of range (must be in [0, 1])",
                 self.warmup_ratio
             )));
         }

@@ -38,7 +38,7 @@ use crate::checkpoint::{
     read_state, save_checkpoint,
 };
 use crate::clip::{clip_grad_norm, global_grad_norm, scale_grads};
-use crate::config::TrainerConfig;
+use crate::config::{MAX_STEPS, TrainerConfig};
 use crate::data::DataOrder;
 use crate::finetune::{FineTuning, FullFineTuning};
 use crate::loss_scale::{GradScaler, ScaledStep};
@@ -184,9 +184,23 @@ impl Trainer {
         let nb = order.batches_per_epoch();
         let total_steps = match config.max_steps {
             Some(n) => n,
-            None => ((config.num_train_epochs * nb as f64).ceil() as usize)
-                .div_ceil(config.gradient_accumulation_steps)
-                .max(1),
+            None => {
+                // In f64 first: `as usize` saturates, so 1e300 epochs would become usize::MAX
+                // steps instead of an error.
+                let steps = ((config.num_train_epochs * nb as f64).ceil()
+                    / config.gradient_accumulation_steps as f64)
+                    .ceil();
+                if !(steps <= MAX_STEPS as f64) {
+                    return Err(TrainError::Config(format!(
+                        "num_train_epochs {:?} over {nb} micro-batches an epoch gives {steps:?} \
+                         optimizer steps (at most {MAX_STEPS})",
+                        config.num_train_epochs
+                    )));
+                }
+                ((config.num_train_epochs * nb as f64).ceil() as usize)
+                    .div_ceil(config.gradient_accumulation_steps)
+                    .max(1)
+            }
         };
         let schedule = LrSchedule {
             peak: config.learning_rate,
@@ -333,6 +347,21 @@ impl Trainer {
                 s.seed.to_string(),
                 self.state.seed.to_string(),
             ));
+        }
+        // Each optimizer step consumes at most `gradient_accumulation_steps` micro-batches.
+        let max_position = s
+            .step
+            .checked_mul(self.config.gradient_accumulation_steps)
+            .unwrap_or(usize::MAX);
+        if s.next_micro_batch > max_position {
+            return Err(TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "trainer_state.json `next_micro_batch` {} is out of range (must be ≤ step {} \
+                     × gradient_accumulation_steps {})",
+                    s.next_micro_batch, s.step, self.config.gradient_accumulation_steps
+                ),
+            });
         }
         if s.total_steps != self.state.total_steps {
             return Err(mismatch(

@@ -58,6 +58,19 @@ pub enum GgufError {
         min_size: u64,
     },
 
+    /// Metadata would take memory out of proportion with its size in the file (a huge array
+    /// of small elements).
+    #[error(
+        "{path}: metadata key `{key}` brings the metadata to {bytes} bytes in memory, over the \
+         limit of {limit} for the bytes read (8 times their size plus 64 MiB)"
+    )]
+    MetadataTooLarge {
+        path: String,
+        key: String,
+        bytes: u64,
+        limit: u64,
+    },
+
     /// A string (key, value or tensor name) is not UTF-8.
     #[error("{path}: {what} at offset {offset} is not valid UTF-8")]
     InvalidUtf8 {
@@ -220,5 +233,19 @@ pub enum GgufError {
         path: String,
         name: String,
         n_elements: u64,
+    },
+
+    /// A NaN or infinite value in a tensor (or in the scale of one of its quantized blocks,
+    /// which makes the whole block so); `index` is the first bad element in file order.
+    #[error(
+        "{path}: tensor `{name}` holds {value} at element {index}{what} (weights must be finite)"
+    )]
+    NonFiniteTensor {
+        path: String,
+        name: String,
+        index: usize,
+        value: f32,
+        /// Empty, or " (the scale of its quantized block)".
+        what: &'static str,
     },
 }

@@ -29,6 +29,8 @@
 // `GgufFile` API) on all of them; `to_hf` and `tokenizer_json` on `reader`.
 mod dequant;
 mod error;
+#[cfg(test)]
+mod finite_tests;
 mod ggml_type;
 mod parse;
 mod reader;

@@ -24,6 +24,16 @@ const MAX_DIMS: u32 = 4;
 /// Arrays of arrays are legal but never nested deeply in practice; the limit stops a hostile file
 /// from recursing the parser into a stack overflow.
 const MAX_ARRAY_DEPTH: usize = 4;
+/// Metadata held in memory may exceed its bytes in the file by this factor plus
+/// [`METADATA_SLACK_BYTES`]. A parsed array element takes `size_of::<GgufValue>()` (32) bytes
+/// whatever its type, so a `u8` array would take 32 times its file size: a 64 MiB array,
+/// 2 GiB. Real files stay far below the bound (a tokenizer's `f32` scores take 8×, strings
+/// 2–4×; the largest byte array in practice, a SentencePiece `precompiled_charsmap`, is a few
+/// hundred KiB).
+pub const METADATA_MEMORY_FACTOR: u64 = 8;
+/// Allowance on top of [`METADATA_MEMORY_FACTOR`] × the metadata's bytes.
+pub const METADATA_SLACK_BYTES: u64 = 64 << 20;
+
 /// Tensor-data alignment when `general.alignment` is absent.
 pub const GGUF_DEFAULT_ALIGNMENT: u64 = 32;
 
@@ -41,6 +51,8 @@ struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
     path: &'a str,
+    /// Bytes the metadata parsed so far holds in memory (element slots and string bytes).
+    heap: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -119,6 +131,25 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Account `bytes` more of metadata memory for `key`, which will have read at least
+    /// `file_bytes` more of the file; refuse memory out of proportion with the file.
+    fn charge(&mut self, key: &str, bytes: u64, file_bytes: u64) -> Result<(), GgufError> {
+        self.heap = self.heap.saturating_add(bytes);
+        let read = self.offset().saturating_add(file_bytes);
+        let limit = METADATA_MEMORY_FACTOR
+            .saturating_mul(read)
+            .saturating_add(METADATA_SLACK_BYTES);
+        if self.heap > limit {
+            return Err(GgufError::MetadataTooLarge {
+                path: self.path.to_string(),
+                key: key.to_string(),
+                bytes: self.heap,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
         let len = self.u64(&|| format!("length of {}", what()))?;
         let start = self.offset();
@@ -145,7 +176,11 @@ impl<'a> Cursor<'a> {
                 let [b] = self.array(&what)?;
                 GgufValue::Bool(b != 0)
             }
-            8 => GgufValue::String(self.string(&what)?),
+            8 => {
+                let s = self.string(&what)?;
+                self.charge(key, s.len() as u64, 0)?;
+                GgufValue::String(s)
+            }
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
                     return Err(GgufError::NestingTooDeep {
@@ -170,6 +205,12 @@ impl<'a> Cursor<'a> {
                 let n = self.check_count(count, min_size, count_offset, &|| {
                     format!("array elements of metadata key `{key}`")
                 })?;
+                // `n * min_size <= remaining` was checked, so neither product overflows.
+                self.charge(
+                    key,
+                    count * std::mem::size_of::<GgufValue>() as u64,
+                    count * min_size,
+                )?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
                     items.push(self.value(elem_type, key, depth + 1)?);
@@ -212,7 +253,12 @@ pub(super) fn parse(buf: &[u8], path: &str) -> Result<Header, GgufError> {
             magic: prefix.to_vec(),
         });
     }
-    let mut c = Cursor { buf, pos: 0, path };
+    let mut c = Cursor {
+        buf,
+        pos: 0,
+        path,
+        heap: 0,
+    };
     c.take(4, &|| "magic".to_string())?;
     let version = c.u32(&|| "version".to_string())?;
     if version != 2 && version != 3 {

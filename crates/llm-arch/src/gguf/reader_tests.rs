@@ -433,3 +433,45 @@ fn open_reads_files_and_reports_io_errors() {
         .to_string();
     assert!(err.contains("missing.gguf: cannot read file"), "{err}");
 }
+
+/// A `u8` array element is one byte in the file and a 32-byte `GgufValue` in memory: a 64 MiB
+/// array would take 2 GiB. Over the metadata memory bound it is refused, naming the key;
+/// small byte arrays (a SentencePiece charsmap) and string arrays still parse.
+#[test]
+fn amplifying_metadata_arrays_are_refused() {
+    let u8_array = |n: usize| {
+        let mut v = 0u32.to_le_bytes().to_vec(); // element type u8
+        v.extend((n as u64).to_le_bytes());
+        v.extend(std::iter::repeat_n(7u8, n));
+        v
+    };
+    let big = GgufBuilder::new(3)
+        .kv_raw("general.big", 9, u8_array(64 << 20))
+        .build();
+    let err = GgufFile::from_bytes(big, "big.gguf")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("big.gguf") && err.contains("`general.big`") && err.contains("limit"),
+        "{err}"
+    );
+    let charsmap = GgufBuilder::new(3)
+        .kv_raw(
+            "tokenizer.ggml.precompiled_charsmap",
+            9,
+            u8_array(300 << 10),
+        )
+        .kv_str_array("tokenizer.ggml.tokens", &["a"; 100_000])
+        .build();
+    let file = GgufFile::from_bytes(charsmap, "ok.gguf").unwrap();
+    assert_eq!(
+        file.get_array("tokenizer.ggml.precompiled_charsmap")
+            .unwrap()
+            .len(),
+        300 << 10
+    );
+    assert_eq!(
+        file.get_array("tokenizer.ggml.tokens").unwrap().len(),
+        100_000
+    );
+}

@@ -16,6 +16,7 @@ use super::error::GgufError;
 use super::ggml_type::GgmlType;
 use super::reader::GgufFile;
 use super::tokenizer_json::special_tokens;
+use crate::finite::{first_non_finite, first_non_finite_block};
 
 /// A tensor under its Hugging Face name, dequantised to `f32`.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,7 +166,23 @@ fn opt_u32(file: &GgufFile, key: &str) -> Result<Option<u32>, GgufError> {
 
 /// An optional float key.
 fn opt_f32(file: &GgufFile, key: &str) -> Result<Option<f32>, GgufError> {
-    file.get(key).map(|_| file.get_f32(key)).transpose()
+    file.get(key).map(|_| finite_f32(file, key)).transpose()
+}
+
+/// A required float key, refused when NaN or infinite: JSON has no such numbers, so it would
+/// become `null` in the config and silently fall back to the default. The ranges (eps > 0,
+/// theta > 0) are checked where every config is, in `ModelConfig::validate`.
+fn finite_f32(file: &GgufFile, key: &str) -> Result<f32, GgufError> {
+    let x = file.get_f32(key)?;
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(GgufError::BadValue {
+            path: file.display_path().to_string(),
+            key: key.to_string(),
+            reason: format!("{x} is out of range (must be a finite number)"),
+        })
+    }
 }
 
 /// An optional string key.
@@ -236,6 +253,21 @@ fn embedding_block_type(name: &str, ty: GgmlType) -> Option<QuantType> {
     (name == "model.embed_tokens.weight").then_some(ty)
 }
 
+/// Refuse blocks kept as stored whose scale is NaN or infinite (the decoded path is scanned
+/// value by value instead).
+fn check_blocks(file: &GgufFile, name: &str, ty: GgmlType, bytes: &[u8]) -> Result<(), GgufError> {
+    match first_non_finite_block(ty, bytes) {
+        None => Ok(()),
+        Some((index, value)) => Err(GgufError::NonFiniteTensor {
+            path: file.display_path().to_string(),
+            name: name.to_string(),
+            index,
+            value,
+            what: " (the scale of its quantized block)",
+        }),
+    }
+}
+
 fn walk<E: From<GgufError>>(
     file: &GgufFile,
     mut on_tensor: impl FnMut(HfTensor) -> Result<(), E>,
@@ -274,6 +306,7 @@ fn walk<E: From<GgufError>>(
             shape.as_slice(),
         ) {
             let mut bytes = file.tensor_bytes(info)?.to_vec();
+            check_blocks(file, &info.name, info.ggml_type, &bytes)?;
             if let Some(heads) = heads {
                 let row_bytes = bytes.len() / rows.max(1);
                 bytes = unpermute_qk_block_rows(&bytes, rows, row_bytes, heads as usize)
@@ -302,6 +335,16 @@ fn walk<E: From<GgufError>>(
             })?;
         }
         let mut data = file.dequantize(&info.name)?;
+        if let Some(index) = first_non_finite(&data) {
+            return Err(GgufError::NonFiniteTensor {
+                path: file.display_path().to_string(),
+                name: info.name.clone(),
+                index,
+                value: data[index],
+                what: "",
+            }
+            .into());
+        }
         if let Some(heads) = heads {
             data = unpermute_qk_rows(&data, rows, cols, heads as usize)
                 .ok_or_else(|| bad_heads(heads))?;
@@ -397,7 +440,7 @@ pub fn hf_config(file: &GgufFile) -> Result<Value, GgufError> {
     );
     config.insert(
         "rms_norm_eps".into(),
-        f32_json(file.get_f32(&key("attention.layer_norm_rms_epsilon"))?),
+        f32_json(finite_f32(file, &key("attention.layer_norm_rms_epsilon"))?),
     );
     config.insert("rope_theta".into(), f32_json(rope_theta));
     config.insert("vocab_size".into(), json!(vocab_size));

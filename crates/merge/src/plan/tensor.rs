@@ -172,6 +172,17 @@ impl Planner<'_> {
                 .filter_map(|lvl| lvl.get(p))
                 .find_map(|v| v.evaluate(name, x))
         };
+        // A config read from YAML was range-checked already; one built in code may not be.
+        let finite = |p: &str, v: f64| {
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(MergeError::Parameter(format!(
+                    "{}: parameter `{p}` is {v} for tensor {name} (must be a finite number)",
+                    self.method.name()
+                )))
+            }
+        };
         let mut out = ResolvedParams::default();
         for p in spec.global {
             let v = lookup(&global_levels, p.name)
@@ -183,7 +194,7 @@ impl Planner<'_> {
                         p.name
                     ))
                 })?;
-            out.global.insert(p.name, v);
+            out.global.insert(p.name, finite(p.name, v)?);
         }
         for (i, src) in slice.sources.iter().enumerate() {
             let levels = [src.params, slice.params, Some(&self.config.parameters)];
@@ -191,7 +202,7 @@ impl Planner<'_> {
             for p in spec.per_model {
                 match lookup(&levels, p.name).or(p.default) {
                     Some(v) => {
-                        m.insert(p.name, v);
+                        m.insert(p.name, finite(p.name, v)?);
                     }
                     None if Some(i) == base => {}
                     None => {

@@ -141,6 +141,15 @@ impl ChatFormat {
         })
     }
 
+    /// Name where the template came from, for render errors ([`ChatTemplate::with_origin`]).
+    #[must_use]
+    pub fn with_origin(self, origin: &str) -> Self {
+        Self {
+            plain: self.plain.with_origin(origin),
+            marked: self.marked.map(|m| m.with_origin(origin)),
+        }
+    }
+
     /// Whether the source has `{% generation %}` markers.
     pub fn has_generation_markers(&self) -> bool {
         self.marked.is_some()

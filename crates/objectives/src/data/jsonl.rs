@@ -15,9 +15,14 @@
 //!
 //! A malformed line is an [`ObjectiveError::Data`] naming the file, the 1-based line and the
 //! missing or mistyped field; with [`ReadOptions::skip_bad_lines`] it is skipped and recorded in
-//! [`Loaded::skipped`] instead. Blank lines are ignored.
+//! [`Loaded::skipped`] instead (invalid UTF-8 too, with its line number). Blank lines are
+//! ignored. Lines longer than [`ReadOptions::max_line_bytes`] are skipped without being held in
+//! memory and listed in [`Loaded::too_long`]: like rows too long in tokens, they are dropped,
+//! not errors.
 
 use std::io::BufRead;
+
+use super::lines::{BoundedLines, Line};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -35,13 +40,21 @@ pub struct ReadOptions {
     pub skip_bad_lines: bool,
     /// Field holding plain text for language-modelling rows (TRL's `dataset_text_field`).
     pub text_field: String,
+    /// Longest line read (bytes); longer lines are skipped unread and listed in
+    /// [`Loaded::too_long`]. Default [`DEFAULT_MAX_LINE_BYTES`].
+    pub max_line_bytes: usize,
 }
+
+/// Default line cap: 64 MiB, room for a book-length CPT document on one line while keeping a
+/// runaway file (no newlines at all) from being read into memory whole.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 64 << 20;
 
 impl Default for ReadOptions {
     fn default() -> Self {
         Self {
             skip_bad_lines: false,
             text_field: "text".into(),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         }
     }
 }
@@ -55,11 +68,53 @@ pub struct SkippedLine {
     pub msg: String,
 }
 
-/// The rows read from a file, and the lines skipped (only with [`ReadOptions::skip_bad_lines`]).
+/// The rows read from a file, and the lines left out.
 #[derive(Debug, Clone)]
 pub struct Loaded<T> {
     pub rows: Vec<T>,
+    /// The 1-based line of each row.
+    pub row_lines: Vec<usize>,
+    /// Malformed lines skipped (only with [`ReadOptions::skip_bad_lines`]).
     pub skipped: Vec<SkippedLine>,
+    /// Lines over [`ReadOptions::max_line_bytes`] (1-based), skipped.
+    pub too_long: Vec<usize>,
+    /// Number of blank lines.
+    pub blank_lines: usize,
+}
+
+impl<T> Loaded<T> {
+    /// What was left out, for messages: "2 lines over 1024 bytes (first: 3, 9), 1 malformed
+    /// (first: 5), 4 blank"; empty when nothing was.
+    pub fn left_out(&self, max_line_bytes: usize) -> String {
+        let mut parts = Vec::new();
+        if !self.too_long.is_empty() {
+            parts.push(format!(
+                "{} line(s) over {max_line_bytes} bytes (first: {})",
+                self.too_long.len(),
+                first_lines(self.too_long.iter().copied())
+            ));
+        }
+        if !self.skipped.is_empty() {
+            parts.push(format!(
+                "{} malformed (first: {})",
+                self.skipped.len(),
+                first_lines(self.skipped.iter().map(|s| s.line))
+            ));
+        }
+        if self.blank_lines > 0 {
+            parts.push(format!("{} blank", self.blank_lines));
+        }
+        parts.join(", ")
+    }
+}
+
+/// The first few line numbers, comma-separated.
+pub fn first_lines(lines: impl Iterator<Item = usize>) -> String {
+    lines
+        .take(5)
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A row type that can be parsed from one JSON object.
@@ -95,27 +150,42 @@ pub fn parse_jsonl<T: JsonRow>(
 ) -> Result<Loaded<T>> {
     let mut out = Loaded {
         rows: Vec::new(),
+        row_lines: Vec::new(),
         skipped: Vec::new(),
+        too_long: Vec::new(),
+        blank_lines: 0,
     };
-    for (i, line) in reader.lines().enumerate() {
-        let line_no = i + 1;
-        let line = line.map_err(|source| ObjectiveError::Io {
-            path: origin.to_path_buf(),
-            source,
-        })?;
-        let text = if i == 0 {
-            line.trim_start_matches('\u{feff}')
-        } else {
-            &line
+    let mut lines = BoundedLines::new(reader, opts.max_line_bytes);
+    while let Some((line_no, line)) = lines.next_line().map_err(|source| ObjectiveError::Io {
+        path: origin.to_path_buf(),
+        source,
+    })? {
+        let parsed = match line {
+            Line::TooLong { .. } => {
+                out.too_long.push(line_no);
+                continue;
+            }
+            Line::InvalidUtf8 { at } => Err(format!("invalid UTF-8 at byte {at} of the line")),
+            Line::Text(line) => {
+                let text = if line_no == 1 {
+                    line.trim_start_matches('\u{feff}')
+                } else {
+                    &line
+                };
+                if text.trim().is_empty() {
+                    out.blank_lines += 1;
+                    continue;
+                }
+                serde_json::from_str::<Value>(text)
+                    .map_err(|e| format!("invalid JSON: {e}"))
+                    .and_then(|v| T::from_json(&v, opts))
+            }
         };
-        if text.trim().is_empty() {
-            continue;
-        }
-        let parsed = serde_json::from_str::<Value>(text)
-            .map_err(|e| format!("invalid JSON: {e}"))
-            .and_then(|v| T::from_json(&v, opts));
         match parsed {
-            Ok(row) => out.rows.push(row),
+            Ok(row) => {
+                out.rows.push(row);
+                out.row_lines.push(line_no);
+            }
             Err(msg) if opts.skip_bad_lines => out.skipped.push(SkippedLine { line: line_no, msg }),
             Err(msg) => return Err(data_error(origin, line_no, msg)),
         }
@@ -358,6 +428,26 @@ impl JsonRow for UnpairedRow {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn invalid_utf8_names_file_and_line() {
+        let input: &[u8] = b"{\"text\": \"ok\"}\n\n{\"text\": \"\xc3(\"}\n";
+        let err = parse_jsonl::<Document>(input, Path::new("d.jsonl"), &ReadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("d.jsonl:3: invalid UTF-8"), "{err}");
+        let skip = ReadOptions {
+            skip_bad_lines: true,
+            ..ReadOptions::default()
+        };
+        let loaded = parse_jsonl::<Document>(input, Path::new("d.jsonl"), &skip).unwrap();
+        assert_eq!(loaded.rows.len(), 1);
+        assert_eq!(loaded.row_lines, vec![1]);
+        assert_eq!(loaded.skipped.len(), 1);
+        assert_eq!(loaded.skipped[0].line, 3);
+        assert_eq!(loaded.blank_lines, 1);
+        assert_eq!(loaded.left_out(64), "1 malformed (first: 3), 1 blank");
+    }
 
     fn parse<T: JsonRow>(text: &str, opts: &ReadOptions) -> Result<Loaded<T>> {
         parse_jsonl(text.as_bytes(), Path::new("data.jsonl"), opts)

@@ -20,6 +20,7 @@ pub mod chat;
 pub mod collate;
 pub mod example;
 pub mod jsonl;
+pub mod lines;
 pub mod pack;
 pub mod preprocessor;
 pub mod rows;
@@ -34,7 +35,9 @@ pub use example::{
     Content, Document, PreferenceRow, PromptCompletion, SftRow, UnpairedRow, extract_prompt,
     unpair_preferences,
 };
-pub use jsonl::{JsonRow, Loaded, ReadOptions, SkippedLine, parse_jsonl, read_jsonl};
+pub use jsonl::{
+    DEFAULT_MAX_LINE_BYTES, JsonRow, Loaded, ReadOptions, SkippedLine, parse_jsonl, read_jsonl,
+};
 pub use pack::{BlockPacker, PackOptions, PackedBlock, pack_documents};
 pub use preprocessor::Preprocessor;
 pub use rows::{RowOptions, TrainRows, read_train_rows};

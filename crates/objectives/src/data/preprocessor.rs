@@ -79,6 +79,7 @@ impl Preprocessor {
     /// # Errors
     /// No EOS token, special tokens not in the vocabulary, a bad template.
     pub fn from_bundle(bundle: TokenizerBundle) -> Result<Self> {
+        let template_origin = bundle.chat_template_origin();
         let TokenizerBundle {
             tokenizer,
             bos_token,
@@ -107,7 +108,11 @@ impl Preprocessor {
         };
         let bos = bos_token.unwrap_or_default();
         match chat_template {
-            Some(t) => p.with_chat_template(&t, &bos),
+            Some(t) => {
+                let mut p = p.with_chat_template(&t, &bos)?;
+                p.chat = p.chat.map(|c| c.with_origin(&template_origin));
+                Ok(p)
+            }
             None => Ok(p),
         }
     }
@@ -176,7 +181,13 @@ impl Preprocessor {
     /// # Errors
     /// Tokenizer failures.
     pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.tokenizer.encode(text, true)?)
+        self.encode_text_within(text, None)
+    }
+
+    /// [`Preprocessor::encode_text`] of at most the first `limit` bytes of `text`
+    /// ([`super::tokenize::text_byte_bound`]).
+    pub(super) fn encode_text_within(&self, text: &str, limit: Option<usize>) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(cut(text, limit), true)?)
     }
 
     /// Render and tokenise messages like `apply_chat_template(tokenize=True)` (no special tokens
@@ -189,8 +200,18 @@ impl Preprocessor {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>> {
+        self.encode_chat_within(messages, add_generation_prompt, None)
+    }
+
+    /// [`Preprocessor::encode_chat`] of at most the first `limit` bytes of the rendered text.
+    pub(super) fn encode_chat_within(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<u32>> {
         let text = self.chat()?.render(messages, add_generation_prompt)?;
-        Ok(self.tokenizer.encode(&text, false)?)
+        Ok(self.tokenizer.encode(cut(&text, limit), false)?)
     }
 
     /// Render and tokenise a conversation with its assistant-token mask (1 on tokens that overlap
@@ -202,11 +223,21 @@ impl Preprocessor {
         &self,
         messages: &[ChatMessage],
     ) -> Result<(Vec<u32>, Vec<u8>)> {
+        self.encode_chat_with_assistant_mask_within(messages, None)
+    }
+
+    /// [`Preprocessor::encode_chat_with_assistant_mask`] of at most the first `limit` bytes of
+    /// the rendered text.
+    pub(super) fn encode_chat_with_assistant_mask_within(
+        &self,
+        messages: &[ChatMessage],
+        limit: Option<usize>,
+    ) -> Result<(Vec<u32>, Vec<u8>)> {
         let (text, spans) = self.chat()?.render_with_assistant_spans(messages)?;
         let enc = self
             .tokenizer
             .inner()
-            .encode(text.as_str(), false)
+            .encode(cut(&text, limit), false)
             .map_err(|e| invalid(format!("tokenizer: {e}")))?;
         let ids = enc.get_ids().to_vec();
         let mask = enc
@@ -240,20 +271,46 @@ impl Preprocessor {
         &self,
         prompt: &Content,
         completion: &Content,
+        limit: Option<usize>,
     ) -> Result<(Vec<u32>, Vec<u32>)> {
         match (prompt, completion) {
-            (Content::Text(p), Content::Text(c)) => Ok((
-                self.encode_text(p)?,
-                self.encode_text(&format!("{p}{}", self.with_eos(c)))?,
-            )),
+            (Content::Text(p), Content::Text(c)) => {
+                // Only the first `limit` bytes are tokenised: do not copy the rest either.
+                let p = cut(p, limit);
+                let full = match limit {
+                    Some(n) if p.len() >= n => p.to_string(),
+                    _ => format!("{p}{}", self.with_eos(c)),
+                };
+                Ok((
+                    self.encode_text_within(p, limit)?,
+                    self.encode_text_within(&full, limit)?,
+                ))
+            }
             (Content::Messages(p), Content::Messages(c)) => {
                 let all: Vec<ChatMessage> = p.iter().chain(c).cloned().collect();
-                Ok((self.encode_chat(p, true)?, self.encode_chat(&all, false)?))
+                Ok((
+                    self.encode_chat_within(p, true, limit)?,
+                    self.encode_chat_within(&all, false, limit)?,
+                ))
             }
             _ => Err(invalid(
                 "prompt and completion must both be strings or both be message lists",
             )),
         }
+    }
+}
+
+/// The first `limit` bytes of `text` (cut back to a character boundary), or all of it.
+pub(super) fn cut(text: &str, limit: Option<usize>) -> &str {
+    match limit {
+        Some(n) if text.len() > n => {
+            let mut end = n;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            &text[..end]
+        }
+        _ => text,
     }
 }
 

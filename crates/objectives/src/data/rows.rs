@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use super::example::{Document, PreferenceRow, SftRow, UnpairedRow};
-use super::jsonl::{ReadOptions, read_jsonl};
+use super::jsonl::{DEFAULT_MAX_LINE_BYTES, ReadOptions, first_lines, read_jsonl};
 use super::pack::{PackOptions, PackedBlock, pack_documents};
 use super::preprocessor::Preprocessor;
-use super::tokenize::{PreferenceTokens, SftOptions, SftTokens, UnpairedTokens};
+use super::tokenize::{PreferenceTokens, SftOptions, SftTokens, UnpairedTokens, text_byte_bound};
 use crate::objective::RowKind;
 use crate::{ObjectiveError, Result};
 
@@ -123,42 +123,191 @@ pub fn read_train_rows(
     pre: &Preprocessor,
     options: &RowOptions,
 ) -> Result<TrainRows> {
-    let read = ReadOptions::default();
     let max_length = options.max_length;
-    let rows = match kind {
+    let read = ReadOptions {
+        max_line_bytes: line_byte_bound(kind, max_length),
+        ..ReadOptions::default()
+    };
+    // (rows, the line of each, rows dropped after tokenising, why they were dropped)
+    let (rows, left_out, dropped, why) = match kind {
         RowKind::Documents => {
-            let docs = read_jsonl::<Document>(path, &read)?.rows;
-            let ids = pre.prepare_documents(&docs)?;
+            let docs = read_jsonl::<Document>(path, &read)?;
+            let ids = pre.prepare_documents(&docs.rows)?;
             let block = max_length.unwrap_or(1024);
-            TrainRows::Packed(pack_documents(
+            let rows = TrainRows::Packed(pack_documents(
                 &ids,
                 &PackOptions::new(block, Some(pre.eos_id())),
-            )?)
+            )?);
+            (rows, docs.left_out(read.max_line_bytes), Vec::new(), "")
         }
         RowKind::Sequences => {
-            let rows = read_jsonl::<SftRow>(path, &read)?.rows;
+            let loaded = read_jsonl::<SftRow>(path, &read)?;
             let sft = SftOptions {
                 max_length,
                 completion_only_loss: options.completion_only_loss,
                 ..SftOptions::default()
             };
-            TrainRows::Sequences(pre.prepare_sft(&rows, &sft)?.rows)
+            let prepared = pre.prepare_sft(&loaded.rows, &sft)?;
+            (
+                TrainRows::Sequences(prepared.rows),
+                loaded.left_out(read.max_line_bytes),
+                lines_of(&prepared.dropped, &loaded.row_lines),
+                "no target token left within max_length",
+            )
         }
         RowKind::PreferencePairs => {
-            let rows = read_jsonl::<PreferenceRow>(path, &read)?.rows;
-            TrainRows::Preference(pre.prepare_preference(&rows, max_length)?.rows)
+            let loaded = read_jsonl::<PreferenceRow>(path, &read)?;
+            let prepared = pre.prepare_preference(&loaded.rows, max_length)?;
+            (
+                TrainRows::Preference(prepared.rows),
+                loaded.left_out(read.max_line_bytes),
+                lines_of(&prepared.dropped, &loaded.row_lines),
+                "prompt alone fills max_length",
+            )
         }
         RowKind::Unpaired => {
-            let rows = read_jsonl::<UnpairedRow>(path, &read)?.rows;
-            TrainRows::Unpaired(pre.prepare_unpaired(&rows, max_length)?.rows)
+            let loaded = read_jsonl::<UnpairedRow>(path, &read)?;
+            let prepared = pre.prepare_unpaired(&loaded.rows, max_length)?;
+            (
+                TrainRows::Unpaired(prepared.rows),
+                loaded.left_out(read.max_line_bytes),
+                lines_of(&prepared.dropped, &loaded.row_lines),
+                "prompt alone fills max_length",
+            )
         }
     };
     if rows.is_empty() {
+        let mut reasons = Vec::new();
+        if !dropped.is_empty() {
+            reasons.push(format!(
+                "{} row(s) too long ({why}, max_length {}; first lines: {})",
+                dropped.len(),
+                max_length.map_or_else(|| "none".to_string(), |n| n.to_string()),
+                first_lines(dropped.iter().copied())
+            ));
+        }
+        if !left_out.is_empty() {
+            reasons.push(left_out);
+        }
+        let reasons = if reasons.is_empty() {
+            "the file has no rows".to_string()
+        } else {
+            reasons.join("; ")
+        };
         return Err(ObjectiveError::Invalid(format!(
-            "{}: no usable {}",
+            "{}: no usable {}: {reasons}",
             path.display(),
             kind.name()
         )));
     }
     Ok(rows)
+}
+
+/// The longest JSONL line read for rows of `kind`: CPT documents are used whole (64 MiB, the
+/// default cap); other rows only to [`text_byte_bound`] bytes of text, so a line 16 times that
+/// (JSON escapes take up to 6 bytes per character, and a pair holds a prompt and two answers)
+/// cannot hold a row that tokenises to anything more. Longer lines are dropped as too long.
+pub fn line_byte_bound(kind: RowKind, max_length: Option<usize>) -> usize {
+    match (kind, max_length) {
+        (RowKind::Documents, _) | (_, None) => DEFAULT_MAX_LINE_BYTES,
+        (_, Some(n)) => text_byte_bound(n)
+            .saturating_mul(16)
+            .min(DEFAULT_MAX_LINE_BYTES),
+    }
+}
+
+/// The file lines of the rows at `indices`.
+fn lines_of(indices: &[usize], row_lines: &[usize]) -> Vec<usize> {
+    indices
+        .iter()
+        .filter_map(|&i| row_lines.get(i).copied())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::io::Write;
+
+    use super::*;
+    use crate::data::preprocessor::tests::pre;
+
+    fn file(lines: &[Vec<u8>]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        for l in lines {
+            f.write_all(l).unwrap();
+            f.write_all(b"\n").unwrap();
+        }
+        f
+    }
+
+    fn row(prompt: &str, completion: &str) -> Vec<u8> {
+        serde_json::json!({"prompt": prompt, "completion": completion})
+            .to_string()
+            .into_bytes()
+    }
+
+    const SMALL: RowOptions = RowOptions {
+        max_length: Some(8),
+        completion_only_loss: true,
+    };
+
+    /// A 50 MB line is skipped unread (its line listed), the other rows are kept.
+    #[test]
+    fn huge_lines_are_dropped_before_tokenising() {
+        let huge = row(&"the sky is blue . ".repeat(3_000_000), "yo");
+        assert!(huge.len() > 50_000_000);
+        let f = file(&[row("the sky", "is blue"), huge, row("hi", "yo")]);
+        let rows = read_train_rows(f.path(), RowKind::Sequences, &pre(), &SMALL).unwrap();
+        assert_eq!(rows.len(), 2);
+    }
+
+    /// A row over the text bound but under the line cap is cut before tokenising and keeps the
+    /// same first `max_length` tokens (keep-start truncation, as before).
+    #[test]
+    fn long_rows_keep_their_first_tokens() {
+        let long_text = format!("the sky is {}", "blue ".repeat(40_000));
+        assert!(long_text.len() > text_byte_bound(8));
+        let line = serde_json::json!({"text": long_text})
+            .to_string()
+            .into_bytes();
+        let f = file(&[line]);
+        let opts = RowOptions {
+            completion_only_loss: false,
+            ..SMALL
+        };
+        let TrainRows::Sequences(rows) =
+            read_train_rows(f.path(), RowKind::Sequences, &pre(), &opts).unwrap()
+        else {
+            panic!("sequences expected");
+        };
+        assert_eq!(rows[0].input_ids, vec![1, 4, 5, 6, 7, 7, 7, 7]);
+    }
+
+    /// "No usable rows" says why: rows too long after tokenising, lines over the cap,
+    /// malformed lines are errors of their own, blank lines counted.
+    #[test]
+    fn no_usable_rows_says_why() {
+        let cap = line_byte_bound(RowKind::Sequences, SMALL.max_length);
+        let long_prompt = "the sky is blue . ".repeat(10);
+        let f = file(&[
+            row(&long_prompt, "yo"),
+            Vec::new(),
+            vec![b'x'; cap + 1],
+            row(&long_prompt, "hi"),
+        ]);
+        let err = read_train_rows(f.path(), RowKind::Sequences, &pre(), &SMALL)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no usable"), "{err}");
+        assert!(
+            err.contains("2 row(s) too long") && err.contains("first lines: 1, 4"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("1 line(s) over {cap} bytes (first: 3)")),
+            "{err}"
+        );
+        assert!(err.contains("1 blank"), "{err}");
+    }
 }

@@ -19,18 +19,39 @@
 //!   supports): SFT truncates here to `max_length` and drops rows left without any target;
 //!   preference and KTO rows are truncated by the collator, and here rows whose *prompt alone*
 //!   has `max_length` tokens or more are dropped (they would keep no completion token).
-//!   Dropped rows are listed in [`Prepared::dropped`].
+//!   Dropped rows are listed in [`Prepared::dropped`]. With `max_length`, only the first
+//!   [`text_byte_bound`] bytes of a row's text are tokenised (the kept tokens are the same; a
+//!   huge row costs no more than a long one).
 
 use temper_llm_arch::ChatMessage;
 
 use super::example::{Content, Document, PreferenceRow, PromptCompletion, SftRow, UnpairedRow};
 pub use super::preprocessor::Preprocessor;
-use super::preprocessor::invalid;
+use super::preprocessor::{cut, invalid};
 use crate::{IGNORE_INDEX, ObjectiveError, Result};
 
 /// Number of leading tokens two sequences share (TRL's `common_prefix_length`).
 pub fn common_prefix_length(ids: &[u32], other: &[u32]) -> usize {
     ids.iter().zip(other).take_while(|(a, b)| a == b).count()
+}
+
+/// Bytes of text per token budgeted before tokenising a row with `max_length`: text past
+/// `max_length × 64` bytes (at least 64 KiB) is cut off first, so a 50 MB row costs what a
+/// 64 KiB one does. Tokens average 3–5 bytes of text or code in the Llama 3, Qwen and SmolLM2
+/// vocabularies; their longest tokens (runs of spaces or punctuation) reach ~128 bytes, but
+/// 64 bytes *on average* over `max_length` tokens would take a row made almost only of them.
+/// Under `keep_start` truncation only the first `max_length` tokens are kept, so rows that are
+/// merely long tokenise to the same kept tokens as before.
+pub const BYTES_PER_TOKEN: usize = 64;
+/// Floor of [`text_byte_bound`], for very small `max_length`.
+pub const MIN_TEXT_BYTES: usize = 64 << 10;
+
+/// The bytes of rendered text tokenised for a row when sequences are cut at `max_length`
+/// tokens ([`BYTES_PER_TOKEN`]).
+pub fn text_byte_bound(max_length: usize) -> usize {
+    max_length
+        .saturating_mul(BYTES_PER_TOKEN)
+        .max(MIN_TEXT_BYTES)
 }
 
 /// SFT tokenisation options (TRL `SFTConfig`).
@@ -167,13 +188,14 @@ impl Preprocessor {
     /// Tokenizer/template failures; `assistant_only_loss` on a standard row; an assistant mask
     /// without any assistant token (TRL raises the same).
     pub fn tokenize_sft(&self, row: &SftRow, opts: &SftOptions) -> Result<(SftTokens, bool)> {
+        let limit = opts.max_length.map(text_byte_bound);
         let (ids, completion_mask, assistant_mask, start, mismatch) = match row {
             SftRow::Document(Document::Text(t)) => {
                 if opts.assistant_only_loss {
                     return Err(invalid("assistant_only_loss needs conversational rows"));
                 }
                 (
-                    self.encode_text(&self.with_eos(t))?,
+                    self.encode_text_within(&self.with_eos(cut(t, limit)), limit)?,
                     None,
                     None,
                     None,
@@ -182,10 +204,16 @@ impl Preprocessor {
             }
             SftRow::Document(Document::Messages(m)) => {
                 if opts.assistant_only_loss {
-                    let (ids, mask) = self.encode_chat_with_assistant_mask(m)?;
+                    let (ids, mask) = self.encode_chat_with_assistant_mask_within(m, limit)?;
                     (ids, None, Some(mask), None, false)
                 } else {
-                    (self.encode_chat(m, false)?, None, None, None, false)
+                    (
+                        self.encode_chat_within(m, false, limit)?,
+                        None,
+                        None,
+                        None,
+                        false,
+                    )
                 }
             }
             SftRow::PromptCompletion(PromptCompletion { prompt, completion }) => {
@@ -193,14 +221,15 @@ impl Preprocessor {
                     match (prompt, completion, opts.assistant_only_loss) {
                         (Content::Messages(p), Content::Messages(c), true) => {
                             let all: Vec<ChatMessage> = p.iter().chain(c).cloned().collect();
-                            let (full, mask) = self.encode_chat_with_assistant_mask(&all)?;
-                            (self.encode_chat(p, true)?, full, Some(mask))
+                            let (full, mask) =
+                                self.encode_chat_with_assistant_mask_within(&all, limit)?;
+                            (self.encode_chat_within(p, true, limit)?, full, Some(mask))
                         }
                         (_, _, true) => {
                             return Err(invalid("assistant_only_loss needs conversational rows"));
                         }
                         _ => {
-                            let (p, f) = self.prompt_and_full(prompt, completion)?;
+                            let (p, f) = self.prompt_and_full(prompt, completion, limit)?;
                             (p, f, None)
                         }
                     };
@@ -287,8 +316,17 @@ impl Preprocessor {
     /// # Errors
     /// Tokenizer/template failures, mixed string/message fields.
     pub fn tokenize_preference(&self, row: &PreferenceRow) -> Result<(PreferenceTokens, bool)> {
-        let (prompt_ids, chosen_full) = self.prompt_and_full(&row.prompt, &row.chosen)?;
-        let (_, rejected_full) = self.prompt_and_full(&row.prompt, &row.rejected)?;
+        self.tokenize_preference_within(row, None)
+    }
+
+    /// [`Preprocessor::tokenize_preference`] of at most `limit` bytes of each rendered text.
+    fn tokenize_preference_within(
+        &self,
+        row: &PreferenceRow,
+        limit: Option<usize>,
+    ) -> Result<(PreferenceTokens, bool)> {
+        let (prompt_ids, chosen_full) = self.prompt_and_full(&row.prompt, &row.chosen, limit)?;
+        let (_, rejected_full) = self.prompt_and_full(&row.prompt, &row.rejected, limit)?;
         let k = common_prefix_length(&prompt_ids, &chosen_full)
             .min(common_prefix_length(&prompt_ids, &rejected_full));
         let mismatch = k < prompt_ids.len();
@@ -316,7 +354,7 @@ impl Preprocessor {
         prepare_by_prompt(
             rows,
             max_length,
-            |r| self.tokenize_preference(r),
+            |r| self.tokenize_preference_within(r, max_length.map(text_byte_bound)),
             |t| t.prompt_ids.len(),
         )
     }
@@ -326,7 +364,16 @@ impl Preprocessor {
     /// # Errors
     /// Tokenizer/template failures, mixed string/message fields.
     pub fn tokenize_unpaired(&self, row: &UnpairedRow) -> Result<(UnpairedTokens, bool)> {
-        let (prompt_ids, full) = self.prompt_and_full(&row.prompt, &row.completion)?;
+        self.tokenize_unpaired_within(row, None)
+    }
+
+    /// [`Preprocessor::tokenize_unpaired`] of at most `limit` bytes of each rendered text.
+    fn tokenize_unpaired_within(
+        &self,
+        row: &UnpairedRow,
+        limit: Option<usize>,
+    ) -> Result<(UnpairedTokens, bool)> {
+        let (prompt_ids, full) = self.prompt_and_full(&row.prompt, &row.completion, limit)?;
         let k = common_prefix_length(&prompt_ids, &full);
         Ok((
             UnpairedTokens {
@@ -350,7 +397,7 @@ impl Preprocessor {
         prepare_by_prompt(
             rows,
             max_length,
-            |r| self.tokenize_unpaired(r),
+            |r| self.tokenize_unpaired_within(r, max_length.map(text_byte_bound)),
             |t| t.prompt_ids.len(),
         )
     }
