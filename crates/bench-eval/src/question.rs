@@ -194,7 +194,7 @@ pub fn parse_question_lines(reader: impl BufRead, path: &Path) -> Result<Vec<Que
 /// I/O errors and [`EvalError::Malformed`] lines.
 pub fn load_questions(path: impl AsRef<Path>) -> Result<Vec<Question>> {
     let path = path.as_ref();
-    let file = std::fs::File::open(path).map_err(|source| EvalError::Io {
+    let file = temper_formats::open_regular(path).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
         source,
     })?;

@@ -129,7 +129,7 @@ pub fn write_records(path: impl AsRef<Path>, records: &[QuestionRecord]) -> Resu
 /// I/O errors and malformed lines (naming file and line).
 pub fn read_records(path: impl AsRef<Path>) -> Result<Vec<QuestionRecord>> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
+    let text = temper_formats::read_regular_to_string(path).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
         source,
     })?;

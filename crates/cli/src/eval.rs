@@ -1,6 +1,7 @@
 //! `temper eval --model PATH --bench FILE.jsonl [--mode loglik|generate] [--dtype f32|bf16|f16]
 //! [--out DIR]`.
 
+use crate::output::outln;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -74,17 +75,22 @@ fn parse_mode(s: &str) -> Result<EvalMode, String> {
     }
 }
 
-fn print_summary(name: &str, s: &Summary) {
-    println!(
+fn print_summary(name: &str, s: &Summary) -> std::io::Result<()> {
+    outln!(
         "{name:9} {:.4} ± {:.4}  (n = {})",
-        s.overall.accuracy, s.overall.stderr, s.overall.n
-    );
+        s.overall.accuracy,
+        s.overall.stderr,
+        s.overall.n
+    )?;
     for (cat, a) in &s.per_category {
-        println!(
+        outln!(
             "  {cat:20} {:.4} ± {:.4}  (n = {})",
-            a.accuracy, a.stderr, a.n
-        );
+            a.accuracy,
+            a.stderr,
+            a.n
+        )?;
     }
+    Ok(())
 }
 
 /// Run `temper eval`.
@@ -123,13 +129,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .map(|(n, m)| (*n, summarize(&records, *m)))
         .collect();
     for (name, s) in &summaries {
-        print_summary(name, s);
+        print_summary(name, s)?;
     }
     if args.mode == EvalMode::Generate {
-        println!(
+        outln!(
             "unparsed outputs: {} (counted as wrong)",
             summaries[0].1.unparsed
-        );
+        )?;
     }
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

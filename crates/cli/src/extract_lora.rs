@@ -2,6 +2,7 @@
 //! BASE into (approximately) FT, like `mergekit-extract-lora`. The adapter can then be merged
 //! back (`model: BASE+OUT` in a merge config) or loaded with peft.
 
+use crate::output::outln;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -120,54 +121,54 @@ pub fn run(args: ExtractLoraArgs) -> Result<()> {
         )
     })?;
 
-    println!(
+    outln!(
         "wrote {} in {:.1?}: {} modules, r = {}, {:.1} MB",
         summary.out_dir.display(),
         start.elapsed(),
         summary.modules.len(),
         summary.rank,
         summary.bytes_written as f64 / 1e6
-    );
-    println!("target_modules: {}", summary.target_modules.join(", "));
+    )?;
+    outln!("target_modules: {}", summary.target_modules.join(", "))?;
     // Per module type: how much of the fine-tune's change the adapter keeps.
     let mut by_type: BTreeMap<&str, Vec<&ModuleReport>> = BTreeMap::new();
     for m in &summary.modules {
         by_type.entry(m.short_name.as_str()).or_default().push(m);
     }
-    println!("energy of Δ captured (Σσ² kept / ‖Δ‖²):");
+    outln!("energy of Δ captured (Σσ² kept / ‖Δ‖²):")?;
     for (name, modules) in &by_type {
         let mean = modules.iter().map(|m| m.captured).sum::<f64>() / modules.len() as f64;
         let worst = modules
             .iter()
             .min_by(|a, b| a.captured.total_cmp(&b.captured));
         match worst {
-            Some(w) => println!(
+            Some(w) => outln!(
                 "  {name:<14} {:>4} modules  mean {:>6.2}%  min {:>6.2}% ({})",
                 modules.len(),
                 100.0 * mean,
                 100.0 * w.captured,
                 w.module
-            ),
-            None => println!("  {name:<14} no modules"),
+            )?,
+            None => outln!("  {name:<14} no modules")?,
         }
     }
     if args.verbose {
         for m in &summary.modules {
-            println!(
+            outln!(
                 "  {:<48} {:?} rank {:>4}  ‖Δ‖ {:>10.4e}  {:>6.2}%",
                 m.module,
                 m.shape,
                 m.rank,
                 m.delta_norm,
                 100.0 * m.captured
-            );
+            )?;
         }
     }
     if !summary.unchanged_modules.is_empty() {
-        println!(
+        outln!(
             "identical in both models, left out: {}",
             summary.unchanged_modules.join(", ")
-        );
+        )?;
     }
     if !summary.not_extracted.is_empty() {
         eprintln!(

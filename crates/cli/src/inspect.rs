@@ -104,39 +104,11 @@ pub fn inspect(path: &Path) -> Result<String> {
     Ok(out)
 }
 
-/// `(name, dtype)` of every tensor in a safetensors file, reading only its header.
+/// `(name, dtype)` of every tensor in a safetensors file, reading only its header (checked as
+/// the loaders check it, naming the tensor at fault).
 fn safetensors_header(path: &Path) -> Result<Vec<(String, String)>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-    let file_len = file.metadata()?.len();
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
-    let n = u64::from_le_bytes(len);
-    if n > file_len.saturating_sub(8) || n > 100_000_000 {
-        anyhow::bail!(
-            "{}: safetensors header length {n} exceeds the file size {file_len}",
-            path.display()
-        );
-    }
-    let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header)?;
-    let json: serde_json::Value = serde_json::from_slice(&header)
-        .with_context(|| format!("{}: safetensors header is not JSON", path.display()))?;
-    let obj = json
-        .as_object()
-        .with_context(|| format!("{}: safetensors header is not an object", path.display()))?;
-    Ok(obj
-        .iter()
-        .filter(|(k, _)| k.as_str() != "__metadata__")
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.get("dtype")
-                    .and_then(|d| d.as_str())
-                    .unwrap_or("?")
-                    .to_string(),
-            )
-        })
+    Ok(temper_formats::safetensors_check::read_header(path)?
+        .into_iter()
+        .map(|t| (t.name, t.dtype))
         .collect())
 }

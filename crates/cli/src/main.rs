@@ -6,6 +6,7 @@ mod eval_tasks;
 mod extract_lora;
 mod inspect;
 mod merge;
+mod output;
 mod pipeline;
 mod train;
 mod weights;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use output::outln;
 use temper_backend::{DeviceSpec, FloatPrecision};
 use temper_llm_arch::gguf::GgufFile;
 use temper_llm_arch::{ChatMessage, GenerationConfig, Pretrained, Tokenizer, generate};
@@ -255,10 +257,10 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let tokenizer = load_tokenizer(&model)?;
             let ids = tokenizer.encode(&text, !no_special_tokens)?;
-            println!("{}", serde_json::to_string(&ids)?);
+            outln!("{}", serde_json::to_string(&ids)?)?;
         }
         Command::Inspect { path } => {
-            println!("{}", inspect::inspect(&path)?);
+            outln!("{}", inspect::inspect(&path)?)?;
         }
         Command::Merge(args) => merge::run(args)?,
         Command::ExtractLora(args) => extract_lora::run(args)?,
@@ -287,7 +289,11 @@ fn main() {
         .init();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        // The reader of a pipe closed it (`temper inspect X | head -1`): not an error.
+        if output::is_broken_pipe(&e) {
+            return;
+        }
+        eprintln!("error: {}", output::report(&e));
         std::process::exit(1);
     }
 }

@@ -125,7 +125,7 @@ fn open_report(path: &Path, out_dir: &Path) -> Result<AtomicFile> {
 
 /// Run `temper merge`.
 pub fn run(args: MergeArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.config)
+    let text = temper_formats::read_regular_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let config = MergeConfig::from_yaml(&text, &args.config.display().to_string())?;
     let options = MergeOptions {

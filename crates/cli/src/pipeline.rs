@@ -1,6 +1,7 @@
 //! `temper pipeline [--config FILE] [--preset default|smoke] [--out DIR] [--device D]
 //! [--dtype f32|bf16|f16]`.
 
+use crate::output::{out, outln};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -50,10 +51,10 @@ pub fn run(args: PipelineArgs) -> Result<()> {
         config.benchmark.dtype = dtype;
     }
     if args.print_config {
-        print!(
+        out!(
             "{}",
             toml::to_string(&config).context("printing the config")?
-        );
+        )?;
         return Ok(());
     }
     let out_dir = args
@@ -67,14 +68,16 @@ pub fn run(args: PipelineArgs) -> Result<()> {
         },
     )?;
     for v in &report.variants {
-        println!(
+        outln!(
             "{:40} {:.4} ± {:.4}",
-            v.name, v.summary.overall.accuracy, v.summary.overall.stderr
-        );
+            v.name,
+            v.summary.overall.accuracy,
+            v.summary.overall.stderr
+        )?;
     }
     for row in &report.analyses {
         let a = &row.analysis;
-        println!(
+        outln!(
             "{:40} expected {:.4}, gain over better parent {:+.4} (McNemar p {:.3}, bootstrap p {:.3}){}",
             row.merged,
             a.expected,
@@ -82,12 +85,12 @@ pub fn run(args: PipelineArgs) -> Result<()> {
             a.mcnemar.p_value,
             a.bootstrap.p_value,
             if a.synergy { "  SYNERGY" } else { "" }
-        );
+        )?;
     }
-    println!(
+    outln!(
         "report: {} ({:.0} s)",
         out_dir.join("report.html").display(),
         report.total_seconds
-    );
+    )?;
     Ok(())
 }

@@ -6,9 +6,11 @@
 //! * [`atomic`] — write a file atomically (temporary sibling, fsync, rename), and
 //!   [`staging`] — build a directory beside its destination and rename it into place, and
 //!   [`stale`] — remove what interrupted writers left behind;
-//! * [`mmap`] — the one read-only memory map (and the one `unsafe` call) of the workspace;
+//! * [`mmap`] — the one read-only memory map (and the one `unsafe` call) of the workspace,
+//!   and [`regular`] — open only regular files (a FIFO or a device would block or never end);
 //! * [`safetensors`] — the layout of a safetensors file from its tensors' shapes, so writers
-//!   stream the data one tensor at a time;
+//!   stream the data one tensor at a time, and [`safetensors_check`] — reading one: the
+//!   header and the shard index, checked naming the tensor;
 //! * [`quant`] — block-quantized weight encodings (NF4 as bitsandbytes, Q8_0 and the GGUF
 //!   blocks as ggml), each bit-exact with its peer;
 //! * [`peft`] — PEFT's `adapter_config.json` and its module matching (`target_modules`,
@@ -21,7 +23,9 @@ mod error;
 pub mod mmap;
 pub mod peft;
 pub mod quant;
+pub mod regular;
 pub mod safetensors;
+pub mod safetensors_check;
 pub mod staging;
 pub mod stale;
 pub mod tokenizer;
@@ -29,5 +33,6 @@ pub mod tokenizer;
 pub use atomic::{AtomicFile, write_atomic};
 pub use error::{FormatsError, Result};
 pub use mmap::{Mmap, map_file};
+pub use regular::{open_regular, read_regular, read_regular_to_string};
 pub use staging::{StagingDir, check_output_dir};
 pub use stale::{Sweep, sweep_stale_temps};

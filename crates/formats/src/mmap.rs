@@ -11,10 +11,10 @@ use crate::{FormatsError, Result};
 /// Map the file at `path` read-only.
 ///
 /// # Errors
-/// The file cannot be opened or mapped (errors name `path`).
+/// The file cannot be opened or mapped, or it is not a regular file (errors name `path`).
 pub fn map_file(path: impl AsRef<Path>) -> Result<Mmap> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| FormatsError::io(path, e))?;
+    let file = crate::regular::open_regular(path).map_err(|e| FormatsError::io(path, e))?;
     map_open_file(&file, path)
 }
 

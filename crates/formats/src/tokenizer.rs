@@ -156,7 +156,7 @@ impl TokenizerConfig {
     /// I/O, invalid JSON, and what [`TokenizerConfig::from_json`] rejects.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| FormatsError::io(path, e))?;
+        let bytes = crate::regular::read_regular(path).map_err(|e| FormatsError::io(path, e))?;
         let value = serde_json::from_slice(&bytes).map_err(|source| FormatsError::Json {
             path: path.to_path_buf(),
             source,
@@ -255,7 +255,7 @@ impl TokenizerFiles {
     pub fn read_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let tokenizer_json_path = dir.join(TOKENIZER_JSON);
-        let tokenizer_json = std::fs::read_to_string(&tokenizer_json_path)
+        let tokenizer_json = crate::regular::read_regular_to_string(&tokenizer_json_path)
             .map_err(|e| FormatsError::io(&tokenizer_json_path, e))?;
         let config_path = dir.join(TOKENIZER_CONFIG);
         let config = if config_path.exists() {
@@ -265,7 +265,10 @@ impl TokenizerFiles {
         };
         let jinja = dir.join(CHAT_TEMPLATE_JINJA);
         let chat_template_jinja = if jinja.exists() {
-            Some(std::fs::read_to_string(&jinja).map_err(|e| FormatsError::io(&jinja, e))?)
+            Some(
+                crate::regular::read_regular_to_string(&jinja)
+                    .map_err(|e| FormatsError::io(&jinja, e))?,
+            )
         } else {
             None
         };

@@ -14,7 +14,6 @@ use burn::nn::{Embedding, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use temper_backend::{FloatPrecision, QuantizedWeight};
-use temper_formats::map_file;
 
 use crate::gguf::{GgufFile, HfTensor, for_each_hf_tensor, for_each_hf_tensor_keeping_blocks};
 use crate::llama::{Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp, RmsNorm};
@@ -156,13 +155,15 @@ struct ShardFile {
 
 impl ShardFile {
     fn open(path: &Path) -> Result<Self> {
-        let map = map_file(path)?;
-        // Only the header pages are touched; read_metadata also checks that the data section
-        // matches the file length (a truncated file fails here).
+        let file = temper_formats::open_regular(path).map_err(|e| Error::io(path, e))?;
+        let map = temper_formats::mmap::map_open_file(&file, path)?;
+        // Only the header pages are touched. `check_header` names the tensor at fault (the
+        // `safetensors` crate does not always); both check that the data section matches the
+        // file length (a truncated file fails here).
+        temper_formats::safetensors_check::check_header(&map, path)?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&map).map_err(|e| st_error(path, e))?;
         drop(map);
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -234,7 +235,8 @@ impl SafetensorsSource {
                 path: dir.to_path_buf(),
             });
         }
-        let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let text = temper_formats::read_regular_to_string(&index_path)
+            .map_err(|e| Error::io(&index_path, e))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| Error::Json {
                 path: index_path.clone(),
@@ -259,7 +261,12 @@ impl SafetensorsSource {
             let id = match shard_ids.get(shard) {
                 Some(&id) => id,
                 None => {
-                    let path = dir.join(shard);
+                    let path = temper_formats::safetensors_check::shard_path(
+                        dir,
+                        &index_path,
+                        name,
+                        shard,
+                    )?;
                     let opened = ShardFile::open(&path)?;
                     if opened.metadata.info(name).is_none() {
                         return Err(st_error(

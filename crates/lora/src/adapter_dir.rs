@@ -2,7 +2,7 @@
 //! adapter folded into its weights — what `temper generate` / `temper eval` need to accept
 //! the output of an adapter-only training run as `--model`.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use burn::tensor::Device;
 use temper_backend::FloatPrecision;
@@ -17,47 +17,68 @@ pub fn is_adapter_dir(path: &Path) -> bool {
     path.join(ADAPTER_CONFIG).is_file()
 }
 
-/// Where the base model of the adapter in `dir` is: `base` when given, else the config's
-/// `base_model_name_or_path` as an existing path — as written, or relative to the adapter
-/// directory or to its parent (adapters saved next to their base).
+/// Where the base model of the adapter in `dir` is: `base` when given (the user's own path,
+/// used as is), else the config's `base_model_name_or_path`.
+///
+/// A name from the config comes with a downloaded adapter, so it is resolved only against the
+/// adapter directory and then its parent (adapters saved next to their base), never against
+/// the current directory, and a `..` is refused: a relative name cannot reach outside those
+/// two folders. An absolute path (PEFT records the local path the base was loaded from) is
+/// used as written. The path chosen is logged, naming where it came from.
 ///
 /// # Errors
-/// No base given and the config names none, or none of the candidates exists (the message
-/// lists them: a hub id cannot be fetched here).
+/// No base given and the config names none, the name climbs out with `..`, or none of the
+/// candidates exists (the message lists them: a hub id cannot be fetched here).
 pub fn resolve_base_model(dir: &Path, base: Option<&Path>) -> Result<PathBuf> {
     if let Some(base) = base {
         return Ok(base.to_path_buf());
     }
+    let config_path = dir.join(ADAPTER_CONFIG);
     let config = LoraConfig::load(dir)?;
     let name = config.base_model_name_or_path.ok_or_else(|| {
         LoraError::InvalidConfig(format!(
             "{}: `base_model_name_or_path` is not set; give the base model explicitly",
-            dir.join(ADAPTER_CONFIG).display()
+            config_path.display()
         ))
     })?;
     let named = PathBuf::from(&name);
-    let mut candidates = vec![named.clone()];
-    if named.is_relative() {
-        candidates.push(dir.join(&named));
-        if let Some(parent) = dir.parent() {
-            candidates.push(parent.join(&named));
-        }
+    if named.components().any(|c| c == Component::ParentDir) {
+        return Err(LoraError::InvalidConfig(format!(
+            "{}: `base_model_name_or_path` = {name:?} climbs out of the adapter folder with `..`; \
+             give the base model explicitly",
+            config_path.display()
+        )));
     }
-    candidates
+    let candidates = if named.is_absolute() {
+        vec![named]
+    } else {
+        let mut c = vec![dir.join(&named)];
+        if let Some(parent) = dir.parent() {
+            c.push(parent.join(&named));
+        }
+        c
+    };
+    let found = candidates
         .iter()
         .find(|c| c.exists())
         .cloned()
         .ok_or_else(|| {
             LoraError::InvalidConfig(format!(
                 "{}: base model `{name}` not found (looked at {}); give the base model explicitly",
-                dir.join(ADAPTER_CONFIG).display(),
+                config_path.display(),
                 candidates
                     .iter()
                     .map(|c| c.display().to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
             ))
-        })
+        })?;
+    tracing::info!(
+        "base model {} (`base_model_name_or_path` of {})",
+        found.display(),
+        config_path.display()
+    );
+    Ok(found)
 }
 
 /// Load the adapter in `dir` onto its base model (see [`resolve_base_model`]) and merge it:
@@ -78,4 +99,50 @@ pub fn load_merged_adapter(
     pretrained.model = merge_and_unload(model)?;
     pretrained.source = dir.to_path_buf();
     Ok(pretrained)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn adapter_naming(root: &Path, base: &str) -> PathBuf {
+        let dir = root.join("adapter");
+        std::fs::create_dir_all(&dir).unwrap();
+        LoraConfig::new(8, 16.0)
+            .with_base_model_name_or_path(base)
+            .save(&dir)
+            .unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_configured_base_resolves_inside_the_adapter_folder_or_beside_it() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("base")).unwrap();
+        let dir = adapter_naming(root.path(), "base");
+        assert_eq!(
+            resolve_base_model(&dir, None).unwrap(),
+            root.path().join("base")
+        );
+        // The user's own path is used as given.
+        let own = Path::new("/anywhere/base");
+        assert_eq!(resolve_base_model(&dir, Some(own)).unwrap(), own);
+    }
+
+    #[test]
+    fn a_configured_base_cannot_climb_out_or_follow_the_working_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = adapter_naming(root.path(), "../../etc");
+        let err = resolve_base_model(&dir, None).unwrap_err().to_string();
+        assert!(
+            err.contains("adapter_config.json") && err.contains("`..`"),
+            "{err}"
+        );
+        // `src` exists in the working directory of this test (the crate root), not beside
+        // the adapter: it must not be found.
+        let dir = adapter_naming(root.path(), "src");
+        let err = resolve_base_model(&dir, None).unwrap_err().to_string();
+        assert!(err.contains("not found"), "{err}");
+    }
 }

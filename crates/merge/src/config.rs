@@ -232,7 +232,8 @@ impl MergeConfig {
     /// # Errors
     /// I/O errors and everything [`MergeConfig::from_yaml`] rejects.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| MergeError::io(path, e))?;
+        let text =
+            temper_formats::read_regular_to_string(path).map_err(|e| MergeError::io(path, e))?;
         Self::from_yaml(&text, &path.display().to_string())
     }
 

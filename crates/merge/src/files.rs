@@ -12,7 +12,7 @@ use crate::{MergeError, Result};
 /// # Errors
 /// I/O errors, invalid JSON.
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| MergeError::io(path, e))?;
+    let text = temper_formats::read_regular_to_string(path).map_err(|e| MergeError::io(path, e))?;
     serde_json::from_str(&text)
         .map_err(|e| MergeError::checkpoint(path, format!("invalid JSON: {e}")))
 }

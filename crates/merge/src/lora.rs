@@ -205,7 +205,10 @@ impl Adapter {
             };
             return Err(MergeError::checkpoint(dir, msg));
         }
-        let bytes = std::fs::read(&weights_path).map_err(|e| MergeError::io(&weights_path, e))?;
+        let bytes = temper_formats::read_regular(&weights_path)
+            .map_err(|e| MergeError::io(&weights_path, e))?;
+        // Names the tensor at fault where the `safetensors` crate does not.
+        temper_formats::safetensors_check::check_header(&bytes, &weights_path)?;
         let (modules, saved) = {
             let st = SafeTensors::deserialize(&bytes).map_err(|e| {
                 MergeError::checkpoint(&weights_path, format!("invalid safetensors: {e}"))

@@ -80,7 +80,7 @@ impl ModelSource {
         let config_path = dir.join("config.json");
         let config =
             if config_path.exists() {
-                let text = std::fs::read_to_string(&config_path)
+                let text = temper_formats::read_regular_to_string(&config_path)
                     .map_err(|e| MergeError::io(&config_path, e))?;
                 Some(serde_json::from_str(&text).map_err(|e| {
                     MergeError::checkpoint(&config_path, format!("invalid JSON: {e}"))
@@ -133,6 +133,8 @@ impl ModelSource {
 
     fn add_shard(&mut self, path: PathBuf) -> Result<()> {
         let mmap = map_file(&path)?;
+        // Names the tensor at fault where the `safetensors` crate does not.
+        temper_formats::safetensors_check::check_header(&mmap, &path)?;
         let st = SafeTensors::deserialize(&mmap)
             .map_err(|e| MergeError::checkpoint(&path, format!("invalid safetensors: {e}")))?;
         // Offsets in the header are relative to the data section after the header.
@@ -311,7 +313,8 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
             "no model.safetensors or model.safetensors.index.json",
         ));
     }
-    let text = std::fs::read_to_string(&index_path).map_err(|e| MergeError::io(&index_path, e))?;
+    let text = temper_formats::read_regular_to_string(&index_path)
+        .map_err(|e| MergeError::io(&index_path, e))?;
     let index: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| MergeError::checkpoint(&index_path, format!("invalid JSON: {e}")))?;
     let map = index
@@ -323,12 +326,7 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let file = file.as_str().ok_or_else(|| {
             MergeError::checkpoint(&index_path, format!("weight_map[{tensor}] is not a string"))
         })?;
-        if file.contains('/') || file.contains('\\') || file == ".." {
-            return Err(MergeError::checkpoint(
-                &index_path,
-                format!("weight_map[{tensor}] = {file:?} is not a file name in the directory"),
-            ));
-        }
+        temper_formats::safetensors_check::shard_path(dir, &index_path, tensor, file)?;
         if !files.iter().any(|f| f == file) {
             files.push(file.to_string());
         }

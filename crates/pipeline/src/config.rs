@@ -300,10 +300,17 @@ impl StageSpec {
         if let Some(reference) = &self.reference {
             table.insert("reference".into(), toml::Value::Table(reference.clone()));
         }
-        let text = toml::to_string(&table)
-            .map_err(|e| PipelineError::config(&format!("stage `{}`", self.name), e.to_string()))?;
-        StageConfig::from_toml_str(&text)
-            .map_err(|e| PipelineError::config(&format!("stage `{}`", self.name), e.to_string()))
+        // Deserialized from the table itself, not from TOML text written and parsed again: a
+        // path with a control character would otherwise surface as a syntax error in text the
+        // user never wrote.
+        let stage_name = format!("stage `{}`", self.name);
+        let stage: StageConfig = table
+            .try_into()
+            .map_err(|e| PipelineError::config(&stage_name, e.message().to_string()))?;
+        stage
+            .validate()
+            .map_err(|e| PipelineError::config(&stage_name, e.to_string()))?;
+        Ok(stage)
     }
 
     /// The objective's name as the trainer table gives it (`cpt`, `sft`, `orpo`...).
@@ -357,7 +364,8 @@ impl PipelineConfig {
     /// # Errors
     /// As [`PipelineConfig::from_toml_str`], and an unreadable file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
+        let text =
+            temper_formats::read_regular_to_string(path).map_err(|e| PipelineError::io(path, e))?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         Self::from_toml_str(&text, &path.display().to_string(), base)
     }

@@ -56,7 +56,7 @@ impl Fingerprint {
 /// # Errors
 /// The file cannot be read.
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| PipelineError::io(path, e))?;
+    let mut file = temper_formats::open_regular(path).map_err(|e| PipelineError::io(path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

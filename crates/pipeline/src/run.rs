@@ -74,7 +74,7 @@ struct Marker<T> {
 }
 
 fn read_marker<T: DeserializeOwned>(path: &Path, fingerprint: &str) -> Option<T> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = temper_formats::read_regular_to_string(path).ok()?;
     let marker: Marker<T> = serde_json::from_str(&text).ok()?;
     (marker.fingerprint == fingerprint).then_some(marker.data)
 }
@@ -232,7 +232,8 @@ impl Runner<'_> {
         let Some(limit) = limit else {
             return Ok(data.to_path_buf());
         };
-        let text = std::fs::read_to_string(data).map_err(|e| PipelineError::io(data, e))?;
+        let text =
+            temper_formats::read_regular_to_string(data).map_err(|e| PipelineError::io(data, e))?;
         let mut slice: String = text
             .lines()
             .filter(|l| !l.trim().is_empty())
@@ -525,13 +526,15 @@ struct EvalDone {
 }
 
 fn count_rows(path: &Path) -> Result<usize> {
-    let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
+    let text =
+        temper_formats::read_regular_to_string(path).map_err(|e| PipelineError::io(path, e))?;
     Ok(text.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
 fn num_hidden_layers(dir: &Path) -> Result<usize> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::io(&path, e))?;
+    let text =
+        temper_formats::read_regular_to_string(&path).map_err(|e| PipelineError::io(&path, e))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| PipelineError::config(&path.display().to_string(), e.to_string()))?;
     value["num_hidden_layers"]

@@ -245,7 +245,8 @@ pub(crate) fn prune_checkpoints(output_dir: &Path, limit: usize) -> Result<()> {
 /// A missing or malformed `trainer_state.json`.
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+    let text = temper_formats::read_regular_to_string(&state_path)
+        .map_err(|e| TrainError::io(&state_path, e))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|source| TrainError::Json {
         path: state_path,
         source,
@@ -286,7 +287,7 @@ pub fn load_checkpoint(
         )?
     } else {
         let path = dir.join(BASE_FINGERPRINT_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = temper_formats::read_regular_to_string(&path).map_err(|e| {
             ckpt_err(
                 dir,
                 format!("neither {MODEL_FILE} nor {BASE_FINGERPRINT_FILE}: {e}"),
@@ -308,7 +309,8 @@ pub fn load_checkpoint(
     };
     let model = assign_param_ids(fine_tuning.restore_checkpoint(base, dir)?);
     let opt_path = dir.join(OPTIMIZER_FILE);
-    let optimizer = std::fs::read(&opt_path).map_err(|e| TrainError::io(&opt_path, e))?;
+    let optimizer =
+        temper_formats::read_regular(&opt_path).map_err(|e| TrainError::io(&opt_path, e))?;
     Ok(LoadedCheckpoint {
         model,
         optimizer,

@@ -401,7 +401,8 @@ impl StageConfig {
     /// Unreadable file, TOML syntax, unknown keys, invalid values.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let text =
+            temper_formats::read_regular_to_string(path).map_err(|e| TrainError::io(path, e))?;
         let mut stage = Self::from_toml_str(&text).map_err(|e| match e {
             TrainError::Config(message) => TrainError::Toml {
                 path: path.to_path_buf(),

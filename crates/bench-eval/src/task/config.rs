@@ -116,7 +116,7 @@ fn read_merged(path: &Path, depth: usize) -> Result<Map<String, Value>> {
             format!("more than {MAX_INCLUDE_DEPTH} nested includes (a cycle?)"),
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
+    let text = temper_formats::read_regular_to_string(path).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
         source,
     })?;

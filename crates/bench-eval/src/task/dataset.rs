@@ -61,7 +61,7 @@ fn read_text(path: &Path) -> Result<String> {
             ),
         ));
     }
-    std::fs::read_to_string(path).map_err(io)
+    temper_formats::read_regular_to_string(path).map_err(io)
 }
 
 fn read_json(path: &Path) -> Result<Vec<Doc>> {

@@ -459,7 +459,7 @@ impl LoraConfig {
     /// # Errors
     /// An unreadable file, and everything [`LoraConfig::from_json_slice`] rejects.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| FormatsError::io(path, e))?;
+        let bytes = crate::regular::read_regular(path).map_err(|e| FormatsError::io(path, e))?;
         Self::from_json_slice(&bytes, path)
     }
 

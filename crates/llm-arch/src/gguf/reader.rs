@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::dequant;
@@ -55,7 +54,7 @@ impl GgufFile {
             path: display.clone(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        let file = temper_formats::open_regular(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         // An empty file cannot be mapped on every platform; it is rejected by the parser anyway.
         let storage = if len == 0 {

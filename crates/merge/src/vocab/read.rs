@@ -51,7 +51,8 @@ pub(super) fn read_vocab(dir: Option<&Path>, label: &str, limit: Option<usize>) 
             ),
         ));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| MergeError::io(&path, e))?;
+    let text =
+        temper_formats::read_regular_to_string(&path).map_err(|e| MergeError::io(&path, e))?;
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| vocab_error(&path, label, format!("invalid JSON: {e}")))?;
     let mut ids: HashMap<String, usize> = HashMap::new();

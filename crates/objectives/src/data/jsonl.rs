@@ -132,7 +132,7 @@ pub trait JsonRow: Sized {
 /// I/O errors, and (unless skipping) the first malformed line as [`ObjectiveError::Data`].
 pub fn read_jsonl<T: JsonRow>(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Loaded<T>> {
     let path = path.as_ref();
-    let file = std::fs::File::open(path).map_err(|source| ObjectiveError::Io {
+    let file = temper_formats::open_regular(path).map_err(|source| ObjectiveError::Io {
         path: path.to_path_buf(),
         source,
     })?;
