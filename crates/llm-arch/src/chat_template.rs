@@ -73,7 +73,7 @@ impl BoundedTemplate {
         limits::install(&mut env);
         // Compile once here for the syntax error; `render` compiles again (the instructions
         // borrow the source, so they cannot live in `Self`).
-        compile(&source).map_err(|e| fail(format!("{e:#}")))?;
+        compile(&source, WhitespaceConfig::default()).map_err(|e| fail(format!("{e:#}")))?;
         Ok(Self {
             env,
             source,
@@ -117,7 +117,12 @@ impl BoundedTemplate {
             "" => Error::Template(format!("{e:#}")),
             origin => Error::Template(format!("{origin}: {e:#}")),
         };
-        let (mut instructions, blocks) = compile(&self.source).map_err(fail)?;
+        // The environment's whitespace settings (lm-eval keeps a template's trailing newline).
+        let ws = WhitespaceConfig {
+            keep_trailing_newline: self.env.keep_trailing_newline(),
+            ..WhitespaceConfig::default()
+        };
+        let (mut instructions, blocks) = compile(&self.source, ws).map_err(fail)?;
         limits::rewrite(&mut instructions);
         let mut rendered = String::new();
         limits::start_render();
@@ -206,9 +211,8 @@ type Compiled<'s> = (
 
 /// Parse and compile `source` as minijinja's `Environment` would (default syntax and
 /// whitespace).
-fn compile(source: &str) -> std::result::Result<Compiled<'_>, JinjaError> {
-    let ast =
-        minijinja::machinery::parse(source, "chat", SyntaxConfig, WhitespaceConfig::default())?;
+fn compile(source: &str, ws: WhitespaceConfig) -> std::result::Result<Compiled<'_>, JinjaError> {
+    let ast = minijinja::machinery::parse(source, "chat", SyntaxConfig, ws)?;
     let mut generator = CodeGenerator::new("chat", source);
     generator.compile_stmt(&ast);
     Ok(generator.finish())
@@ -250,7 +254,10 @@ fn checked_method(
             .position(|item| &item == needle)
             .map(Value::from)
             .ok_or_else(|| {
-                JinjaError::new(ErrorKind::InvalidOperation, format!("{needle} is not in list"))
+                JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    format!("{needle} is not in list"),
+                )
             });
     }
     let mut all = Vec::with_capacity(args.len() + 1);

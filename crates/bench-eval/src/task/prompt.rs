@@ -8,9 +8,12 @@
 //! Python literal list by lm-eval (`ast.literal_eval`): Temper evaluates a template that is a
 //! single `{{ expression }}` directly to its list, and reads other renders as a literal list.
 
-use minijinja::value::{Value as JValue, ValueKind};
-use minijinja::{Environment, Error as JinjaError, ErrorKind, UndefinedBehavior, context};
+use std::collections::HashMap;
+
+use minijinja::value::Value as JValue;
+use minijinja::{Error as JinjaError, ErrorKind, UndefinedBehavior};
 use serde_json::Value;
+use temper_llm_arch::BoundedTemplate;
 
 use super::config::TaskConfig;
 use super::dataset::Doc;
@@ -23,38 +26,13 @@ pub enum Target {
     Text(String),
 }
 
-/// The templates of one task, compiled once.
+/// The templates of one task, compiled once, rendered within the chat templates' limits
+/// (steps, recursion, value and output sizes: a task YAML is a downloaded file too).
 #[derive(Debug)]
 pub struct Prompter<'t> {
     config: &'t TaskConfig,
-    env: Environment<'static>,
-}
-
-fn index_method(
-    _state: &minijinja::State<'_, '_>,
-    value: &JValue,
-    method: &str,
-    args: &[JValue],
-) -> std::result::Result<JValue, JinjaError> {
-    if method == "index" && value.kind() == ValueKind::Seq {
-        let [needle] = args else {
-            return Err(JinjaError::new(
-                ErrorKind::InvalidOperation,
-                "list.index takes one argument",
-            ));
-        };
-        let iter = value.try_iter()?;
-        for (i, item) in iter.enumerate() {
-            if &item == needle {
-                return Ok(JValue::from(i));
-            }
-        }
-        return Err(JinjaError::new(
-            ErrorKind::InvalidOperation,
-            format!("{needle} is not in list"),
-        ));
-    }
-    Err(JinjaError::from(ErrorKind::UnknownMethod))
+    /// By YAML key; `doc_to_choice=` is the choices spec as one expression, rendered to JSON.
+    templates: HashMap<&'static str, BoundedTemplate>,
 }
 
 fn regex_replace(
@@ -62,6 +40,9 @@ fn regex_replace(
     pattern: String,
     repl: String,
 ) -> std::result::Result<String, JinjaError> {
+    // Every match could become the replacement: bound the result before building it.
+    let bound = (s.len() as u64 + 1).saturating_mul(repl.len() as u64 + 1);
+    BoundedTemplate::check_size("filter `regex_replace`", bound)?;
     let re = regex::Regex::new(&pattern)
         .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, format!("regex_replace: {e}")))?;
     // Python's `\1` back-references are `${1}` here.
@@ -69,6 +50,12 @@ fn regex_replace(
         .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, format!("regex_replace: {e}")))?;
     let repl = backref.replace_all(&repl, "$${$1}");
     Ok(re.replace_all(&s, repl.as_ref()).into_owned())
+}
+
+/// The expression of a template that is exactly one `{{ expression }}`.
+fn single_expression(template: &str) -> Option<&str> {
+    let inner = template.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%")).then(|| inner.trim())
 }
 
 /// `ast.literal_eval` of a list of strings or numbers, as Python prints one.
@@ -114,22 +101,6 @@ fn literal_list(text: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
-fn to_strings(v: &JValue) -> Option<Vec<String>> {
-    if v.kind() != ValueKind::Seq {
-        return None;
-    }
-    v.try_iter()
-        .ok()?
-        .map(|x| {
-            if let Some(s) = x.as_str() {
-                Some(s.to_string())
-            } else {
-                Some(x.to_string())
-            }
-        })
-        .collect()
-}
-
 fn json_strings(v: &Value) -> Option<Vec<String>> {
     match v {
         Value::Array(items) => items
@@ -147,20 +118,42 @@ fn json_strings(v: &Value) -> Option<Vec<String>> {
 
 impl<'t> Prompter<'t> {
     /// Compile the task's templates.
-    pub fn new(config: &'t TaskConfig) -> Self {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_keep_trailing_newline(true);
-        env.set_unknown_method_callback(|state, value, method, args| {
-            match index_method(state, value, method, args) {
-                Err(e) if e.kind() == ErrorKind::UnknownMethod => {
-                    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
-                }
-                other => other,
+    ///
+    /// # Errors
+    /// [`EvalError::Task`] naming the key of a template that does not compile.
+    pub fn new(config: &'t TaskConfig) -> Result<Self> {
+        let mut specs: Vec<(&'static str, String)> = Vec::new();
+        for (key, spec) in [
+            ("doc_to_text", Some(&config.doc_to_text)),
+            ("doc_to_target", Some(&config.doc_to_target)),
+            ("doc_to_choice", config.doc_to_choice.as_ref()),
+        ] {
+            if let Some(Value::String(s)) = spec {
+                specs.push((key, s.clone()));
             }
-        });
-        env.add_filter("regex_replace", regex_replace);
-        Self { config, env }
+        }
+        if let Some(Value::String(s)) = &config.doc_to_choice
+            && let Some(expr) = single_expression(s)
+        {
+            specs.push(("doc_to_choice=", format!("{{{{ ({expr}) | tojson }}}}")));
+        }
+        specs.push(("description", config.description.clone()));
+        let mut templates = HashMap::new();
+        for (key, source) in specs {
+            let origin = format!("{} `{}`", config.path.display(), key.trim_end_matches('='));
+            let mut t = BoundedTemplate::new(source, origin).map_err(|e| EvalError::Task {
+                path: config.path.clone(),
+                key: key.trim_end_matches('=').to_string(),
+                reason: e.to_string(),
+            })?;
+            let env = t.environment_mut();
+            // lm-eval's environment: StrictUndefined, keep_trailing_newline, `regex_replace`.
+            env.set_undefined_behavior(UndefinedBehavior::Strict);
+            env.set_keep_trailing_newline(true);
+            env.add_filter("regex_replace", regex_replace);
+            templates.insert(key, t);
+        }
+        Ok(Self { config, templates })
     }
 
     fn error(&self, key: &str, doc: usize, reason: impl std::fmt::Display) -> EvalError {
@@ -171,20 +164,14 @@ impl<'t> Prompter<'t> {
         }
     }
 
-    fn render(&self, key: &str, template: &str, doc: &Doc, n: usize) -> Result<String> {
-        self.env
-            .render_str(template, context! { ..JValue::from_serialize(doc) })
-            .map_err(|e| self.error(key, n, format!("template: {e:#}")))
-    }
-
-    /// A template that is one `{{ expression }}`, evaluated to its value.
-    fn eval_expression(&self, template: &str, doc: &Doc) -> Option<JValue> {
-        let inner = template.trim().strip_prefix("{{")?.strip_suffix("}}")?;
-        if inner.contains("{{") || inner.contains("{%") {
-            return None;
-        }
-        let expr = self.env.compile_expression(inner.trim()).ok()?;
-        expr.eval(JValue::from_serialize(doc)).ok()
+    fn render(&self, key: &str, doc: &Doc, n: usize) -> Result<String> {
+        let template = self
+            .templates
+            .get(key)
+            .ok_or_else(|| self.error(key, n, "no template"))?;
+        template
+            .render(JValue::from_serialize(doc))
+            .map_err(|e| self.error(key.trim_end_matches('='), n, e))
     }
 
     /// `doc_to_text`.
@@ -202,8 +189,8 @@ impl<'t> Prompter<'t> {
                     format!("field `{s}` is {other}, not text"),
                 )),
             },
-            Value::String(template) => {
-                let text = self.render("doc_to_text", template, doc, n)?;
+            Value::String(_) => {
+                let text = self.render("doc_to_text", doc, n)?;
                 if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(self.error(
                         "doc_to_text",
@@ -234,13 +221,18 @@ impl<'t> Prompter<'t> {
             Value::String(s) if doc.contains_key(s) => {
                 json_strings(&doc[s]).ok_or_else(|| not_list(s))
             }
-            Value::String(template) => {
-                if let Some(v) = self.eval_expression(template, doc)
-                    && let Some(list) = to_strings(&v)
-                {
-                    return Ok(list);
+            Value::String(_) => {
+                if self.templates.contains_key("doc_to_choice=") {
+                    let json = self.render("doc_to_choice=", doc, n)?;
+                    if let Some(list) = serde_json::from_str::<Value>(&json)
+                        .ok()
+                        .as_ref()
+                        .and_then(json_strings)
+                    {
+                        return Ok(list);
+                    }
                 }
-                let text = self.render("doc_to_choice", template, doc, n)?;
+                let text = self.render("doc_to_choice", doc, n)?;
                 literal_list(&text).ok_or_else(|| not_list(&format!("`{text}`")))
             }
             other => json_strings(other).ok_or_else(|| not_list("the value")),
@@ -271,8 +263,8 @@ impl<'t> Prompter<'t> {
         match spec {
             Value::Number(_) => from_value(spec),
             Value::String(s) if doc.contains_key(s) => from_value(&doc[s]),
-            Value::String(template) => {
-                let text = self.render("doc_to_target", template, doc, n)?;
+            Value::String(_) => {
+                let text = self.render("doc_to_target", doc, n)?;
                 if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
                     return text
                         .parse()
@@ -300,7 +292,7 @@ impl<'t> Prompter<'t> {
         match doc.get(spec) {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(other) => Ok(other.to_string()),
-            None => self.render(key, spec, doc, n),
+            None => self.render(key, doc, n),
         }
     }
 

@@ -183,7 +183,7 @@ pub fn evaluate_task(
     } else {
         Vec::new()
     };
-    let prompter = Prompter::new(config);
+    let prompter = Prompter::new(config)?;
     let choice_spec = config.doc_to_choice.clone().unwrap_or(Value::Null);
     let mutual = config.metrics.iter().any(|m| m == "acc_mutual_info");
     let mut rnd = PyRandom::new(settings.fewshot_seed);
