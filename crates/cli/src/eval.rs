@@ -20,7 +20,8 @@ pub struct EvalArgs {
     #[arg(long, required_unless_present = "tasks", conflicts_with = "tasks")]
     pub bench: Option<PathBuf>,
     /// lm-evaluation-harness task YAMLs (comma-separated or repeated) over local data:
-    /// multiple_choice tasks with lm-eval's contexts, few-shot examples and metrics.
+    /// multiple_choice tasks with lm-eval's contexts, few-shot examples and metrics, and
+    /// loglikelihood_rolling (perplexity) tasks.
     #[arg(
         long = "task",
         alias = "tasks",
@@ -34,6 +35,10 @@ pub struct EvalArgs {
     /// Evaluate only the first N documents of each task.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Tokens per rolling window of a loglikelihood_rolling task (lm-eval's `max_length`
+    /// model argument); default: the model's max_position_embeddings.
+    #[arg(long, requires = "tasks", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_length: Option<u64>,
     /// Tasks: write lm-eval's results JSON here (a `.json` file, or a folder that gets
     /// results.json).
     #[arg(long)]

@@ -36,6 +36,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         num_fewshot: args.num_fewshot,
         limit: args.limit,
         batch_size: args.batch_size,
+        max_length: args.max_length.map(|n| n as usize),
         ..TaskSettings::default()
     };
     let mut merged = serde_json::json!({
@@ -62,8 +63,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         })?;
         bar.finish_and_clear();
         for (m, mean, se) in &result.metrics {
+            // lm-eval prints "N/A" where a metric has no standard error (perplexities).
+            let se = if se.is_finite() {
+                format!("{se:.4}")
+            } else {
+                "N/A".to_string()
+            };
             println!(
-                "|{:<20}|{:>8}|{:<16}|{:>8.4}|{:>8.4}|",
+                "|{:<20}|{:>8}|{:<16}|{:>8.4}|{:>8}|",
                 config.task, result.num_fewshot, m, mean, se
             );
         }
@@ -96,6 +103,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "model_args": args.model.display().to_string(),
             "batch_size": args.batch_size,
             "limit": args.limit,
+            "max_length": args.max_length,
             "temper_version": env!("CARGO_PKG_VERSION"),
         });
         temper_formats::write_atomic(&file, serde_json::to_string_pretty(&merged)?.as_bytes())?;

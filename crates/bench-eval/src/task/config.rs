@@ -17,6 +17,20 @@ use crate::{EvalError, Result};
 pub enum OutputType {
     /// One log-likelihood request per choice; `acc`, `acc_norm`, `acc_mutual_info`.
     MultipleChoice,
+    /// The log-likelihood of the whole `doc_to_target` text in rolling windows;
+    /// `word_perplexity`, `byte_perplexity`, `bits_per_byte`.
+    LoglikelihoodRolling,
+}
+
+impl OutputType {
+    /// The metrics this output type computes (the first ones are the default `metric_list`
+    /// of a multiple-choice task; all of them for a rolling one, as lm-eval's registry).
+    fn metrics(self) -> &'static [&'static str] {
+        match self {
+            Self::MultipleChoice => MC_METRICS,
+            Self::LoglikelihoodRolling => ROLLING_METRICS,
+        }
+    }
 }
 
 /// How few-shot examples are drawn (`fewshot_config.sampler`).
@@ -95,6 +109,9 @@ const READ: &[&str] = &[
 
 /// Metrics a multiple-choice task can ask for.
 const MC_METRICS: &[&str] = &["acc", "acc_norm", "acc_bytes", "acc_mutual_info"];
+
+/// Metrics of a `loglikelihood_rolling` task (all three are its default).
+const ROLLING_METRICS: &[&str] = &["word_perplexity", "byte_perplexity", "bits_per_byte"];
 
 /// Bound on `include` chains (a file including itself is an error, not a loop).
 const MAX_INCLUDE_DEPTH: usize = 16;
@@ -318,11 +335,15 @@ impl TaskConfig {
         }
         let output_type = match string(path, &raw, "output_type")?.as_deref() {
             None | Some("multiple_choice") => OutputType::MultipleChoice,
+            Some("loglikelihood_rolling") => OutputType::LoglikelihoodRolling,
             Some(other) => {
                 return Err(task_error(
                     path,
                     "output_type",
-                    format!("`{other}` is not supported yet (Temper runs multiple_choice tasks)"),
+                    format!(
+                        "`{other}` is not supported yet (Temper runs multiple_choice and \
+                         loglikelihood_rolling tasks)"
+                    ),
                 ));
             }
         };
@@ -336,13 +357,14 @@ impl TaskConfig {
                     .get("metric")
                     .and_then(Value::as_str)
                     .ok_or_else(|| task_error(path, "metric_list", "each entry needs `metric`"))?;
-                if !MC_METRICS.contains(&name) {
+                let allowed = output_type.metrics();
+                if !allowed.contains(&name) {
                     return Err(task_error(
                         path,
                         "metric_list",
                         format!(
-                            "metric `{name}` is not one of a multiple-choice task's: {}",
-                            MC_METRICS.join(", ")
+                            "metric `{name}` is not one of this output_type's: {}",
+                            allowed.join(", ")
                         ),
                     ));
                 }
@@ -350,7 +372,12 @@ impl TaskConfig {
             }
         }
         if metrics.is_empty() {
-            metrics = vec!["acc".into(), "acc_norm".into()];
+            metrics = match output_type {
+                OutputType::MultipleChoice => vec!["acc".into(), "acc_norm".into()],
+                OutputType::LoglikelihoodRolling => {
+                    ROLLING_METRICS.iter().map(|m| (*m).to_string()).collect()
+                }
+            };
         }
         let doc_to_choice = raw.get("doc_to_choice").cloned();
         if output_type == OutputType::MultipleChoice && doc_to_choice.is_none() {
@@ -371,7 +398,15 @@ impl TaskConfig {
             num_fewshot,
             sampler,
             description: string(path, &raw, "description")?.unwrap_or_default(),
-            doc_to_text: need("doc_to_text")?,
+            // A rolling task scores `doc_to_target` alone (lm-eval's wikitext sets
+            // `doc_to_text: ""`), so it may leave the prompt out.
+            doc_to_text: match output_type {
+                OutputType::LoglikelihoodRolling => raw
+                    .get("doc_to_text")
+                    .cloned()
+                    .unwrap_or_else(|| Value::String(String::new())),
+                OutputType::MultipleChoice => need("doc_to_text")?,
+            },
             doc_to_target: need("doc_to_target")?,
             doc_to_choice,
             target_delimiter: string(path, &raw, "target_delimiter")?.unwrap_or_else(|| " ".into()),

@@ -6,11 +6,13 @@
 //!   context;
 //! * [`sampler`]: few-shot examples as lm-eval draws them (`first_n`, and the default seeded
 //!   sampler with CPython's generator);
-//! * [`run`]: requests, lm-eval's metrics and its results JSON.
+//! * [`run`]: requests, lm-eval's metrics and its results JSON;
+//! * [`rolling`]: `loglikelihood_rolling` (rolling windows, perplexities).
 
 pub mod config;
 pub mod dataset;
 pub mod prompt;
+pub mod rolling;
 pub mod run;
 pub mod sampler;
 

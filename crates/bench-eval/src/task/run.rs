@@ -1,14 +1,16 @@
-//! Running a multiple-choice task: documents → contexts (with few-shot examples) → one
+//! Running a task. Multiple choice: documents → contexts (with few-shot examples) → one
 //! log-likelihood request per choice → lm-eval's per-document metrics → mean and standard
 //! error (lm-eval's `mean_stderr`: the sample standard deviation, n − 1, over √n).
+//! `loglikelihood_rolling` tasks are scored by [`super::rolling`].
 
 use serde::Serialize;
 use serde_json::{Value, json};
 use temper_llm_arch::Pretrained;
 
-use super::config::{Sampler, TaskConfig};
+use super::config::{OutputType, Sampler, TaskConfig};
 use super::dataset::{Doc, load_split};
 use super::prompt::Prompter;
+use super::rolling::{RollingCounts, evaluate_rolling, prefix_token};
 use super::sampler::PyRandom;
 use crate::loglik::{EncodedPair, LoglikConfig, encode_pair, score_pairs};
 use crate::{EvalError, Result};
@@ -27,6 +29,12 @@ pub struct TaskSettings {
     pub batch_size: usize,
     /// The default sampler's seed.
     pub fewshot_seed: u64,
+    /// Tokens a rolling window may hold (lm-eval's `max_length` model argument); `None`: the
+    /// model's `max_position_embeddings`, as lm-eval resolves it for a Llama config.
+    pub max_length: Option<usize>,
+    /// The token before an empty context and the first rolling window (lm-eval's
+    /// `prefix_token_id` model argument); `None`: the tokenizer's BOS, else EOS.
+    pub prefix_token_id: Option<u32>,
 }
 
 impl Default for TaskSettings {
@@ -36,6 +44,8 @@ impl Default for TaskSettings {
             limit: None,
             batch_size: 8,
             fewshot_seed: FEWSHOT_SEED,
+            max_length: None,
+            prefix_token_id: None,
         }
     }
 }
@@ -45,17 +55,21 @@ impl Default for TaskSettings {
 pub struct Sample {
     pub doc_id: usize,
     pub doc: Doc,
-    /// The gold choice index (`None`: the target is not among the choices).
+    /// The gold choice index (`None`: the target is not among the choices, or a rolling
+    /// task).
     pub target: Option<usize>,
-    /// `(context, continuation)` of each request.
+    /// `(context, continuation)` of each request (rolling: `("", text)`).
     pub arguments: Vec<(String, String)>,
-    /// Summed continuation log-likelihood of each choice.
+    /// Summed continuation log-likelihood of each choice (rolling: of the whole text).
     pub loglikelihoods: Vec<f64>,
     /// With `acc_mutual_info`: each choice's log-likelihood after an empty context.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unconditional: Option<Vec<f64>>,
-    /// Metric name → 0 or 1.
+    /// Metric name → 0 or 1 (multiple choice).
     pub metrics: Vec<(String, f64)>,
+    /// A rolling task's word and byte counts (the perplexities' weights) and windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolling: Option<RollingCounts>,
 }
 
 /// A task's outcome.
@@ -66,7 +80,7 @@ pub struct TaskResult {
     /// Documents in the split before `limit`.
     pub original: usize,
     pub samples: Vec<Sample>,
-    /// Metric name → (mean, standard error).
+    /// Metric name → (value, standard error; NaN where lm-eval has none: `"N/A"`).
     pub metrics: Vec<(String, f64, f64)>,
 }
 
@@ -177,6 +191,18 @@ pub fn evaluate_task(
         });
     }
     let num_fewshot = settings.num_fewshot.unwrap_or(config.num_fewshot);
+    if config.output_type == OutputType::LoglikelihoodRolling {
+        // The request is the text alone: lm-eval builds no context for it, so few-shot
+        // examples (if asked for) change nothing.
+        let (samples, metrics) = evaluate_rolling(p, config, settings, &docs, progress)?;
+        return Ok(TaskResult {
+            config: config.clone(),
+            num_fewshot,
+            original,
+            samples,
+            metrics,
+        });
+    }
     let pool = if num_fewshot > 0 {
         let fs = config.fewshot_split().unwrap_or(split);
         load_split(config, fs)?
@@ -218,6 +244,7 @@ pub fn evaluate_task(
             loglikelihoods: Vec::new(),
             unconditional: None,
             metrics: Vec::new(),
+            rolling: None,
         });
     }
 
@@ -229,7 +256,8 @@ pub fn evaluate_task(
     let loglik = LoglikConfig {
         batch_size: settings.batch_size,
         pad_token_id: pad,
-        empty_context_token: p.special.bos.or(p.special.eos.first().copied()),
+        // lm-eval's `prefix_token_id` (the tokenizer's BOS even where encoding adds none).
+        empty_context_token: prefix_token(p, settings).ok(),
         ..LoglikConfig::default()
     };
     // Longest first so a batch holds requests of similar length (little padding); scores go
