@@ -29,7 +29,8 @@ fn trainer(cfg: TrainerConfig) -> temper_train::Result<Trainer> {
 #[test]
 fn out_of_range_hyper_parameters_name_the_field_and_range() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(fn(&mut TrainerConfig), &str); 8] = [
+    type Case = (fn(&mut TrainerConfig), &'static str);
+    let cases: [Case; 8] = [
         (
             |c| {
                 c.max_steps = None;

@@ -144,7 +144,7 @@ pub fn evaluate_rolling(
     docs: &[Doc],
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(Vec<Sample>, MetricValues)> {
-    let prompter = Prompter::new(config);
+    let prompter = Prompter::new(config)?;
     let max_len = settings
         .max_length
         .unwrap_or(p.model.config().max_position_embeddings);
