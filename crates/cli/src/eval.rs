@@ -54,7 +54,8 @@ pub struct EvalArgs {
     /// Write summary.json and records.jsonl (per question) here.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Wrap the log-likelihood context in the model's chat template.
+    /// Wrap the log-likelihood context in the model's chat template (loglik only: the generate
+    /// protocol always prompts through the template, and refuses --chat rather than ignore it).
     #[arg(long)]
     pub chat: bool,
     #[arg(long, default_value_t = 8)]
