@@ -211,7 +211,7 @@ impl RefCache {
     /// I/O and parse failures or an inconsistent file.
     pub fn load_unchecked(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| ObjectiveError::Io {
+        let bytes = temper_formats::read_regular(path).map_err(|source| ObjectiveError::Io {
             path: path.to_path_buf(),
             source,
         })?;
@@ -444,7 +444,7 @@ pub fn files_fingerprint<P: AsRef<Path>>(paths: &[P]) -> Result<String> {
             path: p.to_path_buf(),
             source,
         };
-        let mut file = std::fs::File::open(p).map_err(io)?;
+        let mut file = temper_formats::open_regular(p).map_err(io)?;
         let mut len = 0u64;
         loop {
             let n = file.read(&mut buf).map_err(io)?;

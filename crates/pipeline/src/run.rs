@@ -232,21 +232,35 @@ impl Runner<'_> {
         let Some(limit) = limit else {
             return Ok(data.to_path_buf());
         };
-        let text =
-            temper_formats::read_regular_to_string(data).map_err(|e| PipelineError::io(data, e))?;
-        let mut slice: String = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .take(limit)
-            .collect::<Vec<_>>()
-            .join("\n");
-        slice.push('\n');
+        // Line by line and as bytes: the first `limit` non-blank lines, without holding the
+        // rest of the file (the trainer validates them, naming the line, when it reads them).
+        use std::io::BufRead;
+        let file = temper_formats::open_regular(data).map_err(|e| PipelineError::io(data, e))?;
+        let mut reader = std::io::BufReader::new(file);
+        let mut slice: Vec<u8> = Vec::new();
+        let mut line = Vec::new();
+        let mut taken = 0;
+        while taken < limit {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| PipelineError::io(data, e))?;
+            if n == 0 {
+                break;
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            slice.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(&line));
+            slice.push(b'\n');
+            taken += 1;
+        }
         create_dir(dir)?;
         let path = dir.join(
             data.file_name()
                 .unwrap_or_else(|| std::ffi::OsStr::new("train.jsonl")),
         );
-        write_atomic(&path, slice.as_bytes())?;
+        write_atomic(&path, &slice)?;
         Ok(path)
     }
 
