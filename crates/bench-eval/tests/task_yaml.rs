@@ -129,3 +129,21 @@ fn templates_render_as_lm_eval_and_hostile_ones_stop() {
         "{err}"
     );
 }
+
+/// A FIFO named as a task's data file is refused at once, naming it (never read or waited on).
+#[cfg(unix)]
+#[test]
+fn a_fifo_as_data_file_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("d.jsonl");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let yaml = "doc_to_text: q\ndoc_to_target: 0\ndoc_to_choice: [a, b]\n";
+    let p = write(dir.path(), "t.yaml", &format!("{BASE}{yaml}"));
+    let config = TaskConfig::load(&p).unwrap();
+    let err = load_split(&config, "test").unwrap_err().to_string();
+    assert!(err.contains("d.jsonl") && err.contains("FIFO"), "{err}");
+}
