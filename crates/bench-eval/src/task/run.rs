@@ -9,6 +9,7 @@ use temper_llm_arch::Pretrained;
 
 use super::config::{OutputType, Sampler, TaskConfig};
 use super::dataset::{Doc, load_split};
+use super::generate::{GenerationSample, evaluate_generate_until};
 use super::prompt::Prompter;
 use super::rolling::{RollingCounts, evaluate_rolling, prefix_token};
 use super::sampler::PyRandom;
@@ -65,11 +66,14 @@ pub struct Sample {
     /// With `acc_mutual_info`: each choice's log-likelihood after an empty context.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unconditional: Option<Vec<f64>>,
-    /// Metric name → 0 or 1 (multiple choice).
+    /// Metric name → 0 or 1 (multiple choice; `exact_match,<filter>` for generation).
     pub metrics: Vec<(String, f64)>,
     /// A rolling task's word and byte counts (the perplexities' weights) and windows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rolling: Option<RollingCounts>,
+    /// A `generate_until` task's gold answers, answer and filtered answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationSample>,
 }
 
 /// A task's outcome.
@@ -210,9 +214,28 @@ pub fn evaluate_task(
         Vec::new()
     };
     let prompter = Prompter::new(config)?;
+    let mut rnd = PyRandom::new(settings.fewshot_seed);
+    if let Some(spec) = &config.generation {
+        let contexts = docs
+            .iter()
+            .enumerate()
+            .map(|(n, doc)| {
+                let shots = few_shots(config, &mut rnd, &pool, doc, num_fewshot)?;
+                prompter.context(doc, n, &shots)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (samples, metrics) =
+            evaluate_generate_until(p, config, spec, settings, &docs, &contexts, progress)?;
+        return Ok(TaskResult {
+            config: config.clone(),
+            num_fewshot,
+            original,
+            samples,
+            metrics,
+        });
+    }
     let choice_spec = config.doc_to_choice.clone().unwrap_or(Value::Null);
     let mutual = config.metrics.iter().any(|m| m == "acc_mutual_info");
-    let mut rnd = PyRandom::new(settings.fewshot_seed);
 
     // Requests of all documents, in document order.
     let mut samples = Vec::with_capacity(docs.len());
@@ -245,6 +268,7 @@ pub fn evaluate_task(
             unconditional: None,
             metrics: Vec::new(),
             rolling: None,
+            generation: None,
         });
     }
 
@@ -343,13 +367,16 @@ impl TaskResult {
             Value::String(c.alias.clone().unwrap_or_else(|| c.task.clone())),
         );
         for (m, mean, se) in &self.metrics {
-            results.insert(format!("{m},none"), json!(mean));
+            // Generation metrics carry their filter (`exact_match,strict-match`); the others
+            // are lm-eval's `none` filter.
+            let (metric, filter) = m.split_once(',').unwrap_or((m.as_str(), "none"));
+            results.insert(format!("{metric},{filter}"), json!(mean));
             let se = if se.is_finite() {
                 json!(se)
             } else {
                 json!("N/A")
             };
-            results.insert(format!("{m}_stderr,none"), se);
+            results.insert(format!("{metric}_stderr,{filter}"), se);
         }
         json!({
             "results": { c.task.clone(): results },
