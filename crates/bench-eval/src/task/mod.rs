@@ -2,6 +2,7 @@
 //!
 //! * [`config`]: the YAML (with `include`), refusing what Temper does not run;
 //! * [`dataset`]: the splits from local JSON lines / JSON / CSV files or a dataset folder;
+//! * [`chat`]: contexts through the model's chat template (`--apply-chat-template`);
 //! * [`prompt`]: `doc_to_text` / `doc_to_choice` / `doc_to_target` (Jinja) and the few-shot
 //!   context;
 //! * [`sampler`]: few-shot examples as lm-eval draws them (`first_n`, and the default seeded
@@ -11,6 +12,7 @@
 //! * [`generate`]: `generate_until` (greedy answers cut at stop strings), with [`filter`]'s
 //!   pipelines and [`exact_match`].
 
+pub mod chat;
 pub mod config;
 pub mod dataset;
 pub mod exact_match;

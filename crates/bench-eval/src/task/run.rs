@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use temper_llm_arch::Pretrained;
 
+use super::chat::document_context;
 use super::config::{OutputType, Sampler, TaskConfig};
 use super::dataset::{Doc, load_split};
 use super::generate::{GenerationSample, evaluate_generate_until};
@@ -36,6 +37,15 @@ pub struct TaskSettings {
     /// The token before an empty context and the first rolling window (lm-eval's
     /// `prefix_token_id` model argument); `None`: the tokenizer's BOS, else EOS.
     pub prefix_token_id: Option<u32>,
+    /// Render contexts through the model's chat template (lm-eval's
+    /// `--apply_chat_template`; multiple-choice continuations then drop the target
+    /// delimiter).
+    pub apply_chat_template: bool,
+    /// With a chat template, few-shot examples as user / assistant turns (lm-eval's default
+    /// then) rather than one user message.
+    pub fewshot_as_multiturn: bool,
+    /// Put before the description in the system turn (lm-eval's `--system_instruction`).
+    pub system_instruction: Option<String>,
 }
 
 impl Default for TaskSettings {
@@ -47,6 +57,9 @@ impl Default for TaskSettings {
             fewshot_seed: FEWSHOT_SEED,
             max_length: None,
             prefix_token_id: None,
+            apply_chat_template: false,
+            fewshot_as_multiturn: true,
+            system_instruction: None,
         }
     }
 }
@@ -221,7 +234,7 @@ pub fn evaluate_task(
             .enumerate()
             .map(|(n, doc)| {
                 let shots = few_shots(config, &mut rnd, &pool, doc, num_fewshot)?;
-                prompter.context(doc, n, &shots)
+                document_context(p, &prompter, settings, doc, n, &shots)
             })
             .collect::<Result<Vec<_>>>()?;
         let (samples, metrics) =
@@ -236,6 +249,12 @@ pub fn evaluate_task(
     }
     let choice_spec = config.doc_to_choice.clone().unwrap_or(Value::Null);
     let mutual = config.metrics.iter().any(|m| m == "acc_mutual_info");
+    // With a chat template the answer opens the assistant's turn: no delimiter before it.
+    let target_delimiter = if settings.apply_chat_template {
+        ""
+    } else {
+        config.target_delimiter.as_str()
+    };
 
     // Requests of all documents, in document order.
     let mut samples = Vec::with_capacity(docs.len());
@@ -243,18 +262,18 @@ pub fn evaluate_task(
     let mut choices_of = Vec::with_capacity(docs.len());
     for (n, doc) in docs.iter().enumerate() {
         let shots = few_shots(config, &mut rnd, &pool, doc, num_fewshot)?;
-        let ctx = prompter.context(doc, n, &shots)?;
+        let ctx = document_context(p, &prompter, settings, doc, n, &shots)?;
         let choices = prompter.choices(&choice_spec, doc, n)?;
         let target = prompter.gold(doc, n, &choices)?;
         let mut arguments = Vec::with_capacity(choices.len());
         for c in &choices {
-            let cont = format!("{}{c}", config.target_delimiter);
+            let cont = format!("{target_delimiter}{c}");
             pairs.push(encode_pair(&p.tokenizer, &ctx, &cont)?);
             arguments.push((ctx.clone(), cont));
         }
         if mutual {
             for c in &choices {
-                let cont = format!("{}{c}", config.target_delimiter);
+                let cont = format!("{target_delimiter}{c}");
                 pairs.push(encode_pair(&p.tokenizer, "", &cont)?);
             }
         }
