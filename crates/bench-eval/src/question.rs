@@ -5,7 +5,9 @@
 //! {"type": "tf", "question": "...", "answer": true}
 //! {"type": "short", "question": "...", "answer": "keratin", "aliases": ["alpha-keratin"]}
 //! ```
-//! `id` and `category` are optional; a missing id becomes `line{N}`. Blank lines are skipped.
+//! `id` and `category` are optional; a missing id becomes `line{N}`. `type` may be left out:
+//! `choices` makes a line multiple choice, a boolean `answer` true/false, a text `answer` a
+//! short answer. Blank lines are skipped.
 //! Ids must be unique (records and paired comparisons are keyed by them), and a file without
 //! a question is an error rather than a `0.0 ± 0.0` score.
 
@@ -167,7 +169,11 @@ pub fn parse_question_lines(reader: impl BufRead, path: &Path) -> Result<Vec<Que
         if line.trim().is_empty() {
             continue;
         }
-        let mut q: Question = serde_json::from_str(line).map_err(|e| malformed(e.to_string()))?;
+        let mut value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| malformed(e.to_string()))?;
+        default_type(&mut value);
+        let mut q: Question =
+            serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
         q.validate().map_err(malformed)?;
         if q.id.is_empty() {
             q.id = format!("line{n}");
@@ -188,6 +194,27 @@ pub fn parse_question_lines(reader: impl BufRead, path: &Path) -> Result<Vec<Que
     Ok(out)
 }
 
+/// A line without `type` takes it from its fields: `choices` makes it multiple choice, a
+/// boolean `answer` true/false, a text `answer` a short answer. An explicit `type` wins.
+fn default_type(value: &mut serde_json::Value) {
+    let Some(map) = value.as_object_mut() else {
+        return;
+    };
+    if map.contains_key("type") {
+        return;
+    }
+    let kind = if map.contains_key("choices") {
+        "mc"
+    } else {
+        match map.get("answer") {
+            Some(serde_json::Value::Bool(_)) => "tf",
+            Some(serde_json::Value::String(_)) => "short",
+            _ => return,
+        }
+    };
+    map.insert("type".into(), kind.into());
+}
+
 /// Read a JSONL benchmark file.
 ///
 /// # Errors
@@ -204,6 +231,28 @@ pub fn load_questions(path: impl AsRef<Path>) -> Result<Vec<Question>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_defaults_from_the_fields() {
+        let text = r#"{"question": "Q?", "choices": ["a", "b"], "answer": 1}
+{"question": "Silk is a protein.", "answer": true}
+{"question": "Hair protein?", "answer": "keratin"}
+{"type": "short", "question": "Q2?", "answer": "x"}"#;
+        let qs = parse_questions(text, Path::new("b.jsonl")).unwrap_or_default();
+        assert!(matches!(qs[0].kind, QuestionKind::Mc { answer: 1, .. }));
+        assert_eq!(qs[1].kind, QuestionKind::Tf { answer: true });
+        assert!(matches!(qs[2].kind, QuestionKind::Short { .. }));
+        assert!(matches!(qs[3].kind, QuestionKind::Short { .. }));
+        // Neither choices nor a usable answer: still an error naming the line.
+        let err = parse_questions(
+            "{\"question\": \"Q?\", \"answer\": 3}",
+            Path::new("b.jsonl"),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("b.jsonl:1") && err.contains("type"), "{err}");
+    }
 
     #[test]
     fn parses_all_three_types() -> Result<()> {
