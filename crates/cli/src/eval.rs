@@ -13,7 +13,8 @@ use temper_bench_eval::{EvalMode, EvalSettings, evaluate_model, load_questions};
 /// Arguments of `temper eval`.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// An HF model directory, a .gguf file or a PEFT adapter directory.
+    /// An HF model directory, a .gguf file, a PEFT adapter directory, or a hub id
+    /// (org/name[@revision]) in the local Hugging Face cache.
     #[arg(long)]
     pub model: PathBuf,
     /// The benchmark (JSONL, one question a line).

@@ -52,7 +52,8 @@ enum Command {
     },
     /// Generate a continuation; prints only the new text, streaming.
     Generate {
-        /// An HF model directory, a .gguf file or a PEFT adapter directory (merged onto its base).
+        /// An HF model directory, a .gguf file, a PEFT adapter directory (merged onto its base),
+        /// or a hub id (org/name[@revision]) in the local Hugging Face cache.
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]

@@ -57,6 +57,9 @@ pub(crate) fn load_model(
     device: &burn::tensor::Device,
     dtype: WeightDType,
 ) -> Result<Pretrained> {
+    // A hub id: its snapshot in the local HF cache (an adapter repository included).
+    let resolved = temper_formats::hub::resolve_model(path)?;
+    let path = resolved.as_path();
     let load = |precision: FloatPrecision| -> Result<Pretrained> {
         if temper_lora::is_adapter_dir(path) {
             Ok(temper_lora::load_merged_adapter(

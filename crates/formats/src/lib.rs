@@ -16,10 +16,13 @@
 //! * [`peft`] — PEFT's `adapter_config.json` and its module matching (`target_modules`,
 //!   `rank_pattern`, `alpha_pattern`), as PEFT 0.21 applies them;
 //! * [`tokenizer`] — `tokenizer_config.json` (special tokens, chat templates) and the
-//!   tokenizer files of an HF directory.
+//!   tokenizer files of an HF directory;
+//! * [`hub`] — models named by hub id (`org/name@revision`) found in the local Hugging Face
+//!   cache.
 
 pub mod atomic;
 mod error;
+pub mod hub;
 pub mod mmap;
 pub mod peft;
 pub mod quant;

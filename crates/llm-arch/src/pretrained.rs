@@ -159,7 +159,10 @@ impl Pretrained {
         precision: FloatPrecision,
         storage: ProjectionStorage,
     ) -> Result<Self> {
-        let path = path.as_ref();
+        // A hub id (`org/name[@revision]`) that is not a local path: its snapshot in the HF
+        // cache.
+        let resolved = temper_formats::hub::resolve_model(path.as_ref())?;
+        let path = resolved.as_path();
         if is_gguf_path(path) {
             Self::load_gguf_with(path, device, precision, storage)
         } else if storage == ProjectionStorage::GgufBlocks {

@@ -58,19 +58,29 @@ pub fn resolve_base_model(dir: &Path, base: Option<&Path>) -> Result<PathBuf> {
         }
         c
     };
+    // PEFT writes the hub id the base came from (`org/name`): its snapshot in the local HF
+    // cache when it is not a folder beside the adapter.
+    let cached = || {
+        temper_formats::hub::HubId::parse(&name)
+            .and_then(|_| temper_formats::hub::resolve_model(Path::new(&name)).ok())
+            .filter(|p| p.exists())
+    };
     let found = candidates
         .iter()
         .find(|c| c.exists())
         .cloned()
+        .or_else(cached)
         .ok_or_else(|| {
             LoraError::InvalidConfig(format!(
-                "{}: base model `{name}` not found (looked at {}); give the base model explicitly",
+                "{}: base model `{name}` not found (looked at {}, and in the Hugging Face cache \
+                 {} for a hub id); give the base model explicitly (--base)",
                 config_path.display(),
                 candidates
                     .iter()
                     .map(|c| c.display().to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                temper_formats::hub::hub_cache_dir().display()
             ))
         })?;
     tracing::info!(

@@ -323,7 +323,10 @@ impl MergeConfig {
 }
 
 /// Resolve a model path as mergekit does (relative to the working directory), falling back
-/// to the configuration file's directory so a config can travel with its models.
+/// to the configuration file's directory so a config can travel with its models, then — for
+/// a hub id such as `org/name` that is neither — to its snapshot in the local Hugging Face
+/// cache (a miss is logged with where it looked; the path is returned as written and the
+/// loader reports it missing).
 pub fn resolve_model_path(path: &str, config_dir: Option<&Path>) -> PathBuf {
     let p = PathBuf::from(path);
     if p.is_absolute() || p.exists() {
@@ -331,7 +334,10 @@ pub fn resolve_model_path(path: &str, config_dir: Option<&Path>) -> PathBuf {
     }
     match config_dir {
         Some(dir) if dir.join(&p).exists() => dir.join(p),
-        _ => p,
+        _ => temper_formats::hub::resolve_model(&p).unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            p
+        }),
     }
 }
 
