@@ -78,6 +78,7 @@ pub struct EvalArgs {
     /// protocol always prompts through the template, and refuses --chat rather than ignore it).
     #[arg(long)]
     pub chat: bool,
+    /// Sequences per forward pass (requests of several questions are batched together).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// cpu, wgpu, wgpu:N or cuda:N.

@@ -3,6 +3,7 @@
 mod compare;
 mod eval;
 mod eval_tasks;
+mod examples;
 mod extract_lora;
 mod inspect;
 mod merge;
@@ -10,6 +11,9 @@ mod output;
 mod pipeline;
 mod train;
 mod weights;
+
+#[cfg(test)]
+mod help_tests;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,7 @@ struct Cli {
 enum Command {
     /// Convert a GGUF file into an HF model directory (config.json, model.safetensors,
     /// tokenizer.json, tokenizer_config.json with the chat template, generation_config.json).
+    #[command(after_help = examples::CONVERT)]
     Convert {
         /// The .gguf file.
         model: PathBuf,
@@ -51,11 +56,13 @@ enum Command {
         overwrite: bool,
     },
     /// Generate a continuation; prints only the new text, streaming.
+    #[command(after_help = examples::GENERATE)]
     Generate {
         /// An HF model directory, a .gguf file, a PEFT adapter directory (merged onto its base),
         /// or a hub id (org/name[@revision]) in the local Hugging Face cache.
         #[arg(long)]
         model: PathBuf,
+        /// The text to continue (with --chat: the user's message).
         #[arg(long)]
         prompt: String,
         /// Wrap the prompt as a user message with the model's chat template.
@@ -64,17 +71,24 @@ enum Command {
         /// System message (with --chat).
         #[arg(long)]
         system: Option<String>,
+        /// Tokens to generate at most (fewer when EOS or a --stop string comes first).
         #[arg(long, default_value_t = 128)]
         max_new_tokens: usize,
-        /// 0 is greedy decoding.
+        /// 0 is greedy decoding; above 0 the logits are divided by it and sampled.
         #[arg(long, default_value_t = 0.0)]
         temperature: f32,
+        /// Nucleus sampling: keep the most likely tokens up to this probability mass (with
+        /// --temperature above 0). Default: off.
         #[arg(long)]
         top_p: Option<f32>,
+        /// Keep only the K most likely tokens (with --temperature above 0). Default: off.
         #[arg(long)]
         top_k: Option<usize>,
+        /// HF's repetition penalty: above 1 discourages tokens already in the prompt or
+        /// output; 1 is off.
         #[arg(long, default_value_t = 1.0)]
         repetition_penalty: f32,
+        /// Seed of the sampler (the same seed, prompt and settings give the same text).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Stop when the output contains this string (repeatable).
@@ -91,9 +105,12 @@ enum Command {
         dtype: weights::WeightDType,
     },
     /// Print the token ids of a text as a JSON array.
+    #[command(after_help = examples::TOKENIZE)]
     Tokenize {
+        /// An HF model directory or a .gguf file (its tokenizer is used).
         #[arg(long)]
         model: PathBuf,
+        /// The text to encode.
         #[arg(long)]
         text: String,
         /// Do not add the tokenizer's special tokens (BOS/EOS templates).
@@ -101,20 +118,30 @@ enum Command {
         no_special_tokens: bool,
     },
     /// Print architecture, parameter count, dtypes and config of a model directory or GGUF.
-    Inspect { path: PathBuf },
+    #[command(after_help = examples::INSPECT)]
+    Inspect {
+        /// An HF model directory or a .gguf file.
+        path: PathBuf,
+    },
     /// Merge models with a mergekit YAML configuration (slerp, ties, linear, ...).
+    #[command(after_help = examples::MERGE)]
     Merge(merge::MergeArgs),
     /// Evaluate a model on a benchmark (log-likelihood or the paper's generative protocol).
+    #[command(after_help = examples::EVAL)]
     Eval(eval::EvalArgs),
     /// Compare two evaluation runs of one benchmark: per category and overall, McNemar's exact
     /// test, a paired bootstrap, Holm's correction across categories (table, JSON, SVG).
+    #[command(after_help = examples::COMPARE)]
     Compare(compare::CompareArgs),
     /// The paper's study in one command: CPT → SFT → ORPO from an instruct model, each stage
     /// SLERP-merged with it, every variant benchmarked, report.{md,html,json}.
+    #[command(after_help = examples::PIPELINE)]
     Pipeline(pipeline::PipelineArgs),
     /// Train one stage: cpt, sft, dpo, orpo, simpo or kto (or --config stage.toml).
+    #[command(after_help = examples::TRAIN)]
     Train(train::TrainArgs),
     /// Extract a PEFT LoRA adapter (truncated SVD of FT − BASE per linear module).
+    #[command(after_help = examples::EXTRACT_LORA)]
     ExtractLora(extract_lora::ExtractLoraArgs),
 }
 

@@ -52,21 +52,42 @@ pub struct TrainArgs {
     /// tokenizer) instead of the merged model.
     #[arg(long)]
     pub adapter_only: bool,
-    #[arg(long, conflicts_with = "max_steps")]
+    /// Passes over the training rows, fractions allowed (TRL's `num_train_epochs`). Default:
+    /// the config's, else 3.
+    #[arg(
+        long,
+        conflicts_with = "max_steps",
+        visible_alias = "num-train-epochs",
+        alias = "num_train_epochs"
+    )]
     pub epochs: Option<f64>,
-    #[arg(long)]
+    /// Total optimizer steps; replaces --epochs (TRL's `max_steps`).
+    #[arg(long, alias = "max_steps")]
     pub max_steps: Option<usize>,
-    #[arg(long)]
+    /// Peak learning rate, reached after the warm-up and decayed linearly to 0 (TRL's
+    /// `learning_rate`). Default: the config's, else 5e-5.
+    #[arg(long, visible_alias = "learning-rate", alias = "learning_rate")]
     pub lr: Option<f64>,
-    #[arg(long)]
+    /// Rows per micro-batch; pairs for the preference objectives (TRL's
+    /// `per_device_train_batch_size`). Default: the config's, else 8.
+    #[arg(
+        long,
+        visible_alias = "per-device-train-batch-size",
+        alias = "per_device_train_batch_size"
+    )]
     pub batch_size: Option<usize>,
-    #[arg(long)]
+    /// Micro-batches summed into each optimizer step. Default: the config's, else 1.
+    #[arg(long, alias = "gradient_accumulation_steps")]
     pub gradient_accumulation_steps: Option<usize>,
-    #[arg(long)]
+    /// Truncate each row to this many tokens (TRL's `max_length`). Default: the config's, else
+    /// 1024.
+    #[arg(long, alias = "max_length")]
     pub max_length: Option<usize>,
-    /// Log (metrics.jsonl, and a line on stderr without a terminal) every N steps.
-    #[arg(long)]
+    /// Log (metrics.jsonl, and a line on stderr without a terminal) every N steps. Default:
+    /// the config's, else 10.
+    #[arg(long, alias = "logging_steps")]
     pub logging_steps: Option<usize>,
+    /// Seed of the data order, LoRA initialisation and dropout. Default: the config's, else 42.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Continue from the newest checkpoint in the output directory.

@@ -42,7 +42,9 @@ pub struct TrainerConfig {
     pub num_train_epochs: f64,
     /// Total optimizer steps; overrides `num_train_epochs`.
     pub max_steps: Option<usize>,
-    /// Rows per micro-batch (preference objectives: pairs). Default 8.
+    /// Rows per micro-batch (preference objectives: pairs). Default 8. TRL's name
+    /// `per_device_train_batch_size` is accepted too.
+    #[serde(alias = "per_device_train_batch_size")]
     pub batch_size: usize,
     /// Micro-batches per optimizer step. Default 1.
     pub gradient_accumulation_steps: usize,
@@ -462,5 +464,25 @@ impl StageConfig {
             None => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trl_batch_size_name_is_accepted() {
+        let stage = StageConfig::from_toml_str(
+            "model = \"m\"\ntrain_file = \"d.jsonl\"\n[trainer]\noutput_dir = \"o\"\n\
+             per_device_train_batch_size = 4\n",
+        );
+        assert_eq!(stage.map(|s| s.trainer.batch_size).ok(), Some(4));
+        // Both names at once is a duplicate, not a silent choice.
+        let both = StageConfig::from_toml_str(
+            "model = \"m\"\ntrain_file = \"d.jsonl\"\n[trainer]\noutput_dir = \"o\"\n\
+             batch_size = 2\nper_device_train_batch_size = 4\n",
+        );
+        assert!(both.is_err());
     }
 }

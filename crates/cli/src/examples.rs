@@ -1,0 +1,44 @@
+//! The examples each subcommand's `--help` ends with: the commands a new user types first.
+
+pub const CONVERT: &str = "Examples:
+  temper convert SmolLM2-135M-Instruct.Q4_1.gguf smollm2-hf
+  temper convert model.gguf model-bf16 --dtype bf16 --overwrite";
+
+pub const GENERATE: &str = "Examples:
+  temper generate --model smollm2-hf --prompt 'Bone is' --max-new-tokens 40
+  temper generate --model HuggingFaceTB/SmolLM2-135M-Instruct --chat --prompt 'What is nacre?'
+  temper generate --model model.gguf --dtype gguf --temperature 0.7 --top-p 0.9 --seed 1 --prompt 'Silk'";
+
+pub const TOKENIZE: &str = "Examples:
+  temper tokenize --model smollm2-hf --text 'Hello world'
+  temper tokenize --model model.gguf --text '<|im_start|>user' --no-special-tokens";
+
+pub const INSPECT: &str = "Examples:
+  temper inspect smollm2-hf
+  temper inspect model.gguf | head";
+
+pub const MERGE: &str = "Examples:
+  temper merge slerp.yml merged/            # a mergekit YAML: slerp, ties, dare_ties, linear, ...
+  temper merge ties.yml merged/ --report report.json --out-shard-size 2B --overwrite";
+
+pub const EVAL: &str = "Examples:
+  temper eval --model smollm2-hf --bench data/bio-materials/benchmark.jsonl --out runs/base
+  temper eval --model smollm2-hf --task data/bio-materials/tasks/bio_mmlu.yaml --output-path out/ --log-samples
+  temper eval --model smollm2-hf --task bio_arc.yaml,bio_mmlu_gen.yaml --limit 50 --apply-chat-template";
+
+pub const COMPARE: &str = "Examples:
+  temper compare runs/base runs/merged
+  temper compare runs/base runs/merged --metric acc-norm --out comparison/";
+
+pub const PIPELINE: &str = "Examples:
+  temper pipeline                               # the paper's study on SmolLM2-135M (preset default)
+  temper pipeline --preset smoke --out /tmp/smoke
+  temper pipeline --config study.toml --print-config";
+
+pub const TRAIN: &str = "Examples:
+  temper train sft --model smollm2-hf --data sft.jsonl --out runs/sft --lora-r 16 --lr 2e-4 --epochs 1
+  temper train orpo --model runs/sft --data pairs.jsonl --out runs/orpo --precision bf16-mixed
+  temper train --config stage.toml --resume";
+
+pub const EXTRACT_LORA: &str = "Examples:
+  temper extract-lora --model runs/sft --base smollm2-hf --rank 16 adapter/";
