@@ -7,6 +7,7 @@ mod examples;
 mod extract_lora;
 mod inspect;
 mod merge;
+mod mergekit_flags;
 mod output;
 mod pipeline;
 mod train;

@@ -17,8 +17,8 @@ pub struct MergeArgs {
     pub config: PathBuf,
     /// The output model directory (written atomically: it appears only when complete).
     pub out_dir: PathBuf,
-    /// Worker threads (default: all cores).
-    #[arg(long, short = 'j')]
+    /// Worker threads (default: all cores; mergekit's --num-threads).
+    #[arg(long, short = 'j', alias = "num-threads")]
     pub threads: Option<usize>,
     /// Write a per-tensor JSON report (cosine of the inputs, norms, t, SLERP fallback).
     #[arg(long)]
@@ -32,9 +32,15 @@ pub struct MergeArgs {
     /// Do not copy tokenizer files from the base model.
     #[arg(long)]
     pub no_copy_tokenizer: bool,
+    /// Copy the tokenizer files (the default; mergekit's flag).
+    #[arg(long, conflicts_with = "no_copy_tokenizer")]
+    pub copy_tokenizer: bool,
     /// Do not write README.md and mergekit_config.yml.
     #[arg(long)]
     pub no_write_model_card: bool,
+    /// Write README.md and mergekit_config.yml (the default; mergekit's flag).
+    #[arg(long, conflicts_with = "no_write_model_card")]
+    pub write_model_card: bool,
     /// Replace OUT_DIR if it exists.
     #[arg(long)]
     pub overwrite: bool,
@@ -47,6 +53,8 @@ pub struct MergeArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub mergekit: crate::mergekit_flags::MergekitFlags,
 }
 
 /// mergekit's size syntax: `5B` = 5e9 bytes, `500M`, `100K`, or a plain number.
@@ -125,6 +133,12 @@ fn open_report(path: &Path, out_dir: &Path) -> Result<AtomicFile> {
 
 /// Run `temper merge`.
 pub fn run(args: MergeArgs) -> Result<()> {
+    if args.mergekit.no_safe_serialization {
+        bail!("--no-safe-serialization asks for pickled output; Temper writes safetensors only");
+    }
+    for note in args.mergekit.notes() {
+        eprintln!("{note}");
+    }
     let text = temper_formats::read_regular_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let config = MergeConfig::from_yaml(&text, &args.config.display().to_string())?;

@@ -124,7 +124,7 @@ impl MergePlan {
         let method = method_by_name(&config.merge_method)?;
         let spec = method.spec();
         let index_of = |m: &ModelRef| refs.iter().position(|r| r == m);
-        validate_keys(config, method.as_ref())?;
+        ignored_keys(config, method.as_ref());
 
         // Slices, with the base model as an input where the method uses one.
         let mut slices: Vec<Slice<'_>> = Vec::new();
@@ -356,55 +356,76 @@ pub(crate) fn is_vocab_tensor(name: &str) -> bool {
     name.contains("embed_tokens") || name.starts_with("lm_head")
 }
 
-/// Reject parameters the method does not take, at the level where they were written.
-fn validate_keys(config: &MergeConfig, method: &dyn MergeMethod) -> Result<()> {
+/// Parameters the method does not take, at the level where they were written: mergekit
+/// reads only the names a method asks for and ignores the rest (a per-model `t` for
+/// `slerp`, a global `weight` for `ties`), so Temper runs such a YAML too, and names each
+/// ignored key in a warning (logged, and returned for the caller to show).
+pub(crate) fn ignored_keys(config: &MergeConfig, method: &dyn MergeMethod) -> Vec<String> {
     let spec = method.spec();
-    let unknown = |key: &str, at: &str| {
-        MergeError::Parameter(format!(
-            "{} takes no parameter `{key}` ({at}); it takes: {}",
-            method.name(),
-            spec.param_names()
-        ))
-    };
-    let check_global = |params: &Parameters, at: &str| -> Result<()> {
+    let mut out = Vec::new();
+    let mut check = |params: &Parameters, at: &str, per_model: bool| {
         for key in params.keys() {
-            if !spec.takes(key) {
-                return Err(unknown(key, at));
-            }
-        }
-        Ok(())
-    };
-    let check_model = |params: &Parameters, at: &str| -> Result<()> {
-        for key in params.keys() {
-            if spec.per_model.iter().any(|p| p.name == key) {
+            let taken = if per_model {
+                spec.per_model.iter().any(|p| p.name == key)
+            } else {
+                spec.takes(key)
+            };
+            if taken {
                 continue;
             }
-            if spec.global.iter().any(|p| p.name == key) {
-                return Err(MergeError::Parameter(format!(
-                    "`{key}` is a global parameter of {}; set it under `parameters:`, not per model ({at})",
+            let why = if per_model && spec.global.iter().any(|p| p.name == key) {
+                format!(
+                    "`{key}` is a global parameter of {}, so mergekit ignores it per model ({at}); \
+                     set it under `parameters:`",
                     method.name()
-                )));
-            }
-            return Err(unknown(key, at));
+                )
+            } else {
+                format!(
+                    "{} takes no parameter `{key}` ({at}): ignored, as mergekit does; it takes: {}",
+                    method.name(),
+                    spec.param_names()
+                )
+            };
+            tracing::warn!("{why}");
+            out.push(why);
         }
-        Ok(())
     };
-    check_global(&config.parameters, "in `parameters`")?;
+    check(&config.parameters, "in `parameters`", false);
     if let Some(ms) = &config.models {
         for m in ms {
-            check_model(&m.parameters, &format!("for model {}", m.model))?;
+            check(&m.parameters, &format!("for model {}", m.model), true);
         }
     }
     if let Some(ss) = &config.slices {
         for (i, s) in ss.iter().enumerate() {
-            check_global(&s.parameters, &format!("in slices[{i}]"))?;
+            check(&s.parameters, &format!("in slices[{i}]"), false);
             for src in &s.sources {
-                check_model(
+                check(
                     &src.parameters,
                     &format!("for model {} in slices[{i}]", src.model),
-                )?;
+                    true,
+                );
             }
         }
     }
-    Ok(())
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_mergekit_ignores_are_warnings_naming_them() {
+        let yaml = "merge_method: slerp\nbase_model: a\nmodels:\n  - model: a\n    parameters:\n      t: 0.3\n  - model: b\nparameters:\n  t: 0.5\n  weight: 1.0\n";
+        let config = MergeConfig::from_yaml(yaml, "slerp.yml");
+        let method = method_by_name("slerp");
+        let (Ok(config), Ok(method)) = (config, method) else {
+            panic!("the YAML and the method load");
+        };
+        let ignored = ignored_keys(&config, method.as_ref());
+        assert_eq!(ignored.len(), 2, "{ignored:?}");
+        assert!(ignored[0].contains("`weight`") && ignored[0].contains("in `parameters`"));
+        assert!(ignored[1].contains("`t` is a global parameter") && ignored[1].contains("model a"));
+    }
 }
