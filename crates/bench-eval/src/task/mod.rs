@@ -7,14 +7,22 @@
 //! * [`sampler`]: few-shot examples as lm-eval draws them (`first_n`, and the default seeded
 //!   sampler with CPython's generator);
 //! * [`run`]: requests, lm-eval's metrics and its results JSON;
-//! * [`rolling`]: `loglikelihood_rolling` (rolling windows, perplexities).
+//! * [`rolling`]: `loglikelihood_rolling` (rolling windows, perplexities);
+//! * [`parquet`]: Parquet splits (`dataset_path: parquet`, Hub dataset folders);
+//! * [`registry`]: `--include-path` indexes and task / group / tag names;
+//! * [`group`]: group YAMLs' aggregate scores and their part of the results JSON.
 
 pub mod config;
 pub mod dataset;
+pub mod group;
+pub mod parquet;
 pub mod prompt;
+pub mod registry;
 pub mod rolling;
 pub mod run;
 pub mod sampler;
 
 pub use config::TaskConfig;
+pub use group::GroupSpec;
+pub use registry::{Selection, TaskIndex};
 pub use run::{TaskResult, TaskSettings, evaluate_task};
