@@ -21,15 +21,24 @@ fn aggregation_matches_lm_evals_formulas_by_hand() {
     // Two tasks: acc 0.5 on 2 documents (stderr 0.5), 0.8 on 8 (stderr 0.1).
     let (values, sizes, stderrs) = ([0.5, 0.8], [2, 8], [0.5, 0.1]);
     // Weighted by size: (0.5·2 + 0.8·8) / 10.
-    assert!(close(aggregate_subtask_metrics(&values, &sizes, true), 0.74));
-    assert!(close(aggregate_subtask_metrics(&values, &sizes, false), 0.65));
+    assert!(close(
+        aggregate_subtask_metrics(&values, &sizes, true),
+        0.74
+    ));
+    assert!(close(
+        aggregate_subtask_metrics(&values, &sizes, false),
+        0.65
+    ));
     // Pooled: sqrt(((2−1)·2·0.25 + (8−1)·8·0.01) / (10 − 2) / 10) = sqrt(0.01325).
     let pooled = pooled_sample_stderr(&stderrs, &sizes);
     assert!(close(pooled, 0.01325f64.sqrt()), "{pooled}");
     // lm-eval 0.4.13's own pooled_sample_stderr gives 0.11510864433221339 for these.
     assert!(close(pooled, 0.115_108_644_332_213_39));
     // Unweighted: sqrt(0.25 + 0.01) / 2.
-    assert!(close(unweighted_mean_stderr(&stderrs), 0.26f64.sqrt() / 2.0));
+    assert!(close(
+        unweighted_mean_stderr(&stderrs),
+        0.26f64.sqrt() / 2.0
+    ));
     // One document per task leaves no degrees of freedom: undefined, reported "N/A".
     assert!(pooled_sample_stderr(&[0.0, 0.0], &[1, 1]).is_nan());
 }
@@ -119,7 +128,11 @@ fn include_path() -> tempfile::TempDir {
             data.join(file).display()
         )
     };
-    write(dir.path(), "a/bio_mmlu_x.yaml", &task("bio_mmlu_x", "mmlu_test.jsonl", ""));
+    write(
+        dir.path(),
+        "a/bio_mmlu_x.yaml",
+        &task("bio_mmlu_x", "mmlu_test.jsonl", ""),
+    );
     write(
         dir.path(),
         "b/deeper/bio_mmlu_y.yaml",
@@ -208,7 +221,10 @@ fn an_unknown_name_lists_close_matches_and_what_was_searched() {
         .resolve(&["bio_mmlu_z".into()])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("unknown task, group or tag `bio_mmlu_z`"), "{err}");
+    assert!(
+        err.contains("unknown task, group or tag `bio_mmlu_z`"),
+        "{err}"
+    );
     assert!(
         err.contains("close matches: bio_mmlu_x, bio_mmlu_y"),
         "{err}"
@@ -222,7 +238,10 @@ fn an_unknown_name_lists_close_matches_and_what_was_searched() {
     let err = TaskIndex::build(&[dir.path().join("nope")])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("nope") && err.contains("not a folder"), "{err}");
+    assert!(
+        err.contains("nope") && err.contains("not a folder"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -235,11 +254,7 @@ fn a_later_include_path_overrides_and_a_group_cycle_is_an_error() {
         "y.yaml",
         &text.replace("num_fewshot: 1", "num_fewshot: 3"),
     );
-    write(
-        second.path(),
-        "loop.yaml",
-        "group: loop\ntask: [loop2]\n",
-    );
+    write(second.path(), "loop.yaml", "group: loop\ntask: [loop2]\n");
     write(second.path(), "loop2.yaml", "group: loop2\ntask: [loop]\n");
     let index =
         TaskIndex::build(&[first.path().to_path_buf(), second.path().to_path_buf()]).unwrap();

@@ -77,7 +77,10 @@ fn list_int_and_bool_columns_match_json_zstd_included() {
         load_split(&config, "test").unwrap(),
         jsonl(&shipped("mmlu_test.jsonl"))
     );
-    assert_eq!(read_parquet(&boolq).unwrap(), jsonl(&shipped("boolq.jsonl")));
+    assert_eq!(
+        read_parquet(&boolq).unwrap(),
+        jsonl(&shipped("boolq.jsonl"))
+    );
 }
 
 #[test]
@@ -96,7 +99,10 @@ fn a_truncated_or_corrupt_parquet_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(fixtures().join("boolq.parquet")).unwrap();
     // Cut at several places: the footer gone, half the file gone, only the magic left.
-    for (i, keep) in [bytes.len() - 1, bytes.len() / 2, 4, 0].into_iter().enumerate() {
+    for (i, keep) in [bytes.len() - 1, bytes.len() / 2, 4, 0]
+        .into_iter()
+        .enumerate()
+    {
         let path = dir.path().join(format!("cut{i}.parquet"));
         std::fs::write(&path, &bytes[..keep]).unwrap();
         let err = read_parquet(&path).unwrap_err().to_string();
@@ -127,8 +133,16 @@ fn a_missing_split_in_a_dataset_folder_names_the_layouts_looked_for() {
     std::fs::create_dir_all(dir.path().join("ds/data")).unwrap();
     // Two shards of one split are read in name order.
     let shard = std::fs::read(fixtures().join("boolq.parquet")).unwrap();
-    std::fs::write(dir.path().join("ds/data/test-00001-of-00002.parquet"), &shard).unwrap();
-    std::fs::write(dir.path().join("ds/data/test-00000-of-00002.parquet"), &shard).unwrap();
+    std::fs::write(
+        dir.path().join("ds/data/test-00001-of-00002.parquet"),
+        &shard,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("ds/data/test-00000-of-00002.parquet"),
+        &shard,
+    )
+    .unwrap();
     let config = task(dir.path(), "t", "dataset_path: ds");
     let docs = load_split(&config, "test").unwrap();
     assert_eq!(docs.len(), 2 * 206);

@@ -153,7 +153,9 @@ fn print_groups(json: &serde_json::Value) {
                 continue;
             }
             let se = match entry.get(&format!("{metric}_stderr,none")) {
-                Some(serde_json::Value::Number(n)) => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
+                Some(serde_json::Value::Number(n)) => {
+                    format!("{:.4}", n.as_f64().unwrap_or(f64::NAN))
+                }
                 _ => "N/A".to_string(),
             };
             println!(

@@ -410,20 +410,31 @@ fn eval_runs_a_group_by_name_and_writes_its_aggregate() {
         "--quiet",
     ]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("Groups") && stdout.contains("bio_g"), "{stdout}");
+    assert!(
+        stdout.contains("Groups") && stdout.contains("bio_g"),
+        "{stdout}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let acc = |t: &str| json["results"][t]["acc_norm,none"].as_f64().unwrap();
     let want = (acc("bio_a") * 5.0 + acc("bio_b") * 2.0) / 7.0;
     assert!((acc("bio_g") - want).abs() < 1e-12, "{json}");
     // SmolLM2 gets 0/5 and 1/2 here, so the size weighting is visible (1/7, not 1/4).
-    assert!((want - (acc("bio_a") + acc("bio_b")) / 2.0).abs() > 1e-3, "{json}");
+    assert!(
+        (want - (acc("bio_a") + acc("bio_b")) / 2.0).abs() > 1e-3,
+        "{json}"
+    );
     assert_eq!(json["groups"]["bio_g"]["sample_len"], 7);
-    assert_eq!(json["group_subtasks"]["bio_g"], serde_json::json!(["bio_a", "bio_b"]));
+    assert_eq!(
+        json["group_subtasks"]["bio_g"],
+        serde_json::json!(["bio_a", "bio_b"])
+    );
     // lm-eval's pooled standard error of the two tasks' errors.
     let se = |t: &str| json["results"][t]["acc_norm_stderr,none"].as_f64().unwrap();
     let pooled = ((4.0 * 5.0 * se("bio_a").powi(2) + 2.0 * se("bio_b").powi(2)) / 5.0 / 7.0).sqrt();
-    let got = json["groups"]["bio_g"]["acc_norm_stderr,none"].as_f64().unwrap();
+    let got = json["groups"]["bio_g"]["acc_norm_stderr,none"]
+        .as_f64()
+        .unwrap();
     assert!((got - pooled).abs() < 1e-12, "{json}");
 
     let (ok, _, stderr) = temper(&[

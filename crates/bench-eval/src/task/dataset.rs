@@ -289,7 +289,10 @@ pub fn load_split(config: &TaskConfig, split: &str) -> Result<Vec<Doc>> {
             return Err(task_error(
                 &path,
                 "(file)",
-                format!("{} rows; a task's data file may have at most {MAX_ROWS}", rows.len()),
+                format!(
+                    "{} rows; a task's data file may have at most {MAX_ROWS}",
+                    rows.len()
+                ),
             ));
         }
         docs.extend(rows);

@@ -81,7 +81,11 @@ pub fn parse_aggregate(path: &Path, value: Option<&Value>) -> Result<Vec<AggMetr
     let mut out = Vec::new();
     for item in items {
         let Value::Object(entry) = item else {
-            return Err(group_error(path, key, format!("an entry is {item}, not a mapping")));
+            return Err(group_error(
+                path,
+                key,
+                format!("an entry is {item}, not a mapping"),
+            ));
         };
         let metric = entry
             .get("metric")
@@ -181,7 +185,11 @@ impl From<&TaskResult> for TaskScores {
 }
 
 fn number_or_na(x: f64) -> Value {
-    if x.is_finite() { json!(x) } else { json!("N/A") }
+    if x.is_finite() {
+        json!(x)
+    } else {
+        json!("N/A")
+    }
 }
 
 /// The group's `results` entry from its leaf tasks' scores (`leaves` in member order, nested
@@ -221,7 +229,11 @@ pub fn aggregate_group(
         let key = format!("{},none", agg.metric);
         out.insert(
             key.clone(),
-            json!(aggregate_subtask_metrics(&values, &sizes, agg.weight_by_size)),
+            json!(aggregate_subtask_metrics(
+                &values,
+                &sizes,
+                agg.weight_by_size
+            )),
         );
         let se = if stderrs.iter().all(|s| s.is_finite()) {
             if agg.weight_by_size {

@@ -52,8 +52,13 @@ pub fn read_parquet(path: &Path) -> Result<Vec<Doc>> {
             format!("{len} bytes is over the 1 GiB a task's data file may have"),
         ));
     }
-    let reader = SerializedFileReader::new(file)
-        .map_err(|e| error(path, "(parquet)", format!("not a readable Parquet file: {e}")))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| {
+        error(
+            path,
+            "(parquet)",
+            format!("not a readable Parquet file: {e}"),
+        )
+    })?;
     let rows = reader.metadata().file_metadata().num_rows();
     if usize::try_from(rows).map_or(true, |n| n > MAX_ROWS) {
         return Err(error(
@@ -70,7 +75,11 @@ pub fn read_parquet(path: &Path) -> Result<Vec<Doc>> {
                 .map(|s| (*s).to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "the Parquet decoder panicked".into());
-            Err(error(path, "(parquet)", format!("corrupt Parquet file: {why}")))
+            Err(error(
+                path,
+                "(parquet)",
+                format!("corrupt Parquet file: {why}"),
+            ))
         }
     }
 }

@@ -238,9 +238,8 @@ impl TaskIndex {
             .names()
             .filter_map(|n| {
                 let d = edit_distance(&name.to_lowercase(), &n.to_lowercase());
-                let near = d <= (name.chars().count() / 3).max(2)
-                    || n.contains(name)
-                    || name.contains(n);
+                let near =
+                    d <= (name.chars().count() / 3).max(2) || n.contains(name) || name.contains(n);
                 near.then_some((d, n))
             })
             .collect();
@@ -447,7 +446,9 @@ fn classify(
         return Err("no `task` name (not a task or group YAML)".into());
     };
     if index.contains_key(task) {
-        return Err(format!("task `{task}` is already defined by an earlier file"));
+        return Err(format!(
+            "task `{task}` is already defined by an earlier file"
+        ));
     }
     index.insert(task.clone(), Entry::Task(path.to_path_buf()));
     // Tags, and an old-style `group:` on a task (lm-eval < 0.4.4 read it as a tag).
