@@ -120,6 +120,17 @@ fn a_truncated_or_corrupt_parquet_is_an_error_naming_the_file() {
     std::fs::write(&path, &bad).unwrap();
     let err = read_parquet(&path).unwrap_err().to_string();
     assert!(err.contains("scrambled.parquet"), "{err}");
+    // Over the 1 GiB cap (a sparse file: nothing is written): refused before it is read.
+    let path = dir.path().join("huge.parquet");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len((1 << 30) + 1)
+        .unwrap();
+    let err = read_parquet(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("huge.parquet") && err.contains("1 GiB"),
+        "{err}"
+    );
     // JSON text under a .parquet name.
     let path = dir.path().join("text.parquet");
     std::fs::write(&path, "{\"a\": 1}\n").unwrap();

@@ -8,8 +8,8 @@
 //! `datasets` would give as bytes, dates, decimals or maps have no JSON twin and are refused,
 //! naming the file and column, rather than turned into something a template would misread.
 //!
-//! The file is untrusted: its size is bounded before it is opened and its row count (from the
-//! footer) before any page is decoded; a truncated or corrupt file is an error naming it. The
+//! The file is untrusted: its size is bounded before it is opened, its row count and declared
+//! uncompressed size (from the footer) before any page is decoded; a truncated or corrupt file is an error naming it. The
 //! record reader of the `parquet` crate still has `expect`s on paths a corrupt file can reach,
 //! so decoding runs under `catch_unwind`: a panic there becomes an error naming the file too.
 
@@ -22,6 +22,9 @@ use serde_json::{Map, Value};
 
 use super::dataset::{Doc, MAX_FILE_BYTES, MAX_ROWS};
 use crate::{EvalError, Result};
+
+/// Bound on a file's declared uncompressed size (four times the file cap).
+const MAX_DECODED_BYTES: u64 = 4 * MAX_FILE_BYTES;
 
 fn error(path: &Path, key: &str, reason: impl Into<String>) -> EvalError {
     EvalError::Task {
@@ -65,6 +68,24 @@ pub fn read_parquet(path: &Path) -> Result<Vec<Doc>> {
             path,
             "(parquet)",
             format!("the footer declares {rows} rows; a task's split may have at most {MAX_ROWS}"),
+        ));
+    }
+    // The row groups' declared uncompressed bytes bound what decoding will hold (a small
+    // compressed file can expand a thousandfold).
+    let declared: i64 = reader
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.total_byte_size().max(0))
+        .fold(0i64, i64::saturating_add);
+    if u64::try_from(declared).map_or(true, |n| n > MAX_DECODED_BYTES) {
+        return Err(error(
+            path,
+            "(parquet)",
+            format!(
+                "the row groups declare {declared} uncompressed bytes; a task's split may \
+                 decode to at most 4 GiB"
+            ),
         ));
     }
     match catch_unwind(AssertUnwindSafe(|| decode(path, &reader))) {
