@@ -34,7 +34,10 @@ impl Metric {
     }
 }
 
-/// An accuracy with its binomial standard error `sqrt(p(1-p)/n)`.
+/// An accuracy with lm-eval's standard error of a mean of 0/1 scores: the sample standard
+/// deviation (n − 1) over √n, `sqrt(p(1−p)/(n−1))` — so Temper's benchmark and an lm-eval
+/// task report the same ± on the same answers. Below two answers there is no spread to
+/// estimate: 0 here (lm-eval prints "N/A").
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Accuracy {
     pub n: usize,
@@ -59,7 +62,11 @@ impl Accuracy {
             n,
             correct,
             accuracy: p,
-            stderr: (p * (1.0 - p) / n as f64).sqrt(),
+            stderr: if n < 2 {
+                0.0
+            } else {
+                (p * (1.0 - p) / (n - 1) as f64).sqrt()
+            },
         }
     }
 }
@@ -425,8 +432,11 @@ mod tests {
         let s = summarize(&recs, Metric::Acc);
         assert_eq!(s.overall.correct, 3);
         assert!((s.overall.accuracy - 0.75).abs() < 1e-12);
-        assert!((s.overall.stderr - (0.75f64 * 0.25 / 4.0).sqrt()).abs() < 1e-12);
-        assert!((s.per_category["x"].stderr - 0.25f64.sqrt() / 2f64.sqrt()).abs() < 1e-12);
+        // lm-eval's mean_stderr of [1, 0, 1, 1] and of [1, 0].
+        let (_, lm_eval) = crate::task::run::mean_and_stderr(&[1.0, 0.0, 1.0, 1.0]);
+        assert!((s.overall.stderr - lm_eval).abs() < 1e-12);
+        assert!((s.overall.stderr - (0.75f64 * 0.25 / 3.0).sqrt()).abs() < 1e-12);
+        assert!((s.per_category["x"].stderr - 0.5).abs() < 1e-12);
         assert_eq!(s.per_category["y"].stderr, 0.0);
         assert_eq!(s.per_category["uncategorized"].n, 1);
     }

@@ -53,14 +53,23 @@ fn a_groups_results_entry_pools_its_leaf_tasks() {
             AggMetric {
                 metric: "acc".into(),
                 weight_by_size: true,
+                filters: None,
             },
             AggMetric {
                 metric: "acc_norm".into(),
                 weight_by_size: false,
+                filters: None,
             },
             AggMetric {
                 metric: "word_perplexity".into(),
                 weight_by_size: true,
+                filters: None,
+            },
+            // Only the `strict` filter, though both tasks report two.
+            AggMetric {
+                metric: "exact_match".into(),
+                weight_by_size: true,
+                filters: Some(vec!["strict".into()]),
             },
         ],
         members: vec![Member::Task("a".into()), Member::Task("b".into())],
@@ -74,6 +83,8 @@ fn a_groups_results_entry_pools_its_leaf_tasks() {
                 ("acc".into(), 0.5, 0.5),
                 ("acc_norm".into(), 1.0, 0.0),
                 ("word_perplexity".into(), 10.0, f64::NAN),
+                ("exact_match,strict".into(), 1.0, 0.0),
+                ("exact_match,flexible".into(), 1.0, 0.0),
             ],
             size: 2,
         },
@@ -81,7 +92,12 @@ fn a_groups_results_entry_pools_its_leaf_tasks() {
     scores.insert(
         "b".to_string(),
         TaskScores {
-            metrics: vec![("acc".into(), 0.8, 0.1), ("acc_norm".into(), 0.5, 0.2)],
+            metrics: vec![
+                ("acc".into(), 0.8, 0.1),
+                ("acc_norm".into(), 0.5, 0.2),
+                ("exact_match,strict".into(), 0.5, 0.1),
+                ("exact_match,flexible".into(), 0.0, 0.0),
+            ],
             size: 8,
         },
     );
@@ -103,10 +119,24 @@ fn a_groups_results_entry_pools_its_leaf_tasks() {
     // Only `a` has a perplexity: its value alone, and no stderr ("N/A", as lm-eval).
     assert_eq!(entry["word_perplexity,none"], 10.0);
     assert_eq!(entry["word_perplexity_stderr,none"], "N/A");
+    // exact_match under its filter: (1·2 + 0.5·8) / 10; the unlisted filter left out.
+    assert!(close(entry["exact_match,strict"].as_f64().unwrap(), 0.6));
+    assert!(entry.get("exact_match,flexible").is_none());
     assert_eq!(
         entry["sample_count"],
-        json!({"acc,none": 10, "acc_norm,none": 10, "word_perplexity,none": 2})
+        json!({"acc,none": 10, "acc_norm,none": 10, "word_perplexity,none": 2,
+               "exact_match,strict": 10})
     );
+    // Without a filter_list every filter found is aggregated (lm-eval's auto-discovery).
+    let mut auto = group.clone();
+    auto.aggregate = vec![AggMetric {
+        metric: "exact_match".into(),
+        weight_by_size: false,
+        filters: None,
+    }];
+    let entry = aggregate_group(&auto, &leaves, &scores);
+    assert!(close(entry["exact_match,strict"].as_f64().unwrap(), 0.75));
+    assert!(close(entry["exact_match,flexible"].as_f64().unwrap(), 0.5));
 }
 
 fn write(dir: &Path, name: &str, text: &str) {

@@ -34,6 +34,16 @@ fn refusals_name_the_file_and_key() {
         (
             "filter_list: []\ndoc_to_text: q\ndoc_to_target: 0\ndoc_to_choice: [a, b]\n",
             "`filter_list`",
+            "only a generate_until task",
+        ),
+        (
+            "generation_kwargs: {until: [x]}\ndoc_to_text: q\ndoc_to_target: 0\ndoc_to_choice: [a, b]\n",
+            "`generation_kwargs`",
+            "only a generate_until task",
+        ),
+        (
+            "sampler_kwargs: 1\ndoc_to_text: q\ndoc_to_target: 0\ndoc_to_choice: [a, b]\n",
+            "`sampler_kwargs`",
             "refused rather than ignored",
         ),
         (

@@ -59,6 +59,25 @@ pub struct EvalArgs {
     /// (samples_<task>.jsonl beside the results).
     #[arg(long, requires = "output_path")]
     pub log_samples: bool,
+    /// Tasks: render each context through the model's chat template, with the generation
+    /// prompt (lm-eval's --apply_chat_template); multiple-choice answers then follow the
+    /// assistant prompt without the target delimiter.
+    #[arg(long, requires = "tasks")]
+    pub apply_chat_template: bool,
+    /// Tasks, with --apply-chat-template: few-shot examples as user/assistant turns (the
+    /// default, as lm-eval) or, with `false`, all in one user message.
+    #[arg(
+        long,
+        requires = "apply_chat_template",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub fewshot_as_multiturn: Option<bool>,
+    /// Tasks: text put before the task's description in the system turn (lm-eval's
+    /// --system_instruction).
+    #[arg(long, requires = "tasks")]
+    pub system_instruction: Option<String>,
     /// loglik: lm-eval log-likelihood multiple choice (acc, acc_norm, acc_bytes); generate:
     /// the paper's protocol (greedy decoding, first answer letter or True/False parsed).
     #[arg(long, value_parser = parse_mode, default_value = "loglik")]

@@ -37,6 +37,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         limit: args.limit,
         batch_size: args.batch_size,
         max_length: args.max_length.map(|n| n as usize),
+        apply_chat_template: args.apply_chat_template,
+        fewshot_as_multiturn: args.fewshot_as_multiturn.unwrap_or(true),
+        system_instruction: args.system_instruction.clone(),
         ..TaskSettings::default()
     };
     let mut merged = serde_json::json!({
@@ -123,6 +126,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "batch_size": args.batch_size,
             "limit": args.limit,
             "max_length": args.max_length,
+            "apply_chat_template": args.apply_chat_template,
+            "fewshot_as_multiturn": args.apply_chat_template
+                && args.fewshot_as_multiturn.unwrap_or(true),
+            "system_instruction": args.system_instruction,
             "temper_version": env!("CARGO_PKG_VERSION"),
         });
         temper_formats::write_atomic(&file, serde_json::to_string_pretty(&merged)?.as_bytes())?;

@@ -12,7 +12,7 @@ From ../benchmark.jsonl (Temper's own format) it writes, beside this script:
   corpus_ppl.jsonl
                20 paragraphs of ../corpus/*.md (id, source, text) for the perplexity task
 The YAMLs in this folder (bio_arc.yaml, bio_mmlu.yaml, bio_boolq.yaml,
-bio_corpus_ppl.yaml) read them with
+bio_corpus_ppl.yaml, and the generation tasks bio_{arc,mmlu,boolq}_gen.yaml) read them with
 `dataset_path: json` and run in `lm_eval --include_path data/bio-materials/tasks` and in
 `temper eval --task`.
 """

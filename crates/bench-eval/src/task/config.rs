@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use super::generate::GenerateSpec;
 use crate::{EvalError, Result};
 
 /// `output_type` values.
@@ -20,6 +21,8 @@ pub enum OutputType {
     /// The log-likelihood of the whole `doc_to_target` text in rolling windows;
     /// `word_perplexity`, `byte_perplexity`, `bits_per_byte`.
     LoglikelihoodRolling,
+    /// A generated answer per document, cut at stop strings, filtered; `exact_match`.
+    GenerateUntil,
 }
 
 impl OutputType {
@@ -29,6 +32,7 @@ impl OutputType {
         match self {
             Self::MultipleChoice => MC_METRICS,
             Self::LoglikelihoodRolling => ROLLING_METRICS,
+            Self::GenerateUntil => &["exact_match"],
         }
     }
 }
@@ -68,6 +72,9 @@ pub struct TaskConfig {
     /// Metric names of `metric_list` (default `acc`).
     pub metrics: Vec<String>,
     pub version: Option<Value>,
+    /// `generation_kwargs`, `filter_list` and exact_match's options of a `generate_until`
+    /// task.
+    pub generation: Option<GenerateSpec>,
     /// The merged YAML as JSON (written back in the results' `configs`).
     pub raw: Map<String, Value>,
 }
@@ -105,6 +112,8 @@ const READ: &[&str] = &[
     "output_type",
     "metric_list",
     "include",
+    "generation_kwargs",
+    "filter_list",
 ];
 
 /// Metrics a multiple-choice task can ask for.
@@ -355,13 +364,14 @@ impl TaskConfig {
         let output_type = match string(path, &raw, "output_type")?.as_deref() {
             None | Some("multiple_choice") => OutputType::MultipleChoice,
             Some("loglikelihood_rolling") => OutputType::LoglikelihoodRolling,
+            Some("generate_until") => OutputType::GenerateUntil,
             Some(other) => {
                 return Err(task_error(
                     path,
                     "output_type",
                     format!(
-                        "`{other}` is not supported yet (Temper runs multiple_choice and \
-                         loglikelihood_rolling tasks)"
+                        "`{other}` is not supported (Temper runs multiple_choice, \
+                         loglikelihood_rolling and generate_until tasks)"
                     ),
                 ));
             }
@@ -396,8 +406,23 @@ impl TaskConfig {
                 OutputType::LoglikelihoodRolling => {
                     ROLLING_METRICS.iter().map(|m| (*m).to_string()).collect()
                 }
+                OutputType::GenerateUntil => vec!["exact_match".into()],
             };
         }
+        for key in ["generation_kwargs", "filter_list"] {
+            if output_type != OutputType::GenerateUntil && raw.contains_key(key) {
+                return Err(task_error(
+                    path,
+                    key,
+                    "only a generate_until task generates",
+                ));
+            }
+        }
+        let fewshot_delimiter =
+            string(path, &raw, "fewshot_delimiter")?.unwrap_or_else(|| "\n\n".into());
+        let generation = (output_type == OutputType::GenerateUntil)
+            .then(|| GenerateSpec::parse(path, &raw, &fewshot_delimiter))
+            .transpose()?;
         let doc_to_choice = raw.get("doc_to_choice").cloned();
         if output_type == OutputType::MultipleChoice && doc_to_choice.is_none() {
             return Err(task_error(
@@ -424,13 +449,13 @@ impl TaskConfig {
                     .get("doc_to_text")
                     .cloned()
                     .unwrap_or_else(|| Value::String(String::new())),
-                OutputType::MultipleChoice => need("doc_to_text")?,
+                OutputType::MultipleChoice | OutputType::GenerateUntil => need("doc_to_text")?,
             },
             doc_to_target: need("doc_to_target")?,
             doc_to_choice,
             target_delimiter: string(path, &raw, "target_delimiter")?.unwrap_or_else(|| " ".into()),
-            fewshot_delimiter: string(path, &raw, "fewshot_delimiter")?
-                .unwrap_or_else(|| "\n\n".into()),
+            fewshot_delimiter,
+            generation,
             output_type,
             metrics,
             version: raw.get("metadata").and_then(|m| m.get("version")).cloned(),

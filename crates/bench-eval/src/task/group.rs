@@ -6,8 +6,10 @@
 //! * the value is the mean of the tasks' values weighted by their document counts
 //!   (`weight_by_size: true`, the default) or the plain mean of the task values;
 //! * the standard error is the pooled one, `sqrt(Σ (nᵢ−1)·nᵢ·seᵢ² / (Σnᵢ − k) / Σnᵢ)` —
-//!   the sample standard error of all documents taken together when every task's mean is the
-//!   same — or, unweighted, `sqrt(Σ seᵢ²) / k`; `"N/A"` when a task has none (perplexities);
+//!   the pooled variance of the tasks' documents over their total count — or, unweighted,
+//!   `sqrt(Σ seᵢ²) / k`; `"N/A"` when a task has none (perplexities);
+//! * filters: `filter_list`, else every filter a leaf reports the metric under (`none` for
+//!   the filterless multiple-choice metrics);
 //! * the group's `results` entry carries `alias`, `name`, `sample_len`, the metric keys and
 //!   `sample_count`, and a group with an aggregate is also listed under `groups`.
 //!
@@ -27,6 +29,9 @@ pub struct AggMetric {
     pub metric: String,
     /// Weight each task by its document count (lm-eval's default).
     pub weight_by_size: bool,
+    /// `filter_list`: the filters aggregated (`None`: every filter a leaf task reports the
+    /// metric under, lm-eval 0.4.13's auto-discovery; `none` for the filterless metrics).
+    pub filters: Option<Vec<String>>,
 }
 
 /// A member of a group: a task or a nested group, by name.
@@ -66,8 +71,7 @@ fn group_error(path: &Path, key: &str, reason: impl Into<String>) -> EvalError {
     }
 }
 
-/// `aggregate_metric_list` of a group YAML. lm-eval has only the `mean` aggregation; a
-/// `filter_list` other than `none` names filters Temper does not run, so it is refused.
+/// `aggregate_metric_list` of a group YAML. lm-eval has only the `mean` aggregation.
 ///
 /// # Errors
 /// [`EvalError::Task`] naming the file and key.
@@ -97,9 +101,8 @@ pub fn parse_aggregate(path: &Path, value: Option<&Value>) -> Result<Vec<AggMetr
                 "aggregation" => v.as_str() == Some("mean"),
                 "weight_by_size" => v.is_boolean(),
                 "filter_list" => match v {
-                    Value::String(s) => s == "none",
-                    Value::Array(fs) => fs.iter().all(|f| f.as_str() == Some("none")),
-                    Value::Null => true,
+                    Value::Array(fs) => fs.iter().all(Value::is_string),
+                    Value::String(_) | Value::Null => true,
                     _ => false,
                 },
                 _ => false,
@@ -110,7 +113,7 @@ pub fn parse_aggregate(path: &Path, value: Option<&Value>) -> Result<Vec<AggMetr
                     &format!("{key}.{k}"),
                     format!(
                         "`{v}` is not supported (aggregation: mean; weight_by_size: a bool; \
-                         filter_list: none)"
+                         filter_list: filter names)"
                     ),
                 ));
             }
@@ -121,6 +124,15 @@ pub fn parse_aggregate(path: &Path, value: Option<&Value>) -> Result<Vec<AggMetr
                 .get("weight_by_size")
                 .and_then(Value::as_bool)
                 .unwrap_or(true),
+            filters: match entry.get("filter_list") {
+                Some(Value::String(f)) => Some(vec![f.clone()]),
+                Some(Value::Array(fs)) => Some(
+                    fs.iter()
+                        .filter_map(|f| f.as_str().map(str::to_string))
+                        .collect(),
+                ),
+                _ => None,
+            },
         });
     }
     Ok(out)
@@ -167,8 +179,8 @@ pub fn unweighted_mean_stderr(stderrs: &[f64]) -> f64 {
     stderrs.iter().map(|s| s * s).sum::<f64>().sqrt() / stderrs.len() as f64
 }
 
-/// A task's scores as the aggregation reads them: metric → (value, standard error; NaN for
-/// none) and its evaluated document count.
+/// A task's scores as the aggregation reads them: metric (`acc`, or `exact_match,<filter>`
+/// for generation) → (value, standard error; NaN for none) and its evaluated document count.
 #[derive(Debug, Clone, Default)]
 pub struct TaskScores {
     pub metrics: Vec<(String, f64, f64)>,
@@ -183,6 +195,9 @@ impl From<&TaskResult> for TaskScores {
         }
     }
 }
+
+/// A metric's lm-eval key (`acc,none`), value and standard error.
+type Metric = (String, f64, f64);
 
 fn number_or_na(x: f64) -> Value {
     if x.is_finite() {
@@ -213,39 +228,65 @@ pub fn aggregate_group(
         "sample_len".into(),
         json!(present.iter().map(|s| s.size).sum::<usize>()),
     );
+    // Every metric under its lm-eval key, `metric,filter` (`none` for the filterless).
+    let keyed: Vec<(usize, Vec<Metric>)> = present
+        .iter()
+        .map(|s| {
+            let metrics = s
+                .metrics
+                .iter()
+                .map(|(m, v, se)| {
+                    let key = if m.contains(',') {
+                        m.clone()
+                    } else {
+                        format!("{m},none")
+                    };
+                    (key, *v, *se)
+                })
+                .collect();
+            (s.size, metrics)
+        })
+        .collect();
     let mut counts = Map::new();
     for agg in &group.aggregate {
-        let (mut values, mut stderrs, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
-        for s in &present {
-            if let Some((_, v, se)) = s.metrics.iter().find(|(m, _, _)| *m == agg.metric) {
-                values.push(*v);
-                stderrs.push(*se);
-                sizes.push(s.size);
-            }
-        }
-        if values.is_empty() {
-            continue;
-        }
-        let key = format!("{},none", agg.metric);
-        out.insert(
-            key.clone(),
-            json!(aggregate_subtask_metrics(
-                &values,
-                &sizes,
-                agg.weight_by_size
-            )),
-        );
-        let se = if stderrs.iter().all(|s| s.is_finite()) {
-            if agg.weight_by_size {
-                pooled_sample_stderr(&stderrs, &sizes)
-            } else {
-                unweighted_mean_stderr(&stderrs)
-            }
-        } else {
-            f64::NAN
+        let prefix = format!("{},", agg.metric);
+        let filters: Vec<String> = match &agg.filters {
+            Some(f) => f.clone(),
+            None => keyed
+                .iter()
+                .flat_map(|(_, ms)| ms.iter())
+                .filter_map(|(k, _, _)| k.strip_prefix(&prefix).map(str::to_string))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         };
-        out.insert(format!("{}_stderr,none", agg.metric), number_or_na(se));
-        counts.insert(key, json!(sizes.iter().sum::<usize>()));
+        for filter in filters {
+            let key = format!("{}{filter}", prefix);
+            let (mut values, mut stderrs, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+            for (size, ms) in &keyed {
+                if let Some((_, v, se)) = ms.iter().find(|(k, _, _)| *k == key) {
+                    values.push(*v);
+                    stderrs.push(*se);
+                    sizes.push(*size);
+                }
+            }
+            if values.is_empty() {
+                continue;
+            }
+            let mean = aggregate_subtask_metrics(&values, &sizes, agg.weight_by_size);
+            out.insert(key.clone(), json!(mean));
+            let se = if stderrs.iter().all(|s| s.is_finite()) {
+                if agg.weight_by_size {
+                    pooled_sample_stderr(&stderrs, &sizes)
+                } else {
+                    unweighted_mean_stderr(&stderrs)
+                }
+            } else {
+                f64::NAN
+            };
+            out.insert(format!("{}_stderr,{filter}", agg.metric), number_or_na(se));
+            counts.insert(key, json!(sizes.iter().sum::<usize>()));
+        }
     }
     if !counts.is_empty() {
         out.insert("sample_count".into(), Value::Object(counts));

@@ -284,6 +284,50 @@ impl<'t> Prompter<'t> {
         }
     }
 
+    /// The gold answers of a `generate_until` document: with `doc_to_choice`, the chosen
+    /// choice (lm-eval's `choices[gold]`); otherwise the target as text (`str()` of a number
+    /// or boolean field), several where the field is a list or the template renders a Python
+    /// list (lm-eval's multiple targets: a hit on any counts).
+    ///
+    /// # Errors
+    /// Template errors, an index past the choices.
+    pub fn gold_texts(&self, doc: &Doc, n: usize) -> Result<Vec<String>> {
+        let spec = &self.config.doc_to_target;
+        if let Some(choice_spec) = &self.config.doc_to_choice {
+            let choices = self.choices(choice_spec, doc, n)?;
+            return match self.target(spec, doc, n)? {
+                Target::Index(i) => choices.get(i).map(|c| vec![c.clone()]).ok_or_else(|| {
+                    self.error(
+                        "doc_to_target",
+                        n,
+                        format!("index {i} is past the {} choices", choices.len()),
+                    )
+                }),
+                Target::Text(t) => Ok(vec![t]),
+            };
+        }
+        let python_str = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Bool(true) => "True".into(),
+            Value::Bool(false) => "False".into(),
+            other => other.to_string(),
+        };
+        Ok(match spec {
+            Value::String(s) if doc.contains_key(s) => match &doc[s] {
+                Value::Array(items) => items.iter().map(python_str).collect(),
+                other => vec![python_str(other)],
+            },
+            Value::String(_) => {
+                let text = self.render("doc_to_target", doc, n)?;
+                match literal_list(&text) {
+                    Some(list) if text.starts_with('[') && text.ends_with(']') => list,
+                    _ => vec![text],
+                }
+            }
+            other => vec![python_str(other)],
+        })
+    }
+
     /// The text of a description / field spec (`resolve_field`).
     fn resolve_field(&self, key: &str, spec: &str, doc: &Doc, n: usize) -> Result<String> {
         if spec.is_empty() {
@@ -337,23 +381,94 @@ impl<'t> Prompter<'t> {
         }
     }
 
-    /// The full context of document `doc` (number `n`) with few-shot examples `shots`:
-    /// description, then each example as `text + target_delimiter + answer +
-    /// fewshot_delimiter`, then the document's text.
+    /// lm-eval's turns of document `doc` (number `n`) with few-shot examples `shots`: the
+    /// system prompt (`system_instruction` and the description, joined by the few-shot
+    /// delimiter unless whitespace already separates them), then per example a user turn (its
+    /// text, followed by the target delimiter in plain text) and an assistant turn (its answer,
+    /// followed by the few-shot delimiter), then the document's text as the last user turn.
+    ///
+    /// # Errors
+    /// Template errors naming the key and document.
+    pub fn turns(
+        &self,
+        doc: &Doc,
+        n: usize,
+        shots: &[(usize, &Doc)],
+        system_instruction: Option<&str>,
+    ) -> Result<Vec<Turn>> {
+        let c = self.config;
+        let description = self.resolve_field("description", &c.description, doc, n)?;
+        let system = maybe_delimit(
+            system_instruction.unwrap_or(""),
+            &description,
+            &c.fewshot_delimiter,
+        );
+        let mut turns = Vec::with_capacity(2 * shots.len() + 2);
+        if !system.is_empty() {
+            turns.push(Turn::new("system", system, ""));
+        }
+        for &(m, shot) in shots {
+            let text = self.text(&c.doc_to_text, shot, m)?;
+            let answer = self.answer(shot, m)?;
+            // lm-eval's `build_qa_turn`: an empty answer is no answer (no assistant turn, no
+            // delimiters).
+            if answer.is_empty() {
+                turns.push(Turn::new("user", text, ""));
+            } else {
+                turns.push(Turn::new("user", text, &c.target_delimiter));
+                turns.push(Turn::new("assistant", answer, &c.fewshot_delimiter));
+            }
+        }
+        turns.push(Turn::new("user", self.text(&c.doc_to_text, doc, n)?, ""));
+        Ok(turns)
+    }
+
+    /// The plain-text context of document `doc` (number `n`) with few-shot examples `shots`:
+    /// the [`turns`](Self::turns) joined with their delimiters (description, then each
+    /// example as `text + target_delimiter + answer + fewshot_delimiter`, then the text).
     ///
     /// # Errors
     /// Template errors naming the key and document.
     pub fn context(&self, doc: &Doc, n: usize, shots: &[(usize, &Doc)]) -> Result<String> {
-        let c = self.config;
-        let mut out = self.resolve_field("description", &c.description, doc, n)?;
-        for &(m, shot) in shots {
-            out.push_str(&self.text(&c.doc_to_text, shot, m)?);
-            out.push_str(&c.target_delimiter);
-            out.push_str(&self.answer(shot, m)?);
-            out.push_str(&c.fewshot_delimiter);
+        Ok(plain_text(&self.turns(doc, n, shots, None)?))
+    }
+}
+
+/// One turn of a context before rendering: its role, text, and what follows it when the
+/// turns are joined as plain text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    pub role: &'static str,
+    pub content: String,
+    pub delimiter: String,
+}
+
+impl Turn {
+    fn new(role: &'static str, content: impl Into<String>, delimiter: &str) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            delimiter: delimiter.to_string(),
         }
-        out.push_str(&self.text(&c.doc_to_text, doc, n)?);
-        Ok(out)
+    }
+}
+
+/// The turns as one text, each followed by its delimiter.
+pub fn plain_text(turns: &[Turn]) -> String {
+    turns
+        .iter()
+        .flat_map(|t| [t.content.as_str(), t.delimiter.as_str()])
+        .collect()
+}
+
+/// lm-eval's `maybe_delimit`: `prefix + delimiter + suffix`, without the delimiter when one
+/// side is empty or whitespace already meets at the join.
+fn maybe_delimit(prefix: &str, suffix: &str, delimiter: &str) -> String {
+    match (prefix.chars().last(), suffix.chars().next()) {
+        (None, _) => suffix.to_string(),
+        (_, None) => prefix.to_string(),
+        (Some(a), Some(b)) if a.is_whitespace() || b.is_whitespace() => format!("{prefix}{suffix}"),
+        _ => format!("{prefix}{delimiter}{suffix}"),
     }
 }
 

@@ -164,6 +164,7 @@ pub fn evaluate_rolling(
             doc_id: n,
             doc: doc.clone(),
             target: None,
+            generation: None,
             rolling: Some(RollingCounts {
                 words: count_words(&text),
                 bytes: text.len(),
@@ -319,6 +320,7 @@ mod tests {
             loglikelihoods: vec![ll],
             unconditional: None,
             metrics: vec![],
+            generation: None,
             rolling: Some(RollingCounts {
                 words,
                 bytes,

@@ -7,8 +7,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use temper_llm_arch::Pretrained;
 
+use super::chat::document_context;
 use super::config::{OutputType, Sampler, TaskConfig};
 use super::dataset::{Doc, load_split};
+use super::generate::{GenerationSample, evaluate_generate_until};
 use super::prompt::Prompter;
 use super::rolling::{RollingCounts, evaluate_rolling, prefix_token};
 use super::sampler::PyRandom;
@@ -35,6 +37,15 @@ pub struct TaskSettings {
     /// The token before an empty context and the first rolling window (lm-eval's
     /// `prefix_token_id` model argument); `None`: the tokenizer's BOS, else EOS.
     pub prefix_token_id: Option<u32>,
+    /// Render contexts through the model's chat template (lm-eval's
+    /// `--apply_chat_template`; multiple-choice continuations then drop the target
+    /// delimiter).
+    pub apply_chat_template: bool,
+    /// With a chat template, few-shot examples as user / assistant turns (lm-eval's default
+    /// then) rather than one user message.
+    pub fewshot_as_multiturn: bool,
+    /// Put before the description in the system turn (lm-eval's `--system_instruction`).
+    pub system_instruction: Option<String>,
 }
 
 impl Default for TaskSettings {
@@ -46,6 +57,9 @@ impl Default for TaskSettings {
             fewshot_seed: FEWSHOT_SEED,
             max_length: None,
             prefix_token_id: None,
+            apply_chat_template: false,
+            fewshot_as_multiturn: true,
+            system_instruction: None,
         }
     }
 }
@@ -65,11 +79,14 @@ pub struct Sample {
     /// With `acc_mutual_info`: each choice's log-likelihood after an empty context.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unconditional: Option<Vec<f64>>,
-    /// Metric name → 0 or 1 (multiple choice).
+    /// Metric name → 0 or 1 (multiple choice; `exact_match,<filter>` for generation).
     pub metrics: Vec<(String, f64)>,
     /// A rolling task's word and byte counts (the perplexities' weights) and windows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rolling: Option<RollingCounts>,
+    /// A `generate_until` task's gold answers, answer and filtered answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationSample>,
 }
 
 /// A task's outcome.
@@ -210,9 +227,34 @@ pub fn evaluate_task(
         Vec::new()
     };
     let prompter = Prompter::new(config)?;
+    let mut rnd = PyRandom::new(settings.fewshot_seed);
+    if let Some(spec) = &config.generation {
+        let contexts = docs
+            .iter()
+            .enumerate()
+            .map(|(n, doc)| {
+                let shots = few_shots(config, &mut rnd, &pool, doc, num_fewshot)?;
+                document_context(p, &prompter, settings, doc, n, &shots)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (samples, metrics) =
+            evaluate_generate_until(p, config, spec, settings, &docs, &contexts, progress)?;
+        return Ok(TaskResult {
+            config: config.clone(),
+            num_fewshot,
+            original,
+            samples,
+            metrics,
+        });
+    }
     let choice_spec = config.doc_to_choice.clone().unwrap_or(Value::Null);
     let mutual = config.metrics.iter().any(|m| m == "acc_mutual_info");
-    let mut rnd = PyRandom::new(settings.fewshot_seed);
+    // With a chat template the answer opens the assistant's turn: no delimiter before it.
+    let target_delimiter = if settings.apply_chat_template {
+        ""
+    } else {
+        config.target_delimiter.as_str()
+    };
 
     // Requests of all documents, in document order.
     let mut samples = Vec::with_capacity(docs.len());
@@ -220,18 +262,18 @@ pub fn evaluate_task(
     let mut choices_of = Vec::with_capacity(docs.len());
     for (n, doc) in docs.iter().enumerate() {
         let shots = few_shots(config, &mut rnd, &pool, doc, num_fewshot)?;
-        let ctx = prompter.context(doc, n, &shots)?;
+        let ctx = document_context(p, &prompter, settings, doc, n, &shots)?;
         let choices = prompter.choices(&choice_spec, doc, n)?;
         let target = prompter.gold(doc, n, &choices)?;
         let mut arguments = Vec::with_capacity(choices.len());
         for c in &choices {
-            let cont = format!("{}{c}", config.target_delimiter);
+            let cont = format!("{target_delimiter}{c}");
             pairs.push(encode_pair(&p.tokenizer, &ctx, &cont)?);
             arguments.push((ctx.clone(), cont));
         }
         if mutual {
             for c in &choices {
-                let cont = format!("{}{c}", config.target_delimiter);
+                let cont = format!("{target_delimiter}{c}");
                 pairs.push(encode_pair(&p.tokenizer, "", &cont)?);
             }
         }
@@ -245,6 +287,7 @@ pub fn evaluate_task(
             unconditional: None,
             metrics: Vec::new(),
             rolling: None,
+            generation: None,
         });
     }
 
@@ -343,13 +386,16 @@ impl TaskResult {
             Value::String(c.alias.clone().unwrap_or_else(|| c.task.clone())),
         );
         for (m, mean, se) in &self.metrics {
-            results.insert(format!("{m},none"), json!(mean));
+            // Generation metrics carry their filter (`exact_match,strict-match`); the others
+            // are lm-eval's `none` filter.
+            let (metric, filter) = m.split_once(',').unwrap_or((m.as_str(), "none"));
+            results.insert(format!("{metric},{filter}"), json!(mean));
             let se = if se.is_finite() {
                 json!(se)
             } else {
                 json!("N/A")
             };
-            results.insert(format!("{m}_stderr,none"), se);
+            results.insert(format!("{metric}_stderr,{filter}"), se);
         }
         json!({
             "results": { c.task.clone(): results },
