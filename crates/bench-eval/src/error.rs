@@ -40,6 +40,15 @@ pub enum EvalError {
         key: String,
         reason: String,
     },
+    /// A `--task` name that no task, group or tag under the include paths has.
+    #[error("unknown task, group or tag `{name}` (searched: {searched}){close}")]
+    UnknownTask {
+        name: String,
+        /// The include paths (and files) searched.
+        searched: String,
+        /// `"; close matches: a, b"`, or empty.
+        close: String,
+    },
     /// Writing a file atomically (`temper-formats`); names the file.
     #[error(transparent)]
     Format(#[from] temper_formats::FormatsError),

@@ -20,16 +20,28 @@ pub struct EvalArgs {
     /// The benchmark (JSONL, one question a line).
     #[arg(long, required_unless_present = "tasks", conflicts_with = "tasks")]
     pub bench: Option<PathBuf>,
-    /// lm-evaluation-harness task YAMLs (comma-separated or repeated) over local data:
-    /// multiple_choice tasks with lm-eval's contexts, few-shot examples and metrics, and
-    /// loglikelihood_rolling (perplexity) tasks.
+    /// lm-evaluation-harness task YAMLs or task / group / tag names under --include-path
+    /// (comma-separated or repeated) over local data: multiple_choice tasks with lm-eval's
+    /// contexts, few-shot examples and metrics, loglikelihood_rolling (perplexity) tasks, and
+    /// group YAMLs with their aggregate scores. A name containing `.yaml` or naming an
+    /// existing file is a YAML.
     #[arg(
         long = "task",
         alias = "tasks",
         value_delimiter = ',',
-        value_name = "FILE.yaml"
+        value_name = "NAME|FILE.yaml"
     )]
-    pub tasks: Vec<PathBuf>,
+    pub tasks: Vec<String>,
+    /// Folders whose task YAMLs (searched recursively) `--task` names refer to (lm-eval's
+    /// `--include_path`; comma-separated or repeated; a later folder's names win).
+    #[arg(
+        long = "include-path",
+        alias = "include_path",
+        value_delimiter = ',',
+        requires = "tasks",
+        value_name = "DIR"
+    )]
+    pub include_path: Vec<PathBuf>,
     /// Few-shot examples per document (overrides the task's `num_fewshot`).
     #[arg(long)]
     pub num_fewshot: Option<usize>,
@@ -128,7 +140,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let bench = args
         .bench
         .as_ref()
-        .context("--bench FILE.jsonl or --task FILE.yaml is needed")?;
+        .context("--bench FILE.jsonl or --task NAME|FILE.yaml is needed")?;
     let questions = load_questions(bench)?;
     let device = args.device.device()?;
     let p = crate::weights::load_model(&args.model, &device, args.dtype)?;

@@ -1,11 +1,13 @@
-//! `temper eval --task FILE.yaml[,FILE.yaml...]`: lm-evaluation-harness task YAMLs over local
-//! data, printed as lm-eval's table and written as its results JSON.
+//! `temper eval --task NAME|FILE.yaml[,...] [--include-path DIR]`: lm-evaluation-harness task
+//! YAMLs (tasks, groups and tags by name under the include paths) over local data, printed as
+//! lm-eval's tables and written as its results JSON.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use temper_bench_eval::task::{TaskConfig, TaskSettings, evaluate_task};
+use temper_bench_eval::task::group::groups_json;
+use temper_bench_eval::task::{TaskIndex, TaskSettings, evaluate_task};
 
 use crate::eval::EvalArgs;
 
@@ -20,12 +22,10 @@ fn outputs(path: &Path) -> (PathBuf, PathBuf) {
 
 /// Run the tasks of `args`.
 pub fn run(args: &EvalArgs) -> Result<()> {
-    // Every YAML is read and checked before the model is loaded.
-    let configs = args
-        .tasks
-        .iter()
-        .map(TaskConfig::load)
-        .collect::<Result<Vec<_>, _>>()?;
+    // Every name is resolved and every YAML read and checked before the model is loaded.
+    let index = TaskIndex::build(&args.include_path)?;
+    let selection = index.resolve(&args.tasks)?;
+    let configs = &selection.tasks;
     if let Some(out) = &args.output_path {
         let (_, dir) = outputs(out);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -49,7 +49,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "|{:^20}|{:^8}|{:^16}|{:^8}|{:^8}|",
         "Tasks", "n-shot", "Metric", "Value", "Stderr"
     );
-    for config in &configs {
+    let mut results = Vec::with_capacity(configs.len());
+    for config in configs {
         let bar = if args.quiet {
             ProgressBar::hidden()
         } else {
@@ -98,6 +99,24 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             let path = dir.join(format!("samples_{}.jsonl", config.task));
             temper_formats::write_atomic(&path, text.as_bytes())?;
         }
+        results.push(result);
+    }
+    if !selection.groups.is_empty() {
+        let json = groups_json(&selection.groups, |g| selection.leaves(g), &results);
+        print_groups(&json);
+        for key in ["results", "versions", "n-shot"] {
+            if let (Some(into), Some(from)) = (
+                merged.get_mut(key).and_then(|v| v.as_object_mut()),
+                json.get(key).and_then(|v| v.as_object()),
+            ) {
+                into.extend(from.clone());
+            }
+        }
+        for key in ["groups", "group_subtasks"] {
+            if let Some(v) = json.get(key) {
+                merged[key] = v.clone();
+            }
+        }
     }
     if let Some(out) = &args.output_path {
         let (file, _) = outputs(out);
@@ -117,4 +136,42 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         eprintln!("wrote {}", file.display());
     }
     Ok(())
+}
+
+/// lm-eval's second table: each group with an aggregate, its metrics and pooled errors.
+fn print_groups(json: &serde_json::Value) {
+    let Some(groups) = json.get("groups").and_then(|g| g.as_object()) else {
+        return;
+    };
+    println!(
+        "\n|{:^20}|{:^16}|{:^8}|{:^8}|",
+        "Groups", "Metric", "Value", "Stderr"
+    );
+    for (name, entry) in groups {
+        let Some(entry) = entry.as_object() else {
+            continue;
+        };
+        let alias = entry.get("alias").and_then(|a| a.as_str()).unwrap_or(name);
+        for (key, value) in entry {
+            let Some(metric) = key.strip_suffix(",none") else {
+                continue;
+            };
+            if metric.ends_with("_stderr") {
+                continue;
+            }
+            let se = match entry.get(&format!("{metric}_stderr,none")) {
+                Some(serde_json::Value::Number(n)) => {
+                    format!("{:.4}", n.as_f64().unwrap_or(f64::NAN))
+                }
+                _ => "N/A".to_string(),
+            };
+            println!(
+                "|{:<20}|{:<16}|{:>8.4}|{:>8}|",
+                alias,
+                metric,
+                value.as_f64().unwrap_or(f64::NAN),
+                se
+            );
+        }
+    }
 }

@@ -367,6 +367,92 @@ fn eval_scores_a_benchmark_and_writes_records() {
     assert!(stderr.contains("bench.jsonl:1"), "{stderr}");
 }
 
+/// `--task NAME --include-path DIR`: a group YAML runs its tasks and writes lm-eval's group
+/// entries; an unknown name is refused with close matches before the model loads.
+#[test]
+fn eval_runs_a_group_by_name_and_writes_its_aggregate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path().join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/bio-materials/tasks");
+    let arc = std::fs::read_to_string(data.join("arc.jsonl")).unwrap();
+    let rows: Vec<&str> = arc.lines().collect();
+    // Task a has 5 documents, task b 2: the weighted mean differs from the plain one.
+    std::fs::write(tasks.join("five.jsonl"), rows[..5].join("\n")).unwrap();
+    std::fs::write(tasks.join("two.jsonl"), rows[5..7].join("\n")).unwrap();
+    let task = |name: &str, file: &str| {
+        format!(
+            "task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {file}\n\
+             test_split: test\noutput_type: multiple_choice\n\
+             doc_to_text: \"Question: {{{{question}}}}\\nAnswer:\"\n\
+             doc_to_target: \"{{{{choices.label.index(answerKey)}}}}\"\n\
+             doc_to_choice: \"{{{{choices.text}}}}\"\n"
+        )
+    };
+    std::fs::write(tasks.join("a.yaml"), task("bio_a", "five.jsonl")).unwrap();
+    std::fs::write(tasks.join("b.yaml"), task("bio_b", "two.jsonl")).unwrap();
+    std::fs::write(
+        tasks.join("g.yaml"),
+        "group: bio_g\ntask: [bio_a, bio_b]\naggregate_metric_list:\n  - metric: acc_norm\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("results.json");
+    let (ok, stdout, stderr) = temper(&[
+        "eval",
+        "--model",
+        smollm2_gguf().to_str().unwrap(),
+        "--task",
+        "bio_g",
+        "--include-path",
+        tasks.to_str().unwrap(),
+        "--output-path",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("Groups") && stdout.contains("bio_g"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let acc = |t: &str| json["results"][t]["acc_norm,none"].as_f64().unwrap();
+    let want = (acc("bio_a") * 5.0 + acc("bio_b") * 2.0) / 7.0;
+    assert!((acc("bio_g") - want).abs() < 1e-12, "{json}");
+    // SmolLM2 gets 0/5 and 1/2 here, so the size weighting is visible (1/7, not 1/4).
+    assert!(
+        (want - (acc("bio_a") + acc("bio_b")) / 2.0).abs() > 1e-3,
+        "{json}"
+    );
+    assert_eq!(json["groups"]["bio_g"]["sample_len"], 7);
+    assert_eq!(
+        json["group_subtasks"]["bio_g"],
+        serde_json::json!(["bio_a", "bio_b"])
+    );
+    // lm-eval's pooled standard error of the two tasks' errors.
+    let se = |t: &str| json["results"][t]["acc_norm_stderr,none"].as_f64().unwrap();
+    let pooled = ((4.0 * 5.0 * se("bio_a").powi(2) + 2.0 * se("bio_b").powi(2)) / 5.0 / 7.0).sqrt();
+    let got = json["groups"]["bio_g"]["acc_norm_stderr,none"]
+        .as_f64()
+        .unwrap();
+    assert!((got - pooled).abs() < 1e-12, "{json}");
+
+    let (ok, _, stderr) = temper(&[
+        "eval",
+        "--model",
+        smollm2_gguf().to_str().unwrap(),
+        "--task",
+        "bio_gg",
+        "--include-path",
+        tasks.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown task, group or tag `bio_gg`") && stderr.contains("bio_g"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn pipeline_prints_its_config_and_rejects_bad_ones() {
     let (ok, out, err) = temper(&["pipeline", "--preset", "smoke", "--print-config"]);

@@ -134,7 +134,7 @@ fn task_error(path: &Path, key: &str, reason: impl Into<String>) -> EvalError {
 }
 
 /// The YAML of `path` with its `include`s merged, as a JSON object.
-fn read_merged(path: &Path, depth: usize) -> Result<Map<String, Value>> {
+pub(crate) fn read_merged(path: &Path, depth: usize) -> Result<Map<String, Value>> {
     if depth > MAX_INCLUDE_DEPTH {
         return Err(task_error(
             path,
@@ -169,16 +169,26 @@ fn read_merged(path: &Path, depth: usize) -> Result<Map<String, Value>> {
         };
         out.insert(key.clone(), yaml_to_json(path, &key, v)?);
     }
-    if let Some(include) = out.remove("include") {
+    merge_include(path, out, depth)
+}
+
+/// `map` (read from `path`, or written inline in a group YAML there) with its `include`
+/// merged under it: the included file's keys, overridden by `map`'s.
+pub(crate) fn merge_include(
+    path: &Path,
+    mut map: Map<String, Value>,
+    depth: usize,
+) -> Result<Map<String, Value>> {
+    if let Some(include) = map.remove("include") {
         let Value::String(name) = include else {
             return Err(task_error(path, "include", "must be a file name"));
         };
         let base = path.parent().unwrap_or(Path::new(".")).join(&name);
         let mut merged = read_merged(&base, depth + 1)?;
-        merged.extend(out);
+        merged.extend(map);
         return Ok(merged);
     }
-    Ok(out)
+    Ok(map)
 }
 
 fn yaml_to_json(path: &Path, key: &str, v: serde_yaml_ng::Value) -> Result<Value> {
@@ -255,7 +265,16 @@ impl TaskConfig {
     /// values.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let raw = read_merged(path, 0)?;
+        Self::from_raw(path, read_merged(path, 0)?)
+    }
+
+    /// Check a task already read (includes merged): a group's member with the group's
+    /// overrides applied. `path` is the YAML it came from (errors name it; data paths start
+    /// from its folder).
+    ///
+    /// # Errors
+    /// As [`TaskConfig::load`].
+    pub fn from_raw(path: &Path, raw: Map<String, Value>) -> Result<Self> {
         for key in raw.keys() {
             if LABELS.contains(&key.as_str()) || READ.contains(&key.as_str()) {
                 continue;

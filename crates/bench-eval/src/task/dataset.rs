@@ -1,7 +1,9 @@
 //! A task's documents from local files, as `datasets.load_dataset` reads them for lm-eval:
 //! `dataset_path: json` (JSON lines, or one JSON array) or `csv` with
 //! `dataset_kwargs.data_files`, or `dataset_path` naming a local folder holding
-//! `{split}.jsonl` / `{split}.json` / `{split}.csv` (also under `data/`).
+//! `{split}.jsonl` / `{split}.json` / `{split}.csv` / `{split}.parquet` (also under `data/`),
+//! or the Hub's shard layout `[data/]{split}-00000-of-00001.parquet` ([`super::parquet`]).
+//! `dataset_path: parquet` reads `data_files` as Parquet.
 //!
 //! Relative file names are looked up beside the task YAML first, then in the working directory
 //! (where `datasets` looks). CSV columns are typed as pandas infers them: a column whose every
@@ -19,7 +21,12 @@ pub type Doc = Map<String, Value>;
 
 /// Bound on one data file (the task reader holds a split in memory, like `datasets` does
 /// for small local files).
-const MAX_FILE_BYTES: u64 = 1 << 30;
+pub(crate) const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Bound on the rows of one data file: checked against a Parquet footer before any page is
+/// decoded (a small compressed file can declare many rows). Ten million is far above any
+/// benchmark split (MMLU's test split has 14,042).
+pub(crate) const MAX_ROWS: usize = 10_000_000;
 
 fn task_error(path: &Path, key: &str, reason: impl Into<String>) -> EvalError {
     EvalError::Task {
@@ -153,10 +160,11 @@ fn read_file(path: &Path, format: &str) -> Result<Vec<Doc>> {
     match format {
         "json" => read_json(path),
         "csv" => read_csv(path),
+        "parquet" => super::parquet::read_parquet(path),
         other => Err(task_error(
             path,
             "dataset_path",
-            format!("`{other}` files are not supported (json, csv)"),
+            format!("`{other}` files are not supported (json, csv, parquet)"),
         )),
     }
 }
@@ -169,6 +177,44 @@ fn format_of(path: &Path) -> &'static str {
     }
 }
 
+/// The files of `split` in a local dataset folder: the first of `{split}.{jsonl,json,csv,
+/// parquet}` at the top or under `data/`; else the Hub's shards `{split}-*.parquet` (top, then
+/// `data/`), all of them in name order (`-00000-of-00002` before `-00001-of-00002`), as
+/// `datasets` resolves a folder without a loading script.
+fn split_files(root: &Path, split: &str) -> Result<Vec<PathBuf>> {
+    for sub in ["", "data/"] {
+        for ext in ["jsonl", "json", "csv", "parquet"] {
+            let p = root.join(format!("{sub}{split}.{ext}"));
+            if p.is_file() {
+                return Ok(vec![p]);
+            }
+        }
+    }
+    for dir in [root.to_path_buf(), root.join("data")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let prefix = format!("{split}-");
+        let mut shards = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| EvalError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".parquet") {
+                shards.push(entry.path());
+            }
+        }
+        if !shards.is_empty() {
+            shards.sort();
+            return Ok(shards);
+        }
+    }
+    Ok(Vec::new())
+}
+
 /// The documents of `split`.
 ///
 /// # Errors
@@ -176,7 +222,7 @@ fn format_of(path: &Path) -> &'static str {
 /// dataset; I/O and parse errors naming the data file (and line).
 pub fn load_split(config: &TaskConfig, split: &str) -> Result<Vec<Doc>> {
     let files: Vec<(PathBuf, &str)> = match config.dataset_path.as_str() {
-        "json" | "csv" => {
+        "json" | "csv" | "parquet" => {
             let (_, names) = config
                 .data_files
                 .iter()
@@ -196,19 +242,12 @@ pub fn load_split(config: &TaskConfig, split: &str) -> Result<Vec<Doc>> {
                         ),
                     )
                 })?;
-            let format = if config.dataset_path == "csv" {
-                "csv"
-            } else {
-                "json"
+            let format = match config.dataset_path.as_str() {
+                "csv" => "csv",
+                "parquet" => "parquet",
+                _ => "json",
             };
             names.iter().map(|n| (resolve(config, n), format)).collect()
-        }
-        "parquet" => {
-            return Err(task_error(
-                &config.path,
-                "dataset_path",
-                "parquet is not supported yet: convert the split to JSON lines",
-            ));
         }
         dir => {
             let root = resolve(config, dir);
@@ -222,29 +261,41 @@ pub fn load_split(config: &TaskConfig, split: &str) -> Result<Vec<Doc>> {
                     ),
                 ));
             }
-            let root_ref = &root;
-            let found = ["", "data/"]
-                .iter()
-                .flat_map(|sub| {
-                    ["jsonl", "json", "csv"]
-                        .iter()
-                        .map(move |ext| root_ref.join(format!("{sub}{split}.{ext}")))
+            let found = split_files(&root, split)?;
+            if found.is_empty() {
+                return Err(task_error(
+                    &config.path,
+                    "dataset_path",
+                    format!(
+                        "{} has no {split}.jsonl / .json / .csv / .parquet, nor \
+                         {split}-*.parquet shards (also looked under data/)",
+                        root.display()
+                    ),
+                ));
+            }
+            found
+                .into_iter()
+                .map(|f| {
+                    let format = format_of(&f);
+                    (f, format)
                 })
-                .find(|p| p.is_file())
-                .ok_or_else(|| {
-                    task_error(
-                        &config.path,
-                        "dataset_path",
-                        format!("{} has no {split}.jsonl / .json / .csv", root.display()),
-                    )
-                })?;
-            let format = format_of(&found);
-            vec![(found, format)]
+                .collect()
         }
     };
     let mut docs = Vec::new();
     for (path, format) in files {
-        docs.extend(read_file(&path, format)?);
+        let rows = read_file(&path, format)?;
+        if rows.len() > MAX_ROWS {
+            return Err(task_error(
+                &path,
+                "(file)",
+                format!(
+                    "{} rows; a task's data file may have at most {MAX_ROWS}",
+                    rows.len()
+                ),
+            ));
+        }
+        docs.extend(rows);
     }
     Ok(docs)
 }

@@ -10,7 +10,10 @@
 //! * [`run`]: requests, lm-eval's metrics and its results JSON;
 //! * [`rolling`]: `loglikelihood_rolling` (rolling windows, perplexities);
 //! * [`generate`]: `generate_until` (greedy answers cut at stop strings), with [`filter`]'s
-//!   pipelines and [`exact_match`].
+//!   pipelines and [`exact_match`];
+//! * [`parquet`]: Parquet splits (`dataset_path: parquet`, Hub dataset folders);
+//! * [`registry`]: `--include-path` indexes and task / group / tag names;
+//! * [`group`]: group YAMLs' aggregate scores and their part of the results JSON.
 
 pub mod chat;
 pub mod config;
@@ -18,10 +21,15 @@ pub mod dataset;
 pub mod exact_match;
 pub mod filter;
 pub mod generate;
+pub mod group;
+pub mod parquet;
 pub mod prompt;
+pub mod registry;
 pub mod rolling;
 pub mod run;
 pub mod sampler;
 
 pub use config::TaskConfig;
+pub use group::GroupSpec;
+pub use registry::{Selection, TaskIndex};
 pub use run::{TaskResult, TaskSettings, evaluate_task};
