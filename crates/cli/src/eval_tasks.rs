@@ -26,6 +26,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let index = TaskIndex::build(&args.include_path)?;
     let selection = index.resolve(&args.tasks)?;
     let configs = &selection.tasks;
+    // What each task read, hashed before the run: the results say which data they belong to.
+    let mut task_files = serde_json::Map::new();
+    for config in configs {
+        let with_fewshot = args.num_fewshot.unwrap_or(config.num_fewshot) > 0;
+        let files = temper_bench_eval::task::provenance::task_files(config, with_fewshot)?;
+        task_files.insert(config.task.clone(), serde_json::to_value(files)?);
+    }
     if let Some(out) = &args.output_path {
         let (_, dir) = outputs(out);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -123,6 +130,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         merged["config"] = serde_json::json!({
             "model": "temper",
             "model_args": args.model.display().to_string(),
+            "model_source": p.source.display().to_string(),
+            "dtype": format!("{:?}", args.dtype),
+            "device": args.device.to_string(),
+            "num_fewshot": args.num_fewshot,
             "batch_size": args.batch_size,
             "limit": args.limit,
             "max_length": args.max_length,
@@ -132,6 +143,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "system_instruction": args.system_instruction,
             "temper_version": env!("CARGO_PKG_VERSION"),
         });
+        merged["task_files"] = serde_json::Value::Object(task_files);
         temper_formats::write_atomic(&file, serde_json::to_string_pretty(&merged)?.as_bytes())?;
         eprintln!("wrote {}", file.display());
     }

@@ -436,6 +436,18 @@ fn eval_runs_a_group_by_name_and_writes_its_aggregate() {
         .as_f64()
         .unwrap();
     assert!((got - pooled).abs() < 1e-12, "{json}");
+    // Provenance: each task's YAML and data file with its SHA-256, and the settings.
+    let files = json["task_files"]["bio_a"].as_array().unwrap();
+    let names: Vec<&str> = files
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(names, ["a.yaml", "five.jsonl"]);
+    let yaml = std::fs::read(tasks.join("a.yaml")).unwrap();
+    assert_eq!(files[0]["bytes"], yaml.len());
+    assert_eq!(files[1]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(json["config"]["temper_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(json["config"]["device"], "cpu");
 
     let (ok, _, stderr) = temper(&[
         "eval",

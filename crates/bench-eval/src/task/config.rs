@@ -172,6 +172,33 @@ pub(crate) fn read_merged(path: &Path, depth: usize) -> Result<Map<String, Value
     merge_include(path, out, depth)
 }
 
+/// `path` and the files it includes, in order (the same chain [`read_merged`] follows).
+///
+/// # Errors
+/// As [`read_merged`].
+pub(crate) fn read_include_chain(path: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut chain = vec![path.to_path_buf()];
+    let mut at = path.to_path_buf();
+    while chain.len() <= MAX_INCLUDE_DEPTH + 1 {
+        let text = temper_formats::read_regular_to_string(&at).map_err(|source| EvalError::Io {
+            path: at.clone(),
+            source,
+        })?;
+        let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
+            .map_err(|e| task_error(&at, "(yaml)", format!("invalid YAML: {e}")))?;
+        let Some(name) = yaml.get("include").and_then(serde_yaml_ng::Value::as_str) else {
+            return Ok(chain);
+        };
+        at = at.parent().unwrap_or(Path::new(".")).join(name);
+        chain.push(at.clone());
+    }
+    Err(task_error(
+        path,
+        "include",
+        format!("more than {MAX_INCLUDE_DEPTH} nested includes (a cycle?)"),
+    ))
+}
+
 /// `map` (read from `path`, or written inline in a group YAML there) with its `include`
 /// merged under it: the included file's keys, overridden by `map`'s.
 pub(crate) fn merge_include(

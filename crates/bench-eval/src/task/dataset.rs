@@ -215,13 +215,13 @@ fn split_files(root: &Path, split: &str) -> Result<Vec<PathBuf>> {
     Ok(Vec::new())
 }
 
-/// The documents of `split`.
+/// The data files of `split` with their format (`json`, `csv`, `parquet`).
 ///
 /// # Errors
 /// [`EvalError::Task`] naming the YAML and key for an unknown split or an unsupported
-/// dataset; I/O and parse errors naming the data file (and line).
-pub fn load_split(config: &TaskConfig, split: &str) -> Result<Vec<Doc>> {
-    let files: Vec<(PathBuf, &str)> = match config.dataset_path.as_str() {
+/// dataset.
+pub fn split_paths(config: &TaskConfig, split: &str) -> Result<Vec<(PathBuf, &'static str)>> {
+    Ok(match config.dataset_path.as_str() {
         "json" | "csv" | "parquet" => {
             let (_, names) = config
                 .data_files
@@ -281,9 +281,17 @@ pub fn load_split(config: &TaskConfig, split: &str) -> Result<Vec<Doc>> {
                 })
                 .collect()
         }
-    };
+    })
+}
+
+/// The documents of `split`.
+///
+/// # Errors
+/// [`EvalError::Task`] naming the YAML and key for an unknown split or an unsupported
+/// dataset; I/O and parse errors naming the data file (and line).
+pub fn load_split(config: &TaskConfig, split: &str) -> Result<Vec<Doc>> {
     let mut docs = Vec::new();
-    for (path, format) in files {
+    for (path, format) in split_paths(config, split)? {
         let rows = read_file(&path, format)?;
         if rows.len() > MAX_ROWS {
             return Err(task_error(

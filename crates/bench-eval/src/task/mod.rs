@@ -3,6 +3,7 @@
 //! * [`config`]: the YAML (with `include`), refusing what Temper does not run;
 //! * [`dataset`]: the splits from local JSON lines / JSON / CSV files or a dataset folder;
 //! * [`chat`]: contexts through the model's chat template (`--apply-chat-template`);
+//! * [`provenance`]: the files a task read, with their SHA-256;
 //! * [`prompt`]: `doc_to_text` / `doc_to_choice` / `doc_to_target` (Jinja) and the few-shot
 //!   context;
 //! * [`sampler`]: few-shot examples as lm-eval draws them (`first_n`, and the default seeded
@@ -24,6 +25,7 @@ pub mod generate;
 pub mod group;
 pub mod parquet;
 pub mod prompt;
+pub mod provenance;
 pub mod registry;
 pub mod rolling;
 pub mod run;
