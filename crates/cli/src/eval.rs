@@ -5,7 +5,6 @@ use crate::output::outln;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use temper_backend::DeviceSpec;
 use temper_bench_eval::results::{Summary, summarize, write_records};
 use temper_bench_eval::{EvalMode, EvalSettings, evaluate_model, load_questions};
@@ -144,16 +143,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let questions = load_questions(bench)?;
     let device = args.device.device()?;
     let p = crate::weights::load_model(&args.model, &device, args.dtype)?;
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(questions.len() as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} questions [{elapsed} < {eta}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = crate::progress::Progress::new(
+        &format!("eval {}", bench.display()),
+        "questions",
+        "{bar:30} {pos}/{len} questions [{elapsed} < {eta}]",
+        args.quiet,
     );
-    let progress = |done: usize, _total: usize| bar.set_position(done as u64);
+    let progress = |done: usize, total: usize| bar.update(done as u64, total as u64);
     let settings = EvalSettings {
         mode: args.mode,
         batch_size: args.batch_size,
@@ -161,7 +157,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         ..EvalSettings::default()
     };
     let records = evaluate_model(&p, &questions, &settings, progress)?;
-    bar.finish_and_clear();
+    bar.finish();
     let metrics = args.mode.metrics();
     let summaries: Vec<(&str, Summary)> = metrics
         .iter()

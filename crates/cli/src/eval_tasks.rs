@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use temper_bench_eval::task::group::groups_json;
 use temper_bench_eval::task::{TaskIndex, TaskSettings, evaluate_task};
 
 use crate::eval::EvalArgs;
+use crate::progress::Progress;
 
 fn outputs(path: &Path) -> (PathBuf, PathBuf) {
     if path.extension().is_some_and(|e| e == "json") {
@@ -58,21 +58,17 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     );
     let mut results = Vec::with_capacity(configs.len());
     for config in configs {
-        let bar = if args.quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(0)
-        };
-        bar.set_style(
-            ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} requests [{elapsed} < {eta}]")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        let bar = Progress::new(
+            &format!("eval {}", config.task),
+            "requests",
+            "{msg} {bar:30} {pos}/{len} requests [{elapsed} < {eta}]",
+            args.quiet,
         );
-        bar.set_message(config.task.clone());
+        bar.bar().set_message(config.task.clone());
         let result = evaluate_task(&p, config, &settings, |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
+            bar.update(done as u64, total as u64);
         })?;
-        bar.finish_and_clear();
+        bar.finish();
         for (m, mean, se) in &result.metrics {
             // lm-eval prints "N/A" where a metric has no standard error (perplexities).
             let se = if se.is_finite() {

@@ -10,6 +10,7 @@ mod merge;
 mod mergekit_flags;
 mod output;
 mod pipeline;
+mod progress;
 mod train;
 mod weights;
 

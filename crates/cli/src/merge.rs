@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use temper_formats::AtomicFile;
 use temper_merge::{MergeConfig, MergeOptions, Progress, run_merge};
 
@@ -77,7 +76,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
 }
 
 struct Bar {
-    bar: ProgressBar,
+    bar: crate::progress::Progress,
     tensors: AtomicU64,
     total_tensors: AtomicU64,
 }
@@ -85,17 +84,18 @@ struct Bar {
 impl Progress for Bar {
     fn start(&self, tensors: usize, bytes: u64) {
         self.total_tensors.store(tensors as u64, Ordering::Relaxed);
-        self.bar.set_length(bytes);
-        self.bar.set_message(format!("0/{tensors} tensors"));
+        self.bar.bar().set_length(bytes);
+        self.bar.bar().set_message(format!("0/{tensors} tensors"));
     }
 
     fn tensor_done(&self, _name: &str, bytes: u64) {
         let done = self.tensors.fetch_add(1, Ordering::Relaxed) + 1;
-        self.bar.inc(bytes);
-        self.bar.set_message(format!(
-            "{done}/{} tensors",
-            self.total_tensors.load(Ordering::Relaxed)
-        ));
+        let total = self.total_tensors.load(Ordering::Relaxed);
+        self.bar.bar().inc(bytes);
+        self.bar
+            .bar()
+            .set_message(format!("{done}/{total} tensors"));
+        self.bar.report(done, total);
     }
 }
 
@@ -153,16 +153,11 @@ pub fn run(args: MergeArgs) -> Result<()> {
         sync: args.sync,
         threads: args.threads,
     };
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {binary_bytes}/{binary_total_bytes} written, {binary_bytes_per_sec}, {msg} [{elapsed}]",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = crate::progress::Progress::new(
+        &format!("merge {}", args.config.display()),
+        "tensors",
+        "{bar:30} {binary_bytes}/{binary_total_bytes} written, {binary_bytes_per_sec}, {msg} [{elapsed}]",
+        args.quiet,
     );
     let progress = Bar {
         bar,
@@ -179,7 +174,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
         .transpose()?;
     let start = Instant::now();
     let summary = run_merge(&config, Some(&text), &args.out_dir, &options, &progress)?;
-    progress.bar.finish_and_clear();
+    progress.bar.finish();
     let secs = start.elapsed().as_secs_f64();
     if let Some(mut file) = report {
         let json = serde_json::to_vec_pretty(&summary.reports)?;

@@ -335,10 +335,15 @@ fn eval_scores_a_benchmark_and_writes_records() {
         bench.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--quiet",
     ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("acc_norm"), "{stdout}");
+    // stderr is a pipe here: progress comes as plain lines, the last one at 100 %.
+    let last = stderr.lines().filter(|l| l.starts_with("eval ")).last();
+    assert!(
+        last.is_some_and(|l| l.contains(" questions (100%)")),
+        "{stderr}"
+    );
     let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("records.jsonl"))
         .unwrap()
         .lines()
