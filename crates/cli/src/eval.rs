@@ -16,6 +16,10 @@ pub struct EvalArgs {
     /// (org/name[@revision]) in the local Hugging Face cache.
     #[arg(long)]
     pub model: PathBuf,
+    /// With an adapter as --model: its base model (instead of the adapter's
+    /// `base_model_name_or_path`).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
     /// The benchmark (JSONL, one question a line).
     #[arg(long, required_unless_present = "tasks", conflicts_with = "tasks")]
     pub bench: Option<PathBuf>,
@@ -142,7 +146,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .context("--bench FILE.jsonl or --task NAME|FILE.yaml is needed")?;
     let questions = load_questions(bench)?;
     let device = args.device.device()?;
-    let p = crate::weights::load_model(&args.model, &device, args.dtype)?;
+    let p = crate::weights::load_model(&args.model, args.base.as_deref(), &device, args.dtype)?;
     let bar = crate::progress::Progress::new(
         &format!("eval {}", bench.display()),
         "questions",

@@ -38,7 +38,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let device = args.device.device()?;
-    let p = crate::weights::load_model(&args.model, &device, args.dtype)?;
+    let p = crate::weights::load_model(&args.model, args.base.as_deref(), &device, args.dtype)?;
     let settings = TaskSettings {
         num_fewshot: args.num_fewshot,
         limit: args.limit,

@@ -64,6 +64,10 @@ enum Command {
         /// or a hub id (org/name[@revision]) in the local Hugging Face cache.
         #[arg(long)]
         model: PathBuf,
+        /// With an adapter as --model: its base model (instead of the adapter's
+        /// `base_model_name_or_path`).
+        #[arg(long)]
+        base: Option<PathBuf>,
         /// The text to continue (with --chat: the user's message).
         #[arg(long)]
         prompt: String,
@@ -202,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Generate {
             model,
+            base,
             prompt,
             chat,
             system,
@@ -216,7 +221,7 @@ fn run(cli: Cli) -> Result<()> {
             dtype,
         } => {
             let device = device.device()?;
-            let p = weights::load_model(&model, &device, dtype)?;
+            let p = weights::load_model(&model, base.as_deref(), &device, dtype)?;
             let text = if chat {
                 let template = p
                     .chat_template

@@ -54,16 +54,28 @@ impl fmt::Display for WeightDType {
 /// `adapter_config.json` names and merged), held as `dtype` says.
 pub(crate) fn load_model(
     path: &Path,
+    base: Option<&Path>,
     device: &burn::tensor::Device,
     dtype: WeightDType,
 ) -> Result<Pretrained> {
     // A hub id: its snapshot in the local HF cache (an adapter repository included).
     let resolved = temper_formats::hub::resolve_model(path)?;
     let path = resolved.as_path();
+    let base = base.map(temper_formats::hub::resolve_model).transpose()?;
+    if base.is_some() && !temper_lora::is_adapter_dir(path) {
+        anyhow::bail!(
+            "--base is the base model of a PEFT adapter; {} is not an adapter directory \
+             (no adapter_config.json)",
+            path.display()
+        );
+    }
     let load = |precision: FloatPrecision| -> Result<Pretrained> {
         if temper_lora::is_adapter_dir(path) {
             Ok(temper_lora::load_merged_adapter(
-                path, None, device, precision,
+                path,
+                base.as_deref(),
+                device,
+                precision,
             )?)
         } else {
             Ok(Pretrained::load(path, device, precision)?)

@@ -313,6 +313,25 @@ fn merge_writes_a_model_a_report_and_refuses_bad_configs() {
 }
 
 #[test]
+fn base_is_only_for_an_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = temper(&[
+        "generate",
+        "--model",
+        smollm2_gguf().to_str().unwrap(),
+        "--base",
+        tmp.path().to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--base") && stderr.contains("not an adapter directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn eval_scores_a_benchmark_and_writes_records() {
     let tmp = tempfile::tempdir().unwrap();
     let bench = tmp.path().join("bench.jsonl");
@@ -339,7 +358,7 @@ fn eval_scores_a_benchmark_and_writes_records() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("acc_norm"), "{stdout}");
     // stderr is a pipe here: progress comes as plain lines, the last one at 100 %.
-    let last = stderr.lines().filter(|l| l.starts_with("eval ")).last();
+    let last = stderr.lines().rev().find(|l| l.starts_with("eval "));
     assert!(
         last.is_some_and(|l| l.contains(" questions (100%)")),
         "{stderr}"
