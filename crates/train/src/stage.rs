@@ -107,10 +107,16 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     )?;
     let pretrained = Pretrained::load_with(&config.model, &train_device, storage, projections)?;
 
+    // The adapter names its base so that it loads from any working directory: a local
+    // model as its absolute path, a hub id as written.
+    let base_name = std::fs::canonicalize(&config.model)
+        .unwrap_or_else(|_| config.model.clone())
+        .display()
+        .to_string();
     let lora = config.lora.as_ref().map(|l| {
         LoraFineTuning::new(
             l.to_lora_config()
-                .with_base_model_name_or_path(config.model.display().to_string()),
+                .with_base_model_name_or_path(base_name.clone()),
         )
     });
 
