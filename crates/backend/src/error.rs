@@ -8,7 +8,7 @@ pub enum BackendError {
     InvalidDevice { spec: String, reason: String },
     /// The backend exists but this build does not include it.
     #[error(
-        "device `{spec}` needs the `{feature}` cargo feature, which this build of Temper was compiled without"
+        "device `{spec}` needs the `{feature}` cargo feature, which this build of Temper was compiled without (rebuild with `cargo install --path crates/cli --features {feature}`)"
     )]
     NotCompiled { spec: String, feature: &'static str },
     /// A CUDA device whose driver, NVRTC or headers are not on this machine (found before

@@ -4,7 +4,7 @@
 use crate::output::{out, outln};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use temper_backend::FloatPrecision;
 use temper_pipeline::{PipelineConfig, PipelineOptions, Preset, run_pipeline};
 
@@ -41,7 +41,20 @@ pub fn run(args: PipelineArgs) -> Result<()> {
         Some(path) => PipelineConfig::from_file(path)?,
         None => {
             let preset: Preset = args.preset.parse()?;
-            PipelineConfig::preset(preset, &std::env::current_dir()?)?
+            let cwd = std::env::current_dir()?;
+            let config = PipelineConfig::preset(preset, &cwd)?;
+            // The presets read the repository's data folder: say so once, with the fix,
+            // instead of a missing-file error from deep inside the first evaluation.
+            if !args.print_config && !config.benchmark.file.exists() {
+                bail!(
+                    "the `{}` preset reads data/bio-materials/ from the working directory, and \
+                     {} has none: run `temper pipeline` from the Temper repository root, or give \
+                     --config FILE naming your model, data and benchmark",
+                    args.preset,
+                    cwd.display()
+                );
+            }
+            config
         }
     };
     if let Some(device) = args.device {

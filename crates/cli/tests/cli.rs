@@ -313,6 +313,25 @@ fn merge_writes_a_model_a_report_and_refuses_bad_configs() {
 }
 
 #[test]
+fn a_preset_outside_the_repository_says_where_to_run_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_temper"))
+        .args(["pipeline", "--preset", "smoke", "--out", "o"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("preset reads data/bio-materials/")
+            && stderr.contains("repository root")
+            && stderr.contains("--config"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("o").exists());
+}
+
+#[test]
 fn base_is_only_for_an_adapter() {
     let tmp = tempfile::tempdir().unwrap();
     let (ok, _, stderr) = temper(&[
