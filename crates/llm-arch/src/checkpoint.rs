@@ -508,7 +508,7 @@ pub fn load_weights(
                 q_proj: l.projection(&format!("{p}.self_attn.q_proj"), hs, q, c.attention_bias)?,
                 k_proj: l.projection(&format!("{p}.self_attn.k_proj"), hs, kv, c.attention_bias)?,
                 v_proj: l.projection(&format!("{p}.self_attn.v_proj"), hs, kv, c.attention_bias)?,
-                o_proj: l.projection(&format!("{p}.self_attn.o_proj"), q, hs, false)?,
+                o_proj: l.projection(&format!("{p}.self_attn.o_proj"), q, hs, c.attention_bias)?,
                 num_heads: c.num_attention_heads,
                 num_kv_heads: c.num_key_value_heads,
                 head_dim: hd,
@@ -519,9 +519,9 @@ pub fn load_weights(
                 c.rms_norm_eps,
             )?,
             mlp: Mlp {
-                gate_proj: l.projection(&format!("{p}.mlp.gate_proj"), hs, inter, false)?,
-                up_proj: l.projection(&format!("{p}.mlp.up_proj"), hs, inter, false)?,
-                down_proj: l.projection(&format!("{p}.mlp.down_proj"), inter, hs, false)?,
+                gate_proj: l.projection(&format!("{p}.mlp.gate_proj"), hs, inter, c.mlp_bias)?,
+                up_proj: l.projection(&format!("{p}.mlp.up_proj"), hs, inter, c.mlp_bias)?,
+                down_proj: l.projection(&format!("{p}.mlp.down_proj"), inter, hs, c.mlp_bias)?,
             },
         });
     }

@@ -41,7 +41,11 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     /// Mistral's sliding attention window; `None` is full attention.
     pub sliding_window: Option<usize>,
+    /// Llama's `attention_bias`: biases on q, k, v and o (HF `LlamaAttention`). Mistral has
+    /// none whatever its config says (HF's `MistralAttention` ignores the key).
     pub attention_bias: bool,
+    /// Llama's `mlp_bias`: biases on gate, up and down.
+    pub mlp_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
@@ -242,7 +246,8 @@ impl ModelConfig {
             rope_scaling,
             tie_word_embeddings: k.bool_opt("tie_word_embeddings")?.unwrap_or(false),
             sliding_window,
-            attention_bias: k.bool_opt("attention_bias")?.unwrap_or(false),
+            attention_bias: model_type == "llama" && k.bool_opt("attention_bias")?.unwrap_or(false),
+            mlp_bias: model_type == "llama" && k.bool_opt("mlp_bias")?.unwrap_or(false),
             bos_token_id: k.ids("bos_token_id")?.first().copied(),
             eos_token_ids: k.ids("eos_token_id")?,
             pad_token_id: k.ids("pad_token_id")?.first().copied(),
@@ -317,6 +322,7 @@ impl ModelConfig {
         set("rope_theta", json!(self.rope_theta));
         set("tie_word_embeddings", json!(self.tie_word_embeddings));
         set("attention_bias", json!(self.attention_bias));
+        set("mlp_bias", json!(self.mlp_bias));
         set("hidden_act", json!("silu"));
         set("torch_dtype", json!(torch_dtype));
         if self.model_type == "mistral" {

@@ -55,7 +55,7 @@ impl RandomSource {
         if layer.parse::<usize>().ok()? >= c.num_hidden_layers {
             return None;
         }
-        let bias = c.attention_bias;
+        let (bias, mlp_bias) = (c.attention_bias, c.mlp_bias);
         Some(match tensor {
             "input_layernorm.weight" | "post_attention_layernorm.weight" => (vec![h], Fill::Ones),
             "self_attn.q_proj.weight" => (vec![q, h], Fill::Random),
@@ -63,6 +63,9 @@ impl RandomSource {
             "self_attn.o_proj.weight" => (vec![h, q], Fill::Random),
             "self_attn.q_proj.bias" if bias => (vec![q], Fill::Zeros),
             "self_attn.k_proj.bias" | "self_attn.v_proj.bias" if bias => (vec![kv], Fill::Zeros),
+            "self_attn.o_proj.bias" if bias => (vec![h], Fill::Zeros),
+            "mlp.gate_proj.bias" | "mlp.up_proj.bias" if mlp_bias => (vec![i], Fill::Zeros),
+            "mlp.down_proj.bias" if mlp_bias => (vec![h], Fill::Zeros),
             "mlp.gate_proj.weight" | "mlp.up_proj.weight" => (vec![i, h], Fill::Random),
             "mlp.down_proj.weight" => (vec![h, i], Fill::Random),
             _ => return None,

@@ -155,11 +155,7 @@ impl MemoryEstimate {
         });
         let projections = per_layer.saturating_mul(layers);
         let heads = if c.tie_word_embeddings { 1 } else { 2 };
-        let bias = if c.attention_bias {
-            q.saturating_add(kv.saturating_mul(2))
-        } else {
-            0
-        };
+        let bias = c.checked_bias_per_layer().map_or(u64::MAX, |b| b as u64);
         let dense = v
             .saturating_mul(h)
             .saturating_mul(heads)

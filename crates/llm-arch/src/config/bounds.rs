@@ -152,16 +152,31 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Bias elements of one decoder layer (`attention_bias`: q, k, v, o; `mlp_bias`: gate,
+    /// up, down), or `None` when it overflows `usize`.
+    pub fn checked_bias_per_layer(&self) -> Option<usize> {
+        let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let q = self.num_attention_heads.checked_mul(hd)?;
+        let kv = self.num_key_value_heads.checked_mul(hd)?;
+        let attn = if self.attention_bias {
+            q.checked_add(kv.checked_mul(2)?)?.checked_add(h)?
+        } else {
+            0
+        };
+        let mlp = if self.mlp_bias {
+            i.checked_mul(2)?.checked_add(h)?
+        } else {
+            0
+        };
+        attn.checked_add(mlp)
+    }
+
     /// Parameter count of a model with this config, or `None` when it overflows `usize`.
     pub fn checked_num_parameters(&self) -> Option<usize> {
         let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let q = self.num_attention_heads.checked_mul(hd)?;
         let kv = self.num_key_value_heads.checked_mul(hd)?;
-        let bias = if self.attention_bias {
-            q.checked_add(kv.checked_mul(2)?)?
-        } else {
-            0
-        };
+        let bias = self.checked_bias_per_layer()?;
         // q, k, v, o projections; gate, up, down; two norms.
         let attn = h.checked_mul(q.checked_mul(2)?.checked_add(kv.checked_mul(2)?)?)?;
         let mlp = h.checked_mul(i)?.checked_mul(3)?;
