@@ -3,6 +3,8 @@
 //! * [`question`]: the JSONL benchmark format (multiple choice, true/false, short answer).
 //! * [`loglik`]: lm-evaluation-harness log-likelihood multiple choice (`acc`, `acc_norm`,
 //!   `acc_bytes`), batched with right padding.
+//! * [`shared_context`]: the same scores with each shared context prefilled once and all its
+//!   choices run from its KV cache.
 //! * [`generative`]: the paper's generative protocol (one word or letter, greedy decoding) and
 //!   the answer parser.
 //! * [`run`]: [`evaluate_model`], either mode with the special tokens read off the model.
@@ -20,6 +22,7 @@ pub mod question;
 mod record;
 pub mod results;
 pub mod run;
+pub mod shared_context;
 pub mod task;
 
 pub use error::{EvalError, Result};

@@ -14,6 +14,7 @@ use temper_llm_arch::{ChatMessage, ChatTemplate, ForwardOptions, LlamaForCausalL
 
 use crate::question::Question;
 use crate::record::QuestionRecord;
+use crate::shared_context::score_pairs_shared;
 use crate::{EvalError, Result};
 
 pub use crate::record::ChoiceScores;
@@ -121,7 +122,9 @@ pub fn format_context(
 }
 
 /// Summed continuation log-probs of encoded requests, `batch_size` rows per forward pass,
-/// right-padded with an attention mask.
+/// right-padded with an attention mask. Every request runs its whole context: the reference
+/// for [`score_pairs_shared`](crate::shared_context::score_pairs_shared) (which shares each
+/// context) and its path for requests that `max_length` truncates.
 ///
 /// # Errors
 /// Empty continuations, model errors.
@@ -216,8 +219,8 @@ pub fn score_pairs(
 }
 
 /// Score every choice of every multiple-choice / true-false question (short-answer questions
-/// are skipped). Requests of all questions are batched together; `progress(done, total)` is
-/// called after each question.
+/// are skipped). Each question's context runs once for all its choices
+/// ([`score_pairs_shared`]); `progress(done, total)` is called after each question.
 ///
 /// # Errors
 /// Tokenizer, template and model errors.
@@ -249,13 +252,12 @@ pub fn evaluate_loglik(
     scorable.sort_by_key(|(i, q)| (std::cmp::Reverse(length(q)), *i));
     let mut records: Vec<Option<QuestionRecord>> = vec![None; total];
     let mut done = 0;
-    // Group questions so that one batch holds about `batch_size` requests.
-    let mut i = 0;
-    while i < scorable.len() {
+    // `batch_size` questions at a time: their contexts are prefilled together, and each
+    // question's choices run from its context's cache.
+    for chunk in scorable.chunks(config.batch_size.max(1)) {
         let mut group = Vec::new();
         let mut pairs = Vec::new();
-        while i < scorable.len() && (group.is_empty() || pairs.len() < config.batch_size.max(1)) {
-            let (index, q) = scorable[i];
+        for &(index, q) in chunk {
             let ctx = format_context(q, config, chat_template)?;
             let choices = q.choices().unwrap_or_default();
             for c in &choices {
@@ -266,9 +268,8 @@ pub fn evaluate_loglik(
                 )?);
             }
             group.push((index, q, choices));
-            i += 1;
         }
-        let sums = score_pairs(model, &pairs, config)?;
+        let sums = score_pairs_shared(model, &pairs, config, |_, _| {})?;
         let mut at = 0;
         for (index, q, choices) in group {
             let n = choices.len();

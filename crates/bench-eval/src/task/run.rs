@@ -14,7 +14,8 @@ use super::generate::{GenerationSample, evaluate_generate_until};
 use super::prompt::Prompter;
 use super::rolling::{RollingCounts, evaluate_rolling, prefix_token};
 use super::sampler::PyRandom;
-use crate::loglik::{EncodedPair, LoglikConfig, encode_pair, score_pairs};
+use crate::loglik::{EncodedPair, LoglikConfig, encode_pair};
+use crate::shared_context::score_pairs_shared;
 use crate::{EvalError, Result};
 
 /// lm-eval's default `fewshot_random_seed`.
@@ -303,22 +304,9 @@ pub fn evaluate_task(
         empty_context_token: prefix_token(p, settings).ok(),
         ..LoglikConfig::default()
     };
-    // Longest first so a batch holds requests of similar length (little padding); scores go
-    // back to request order.
-    let mut order: Vec<usize> = (0..pairs.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(pairs[i].context.len() + pairs[i].continuation.len()));
-    let mut scores = vec![0.0f64; pairs.len()];
-    let total = pairs.len();
-    let mut done = 0;
-    for chunk in order.chunks(settings.batch_size.max(1) * 4) {
-        let batch: Vec<EncodedPair> = chunk.iter().map(|&i| pairs[i].clone()).collect();
-        let sums = score_pairs(&p.model, &batch, &loglik)?;
-        for (&i, s) in chunk.iter().zip(sums) {
-            scores[i] = s;
-        }
-        done += chunk.len();
-        progress(done, total);
-    }
+    // Each document's context runs once for all its choices (and the unconditional requests
+    // of `acc_mutual_info` share their one-token context); scores come back in request order.
+    let scores = score_pairs_shared(&p.model, &pairs, &loglik, &mut progress)?;
 
     let mut at = 0;
     for (sample, choices) in samples.iter_mut().zip(&choices_of) {
