@@ -19,7 +19,7 @@ use super::exact_match::ExactMatch;
 use super::filter::FilterPipeline;
 use super::prompt::Prompter;
 use super::rolling::{MetricValues, prefix_token};
-use super::run::{Sample, TaskSettings, mean_and_stderr};
+use super::run::{Sample, TaskSettings, max_length, mean_and_stderr};
 use crate::{EvalError, Result};
 
 /// lm-eval's default `max_gen_toks`.
@@ -229,9 +229,7 @@ pub(super) fn evaluate_generate_until(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(Vec<Sample>, MetricValues)> {
     let prompter = Prompter::new(config)?;
-    let max_len = settings
-        .max_length
-        .unwrap_or(p.model.config().max_position_embeddings);
+    let max_len = max_length(p, settings);
     let max_ctx = max_len
         .checked_sub(spec.max_gen_toks)
         .filter(|&n| n > 0)

@@ -145,9 +145,7 @@ pub fn evaluate_rolling(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(Vec<Sample>, MetricValues)> {
     let prompter = Prompter::new(config)?;
-    let max_len = settings
-        .max_length
-        .unwrap_or(p.model.config().max_position_embeddings);
+    let max_len = super::run::max_length(p, settings);
     if max_len == 0 {
         return Err(EvalError::Invalid("max_length must be at least 1".into()));
     }

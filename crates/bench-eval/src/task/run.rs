@@ -12,7 +12,7 @@ use super::config::{OutputType, Sampler, TaskConfig};
 use super::dataset::{Doc, load_split};
 use super::generate::{GenerationSample, evaluate_generate_until};
 use super::prompt::Prompter;
-use super::rolling::{RollingCounts, evaluate_rolling, prefix_token};
+use super::rolling::{MetricValues, RollingCounts, evaluate_rolling, prefix_token};
 use super::sampler::PyRandom;
 use crate::loglik::{EncodedPair, LoglikConfig, encode_pair};
 use crate::shared_context::score_pairs_shared;
@@ -113,6 +113,14 @@ fn argmax(xs: impl Iterator<Item = f64>) -> usize {
     best.0
 }
 
+/// Tokens a sequence may hold: `--max-length`, else the model's `max_position_embeddings`
+/// (lm-eval's `max_length` as it resolves it for a Llama config).
+pub(super) fn max_length(p: &Pretrained, settings: &TaskSettings) -> usize {
+    settings
+        .max_length
+        .unwrap_or(p.model.config().max_position_embeddings)
+}
+
 /// lm-eval's `mean` and `mean_stderr`.
 pub fn mean_and_stderr(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
@@ -209,17 +217,17 @@ pub fn evaluate_task(
         });
     }
     let num_fewshot = settings.num_fewshot.unwrap_or(config.num_fewshot);
+    let result = |(samples, metrics): (Vec<Sample>, MetricValues)| TaskResult {
+        config: config.clone(),
+        num_fewshot,
+        original,
+        samples,
+        metrics,
+    };
     if config.output_type == OutputType::LoglikelihoodRolling {
         // The request is the text alone: lm-eval builds no context for it, so few-shot
         // examples (if asked for) change nothing.
-        let (samples, metrics) = evaluate_rolling(p, config, settings, &docs, progress)?;
-        return Ok(TaskResult {
-            config: config.clone(),
-            num_fewshot,
-            original,
-            samples,
-            metrics,
-        });
+        return evaluate_rolling(p, config, settings, &docs, progress).map(result);
     }
     let pool = if num_fewshot > 0 {
         let fs = config.fewshot_split().unwrap_or(split);
@@ -238,15 +246,8 @@ pub fn evaluate_task(
                 document_context(p, &prompter, settings, doc, n, &shots)
             })
             .collect::<Result<Vec<_>>>()?;
-        let (samples, metrics) =
-            evaluate_generate_until(p, config, spec, settings, &docs, &contexts, progress)?;
-        return Ok(TaskResult {
-            config: config.clone(),
-            num_fewshot,
-            original,
-            samples,
-            metrics,
-        });
+        return evaluate_generate_until(p, config, spec, settings, &docs, &contexts, progress)
+            .map(result);
     }
     let choice_spec = config.doc_to_choice.clone().unwrap_or(Value::Null);
     let mutual = config.metrics.iter().any(|m| m == "acc_mutual_info");
