@@ -19,6 +19,29 @@
 //!   tokenizer files of an HF directory;
 //! * [`hub`] — models named by hub id (`org/name@revision`) found in the local Hugging Face
 //!   cache.
+//!
+//! # Quick start
+//!
+//! Read a PEFT `adapter_config.json` and ask which modules get an adapter, with which rank
+//! and scale, as PEFT would:
+//!
+//! ```
+//! use std::path::Path;
+//! use temper_formats::peft::{LayerKind, LoraConfig};
+//!
+//! # fn main() -> temper_formats::Result<()> {
+//! let json = br#"{"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+//!                 "target_modules": ["q_proj", "v_proj"],
+//!                 "rank_pattern": {"layers.0.self_attn.q_proj": 4}}"#;
+//! let config = LoraConfig::from_json_slice(json, Path::new("adapter_config.json"))?;
+//! let matcher = config.target_matcher()?.expect("target_modules is set");
+//! assert!(matcher.matches("model.layers.3.self_attn.q_proj", LayerKind::Linear));
+//! assert!(!matcher.matches("model.layers.3.self_attn.o_proj", LayerKind::Linear));
+//! // α / r, with the rank of layer 0's q_proj taken from `rank_pattern`.
+//! assert_eq!(config.scale_for("model.layers.3.self_attn.q_proj"), 2.0);
+//! assert_eq!(config.scale_for("model.layers.0.self_attn.q_proj"), 4.0);
+//! # Ok(()) }
+//! ```
 
 pub mod atomic;
 mod error;

@@ -1,14 +1,42 @@
 //! PEFT-compatible LoRA for [`temper_llm_arch`] models.
 //!
-//! ```text
-//! use temper_lora::{LoraConfig, LoraConfigExt};          // the schema is temper-formats'
-//! let config = LoraConfig::new(16, 32.0);                 // all seven projections
-//! let model = config.init(model, &device)?;               // adapters in, base frozen
-//! // ... train: only adapter weights get gradients and optimiser state ...
-//! save_adapter(&model, &config, "out/adapter")?;          // PEFT's two files
-//! let (model, config) = load_adapter(base, "out/adapter", &device)?;
-//! let merged = merge_and_unload(model)?;                  // plain model, same outputs
+//! # Quick start
+//!
+//! Inject rank-2 adapters into every projection of a tiny decoder, save them as PEFT's two
+//! files and load them back onto a fresh base:
+//!
 //! ```
+//! use temper_backend::DeviceSpec;
+//! use temper_llm_arch::{LlamaForCausalLM, ModelConfig};
+//! use temper_lora::{
+//!     ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, adapter_paths, inject, load_adapter,
+//!     num_trainable_params, save_adapter,
+//! };
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let device = DeviceSpec::CPU.with_autodiff(true).device()?;
+//! // vocabulary 16, hidden size 16 (MLP 32), 2 layers, 4 heads of 4 sharing 2 key/value heads
+//! let config = ModelConfig::tiny(16, 16, 2, 4, 2);
+//! let lora = LoraConfig::new(2, 4.0); // r = 2, α = 4: all seven projections
+//! let model = inject(LlamaForCausalLM::init(&config, &device), &lora, &device)?;
+//! assert_eq!(adapter_paths(&model).len(), 2 * 7);
+//! // Only the adapters train: r·(in + out) per projection, q/o 16→16, k/v 16→8, MLP 16↔32.
+//! assert_eq!(num_trainable_params(&model), 2 * 2 * (2 * 32 + 2 * 24 + 3 * 48));
+//!
+//! let dir = tempfile::tempdir()?;
+//! save_adapter(&model, &lora, dir.path())?;
+//! assert!(dir.path().join(ADAPTER_CONFIG).is_file());
+//! assert!(dir.path().join(ADAPTER_WEIGHTS).is_file());
+//! let base = LlamaForCausalLM::init(&config, &device);
+//! let (reloaded, saved) = load_adapter(base, dir.path(), &device)?;
+//! assert_eq!(saved.r, 2);
+//! assert_eq!(adapter_paths(&reloaded), adapter_paths(&model));
+//! # Ok(()) }
+//! ```
+//!
+//! In a training run the adapted model goes to an optimiser; afterwards
+//! [`merge_and_unload`] folds the adapters into the base weights (a plain model, same
+//! outputs).
 //!
 //! The adapter itself ([`LoraAdapter`]) lives in `temper-llm-arch`'s [`Projection`], because
 //! the decoder's forward pass has to apply it; it computes `base(x) + scale·B(A(dropout(x)))`

@@ -3,6 +3,53 @@
 //! mergekit's merge methods for Llama-family checkpoints, as a library: the same YAML, the same
 //! numbers, streamed tensor by tensor through mmap with rayon, and written atomically.
 //!
+//! # Quick start
+//!
+//! SLERP of two vectors at `t = 0.5`: orthogonal unit vectors meet halfway along the arc,
+//! at `(cos 45°, sin 45°)`, not at the chord's midpoint `(0.5, 0.5)`:
+//!
+//! ```
+//! use temper_merge::methods::slerp;
+//!
+//! let mid = slerp(0.5, &[1.0, 0.0], &[0.0, 1.0]);
+//! let h = std::f32::consts::FRAC_1_SQRT_2;
+//! assert!((mid[0] - h).abs() < 1e-6 && (mid[1] - h).abs() < 1e-6);
+//! ```
+//!
+//! The same through a mergekit YAML, with the two models' tensors held in memory
+//! ([`merge_in_memory`]):
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use temper_merge::{DType, HostTensor, MergeConfig, MergeOptions, merge_in_memory};
+//!
+//! # fn main() -> temper_merge::Result<()> {
+//! let yaml = "merge_method: slerp
+//! base_model: a
+//! models:
+//!   - model: a
+//!   - model: b
+//! parameters:
+//!   t: 0.5
+//! ";
+//! let config = MergeConfig::from_yaml(yaml, "quick-start.yml")?;
+//! let name = "model.layers.0.mlp.down_proj.weight";
+//! let model = |v: Vec<f32>| {
+//!     let tensor = HostTensor::new(vec![2], DType::F32, v);
+//!     (None, BTreeMap::from([(name.to_string(), tensor)]))
+//! };
+//! let models = BTreeMap::from([
+//!     ("a".to_string(), model(vec![1.0, 0.0])),
+//!     ("b".to_string(), model(vec![0.0, 1.0])),
+//! ]);
+//! let (merged, _report) = merge_in_memory(&config, models, &MergeOptions::default())?;
+//! let h = std::f32::consts::FRAC_1_SQRT_2;
+//! assert!(merged[name].data.iter().all(|x| (x - h).abs() < 1e-6));
+//! # Ok(()) }
+//! ```
+//!
+//! And over two checkpoint folders (HF safetensors) named in a YAML file, written to `out`:
+//!
 //! ```no_run
 //! use temper_merge::{MergeConfig, MergeOptions, NoProgress, run_merge};
 //! # fn main() -> temper_merge::Result<()> {

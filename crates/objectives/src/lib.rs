@@ -17,6 +17,37 @@
 //! Conventions (HF/TRL): logits `[batch, seq, vocab]` at position `t` predict token `t+1`;
 //! labels are aligned with `input_ids` (not pre-shifted) and `-100` marks ignored targets;
 //! preference batches are `[chosen rows; rejected rows]`.
+//!
+//! # Quick start
+//!
+//! The DPO loss of one preference pair from its completion log-prob sums, checked against
+//! the formula `−log σ(β·((π_c − ref_c) − (π_r − ref_r)))` with TRL's default β = 0.1:
+//!
+//! ```
+//! use burn::tensor::{Tensor, TensorData};
+//! use temper_backend::DeviceSpec;
+//! use temper_objectives::{DpoConfig, PairLogps, RefLogps, dpo_loss};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let device = DeviceSpec::CPU.device()?;
+//! let t = |v: f32| Tensor::<1>::from_data(TensorData::new(vec![v], [1]), &device);
+//! // Σ log p of the chosen and rejected completions (4 and 5 tokens) under the policy...
+//! let policy = PairLogps::new(t(-1.0), t(-3.0), t(4.0), t(5.0))?;
+//! // ... and under the frozen reference model.
+//! let reference = RefLogps::from_values(&[-2.0f32], &[-2.0], &device)?;
+//!
+//! let out = dpo_loss(&DpoConfig::default(), &policy, &reference, None)?;
+//! let loss = out.loss.into_scalar::<f32>();
+//! let want = (1.0 + (-0.1f32 * ((-1.0 + 2.0) - (-3.0 + 2.0))).exp()).ln(); // softplus(−0.2)
+//! assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+//! // TRL's metric names: the implicit reward of the chosen completion is β·(π_c − ref_c).
+//! let reward = out.metrics.get("rewards/chosen").unwrap_or(f64::NAN);
+//! assert!((reward - 0.1).abs() < 1e-6);
+//! # Ok(()) }
+//! ```
+//!
+//! `examples/custom_trainer.rs` (workspace root) drives these losses from a training loop of
+//! its own.
 
 pub mod causal_lm;
 pub mod chunked;

@@ -16,6 +16,47 @@
 //!   [`FullFineTuning`], or [`LoraFineTuning`] (adapters only, base frozen, DPO/KTO reference =
 //!   adapters disabled).
 //! * [`run_stage`] — one call from a [`StageConfig`] (TOML) to a saved HF directory.
+//!
+//! # Quick start
+//!
+//! A LoRA SFT stage as `temper train` reads it (HF/TRL names; what is left out takes TRL's
+//! defaults):
+//!
+//! ```
+//! use temper_train::StageConfig;
+//!
+//! # fn main() -> temper_train::Result<()> {
+//! let stage = StageConfig::from_toml_str(r#"
+//!     model = ".cache/smollm2/SmolLM2-135M-Instruct"
+//!     train_file = "data/sft.jsonl"
+//!
+//!     [lora]
+//!     r = 16
+//!
+//!     [trainer]
+//!     learning_rate = 2e-4
+//!     max_steps = 100
+//!     output_dir = "runs/sft"
+//!
+//!     [trainer.objective]
+//!     type = "sft"
+//! "#)?;
+//! assert_eq!(stage.trainer.max_steps, Some(100));
+//! // `lora_alpha` defaults to 2·r; the adapters go on all seven projections.
+//! let lora = stage.lora.as_ref().map(|l| l.to_lora_config());
+//! assert_eq!(lora.map(|c| (c.r, c.lora_alpha)), Some((16, 32.0)));
+//! # Ok(()) }
+//! ```
+//!
+//! Running a stage file loads the model, trains, and saves the result as an HF directory:
+//!
+//! ```no_run
+//! # fn main() -> temper_train::Result<()> {
+//! let stage = temper_train::StageConfig::from_toml_file("sft.toml")?;
+//! let summary = temper_train::run_stage(&stage, true)?;
+//! println!("{} steps, final loss {:?}", summary.steps, summary.final_loss);
+//! # Ok(()) }
+//! ```
 
 pub mod adamw;
 pub mod checkpoint;
