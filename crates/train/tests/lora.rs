@@ -347,7 +347,10 @@ fn run_stage_with_lora_writes_merged_or_adapter_dirs() {
     assert_eq!((cfg.r, cfg.lora_alpha), (4, 8.0));
     // The base is named by its absolute path: the adapter loads from any working directory.
     let base_name = cfg.base_model_name_or_path.clone().unwrap_or_default();
-    assert!(std::path::Path::new(&base_name).is_absolute(), "{base_name}");
+    assert!(
+        std::path::Path::new(&base_name).is_absolute(),
+        "{base_name}"
+    );
     let (loaded, _) = temper_lora::load_adapter(base.model, &ad, &Device::flex()).unwrap();
     assert_eq!(temper_lora::adapter_paths(&loaded).len(), 2 * 7);
 
