@@ -193,6 +193,7 @@ pub fn score_pairs(
         let options = ForwardOptions {
             attention_mask: Some(mask),
             position_ids: None,
+            ..Default::default()
         };
         let hidden = model.forward_hidden(input, &options, None)?;
         let d = hidden.dims()[2];
@@ -232,46 +233,36 @@ pub fn evaluate_loglik(
     config: &LoglikConfig,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<QuestionRecord>> {
-    let mut scorable: Vec<(usize, &Question)> = questions
-        .iter()
-        .filter(|q| q.choices().is_some())
-        .enumerate()
-        .collect();
+    let scorable: Vec<&Question> = questions.iter().filter(|q| q.choices().is_some()).collect();
     let total = scorable.len();
-    // Longest first, as lm-eval does: a batch then holds requests of similar length, so
-    // little of it is padding. Records are returned in the input order.
-    let length = |q: &Question| {
-        q.question.len()
-            + q.choices()
-                .unwrap_or_default()
-                .iter()
-                .map(String::len)
-                .max()
-                .unwrap_or(0)
+    // Each question's requests, encoded up front: its choices run as one row with its context
+    // (`score_pairs_shared`), so its cost is the context plus every choice in tokens.
+    let mut encoded = Vec::with_capacity(total);
+    for (index, &q) in scorable.iter().enumerate() {
+        let ctx = format_context(q, config, chat_template)?;
+        let choices = q.choices().unwrap_or_default();
+        let pairs = choices
+            .iter()
+            .map(|c| encode_pair(tokenizer, &ctx, &format!("{}{c}", config.target_delimiter)))
+            .collect::<Result<Vec<_>>>()?;
+        encoded.push((index, q, choices, pairs));
+    }
+    let tokens = |pairs: &[EncodedPair]| {
+        pairs.first().map_or(0, |p| p.context.len())
+            + pairs.iter().map(|p| p.continuation.len()).sum::<usize>()
     };
-    scorable.sort_by_key(|(i, q)| (std::cmp::Reverse(length(q)), *i));
+    // Longest first, as lm-eval does: a batch then holds questions of similar length, so
+    // little of it is padding (on the shipped benchmark, 2 % of a batch of 8 against 26 % when
+    // sorted by characters). Records are returned in the input order.
+    encoded.sort_by_key(|(index, _, _, pairs)| (std::cmp::Reverse(tokens(pairs)), *index));
     let mut records: Vec<Option<QuestionRecord>> = vec![None; total];
     let mut done = 0;
-    // `batch_size` questions at a time: their contexts are prefilled together, and each
-    // question's choices run from its context's cache.
-    for chunk in scorable.chunks(config.batch_size.max(1)) {
-        let mut group = Vec::new();
-        let mut pairs = Vec::new();
-        for &(index, q) in chunk {
-            let ctx = format_context(q, config, chat_template)?;
-            let choices = q.choices().unwrap_or_default();
-            for c in &choices {
-                pairs.push(encode_pair(
-                    tokenizer,
-                    &ctx,
-                    &format!("{}{c}", config.target_delimiter),
-                )?);
-            }
-            group.push((index, q, choices));
-        }
+    // `batch_size` questions at a time, each one row of one forward.
+    for chunk in encoded.chunks(config.batch_size.max(1)) {
+        let pairs: Vec<EncodedPair> = chunk.iter().flat_map(|c| c.3.iter().cloned()).collect();
         let sums = score_pairs_shared(model, &pairs, config, |_, _| {})?;
         let mut at = 0;
-        for (index, q, choices) in group {
+        for (index, q, choices, _) in chunk {
             let n = choices.len();
             let scores = ChoiceScores {
                 logprobs: sums[at..at + n].to_vec(),
@@ -279,7 +270,7 @@ pub fn evaluate_loglik(
                 bytes: choices.iter().map(String::len).collect(),
             };
             at += n;
-            records[index] = Some(QuestionRecord::from_loglik(q, &scores));
+            records[*index] = Some(QuestionRecord::from_loglik(q, &scores));
             done += 1;
             progress(done, total);
         }

@@ -244,6 +244,7 @@ pub fn generate(
         let options = ForwardOptions {
             attention_mask: Some(mask.clone()),
             position_ids: None,
+            ..Default::default()
         };
         let hidden = model.forward_hidden(input, &options, Some(&mut cache))?;
         let [_, s, h] = hidden.dims();

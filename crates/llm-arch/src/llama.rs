@@ -152,6 +152,12 @@ pub struct ForwardOptions {
     /// `[batch, seq]` explicit positions. `None`: derived from the attention mask
     /// (`cumsum - 1`, like HF `generate`) or `past..past + seq`.
     pub position_ids: Option<Vec<Vec<usize>>>,
+    /// `[batch, 1, seq, past + seq]`, true = masked: who attends to whom, given whole (HF's
+    /// 4-D custom attention mask, inverted). It replaces the mask built from causality and
+    /// `attention_mask`, so several sequences can share one row (packed continuations of one
+    /// context); give `position_ids` with it. Every query must see at least one key. Not
+    /// combined with a sliding window in reach (an error).
+    pub custom_mask: Option<Tensor<4, Bool>>,
 }
 
 /// A decoder with its language-model head (HF `LlamaForCausalLM` / `MistralForCausalLM`).
@@ -365,14 +371,23 @@ impl LlamaForCausalLM {
             self.model.embed_tokens.weight.val().dtype(),
         );
         let (cos, sin) = (cos.cast(dtype), sin.cast(dtype));
-        let mask = build_mask(
-            b,
-            s,
-            past,
-            options.attention_mask.as_deref(),
-            self.config.sliding_window,
-            &device,
-        )?;
+        let mask = match &options.custom_mask {
+            Some(mask) => Some(check_custom_mask(
+                mask,
+                b,
+                s,
+                past,
+                self.config.sliding_window,
+            )?),
+            None => build_mask(
+                b,
+                s,
+                past,
+                options.attention_mask.as_deref(),
+                self.config.sliding_window,
+                &device,
+            )?,
+        };
         if let Some(tape) = &self.checkpoint_tape
             && cache.is_none()
             && device.is_autodiff()
@@ -463,6 +478,33 @@ fn check_mask_shape(mask: &[Vec<u8>], b: usize, total: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A caller's whole mask, checked against the input's shape (a wrong shape would fail deep in
+/// the attention kernel) and refused where the model's sliding window would also apply.
+fn check_custom_mask(
+    mask: &Tensor<4, Bool>,
+    b: usize,
+    s: usize,
+    past: usize,
+    window: Option<usize>,
+) -> Result<Tensor<4, Bool>> {
+    let dims = mask.dims();
+    if dims != [b, 1, s, past + s] {
+        return Err(Error::InvalidInput(format!(
+            "custom_mask must be [batch {b}, 1, seq {s}, past + seq {}], got {dims:?}",
+            past + s
+        )));
+    }
+    if let Some(w) = window
+        && w < past + s
+    {
+        return Err(Error::InvalidInput(format!(
+            "custom_mask with a sliding window of {w} in reach ({} positions) is not supported",
+            past + s
+        )));
+    }
+    Ok(mask.clone())
 }
 
 /// The boolean attention mask `[batch, 1, seq, past + seq]` (true = masked), or `None` when

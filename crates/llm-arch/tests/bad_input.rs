@@ -601,6 +601,7 @@ fn bad_forward_inputs_are_invalid_input() {
     let opts = |mask: Vec<Vec<u8>>| ForwardOptions {
         attention_mask: Some(mask),
         position_ids: None,
+        ..Default::default()
     };
 
     let err = invalid_input(m.forward(ids(&row), &opts(vec![vec![1, 1, 1, 1]])));
@@ -629,6 +630,7 @@ fn bad_forward_inputs_are_invalid_input() {
     let both = ForwardOptions {
         attention_mask: Some(vec![vec![1; 4]]),
         position_ids: Some(vec![(0..5).collect()]),
+        ..Default::default()
     };
     let err = invalid_input(m.forward(ids(&row), &both));
     assert!(err.contains("attention_mask must be"), "{err}");
@@ -636,9 +638,24 @@ fn bad_forward_inputs_are_invalid_input() {
     let positions = ForwardOptions {
         attention_mask: None,
         position_ids: Some(vec![vec![0, 1, 2]]),
+        ..Default::default()
     };
     let err = invalid_input(m.forward(ids(&row), &positions));
     assert!(err.contains("position_ids must be [1, 5]"), "{err}");
+
+    // A custom mask must be [batch, 1, seq, past + seq].
+    let custom = ForwardOptions {
+        custom_mask: Some(Tensor::from_data(
+            TensorData::new(vec![false; 20], [1, 1, 4, 5]),
+            &m.device(),
+        )),
+        ..Default::default()
+    };
+    let err = invalid_input(m.forward(ids(&row), &custom));
+    assert!(
+        err.contains("custom_mask must be [batch 1, 1, seq 5, past + seq 5], got [1, 1, 4, 5]"),
+        "{err}"
+    );
 
     // A cached forward: the mask must cover the cached positions too.
     let mut cache = KvCache::new(2);

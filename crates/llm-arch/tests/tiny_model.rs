@@ -40,6 +40,7 @@ fn with_positions(m: &LlamaForCausalLM, row: &[u32], positions: Vec<usize>) -> V
     let options = ForwardOptions {
         attention_mask: None,
         position_ids: Some(vec![positions]),
+        ..Default::default()
     };
     forward(m, &[row.to_vec()], &options).remove(0)
 }
@@ -341,6 +342,7 @@ fn padded_batch_rows_equal_unpadded_rows() {
             let options = ForwardOptions {
                 attention_mask: Some(mask),
                 position_ids: None,
+                ..Default::default()
             };
             let batch = forward(&m, &rows, &options);
             for (r, s) in seqs.iter().enumerate() {
@@ -363,10 +365,45 @@ fn attention_mask_is_not_ignored() {
     let masked = ForwardOptions {
         attention_mask: Some(vec![vec![0, 0, 1, 1, 1]]),
         position_ids: None,
+        ..Default::default()
     };
     let a = forward(&m, std::slice::from_ref(&row), &masked).remove(0);
     let b = forward_plain(&m, &[row]).remove(0);
     assert!(max_diff(&a[4], &b[4]) > 1e-3);
+}
+
+/// A custom mask packs sequences that share a prefix into one row: a context followed by two
+/// continuations, each continuation seeing the context and itself only, with positions
+/// restarting after the context, gives each continuation the logits of its own unpacked row.
+#[test]
+fn a_custom_mask_packs_continuations_of_one_context() {
+    let m = random_model(&ModelConfig::tiny(48, 32, 2, 4, 2));
+    let (ctx, a, b) = (vec![3, 14, 15, 9], vec![26, 5], vec![35, 8, 9]);
+    let row: Vec<u32> = [ctx.clone(), a.clone(), b.clone()].concat();
+    let n = row.len();
+    // 0: context, 1: first continuation, 2: second.
+    let segment: Vec<usize> = [vec![0; 4], vec![1; 2], vec![2; 3]].concat();
+    let mask: Vec<bool> = (0..n)
+        .flat_map(|q| (0..n).map(move |k| (q, k)))
+        .map(|(q, k)| !(k <= q && (segment[k] == 0 || segment[k] == segment[q])))
+        .collect();
+    let positions = [vec![0, 1, 2, 3], vec![4, 5], vec![4, 5, 6]].concat();
+    let options = ForwardOptions {
+        position_ids: Some(vec![positions]),
+        custom_mask: Some(Tensor::from_data(
+            TensorData::new(mask, [1, 1, n, n]),
+            &m.device(),
+        )),
+        ..Default::default()
+    };
+    let packed = forward(&m, std::slice::from_ref(&row), &options).remove(0);
+    let alone_a = forward_row(&m, &[ctx.clone(), a].concat());
+    let alone_b = forward_row(&m, &[ctx, b].concat());
+    assert!(max_diff_rows(&packed[..6], &alone_a) < TOL);
+    assert!(max_diff_rows(&packed[6..], &alone_b[4..]) < TOL);
+    // Without the mask the second continuation would see the first: the mask is not ignored.
+    let plain = forward_row(&m, &row);
+    assert!(max_diff(&plain[8], &alone_b[6]) > 1e-3);
 }
 
 /// Greedy reference: full forward (no cache) and argmax, one token at a time.
@@ -459,6 +496,7 @@ fn explicit_position_ids_are_honoured() {
         let options = ForwardOptions {
             attention_mask: None,
             position_ids: Some(vec![(2..n).collect()]),
+            ..Default::default()
         };
         let rest = host(
             m.forward_cached(ids(&[row[2..].to_vec()]), &options, &mut cache)

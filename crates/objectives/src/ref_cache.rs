@@ -290,6 +290,7 @@ pub fn precompute_reference_with(
         let forward = ForwardOptions {
             attention_mask: Some(batch.batch.attention_mask_u8()),
             position_ids: None,
+            ..Default::default()
         };
         let hidden = model.forward_hidden(tensors.input_ids, &forward, None)?;
         let logps = chunked_token_logps(hidden, weight.clone(), tensors.labels, &options.chunk)?;

@@ -93,6 +93,7 @@ fn by_hand(
     let options = ForwardOptions {
         attention_mask: Some(batch.attention_mask_u8()),
         position_ids: batch.position_ids_usize(),
+        ..Default::default()
     };
     let hidden = model
         .forward_hidden(tensors.input_ids, &options, None)

@@ -55,6 +55,7 @@ impl ReferenceLogps for RunReference<'_> {
                 let options = temper_llm_arch::ForwardOptions {
                     attention_mask: Some(batch.attention_mask_u8()),
                     position_ids: batch.position_ids_usize(),
+                    ..Default::default()
                 };
                 let hidden = self
                     .fine_tuning

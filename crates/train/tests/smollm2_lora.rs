@@ -67,6 +67,7 @@ fn sft_loss(model: &LlamaForCausalLM, rows: &[SftTokens], pad: u32) -> f64 {
     let opts = ForwardOptions {
         attention_mask: Some(batch.attention_mask_u8()),
         position_ids: batch.position_ids_usize(),
+        ..Default::default()
     };
     let hidden = model
         .forward_hidden(tensors.input_ids, &opts, None)

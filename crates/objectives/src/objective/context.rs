@@ -56,6 +56,7 @@ pub(crate) fn forward_options(batch: &Batch) -> ForwardOptions {
     ForwardOptions {
         attention_mask: Some(batch.attention_mask_u8()),
         position_ids: batch.position_ids_usize(),
+        ..Default::default()
     }
 }
 
