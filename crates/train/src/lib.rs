@@ -66,6 +66,7 @@ pub mod data;
 pub mod error;
 pub mod finetune;
 pub mod grad_checkpointing;
+mod log_record_serde;
 pub mod loss_scale;
 pub mod memory;
 pub mod metrics;

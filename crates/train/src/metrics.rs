@@ -4,14 +4,14 @@ use std::io::Write;
 use std::path::Path;
 
 use plotters::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::{Result, TrainError};
 
 /// One logged row: the optimizer step and `(name, value)` pairs in logging order (`loss`,
 /// `grad_norm`, `learning_rate`, `epoch`, then the objective's metrics; evaluation rows carry
-/// `eval_loss` and `eval_*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `eval_loss` and `eval_*`). Serialized as HF's `log_history` entries
+/// (`log_record_serde.rs`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogRecord {
     /// Optimizer steps completed when the row was logged.
     pub step: usize,
