@@ -29,6 +29,7 @@
 // `GgufFile` API) on all of them; `to_hf` and `tokenizer_json` on `reader`.
 mod dequant;
 mod error;
+mod export_error;
 #[cfg(test)]
 mod finite_tests;
 mod ggml_type;
@@ -43,9 +44,11 @@ mod test_writer;
 mod to_hf;
 mod tokenizer_json;
 mod value;
+mod writer;
 
 pub use dequant::{QK_K, dequantize};
 pub use error::GgufError;
+pub use export_error::GgufExportError;
 pub use ggml_type::GgmlType;
 pub use parse::GGUF_DEFAULT_ALIGNMENT;
 pub use reader::GgufFile;
@@ -56,6 +59,7 @@ pub use to_hf::{
 };
 pub use tokenizer_json::{GgufSpecialTokens, chat_template, special_tokens, tokenizer_json};
 pub use value::GgufValue;
+pub use writer::{GGUF_WRITE_VERSION, GgufTensorPlan, GgufWriter};
 
 /// End-to-end checks against the real SmolLM2 GGUF and the golden fixtures, skipped when the
 /// 98 MB file is not on disk.
