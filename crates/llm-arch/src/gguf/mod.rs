@@ -1,4 +1,4 @@
-//! Reading llama.cpp GGUF files (v2 and v3) without Python.
+//! Reading llama.cpp GGUF files (v2 and v3) without Python, and writing them (v3).
 //!
 //! A GGUF file carries everything an HF checkpoint directory does: weights (often quantised),
 //! the model hyper-parameters and the tokenizer. This module turns it into the same pieces the
@@ -29,9 +29,13 @@
 // `GgufFile` API) on all of them; `to_hf` and `tokenizer_json` on `reader`.
 mod dequant;
 mod error;
+mod export_arch;
+mod export_dtype;
 mod export_error;
+mod export_tokenizer;
 #[cfg(test)]
 mod finite_tests;
+mod from_hf;
 mod ggml_type;
 mod parse;
 mod reader;
@@ -48,7 +52,11 @@ mod writer;
 
 pub use dequant::{QK_K, dequantize};
 pub use error::GgufError;
+pub use export_arch::{ARCHS, ArchSpec, arch_spec, gguf_tensor_name, model_name};
+pub use export_dtype::{GgufDtype, f32_to_bf16_bits};
 pub use export_error::GgufExportError;
+pub use export_tokenizer::{CHKTXT, GgufTokenizerSource, KNOWN_PRE, pre_tokenizer_hash};
+pub use from_hf::{GgufExportOptions, GgufExportSummary, export_gguf};
 pub use ggml_type::GgmlType;
 pub use parse::GGUF_DEFAULT_ALIGNMENT;
 pub use reader::GgufFile;
