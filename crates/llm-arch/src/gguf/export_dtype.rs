@@ -117,7 +117,7 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
 /// # Errors
 /// [`GgufExportError::Quant`] from the block quantizers (a non-finite value, a scale that
 /// overflows `f16`); [`GgufExportError::Layout`] for a type this module does not write.
-pub fn encode(
+pub fn encode_tensor(
     name: &str,
     shape: &[usize],
     values: &[f32],

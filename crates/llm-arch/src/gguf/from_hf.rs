@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use super::export_arch::{arch_spec, gguf_tensor_name, hparams_metadata, llama3_rope_factors};
-use super::export_dtype::{GgufDtype, encode};
+use super::export_dtype::{GgufDtype, encode_tensor};
 use super::export_error::GgufExportError;
 use super::export_tokenizer::GgufTokenizerSource;
 use super::ggml_type::GgmlType;
@@ -156,7 +156,7 @@ pub fn export_gguf(
                 (t.shape, values)
             }
         };
-        encode(&plan.name, &shape, &values, plan.ggml_type)
+        encode_tensor(&plan.name, &shape, &values, plan.ggml_type)
     })?;
     let bytes = std::fs::metadata(path)
         .map_err(|source| GgufExportError::Io {

@@ -53,7 +53,7 @@ mod writer;
 pub use dequant::{QK_K, dequantize};
 pub use error::GgufError;
 pub use export_arch::{ARCHS, ArchSpec, arch_spec, gguf_tensor_name, model_name};
-pub use export_dtype::{GgufDtype, f32_to_bf16_bits};
+pub use export_dtype::{GgufDtype, encode_tensor, f32_to_bf16_bits};
 pub use export_error::GgufExportError;
 pub use export_tokenizer::{CHKTXT, GgufTokenizerSource, KNOWN_PRE, pre_tokenizer_hash};
 pub use from_hf::{GgufExportOptions, GgufExportSummary, export_gguf};
