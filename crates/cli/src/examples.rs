@@ -2,7 +2,9 @@
 
 pub const CONVERT: &str = "Examples:
   temper convert SmolLM2-135M-Instruct.Q4_1.gguf smollm2-hf
-  temper convert model.gguf model-bf16 --dtype bf16 --overwrite";
+  temper convert model.gguf model-bf16 --dtype bf16 --overwrite
+  temper convert smollm2-hf smollm2.q8_0.gguf --to gguf --dtype q8_0   # for llama.cpp / ollama
+  temper convert runs/sft/adapter sft.f16.gguf --to gguf --dtype f16 --base smollm2-hf";
 
 pub const GENERATE: &str = "Examples:
   temper generate --model smollm2-hf --prompt 'Bone is' --max-new-tokens 40

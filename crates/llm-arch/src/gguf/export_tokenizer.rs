@@ -102,6 +102,20 @@ pub struct GgufTokenizerSource {
 }
 
 impl GgufTokenizerSource {
+    /// Read from a `.gguf` file ([`Self::from_gguf`]) or an HF model directory
+    /// ([`Self::from_hf_dir`]), by the path's extension.
+    ///
+    /// # Errors
+    /// As those.
+    pub fn load(path: &Path, config: &ModelConfig) -> Result<Self, GgufExportError> {
+        if crate::tokenizer_bundle::is_gguf_path(path) {
+            let file = GgufFile::open(path).map_err(crate::Error::from)?;
+            Self::from_gguf(&file)
+        } else {
+            Self::from_hf_dir(path, config)
+        }
+    }
+
     /// Read from an HF model directory (`tokenizer.json`, `tokenizer_config.json`,
     /// `chat_template.jinja`); `config` supplies the ids `tokenizer_config.json` does not name.
     ///
