@@ -154,7 +154,7 @@ impl GgufTokenizerSource {
     /// # Errors
     /// A tokenizer Temper cannot rebuild from the metadata.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, GgufExportError> {
-        let json = tokenizer_json(file).map_err(|e| crate::Error::from(e))?;
+        let json = tokenizer_json(file).map_err(crate::Error::from)?;
         let st = special_tokens(file);
         Ok(Self {
             tokenizer_json: json,
