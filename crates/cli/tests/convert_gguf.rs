@@ -227,7 +227,7 @@ fn train_export_gguf_writes_the_trained_model() {
             temper_lora::load_merged_adapter(&d.join(out), None, &device, FloatPrecision::F32)
                 .unwrap()
         } else {
-            Pretrained::load(&d.join(out), &device, FloatPrecision::F32).unwrap()
+            Pretrained::load(d.join(out), &device, FloatPrecision::F32).unwrap()
         };
         let a: std::collections::HashMap<_, _> = hf_tensors(&exported.model)
             .into_iter()
