@@ -168,6 +168,46 @@ fn f32_round_trip_is_exact() {
     }
 }
 
+/// Llama with `attention_bias`: the q/k biases are permuted like their weights' rows (llama.cpp's
+/// `LlamaModel.permute` on `q_proj.bias` / `k_proj.bias`) and come back unchanged.
+#[test]
+fn attention_biases_round_trip() {
+    let v = json!({
+        "model_type": "llama", "vocab_size": 8, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": false,
+        "attention_bias": true,
+    });
+    let config = ModelConfig::from_json(&v, Path::new("<tiny>")).unwrap();
+    let mut m = LlamaForCausalLM::init(&config, &device());
+    let attn = &mut m.model.layers[0].self_attn;
+    for (p, n) in [
+        (&mut attn.q_proj, 64),
+        (&mut attn.k_proj, 32),
+        (&mut attn.v_proj, 32),
+        (&mut attn.o_proj, 64),
+    ] {
+        let b: Vec<f32> = (0..n).map(bias).collect();
+        p.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(b, [n]),
+            &device(),
+        )));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.gguf");
+    export(&m, GgufDtype::F32, &path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let q = file.dequantize("blk.0.attn_q.bias").unwrap();
+    // Head 0's rows 0..16 in llama.cpp's order: HF rows 0, 8, 1, 9, ...
+    assert_eq!(q[..4], [bias(0), bias(8), bias(1), bias(9)]);
+    let back = Pretrained::load_gguf(&path, &device(), FloatPrecision::F32).unwrap();
+    assert_eq!(tensors(&back.model), tensors(&m));
+}
+
+fn bias(i: usize) -> f32 {
+    i as f32 * 0.01 - 0.1
+}
+
 /// The largest |x| of each tensor, to bound a block encoding's error.
 fn amax(v: &[f32]) -> f32 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))
