@@ -389,3 +389,120 @@ fn smollm2_metadata_matches_llamacpps() {
         assert_eq!(o.dims, t.dims, "{}", t.name);
     }
 }
+
+/// GPT-2's byte-to-symbol map (`bytes_to_unicode`): printable bytes stand for themselves, the
+/// rest for U+0100 onwards.
+fn byte_symbol(b: u8) -> char {
+    let printable = |b: u8| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+    if printable(b) {
+        return char::from(b);
+    }
+    let n = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + n).unwrap()
+}
+
+/// A byte-level BPE whose vocabulary is the 256 byte symbols (no merges) and `<|end|>`: every
+/// text encodes, and llama.cpp finds its newline token.
+fn byte_tokenizer_json() -> Value {
+    let vocab: serde_json::Map<String, Value> = (0..=255u8)
+        .map(|b| (byte_symbol(b).to_string(), json!(b)))
+        .collect();
+    let mut t = tokenizer_json();
+    t["model"]["vocab"] = Value::Object(vocab);
+    t["model"]["merges"] = json!([]);
+    t["added_tokens"][0]["id"] = json!(256);
+    t
+}
+
+/// The `qwen2` row of the architecture table on a Llama with q/k/v biases (Qwen2's layout):
+/// llama.cpp's `qwen2` names, no q/k permutation, `qwen2.*` hyper-parameters. With
+/// `TEMPER_GGUF_QWEN2_OUT=DIR` the file and Temper's logits on fixed ids are left in DIR for
+/// `fixtures/gguf_export/check_llamacpp_qwen2.py`, which runs llama.cpp's `qwen2` on them.
+#[test]
+fn qwen2_layout_is_unpermuted_with_biases() {
+    let v = json!({
+        "model_type": "llama", "vocab_size": 260, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true,
+        "max_position_embeddings": 128, "attention_bias": true,
+    });
+    let mut config = ModelConfig::from_json(&v, Path::new("<tiny>")).unwrap();
+    let mut m = LlamaForCausalLM::init(&config, &device());
+    for layer in &mut m.model.layers {
+        let attn = &mut layer.self_attn;
+        for (p, n) in [
+            (&mut attn.q_proj, 64),
+            (&mut attn.k_proj, 32),
+            (&mut attn.v_proj, 32),
+        ] {
+            let b: Vec<f32> = (0..n).map(|i| bias(i) * 3.0).collect();
+            p.bias = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(b, [n]),
+                &device(),
+            )));
+        }
+        // Qwen2 has no bias on o_proj.
+        attn.o_proj.bias = None;
+        // Sharp attention, so a wrong rotary layout would show in the logits.
+        attn.q_proj.weight = Param::from_tensor(attn.q_proj.weight.val() * 10.0);
+        attn.k_proj.weight = Param::from_tensor(attn.k_proj.weight.val() * 10.0);
+    }
+    m.model.embed_tokens.weight = Param::from_tensor(m.model.embed_tokens.weight.val() * 20.0);
+    config.model_type = "qwen2".into();
+    let m = LlamaForCausalLM::from_parts(config, m.model, m.lm_head);
+    let dir = tempfile::tempdir().unwrap();
+    let keep = std::env::var_os("TEMPER_GGUF_QWEN2_OUT").map(PathBuf::from);
+    let out_dir = keep.clone().unwrap_or_else(|| dir.path().to_path_buf());
+    let path = out_dir.join("tiny-qwen2.f32.gguf");
+    let mut source = tokenizer_source();
+    source.tokenizer_json = byte_tokenizer_json();
+    source.bos = Some(256);
+    source.eos = Some(256);
+    source.pad = Some(256);
+    let options = GgufExportOptions {
+        dtype: GgufDtype::F32,
+        name: "tiny-qwen2".into(),
+    };
+    export_gguf(&m, &source, &path, &options).unwrap();
+
+    let file = GgufFile::open(&path).unwrap();
+    assert_eq!(file.get_str("general.architecture").unwrap(), "qwen2");
+    assert_eq!(file.get_u32("qwen2.block_count").unwrap(), 2);
+    assert_eq!(file.get_f32("qwen2.rope.freq_base").unwrap(), 1e6);
+    assert!(file.get("llama.block_count").is_none());
+    assert!(file.tensor_info("blk.0.attn_output.bias").is_none());
+    let hf = tensors(&m);
+    // No permutation: the GGUF rows are HF's rows.
+    for (gguf, hf_name) in [
+        (
+            "blk.1.attn_q.weight",
+            "model.layers.1.self_attn.q_proj.weight",
+        ),
+        (
+            "blk.1.attn_k.weight",
+            "model.layers.1.self_attn.k_proj.weight",
+        ),
+        ("blk.1.attn_q.bias", "model.layers.1.self_attn.q_proj.bias"),
+        ("blk.1.attn_k.bias", "model.layers.1.self_attn.k_proj.bias"),
+        ("blk.1.attn_v.bias", "model.layers.1.self_attn.v_proj.bias"),
+    ] {
+        assert_eq!(file.dequantize(gguf).unwrap(), hf[hf_name], "{gguf}");
+    }
+
+    if keep.is_some() {
+        let ids: Vec<u32> = "Spider silk".bytes().map(u32::from).collect();
+        let input = Tensor::<2, burn::tensor::Int>::from_data(
+            TensorData::new(
+                ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
+                [1, ids.len()],
+            ),
+            &device(),
+        );
+        let logits = m
+            .forward(input, &temper_llm_arch::ForwardOptions::default())
+            .unwrap();
+        let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec().unwrap();
+        let fixture = json!({"ids": ids, "vocab": 260, "logits": logits});
+        std::fs::write(out_dir.join("tiny-qwen2.logits.json"), fixture.to_string()).unwrap();
+    }
+}
