@@ -506,3 +506,52 @@ fn qwen2_layout_is_unpermuted_with_biases() {
         std::fs::write(out_dir.join("tiny-qwen2.logits.json"), fixture.to_string()).unwrap();
     }
 }
+
+/// Llama 3.1 rope scaling travels as llama.cpp's `rope_freqs.weight` (F32, one factor per
+/// rotary pair, whatever the dtype), linear scaling as `rope.scaling.*` keys.
+#[test]
+fn rope_scaling_is_written_as_llamacpp_expects() {
+    let config = |scaling: Value| {
+        let v = json!({
+            "model_type": "llama", "vocab_size": 8, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "rope_scaling": scaling,
+        });
+        ModelConfig::from_json(&v, Path::new("<tiny>")).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let llama3 = config(
+        json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    );
+    let path = dir.path().join("l3.gguf");
+    export(
+        &LlamaForCausalLM::init(&llama3, &device()),
+        GgufDtype::Q8_0,
+        &path,
+    )
+    .unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let info = file.tensor_info("rope_freqs.weight").unwrap();
+    assert_eq!(
+        (info.dims.as_slice(), info.ggml_type),
+        (&[8][..], GgmlType::F32)
+    );
+    let f = file.dequantize("rope_freqs.weight").unwrap();
+    assert_eq!(f[0], 1.0);
+    assert_eq!(f[7], 8.0);
+    assert!(file.get("llama.rope.scaling.type").is_none());
+
+    let linear = config(json!({"rope_type": "linear", "factor": 2.0}));
+    let path = dir.path().join("lin.gguf");
+    export(
+        &LlamaForCausalLM::init(&linear, &device()),
+        GgufDtype::F32,
+        &path,
+    )
+    .unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    assert_eq!(file.get_str("llama.rope.scaling.type").unwrap(), "linear");
+    assert_eq!(file.get_f32("llama.rope.scaling.factor").unwrap(), 2.0);
+    assert!(file.tensor_info("rope_freqs.weight").is_none());
+}

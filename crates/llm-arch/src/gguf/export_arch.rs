@@ -215,6 +215,38 @@ mod tests {
     }
 
     #[test]
+    fn llama3_rope_factors_match_the_converter() {
+        // Llama 3.1 8B's scaling; reference values from the converter's formula run in numpy
+        // (float32 frequencies, float64 arithmetic): 1 for the high frequencies, 8 for the
+        // low ones, and a smooth ramp over pairs 29..=34.
+        let v = serde_json::json!({
+            "model_type": "llama", "vocab_size": 8, "hidden_size": 4096,
+            "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 8192},
+        });
+        let c = ModelConfig::from_json(&v, std::path::Path::new("<t>")).unwrap();
+        let f = llama3_rope_factors(&c).unwrap();
+        assert_eq!(f.len(), 64);
+        assert!(f[..29].iter().all(|&x| x == 1.0));
+        assert!(f[35..].iter().all(|&x| x == 8.0));
+        let want = [
+            1.207_484,
+            1.553_414_6,
+            2.026_313,
+            2.694_53,
+            3.684_253,
+            5.257_326_6,
+        ];
+        for (got, want) in f[29..35].iter().zip(want) {
+            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        }
+        assert_eq!(llama3_rope_factors(&ModelConfig::tiny(8, 8, 1, 2, 1)), None);
+    }
+
+    #[test]
     fn arch_table() {
         assert_eq!(arch_spec("mistral").unwrap().gguf_arch, "llama");
         assert!(arch_spec("llama").unwrap().permute_qk);
