@@ -78,6 +78,15 @@ pub enum GgufExportError {
         block: usize,
     },
 
+    /// A q/k tensor whose rows do not split into the config's heads of even size, so llama.cpp's
+    /// rotary permutation cannot be applied.
+    #[error("tensor `{name}`: {rows} rows do not split into {heads} heads of even size")]
+    HeadSplit {
+        name: String,
+        rows: usize,
+        heads: usize,
+    },
+
     /// The bytes produced for a tensor are not the size its table entry promised.
     #[error("tensor `{name}`: {actual} data bytes, the header promised {expected}")]
     TensorSize {

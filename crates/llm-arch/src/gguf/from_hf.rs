@@ -144,11 +144,10 @@ pub fn export_gguf(
                         let rows = t.shape[0];
                         let cols = t.shape.get(1).copied().unwrap_or(1);
                         permute_qk_rows(&t.data, rows, cols, *heads).ok_or_else(|| {
-                            GgufExportError::Layout {
+                            GgufExportError::HeadSplit {
                                 name: plan.name.clone(),
-                                ggml_type: plan.ggml_type,
-                                dims: plan.dims.clone(),
-                                block: *heads,
+                                rows,
+                                heads: *heads,
                             }
                         })?
                     }

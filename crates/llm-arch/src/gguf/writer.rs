@@ -187,11 +187,10 @@ impl GgufWriter {
                 });
             }
             w.write_all(&bytes).map_err(io)?;
+            // Less than one alignment (32 bytes) of zeros.
             let pad = bytes.len().next_multiple_of(align) - bytes.len();
-            w.write_all(&[0u8; 32][..pad.min(32)]).map_err(io)?;
-            if pad > 32 {
-                w.write_all(&vec![0u8; pad - 32]).map_err(io)?;
-            }
+            w.write_all(&[0u8; GGUF_DEFAULT_ALIGNMENT as usize][..pad])
+                .map_err(io)?;
         }
         let file = w.into_inner().map_err(|e| io(e.into_error()))?;
         file.commit()?;
