@@ -12,6 +12,13 @@
 //! * [`tokenizer_json`] rebuilds `tokenizer.json` (byte-level BPE) including the right
 //!   pre-tokenizer; [`special_tokens`] and [`chat_template`] expose the rest of the tokenizer metadata.
 //!
+//! The other way, [`export_gguf`] writes any loaded model as a GGUF file llama.cpp loads
+//! (`temper convert --to gguf`; rules and checks in `docs/gguf.md`): [`GgufWriter`] streams the
+//! container atomically, [`ARCHS`] names each family in llama.cpp's terms, [`GgufDtype`] picks and
+//! encodes each tensor's type (F32/F16/BF16/Q8_0/Q4_0, byte-exact with gguf-py), and
+//! [`GgufTokenizerSource`] builds the `tokenizer.*` metadata, the pre-tokenizer found by
+//! llama.cpp's own hash.
+//!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use temper_llm_arch::gguf::{GgufFile, hf_config, load_hf_tensors, tokenizer_json};
@@ -26,7 +33,10 @@
 
 // Module dependencies point one way: `ggml_type`, `value` and `storage` are leaves; `error`
 // and `tensor_info` name a `GgmlType`; `dequant` and `parse` build on those; `reader` (the
-// `GgufFile` API) on all of them; `to_hf` and `tokenizer_json` on `reader`.
+// `GgufFile` API) on all of them; `to_hf` and `tokenizer_json` on `reader`. The writing side:
+// `export_error` and `writer` (the container, shared with `test_writer`) need only the leaves;
+// `export_arch`, `export_dtype` and `export_tokenizer` build on those (and on `reader` /
+// `tokenizer_json` to read a GGUF source); `from_hf` on all of them.
 mod dequant;
 mod error;
 mod export_arch;
