@@ -1,10 +1,11 @@
 //! llama.cpp agrees with Temper on Temper's own GGUF exports of SmolLM2-135M-Instruct:
 //! `tests/fixtures/gguf_export/llamacpp_greedy.json` holds llama.cpp's (llama-cpp-python
-//! 0.3.36) greedy tokens on the f32, f16, q8_0 and q4_0 exports and its tokenization of a few
+//! 0.3.36) greedy tokens on the f32, f16, bf16, q8_0 and q4_0 exports and its tokenization of a few
 //! texts (`check_llamacpp.py` made it); this test exports the same model in the same dtypes,
 //! decodes greedily with Temper on each file and compares.
 //!
-//! The rule, measured (llama-cpp-python 0.3.36, CPU): f32, f16 and q8_0 — the same 16 tokens.
+//! The rule, measured (llama-cpp-python 0.3.36, CPU): f32, f16, bf16 and q8_0 — the same 16
+//! tokens.
 //! q4_0 — the same first 11; at token 12 the engines part, where llama.cpp's own top-2 margin
 //! is 0.049 logits: llama.cpp multiplies Q4_0 (and Q8_0) weights with activations it
 //! quantizes to Q8_0 on the fly (`vec_dot_q4_0_q8_0`), while Temper decodes the weights and
@@ -72,7 +73,7 @@ fn temper_greedy_on_its_exports_equals_llamacpps() {
     let tokenizer = GgufTokenizerSource::from_gguf(&GgufFile::open(&source).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut report = Vec::new();
-    for dtype in ["f32", "f16", "q8_0", "q4_0"] {
+    for dtype in ["f32", "f16", "bf16", "q8_0", "q4_0"] {
         let expected = &fixture["results"][dtype];
         let path = dir.path().join(format!("smollm2.{dtype}.gguf"));
         let options = GgufExportOptions {
