@@ -2,7 +2,9 @@
 
 pub const CONVERT: &str = "Examples:
   temper convert SmolLM2-135M-Instruct.Q4_1.gguf smollm2-hf
-  temper convert model.gguf model-bf16 --dtype bf16 --overwrite";
+  temper convert model.gguf model-bf16 --dtype bf16 --overwrite
+  temper convert smollm2-hf smollm2.q8_0.gguf --to gguf --dtype q8_0   # for llama.cpp / ollama
+  temper convert runs/sft/adapter sft.f16.gguf --to gguf --dtype f16 --base smollm2-hf";
 
 pub const GENERATE: &str = "Examples:
   temper generate --model smollm2-hf --prompt 'Bone is' --max-new-tokens 40
@@ -33,12 +35,14 @@ pub const COMPARE: &str = "Examples:
 pub const PIPELINE: &str = "Examples:
   temper pipeline                               # the paper's study on SmolLM2-135M (preset default)
   temper pipeline --preset smoke --out /tmp/smoke
-  temper pipeline --config study.toml --print-config";
+  temper pipeline --config study.toml --print-config
+  temper pipeline --preset smoke --out /tmp/smoke --export-gguf q8_0   # variants also as GGUF";
 
 pub const TRAIN: &str = "Examples:
   temper train sft --model smollm2-hf --data sft.jsonl --out runs/sft --lora-r 16 --lr 2e-4 --epochs 1
   temper train orpo --model runs/sft --data pairs.jsonl --out runs/orpo --precision bf16-mixed
-  temper train --config stage.toml --resume";
+  temper train --config stage.toml --resume
+  temper train sft --model smollm2-hf --data sft.jsonl --out runs/sft --lora-r 16 --export-gguf q8_0";
 
 pub const EXTRACT_LORA: &str = "Examples:
   temper extract-lora --model runs/sft --base smollm2-hf --rank 16 adapter/";

@@ -1,6 +1,7 @@
 //! `temper`: the command-line front end of the Temper crates.
 
 mod compare;
+mod convert;
 mod eval;
 mod eval_tasks;
 mod examples;
@@ -21,13 +22,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use output::outln;
-use temper_backend::{DeviceSpec, FloatPrecision};
+use temper_backend::DeviceSpec;
 use temper_llm_arch::gguf::GgufFile;
-use temper_llm_arch::{ChatMessage, GenerationConfig, Pretrained, Tokenizer, generate};
+use temper_llm_arch::{ChatMessage, GenerationConfig, Tokenizer, generate};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,20 +44,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Convert a GGUF file into an HF model directory (config.json, model.safetensors,
-    /// tokenizer.json, tokenizer_config.json with the chat template, generation_config.json).
-    #[command(after_help = examples::CONVERT)]
-    Convert {
-        /// The .gguf file.
-        model: PathBuf,
-        /// The output directory (written atomically: it appears only when complete).
-        out_dir: PathBuf,
-        /// dtype of the written safetensors.
-        #[arg(long, default_value = "f32")]
-        dtype: FloatPrecision,
-        /// Replace OUT_DIR if it exists and is not empty.
-        #[arg(long)]
-        overwrite: bool,
-    },
+    /// tokenizer.json, tokenizer_config.json with the chat template, generation_config.json),
+    /// or with --to gguf an HF directory, adapter directory or GGUF file into a GGUF file for
+    /// llama.cpp (f32, f16, bf16, q8_0 or q4_0).
+    Convert(convert::ConvertArgs),
     /// Generate a continuation; prints only the new text, streaming.
     #[command(after_help = examples::GENERATE)]
     Generate {
@@ -178,32 +169,7 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Convert {
-            model,
-            out_dir,
-            dtype,
-            overwrite,
-        } => {
-            if !is_gguf(&model) {
-                bail!("{}: expected a .gguf file", model.display());
-            }
-            // Before the (slow) load: an existing model is not replaced by mistake.
-            temper_formats::check_output_dir(&out_dir, overwrite)?;
-            let device = DeviceSpec::CPU.device()?;
-            let bar = spinner(&format!("reading {}", model.display()));
-            let pretrained = Pretrained::load_gguf(&model, &device, FloatPrecision::F32)
-                .with_context(|| format!("loading {}", model.display()))?;
-            bar.set_message(format!("writing {}", out_dir.display()));
-            pretrained
-                .save_new(&out_dir, dtype, overwrite)
-                .with_context(|| format!("writing {}", out_dir.display()))?;
-            bar.finish_and_clear();
-            eprintln!(
-                "wrote {} ({} parameters, {dtype})",
-                out_dir.display(),
-                pretrained.model.config().num_parameters()
-            );
-        }
+        Command::Convert(args) => convert::run(args)?,
         Command::Generate {
             model,
             base,

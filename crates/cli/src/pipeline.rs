@@ -27,6 +27,10 @@ pub struct PipelineArgs {
     /// Override the dtype the variants are evaluated in (`benchmark.dtype`: f32, bf16, f16).
     #[arg(long)]
     pub dtype: Option<FloatPrecision>,
+    /// Also write every trained and merged variant as OUT/gguf/VARIANT.DTYPE.gguf for
+    /// llama.cpp (the config's `export_gguf`): f32, f16, bf16, q8_0 or q4_0.
+    #[arg(long, value_name = "DTYPE")]
+    pub export_gguf: Option<String>,
     /// Print the resolved config as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -59,6 +63,11 @@ pub fn run(args: PipelineArgs) -> Result<()> {
     };
     if let Some(device) = args.device {
         config.device = device;
+    }
+    if let Some(export) = args.export_gguf {
+        // Checked here: the config's own value was checked when it was parsed.
+        export.parse::<temper_llm_arch::gguf::GgufDtype>()?;
+        config.export_gguf = Some(export);
     }
     if let Some(dtype) = args.dtype {
         config.benchmark.dtype = dtype;

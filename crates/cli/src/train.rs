@@ -5,11 +5,17 @@
 //! adapter merged into the weights), or with `--adapter-only` a PEFT adapter directory
 //! (`adapter_config.json` + `adapter_model.safetensors` + tokenizer files). With LoRA, DPO and
 //! KTO use the base model with adapters disabled as their reference (no second copy).
+//! `--export-gguf DTYPE` also writes the result as `OUT/model.DTYPE.gguf` for llama.cpp.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use temper_backend::FloatPrecision;
+use temper_llm_arch::gguf::GgufDtype;
 use temper_train::{LoraSettings, ObjectiveConfig, StageConfig, run_stage};
+
+use crate::convert::export_pretrained;
+use crate::weights::{WeightDType, load_model};
 
 /// Arguments of `temper train`.
 #[derive(clap::Args, Debug)]
@@ -115,6 +121,10 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// After training, also write the trained model (with LoRA: merged) as
+    /// OUT/model.DTYPE.gguf for llama.cpp / ollama: f32, f16, bf16, q8_0 or q4_0.
+    #[arg(long, value_name = "DTYPE")]
+    pub export_gguf: Option<String>,
 }
 
 /// Build the stage from the TOML file (if any) and the flags.
@@ -241,6 +251,8 @@ pub fn stage_from_args(args: &TrainArgs) -> Result<StageConfig> {
 /// Run `temper train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     let stage = stage_from_args(&args)?;
+    // Checked before training: a typo must not cost a run.
+    let export: Option<GgufDtype> = args.export_gguf.as_deref().map(str::parse).transpose()?;
     let summary = run_stage(&stage, !args.quiet)?;
     let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
     let what = match (&stage.lora, stage.save_adapter_only) {
@@ -259,5 +271,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(peak) = summary.peak_rss_bytes {
         eprintln!("peak memory {}", temper_train::memory::gib(peak));
     }
+    if let Some(dtype) = export {
+        let out = export_trained_gguf(&stage.trainer.output_dir, dtype)?;
+        eprintln!("{out}");
+    }
     Ok(())
+}
+
+/// Write the model saved in `dir` (an HF directory, or an adapter directory merged onto its
+/// base) as `dir/model.DTYPE.gguf`, the tokenizer taken from `dir`; returns what was written.
+/// The model is read back from `dir`, so the file holds exactly what the directory does.
+pub(crate) fn export_trained_gguf(dir: &Path, dtype: GgufDtype) -> Result<String> {
+    let device = temper_backend::DeviceSpec::CPU.device()?;
+    let p = load_model(dir, None, &device, WeightDType::Float(FloatPrecision::F32))?;
+    let out = dir.join(format!("model.{dtype}.gguf"));
+    let tokenizer = if temper_lora::is_adapter_dir(dir) && !dir.join("tokenizer.json").is_file() {
+        temper_lora::resolve_base_model(dir, None)?
+    } else {
+        dir.to_path_buf()
+    };
+    let summary = export_pretrained(&p, &tokenizer, &out, dtype)?;
+    Ok(format!("wrote {} ({summary})", out.display()))
 }

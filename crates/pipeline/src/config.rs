@@ -85,6 +85,10 @@ pub struct PipelineConfig {
     /// The training stages, in order; each starts from the previous one's result.
     #[serde(rename = "stage", default)]
     pub stages: Vec<StageSpec>,
+    /// Also write every trained and merged variant as `OUT/gguf/VARIANT.DTYPE.gguf` for
+    /// llama.cpp: `f32`, `f16`, `bf16`, `q8_0` or `q4_0` (absent: no GGUF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_gguf: Option<String>,
 }
 
 fn default_device() -> String {
@@ -405,6 +409,10 @@ impl PipelineConfig {
         if self.stages.is_empty() {
             return Err(PipelineError::config(origin, "no `[[stage]]`"));
         }
+        if let Some(d) = &self.export_gguf {
+            d.parse::<temper_llm_arch::gguf::GgufDtype>()
+                .map_err(|e| PipelineError::config(origin, format!("export_gguf: {e}")))?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for stage in &self.stages {
             let valid = !stage.name.is_empty()
@@ -543,6 +551,11 @@ mod tests {
         let stage = "[[stage]]\nname = \"cpt\"\ndata = \"d\"\n[stage.trainer]\nmax_steps = 1\n[stage.trainer.objective]\ntype = \"cpt\"\n";
         let e = err(&format!("{base}{stage}{stage}"));
         assert!(e.contains("two stages are named `cpt`"), "{e}");
+        let e = err(&format!("export_gguf = \"q5_k\"\n{base}{stage}"));
+        assert!(
+            e.contains("export_gguf: unknown GGUF export dtype `q5_k`"),
+            "{e}"
+        );
         let e = err(&format!(
             "{base}[[stage]]\nname = \"a\"\ndata = \"d\"\n[stage.trainer]\nmax_stepz = 1\n"
         ));

@@ -39,6 +39,9 @@ pub enum PipelineError {
     Fetch { path: PathBuf, message: String },
     #[error("writing the report: {0}")]
     Report(String),
+    /// Writing a variant as GGUF (`export_gguf`).
+    #[error("exporting `{variant}` as GGUF: {message}")]
+    Export { variant: String, message: String },
     /// Writing a file atomically (`temper-formats`); names the file.
     #[error(transparent)]
     Format(#[from] temper_formats::FormatsError),

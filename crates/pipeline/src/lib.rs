@@ -5,6 +5,7 @@
 //!
 //! * [`config`]: the pipeline TOML and the built-in presets (`default`, `smoke`).
 //! * [`run`]: [`run_pipeline`], step by step with fingerprints so a re-run resumes.
+//! * `export`: the `export_gguf` option, each variant also as a GGUF file for llama.cpp.
 //! * [`report`]: the results and their rendering as `report.{json,md,html}`; [`plots`]: the
 //!   SVG figures.
 //!
@@ -20,6 +21,7 @@
 
 pub mod config;
 pub mod error;
+mod export;
 pub mod fingerprint;
 pub mod plots;
 pub mod report;

@@ -13,6 +13,7 @@
 //! OUT/stages/NAME/model/   a stage's trained model, metrics.jsonl, loss.svg
 //! OUT/merges/NAME-slerp/   a stage's result merged with the instruct parent
 //! OUT/eval/VARIANT/        records.jsonl (per question) and summary.json
+//! OUT/gguf/VARIANT.DTYPE.gguf   with `export_gguf`: each trained / merged variant for llama.cpp
 //! OUT/report.{md,html,json}, OUT/plots/*.svg
 //! ```
 
@@ -613,6 +614,24 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
         }
         current = model;
         current_name = name;
+    }
+    if let Some(dtype) = &config.export_gguf {
+        // Validated with the config; parsed again here for its type.
+        let dtype = dtype
+            .parse::<temper_llm_arch::gguf::GgufDtype>()
+            .map_err(|e| PipelineError::config("export_gguf", e.to_string()))?;
+        let out = runner.out().join("gguf");
+        for v in variants.iter().filter(|v| v.kind != VariantKind::Parent) {
+            runner.log(&format!("GGUF ({dtype}) of {}", v.name));
+            crate::export::export_variant(
+                &v.name,
+                &v.model.dir,
+                &v.model.fingerprint,
+                &instruct.dir,
+                &out,
+                dtype,
+            )?;
+        }
     }
 
     let mut results = Vec::new();

@@ -35,7 +35,8 @@ fn smoke_pipeline_runs_every_variant_writes_the_report_and_resumes() {
         out_dir: out.path().to_path_buf(),
         progress: false,
     };
-    let config = smoke_config();
+    let mut config = smoke_config();
+    config.export_gguf = Some("q8_0".into());
     let report = run_pipeline(&config, &options).unwrap();
 
     let names: Vec<&str> = report.variants.iter().map(|v| v.name.as_str()).collect();
@@ -142,8 +143,23 @@ fn smoke_pipeline_runs_every_variant_writes_the_report_and_resumes() {
             .unwrap();
     assert_eq!(json["variants"].as_array().unwrap().len(), 7);
 
+    // export_gguf: every trained and merged variant as a GGUF file llama.cpp loads.
+    let gguf = |name: &str| out.path().join("gguf").join(format!("{name}.q8_0.gguf"));
+    for name in &names[1..] {
+        let file = temper_llm_arch::gguf::GgufFile::open(gguf(name)).unwrap();
+        assert_eq!(file.get_u32("general.file_type").unwrap(), 7, "{name}");
+        assert_eq!(file.get_str("general.name").unwrap(), *name);
+    }
+    let modified = |name: &str| gguf(name).metadata().unwrap().modified().unwrap();
+    let before = modified("Instruct-CPT-SFT-ORPO");
+
     // Same config again: nothing re-runs, same numbers.
     let again = run_pipeline(&config, &options).unwrap();
+    assert_eq!(
+        modified("Instruct-CPT-SFT-ORPO"),
+        before,
+        "an up-to-date GGUF is kept"
+    );
     assert!(again.stages.iter().all(|s| s.skipped));
     assert!(again.merges.iter().all(|m| m.skipped));
     assert!(again.variants.iter().all(|v| v.skipped));

@@ -7,6 +7,7 @@
 //!
 //! * [`ggml`] — the GGUF blocks Q4_0, Q4_1, Q4_K, Q6_K (decoding), as gguf-py / llama.cpp;
 //! * [`q8_0`] — Q8_0, quantize and decode, as gguf-py 0.19 (`gguf.quants`) and ggml;
+//! * [`q4_0_quantize`] — quantizing to Q4_0 as llama.cpp's `quantize_row_q4_0_ref`;
 //! * [`nf4`] — NF4 with double quantization, as bitsandbytes 0.50 `quantize_4bit` /
 //!   `dequantize_4bit` on CPU; it builds on [`dynamic8`] (bitsandbytes' 8-bit blockwise
 //!   "dynamic" code, which quantizes the NF4 scales) and [`torch_sum`] (the order in which torch
@@ -28,6 +29,7 @@ pub mod dynamic8;
 mod error;
 pub mod ggml;
 pub mod nf4;
+pub mod q4_0_quantize;
 pub mod q8_0;
 pub mod torch_sum;
 

@@ -1,4 +1,4 @@
-//! Reading llama.cpp GGUF files (v2 and v3) without Python.
+//! Reading llama.cpp GGUF files (v2 and v3) without Python, and writing them (v3).
 //!
 //! A GGUF file carries everything an HF checkpoint directory does: weights (often quantised),
 //! the model hyper-parameters and the tokenizer. This module turns it into the same pieces the
@@ -11,6 +11,13 @@
 //!   llama.cpp's q/k row permutation undone; [`hf_config`] gives the matching `config.json`.
 //! * [`tokenizer_json`] rebuilds `tokenizer.json` (byte-level BPE) including the right
 //!   pre-tokenizer; [`special_tokens`] and [`chat_template`] expose the rest of the tokenizer metadata.
+//!
+//! The other way, [`export_gguf`] writes any loaded model as a GGUF file llama.cpp loads
+//! (`temper convert --to gguf`; rules and checks in `docs/gguf.md`): [`GgufWriter`] streams the
+//! container atomically, [`ARCHS`] names each family in llama.cpp's terms, [`GgufDtype`] picks and
+//! encodes each tensor's type (F32/F16/BF16/Q8_0/Q4_0, byte-exact with gguf-py), and
+//! [`GgufTokenizerSource`] builds the `tokenizer.*` metadata, the pre-tokenizer found by
+//! llama.cpp's own hash.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,11 +33,19 @@
 
 // Module dependencies point one way: `ggml_type`, `value` and `storage` are leaves; `error`
 // and `tensor_info` name a `GgmlType`; `dequant` and `parse` build on those; `reader` (the
-// `GgufFile` API) on all of them; `to_hf` and `tokenizer_json` on `reader`.
+// `GgufFile` API) on all of them; `to_hf` and `tokenizer_json` on `reader`. The writing side:
+// `export_error` and `writer` (the container, shared with `test_writer`) need only the leaves;
+// `export_arch`, `export_dtype` and `export_tokenizer` build on those (and on `reader` /
+// `tokenizer_json` to read a GGUF source); `from_hf` on all of them.
 mod dequant;
 mod error;
+mod export_arch;
+mod export_dtype;
+mod export_error;
+mod export_tokenizer;
 #[cfg(test)]
 mod finite_tests;
+mod from_hf;
 mod ggml_type;
 mod parse;
 mod reader;
@@ -43,9 +58,15 @@ mod test_writer;
 mod to_hf;
 mod tokenizer_json;
 mod value;
+mod writer;
 
 pub use dequant::{QK_K, dequantize};
 pub use error::GgufError;
+pub use export_arch::{ARCHS, ArchSpec, arch_spec, gguf_tensor_name, model_name};
+pub use export_dtype::{GgufDtype, encode_tensor, f32_to_bf16_bits};
+pub use export_error::GgufExportError;
+pub use export_tokenizer::{CHKTXT, GgufTokenizerSource, KNOWN_PRE, pre_tokenizer_hash};
+pub use from_hf::{GgufExportOptions, GgufExportSummary, export_gguf};
 pub use ggml_type::GgmlType;
 pub use parse::GGUF_DEFAULT_ALIGNMENT;
 pub use reader::GgufFile;
@@ -56,6 +77,7 @@ pub use to_hf::{
 };
 pub use tokenizer_json::{GgufSpecialTokens, chat_template, special_tokens, tokenizer_json};
 pub use value::GgufValue;
+pub use writer::{GGUF_WRITE_VERSION, GgufTensorPlan, GgufWriter};
 
 /// End-to-end checks against the real SmolLM2 GGUF and the golden fixtures, skipped when the
 /// 98 MB file is not on disk.

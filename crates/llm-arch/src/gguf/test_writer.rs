@@ -1,4 +1,8 @@
-//! A tiny GGUF writer for tests (used by the tests of every module of `gguf`).
+//! A tiny GGUF image builder for tests (used by the tests of every module of `gguf`): raw
+//! value bytes and any version, so tests can also build malformed files. It encodes through
+//! the real writer's [`encode_header`].
+
+use super::writer::{data_offsets, encode_header, encode_str};
 
 /// Builds a GGUF image in memory: metadata and tensors in insertion order, data aligned,
 /// and the last tensor ending exactly at the end of the file.
@@ -11,8 +15,8 @@ pub(crate) struct GgufBuilder {
 }
 
 pub(crate) fn enc_str(s: &str) -> Vec<u8> {
-    let mut out = (s.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(s.as_bytes());
+    let mut out = Vec::new();
+    encode_str(&mut out, s);
     out
 }
 
@@ -92,36 +96,24 @@ impl GgufBuilder {
         self.tensor(name, dims, 0, data)
     }
 
+    /// The image: the header through the shared encoder ([`encode_header`]), then the data at
+    /// its offsets; unlike a written file, the last tensor is not padded.
     pub(crate) fn build(&self) -> Vec<u8> {
-        let align = |n: usize| n.div_ceil(self.alignment) * self.alignment;
-        let mut out = b"GGUF".to_vec();
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.kvs.len() as u64).to_le_bytes());
-        for (k, t, v) in &self.kvs {
-            out.extend(enc_str(k));
-            out.extend_from_slice(&t.to_le_bytes());
-            out.extend_from_slice(v);
-        }
-        let mut offset = 0usize;
-        let mut offsets = Vec::new();
-        for (name, dims, ty, data) in &self.tensors {
-            out.extend(enc_str(name));
-            out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-            for d in dims {
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            out.extend_from_slice(&ty.to_le_bytes());
-            out.extend_from_slice(&(offset as u64).to_le_bytes());
-            offsets.push(offset);
-            offset = align(offset + data.len());
-        }
-        if !self.tensors.is_empty() {
-            out.resize(align(out.len()), 0);
-        }
+        let kvs: Vec<(&str, u32, &[u8])> = self
+            .kvs
+            .iter()
+            .map(|(k, t, v)| (k.as_str(), *t, v.as_slice()))
+            .collect();
+        let infos: Vec<(&str, &[u64], u32, u64)> = self
+            .tensors
+            .iter()
+            .map(|(n, d, t, data)| (n.as_str(), d.as_slice(), *t, data.len() as u64))
+            .collect();
+        let mut out = encode_header(self.version, self.alignment, &kvs, &infos);
         let data_start = out.len();
+        let offsets = data_offsets(self.alignment, infos.iter().map(|i| i.3));
         for ((_, _, _, data), off) in self.tensors.iter().zip(offsets) {
-            out.resize(data_start + off, 0);
+            out.resize(data_start + off as usize, 0);
             out.extend_from_slice(data);
         }
         out
