@@ -38,7 +38,7 @@ struct RecordVisitor;
 impl<'de> Visitor<'de> for RecordVisitor {
     type Value = LogRecord;
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a log_history entry: metric names to numbers, and \"step\"")
     }
 
@@ -71,6 +71,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
