@@ -30,4 +30,4 @@ pub mod run;
 pub use config::{PipelineConfig, Preset, StageSpec};
 pub use error::{PipelineError, Result};
 pub use report::PipelineReport;
-pub use run::{PipelineOptions, run_pipeline};
+pub use run::{PipelineOptions, rerender_report, run_pipeline};

@@ -106,6 +106,22 @@ pub fn write_report(report: &PipelineReport, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Render the report again from `dir/report.json` (a finished run's), with nothing re-run:
+/// how a report picks up a newer renderer. The JSON is rewritten too (fields an older run
+/// lacked come back at their defaults).
+///
+/// # Errors
+/// `report.json` is missing or malformed; drawing or writing failures.
+pub fn rerender_report(dir: &Path) -> Result<PipelineReport> {
+    let path = dir.join("report.json");
+    let text =
+        temper_formats::read_regular_to_string(&path).map_err(|e| PipelineError::io(&path, e))?;
+    let report: PipelineReport = serde_json::from_str(&text)
+        .map_err(|e| PipelineError::Report(format!("{}: {e}", path.display())))?;
+    write_report(&report, dir)?;
+    Ok(report)
+}
+
 fn create_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| PipelineError::io(path, e))
 }

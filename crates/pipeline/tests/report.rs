@@ -217,7 +217,7 @@ fn stages_sit_at_their_steps_and_metrics_get_panels() {
         5,
         "accuracy, Fig. 7, loss, metrics, heatmap"
     );
-    assert!(file(&files, "plots/merge_distance.svg").contains("\nq_proj\n</text>"));
+    assert!(file(&files, "plots/merge_distance.svg").contains("\nq\n</text>"));
 }
 
 #[test]

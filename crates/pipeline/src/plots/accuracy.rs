@@ -30,7 +30,7 @@ pub struct AccuracyBar {
 /// Drawing failures.
 pub fn accuracy_bars(title: &str, bars: &[AccuracyBar]) -> Result<String> {
     let n = bars.len().max(1);
-    let height = 110 + 36 * n as u32;
+    let height = 110 + 36 * (n as u32 + 2);
     let lo = bars.iter().map(|b| b.ci.0).fold(f64::INFINITY, f64::min);
     let hi = bars
         .iter()
@@ -52,14 +52,16 @@ pub fn accuracy_bars(title: &str, bars: &[AccuracyBar]) -> Result<String> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(250)
-            .build_cartesian_2d(x_lo..x_hi, -0.5..(n as f64 - 0.5))?;
+            // Two empty rows below the variants hold the legend, clear of the labels.
+            .build_cartesian_2d(x_lo..x_hi, -2.5..(n as f64 - 0.5))?;
         chart
             .configure_mesh()
             .disable_y_mesh()
-            .y_labels(n)
+            .light_line_style(BLACK.mix(0.04))
+            .y_labels(n + 3)
             .y_label_formatter(&|y: &f64| {
                 let i = y.round();
-                if (y - i).abs() < 1e-6 && i >= 0.0 {
+                if (y - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
                     bars.get(n - 1 - i as usize)
                         .map(|b| b.name.clone())
                         .unwrap_or_default()
@@ -75,7 +77,7 @@ pub fn accuracy_bars(title: &str, bars: &[AccuracyBar]) -> Result<String> {
             .draw()?;
         if let Some(first) = bars.first() {
             chart.draw_series(DashedLineSeries::new(
-                vec![(first.accuracy, -0.5), (first.accuracy, n as f64 - 0.5)],
+                vec![(first.accuracy, -0.6), (first.accuracy, n as f64 - 0.5)],
                 4,
                 4,
                 BLACK.mix(0.35).stroke_width(1),
@@ -144,18 +146,23 @@ pub struct MergePoint {
 /// # Errors
 /// Drawing failures.
 pub fn merge_scatter(points: &[MergePoint]) -> Result<String> {
+    // The x axis is zoomed on the expected values and the y axis on every interval: the
+    // merges' expected accuracies lie within a point or two of each other while the intervals
+    // span ten, and one square range would pile the merges onto one vertical line.
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut x_lo, mut x_hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for p in points {
         for (_, (a, b)) in [p.merged, p.finetuned, p.instruct] {
             lo = lo.min(a);
             hi = hi.max(b);
         }
-        lo = lo.min(p.expected);
-        hi = hi.max(p.expected);
+        x_lo = x_lo.min(p.expected);
+        x_hi = x_hi.max(p.expected);
     }
-    let (lo, hi) = zoomed(lo, hi, 0.05, 0.02, (0.0, 1.0));
+    let (lo, hi) = zoomed(lo.min(x_lo), hi.max(x_hi), 0.05, 0.02, (0.0, 1.0));
+    let (x_lo, x_hi) = zoomed(x_lo, x_hi, 0.3, 0.005, (0.0, 1.0));
     // Parents drawn a little left and right of the merge so the three intervals do not overlap.
-    let dx = (hi - lo) * 0.012;
+    let dx = (x_hi - x_lo) * 0.02;
     render((760, 640), |root| {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
@@ -166,17 +173,18 @@ pub fn merge_scatter(points: &[MergePoint]) -> Result<String> {
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(60)
-            .build_cartesian_2d(lo..hi, lo..hi)?;
+            .build_cartesian_2d(x_lo..x_hi, lo..hi)?;
         chart
             .configure_mesh()
+            .light_line_style(BLACK.mix(0.04))
             .x_desc("expected = mean of the two parents")
             .y_desc("accuracy")
-            .x_label_formatter(&|x: &f64| format!("{:.0}%", x * 100.0))
+            .x_label_formatter(&|x: &f64| format!("{:.1}%", x * 100.0))
             .y_label_formatter(&|y: &f64| format!("{:.0}%", y * 100.0))
             .draw()?;
         chart
             .draw_series(LineSeries::new(
-                vec![(lo, lo), (hi, hi)],
+                vec![(x_lo, x_lo), (x_hi, x_hi)],
                 BLACK.mix(0.4).stroke_width(1),
             ))?
             .label("merged = expected")
@@ -193,10 +201,12 @@ pub fn merge_scatter(points: &[MergePoint]) -> Result<String> {
                 whisker(x + dx, p.instruct.1, c.mix(0.6).stroke_width(1)),
                 whisker(x, p.merged.1, c.stroke_width(2)),
             ])?;
-            chart.draw_series([PathElement::new(
+            chart.draw_series(DashedLineSeries::new(
                 vec![(x - 3.0 * dx, better), (x + 3.0 * dx, better)],
-                c.stroke_width(3),
-            )])?;
+                4,
+                3,
+                c.stroke_width(2),
+            ))?;
             chart.draw_series([TriangleMarker::new(
                 (x - dx, p.finetuned.0),
                 6,
@@ -222,7 +232,9 @@ pub fn merge_scatter(points: &[MergePoint]) -> Result<String> {
             .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
             .label("better parent (a merge above it beats both)")
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(3))
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(0, 0), (5, 0)], grey.stroke_width(2))
+                    + PathElement::new(vec![(9, 0), (14, 0)], grey.stroke_width(2))
             });
         chart
             .configure_series_labels()

@@ -29,6 +29,15 @@ const MODULES: [&str; 9] = [
     "down_proj",
 ];
 
+/// A module's column label: short enough to read rotated under a 30-pixel column.
+fn short(module: &str) -> String {
+    match module {
+        "input_layernorm" => "attn norm".into(),
+        "post_attention_layernorm" => "mlp norm".into(),
+        m => m.strip_suffix("_proj").unwrap_or(m).to_string(),
+    }
+}
+
 /// SLERP interpolates linearly when the inputs' cosine is above 0.9995 (mergekit's threshold).
 const FALLBACK: f64 = 5e-4;
 const FLOOR: f64 = 1e-9;
@@ -89,8 +98,11 @@ pub fn merge_heatmap(panels: &[HeatmapPanel]) -> Result<Option<String>> {
     let (lo, hi) = (lo.floor(), hi.ceil().max(lo.floor() + 1.0));
     let shade = |cos: f64| viridis(((1.0 - cos).max(FLOOR).log10() - lo) / (hi - lo));
     let ncol = modules.len();
-    let width = 120 + 300 * panels.len() as u32;
-    let height = 170 + 14 * layers as u32;
+    // Modules down (names read horizontally), layers across, one panel per merge stacked.
+    let width = 1000u32;
+    let panel_height = 70 + 22 * ncol as u32;
+    let height = 40 + panel_height * panels.len() as u32;
+    let row = |c: usize| (ncol - 1 - c) as i32;
     render((width, height), |root| {
         root.fill(&WHITE)?;
         let root = root.titled(
@@ -98,42 +110,37 @@ pub fn merge_heatmap(panels: &[HeatmapPanel]) -> Result<Option<String>> {
             (FONT, 18),
         )?;
         let (maps, bar) = root.split_horizontally(width - 110);
-        for (p, area) in panels.iter().zip(maps.split_evenly((1, panels.len()))) {
+        for (p, area) in panels.iter().zip(maps.split_evenly((panels.len(), 1))) {
             let mut chart = ChartBuilder::on(&area)
                 .caption(&p.label, (FONT, 14))
                 .margin(6)
-                .x_label_area_size(95)
-                .y_label_area_size(40)
-                .build_cartesian_2d((0..ncol as i32).into_segmented(), layers as f64..0.0)?;
+                .x_label_area_size(32)
+                .y_label_area_size(90)
+                // A segmented range `0..n` has n + 1 segments.
+                .build_cartesian_2d(0.0..layers as f64, (0..ncol as i32 - 1).into_segmented())?;
             chart
                 .configure_mesh()
                 .disable_mesh()
-                .x_labels(ncol)
-                .x_label_formatter(&|x: &SegmentValue<i32>| match x {
-                    SegmentValue::CenterOf(i) => {
-                        modules.get(*i as usize).cloned().unwrap_or_default()
-                    }
+                .y_labels(ncol)
+                .y_label_formatter(&|y: &SegmentValue<i32>| match y {
+                    SegmentValue::CenterOf(i) if (0..ncol as i32).contains(i) => modules
+                        .get(ncol - 1 - *i as usize)
+                        .map(|m| short(m))
+                        .unwrap_or_default(),
                     _ => String::new(),
                 })
-                .x_label_style(
-                    TextStyle::from((FONT, 11).into_font())
-                        .transform(FontTransform::Rotate270)
-                        .pos(plotters::style::text_anchor::Pos::new(
-                            HPos::Right,
-                            VPos::Center,
-                        )),
-                )
-                .y_labels(layers.div_ceil(5) + 1)
-                .y_label_formatter(&|y: &f64| format!("{y:.0}"))
-                .y_desc("layer")
+                .y_label_style((FONT, 13))
+                .x_labels(layers.min(16))
+                .x_label_formatter(&|x: &f64| format!("{x:.0}"))
+                .x_desc("layer")
                 .draw()?;
             chart.draw_series(p.tensors.iter().filter_map(|(name, cos)| {
                 let (l, m) = layer_module(name)?;
-                let c = modules.iter().position(|x| *x == m)? as i32;
+                let c = row(modules.iter().position(|x| *x == m)?);
                 Some(Rectangle::new(
                     [
-                        (SegmentValue::Exact(c), l as f64),
-                        (SegmentValue::Exact(c + 1), l as f64 + 1.0),
+                        (l as f64, SegmentValue::Exact(c)),
+                        (l as f64 + 1.0, SegmentValue::Exact(c + 1)),
                     ],
                     shade(*cos).filled(),
                 ))
@@ -141,15 +148,17 @@ pub fn merge_heatmap(panels: &[HeatmapPanel]) -> Result<Option<String>> {
         }
         // The colour bar: log10 steps from `lo` to `hi`, the fallback threshold as a line.
         let mut chart = ChartBuilder::on(&bar)
-            .margin_top(30)
-            .margin_bottom(100)
-            .margin_right(10)
-            .y_label_area_size(55)
+            .caption("1 − cos", (FONT, 13))
+            .margin_top(8)
+            .margin_bottom(40)
+            .margin_right(40)
+            .y_label_area_size(50)
             .build_cartesian_2d(0.0..1.0, (10f64.powf(lo)..10f64.powf(hi)).log_scale())?;
         chart
             .configure_mesh()
             .disable_mesh()
             .disable_x_axis()
+            .y_label_style((FONT, 12))
             .y_label_formatter(&|y: &f64| format!("{y:.0e}"))
             .draw()?;
         let steps = 64;
@@ -211,7 +220,7 @@ mod tests {
         }])
         .unwrap()
         .unwrap();
-        assert!(svg.contains("\nq_proj\n</text>") && svg.contains("\ndown_proj\n</text>"));
+        assert!(svg.contains("\nq\n</text>") && svg.contains("\ndown\n</text>"));
         // 6 cells, all the bottom colour of the scale (1 − 0.999 everywhere), and the colour
         // bar's first step.
         assert_eq!(viridis(0.0), RGBColor(68, 1, 84));

@@ -166,6 +166,7 @@ pub fn loss_across_stages(stages: &[StageCurve]) -> Result<String> {
             .build_cartesian_2d(0.0..x_max, y_lo..y_hi)?;
         chart
             .configure_mesh()
+            .light_line_style(BLACK.mix(0.04))
             .x_desc("optimizer step (stages one after the other)")
             .x_label_formatter(&|x: &f64| format!("{x:.0}"))
             .y_desc("loss")
@@ -247,6 +248,7 @@ pub fn metric_panels(stages: &[StageCurve]) -> Result<Option<String>> {
                 .build_cartesian_2d(0.0..x_max, y_lo..y_hi)?;
             chart
                 .configure_mesh()
+                .light_line_style(BLACK.mix(0.04))
                 .x_desc("step")
                 .x_label_formatter(&|x: &f64| format!("{x:.0}"))
                 .y_label_formatter(&|v: &f64| {
