@@ -234,7 +234,29 @@ fn metadata_and_both_wall_times() {
         assert!(text.contains("9.9.9"), "{doc}: version");
         assert!(text.contains(&"ab".repeat(32)), "{doc}: data hash");
         assert!(text.contains("fp-12"), "{doc}: model fingerprint");
-        assert!(text.contains("learning_rate = "), "{doc}: hyper-parameters");
+        assert!(text.contains("learning_rate"), "{doc}: hyper-parameters");
+    }
+}
+
+#[test]
+fn hyperparameters_one_row_per_parameter_one_column_per_stage() {
+    let report = synthetic();
+    let table = temper_pipeline::report::tables::hyperparameters(&report);
+    let names: Vec<&str> = report
+        .config
+        .stages
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(table.header[1..], names);
+    let lr = table.rows.iter().find(|r| r[0] == "learning_rate").unwrap();
+    for (stage, cell) in report.config.stages.iter().zip(&lr[1..]) {
+        assert_eq!(
+            *cell,
+            stage.trainer["learning_rate"].to_string(),
+            "{}",
+            stage.name
+        );
     }
 }
 

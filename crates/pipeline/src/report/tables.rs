@@ -1,6 +1,8 @@
 //! The report's tables as rows of plain-text cells: one builder per table, rendered by both
 //! `report.md` and the HTML template (which escapes every cell).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::Serialize;
 
 use super::{MergeResult, PipelineReport, VariantKind, duration, opt, pct_ci};
@@ -197,39 +199,55 @@ pub fn stages(r: &PipelineReport) -> Table {
     )
 }
 
-/// Each stage's hyper-parameters as configured (`[trainer]` and `[lora]`, flattened).
+/// The stages' hyper-parameters as configured (`[trainer]` and `[lora]`, flattened): one row
+/// per parameter, one column per stage, so the stages compare at a glance.
 pub fn hyperparameters(r: &PipelineReport) -> Table {
-    let flatten = |prefix: &str, t: &toml::Table, out: &mut Vec<(String, String)>| {
-        fn walk(prefix: &str, t: &toml::Table, out: &mut Vec<(String, String)>) {
-            for (k, v) in t {
-                let key = format!("{prefix}{k}");
-                match v {
-                    toml::Value::Table(inner) => walk(&format!("{key}."), inner, out),
-                    toml::Value::String(s) => out.push((key, s.clone())),
-                    other => out.push((key, other.to_string())),
+    fn walk(prefix: &str, t: &toml::Table, out: &mut BTreeMap<String, String>) {
+        for (k, v) in t {
+            let key = format!("{prefix}{k}");
+            match v {
+                toml::Value::Table(inner) => walk(&format!("{key}."), inner, out),
+                toml::Value::String(s) => {
+                    out.insert(key, s.clone());
+                }
+                other => {
+                    out.insert(key, other.to_string());
                 }
             }
         }
-        walk(prefix, t, out);
-    };
-    let rows = r
+    }
+    let per_stage: Vec<BTreeMap<String, String>> = r
         .config
         .stages
         .iter()
         .map(|s| {
-            let mut params = Vec::new();
-            flatten("", &s.trainer, &mut params);
+            let mut params = BTreeMap::new();
+            walk("", &s.trainer, &mut params);
             if let Some(lora) = &s.lora {
-                flatten("lora.", lora, &mut params);
+                walk("lora.", lora, &mut params);
             }
             if let Some(limit) = s.limit {
-                params.push(("limit".into(), limit.to_string()));
+                params.insert("limit (rows)".into(), limit.to_string());
             }
-            let text: Vec<String> = params.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-            vec![s.name.clone(), text.join("; ")]
+            params
         })
         .collect();
-    Table::new(&["Stage", "Hyper-parameters"], rows)
+    let names: BTreeSet<&String> = per_stage.iter().flat_map(|p| p.keys()).collect();
+    let rows = names
+        .into_iter()
+        .map(|name| {
+            let mut row = vec![name.clone()];
+            row.extend(
+                per_stage
+                    .iter()
+                    .map(|p| p.get(name).cloned().unwrap_or_else(|| "–".into())),
+            );
+            row
+        })
+        .collect();
+    let mut header = vec!["Parameter".to_string()];
+    header.extend(r.config.stages.iter().map(|s| s.name.clone()));
+    Table { header, rows }
 }
 
 /// Every model: where it is and the fingerprint of how it was made.
