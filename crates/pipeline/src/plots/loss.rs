@@ -53,18 +53,34 @@ pub fn stage_spans(stages: &[StageCurve]) -> Vec<StageSpan> {
         .collect()
 }
 
-/// The metrics shown as small multiples, in this order when logged; any other metric a stage
-/// logged follows (except `epoch`, which only restates the step).
-const PREFERRED: [&str; 8] = [
+/// The metrics shown as small multiples, in this order, when a stage logged them: the
+/// optimiser's, the preference objectives' headline metrics (TRL's names) and SFT's token
+/// accuracy. ORPO alone logs a dozen more (`logps/*`, `logits/*`, ...); sixteen panels buried
+/// these, and `report.json` keeps them all.
+const SHOWN: [&str; 8] = [
     "learning_rate",
     "grad_norm",
     "rewards/accuracies",
     "rewards/margins",
-    "rewards/chosen",
-    "rewards/rejected",
     "nll_loss",
     "log_odds_ratio",
+    "mean_token_accuracy",
+    "entropy",
 ];
+
+/// A tick label with as many decimals as the axis' span needs (no `2.200`, no `1.4e-17` for
+/// zero, no `260.000` for a token count).
+fn tick(v: f64, span: f64) -> String {
+    let span = span.abs().max(f64::MIN_POSITIVE);
+    if v.abs() < span * 1e-9 {
+        return "0".into();
+    }
+    if v.abs() < 1e-3 || v.abs() >= 1e6 {
+        return format!("{v:.1e}");
+    }
+    let decimals = (1.0 - span.log10().floor()).clamp(0.0, 4.0) as usize;
+    format!("{v:.decimals$}")
+}
 
 fn finite(points: &[(usize, f64)], offset: usize) -> Vec<(f64, f64)> {
     points
@@ -202,18 +218,11 @@ pub fn loss_across_stages(stages: &[StageCurve]) -> Result<String> {
 
 /// The metric names drawn by [`metric_panels`], in order.
 pub fn panel_metrics(stages: &[StageCurve]) -> Vec<String> {
-    let logged: Vec<&String> = stages.iter().flat_map(|s| s.metrics.keys()).collect();
-    let mut names: Vec<String> = PREFERRED
+    SHOWN
         .iter()
-        .filter(|p| logged.iter().any(|l| l == p))
-        .map(|p| (*p).to_string())
-        .collect();
-    for l in logged {
-        if l != "epoch" && !names.contains(l) {
-            names.push(l.clone());
-        }
-    }
-    names
+        .filter(|name| stages.iter().any(|s| s.metrics.contains_key(**name)))
+        .map(|name| (*name).to_string())
+        .collect()
 }
 
 /// TRL's logged metrics as small multiples (two per row) on the stages' step axis; `None`
@@ -251,13 +260,7 @@ pub fn metric_panels(stages: &[StageCurve]) -> Result<Option<String>> {
                 .light_line_style(BLACK.mix(0.04))
                 .x_desc("step")
                 .x_label_formatter(&|x: &f64| format!("{x:.0}"))
-                .y_label_formatter(&|v: &f64| {
-                    if v.abs() < 1e-2 && *v != 0.0 {
-                        format!("{v:.1e}")
-                    } else {
-                        format!("{v:.3}")
-                    }
-                })
+                .y_label_formatter(&|v: &f64| tick(*v, y_hi - y_lo))
                 .draw()?;
             draw_spans(&mut chart, &spans, (y_lo, y_hi), false)?;
             for (i, (s, span)) in stages.iter().zip(&spans).enumerate() {
@@ -309,6 +312,15 @@ mod tests {
     }
 
     #[test]
+    fn ticks_carry_the_decimals_the_span_needs() {
+        assert_eq!(tick(2.2, 1.4), "2.2");
+        assert_eq!(tick(1.4e-17, 0.14), "0");
+        assert_eq!(tick(260_000.0, 140_000.0), "260000");
+        assert_eq!(tick(1e-4, 1.5e-4), "1.0e-4");
+        assert_eq!(tick(0.38, 0.1), "0.38");
+    }
+
+    #[test]
     fn trl_metrics_in_the_preferred_order_without_epoch() {
         let mut a = stage("sft", 4, &[(4, 1.0)]);
         a.metrics.insert("grad_norm".into(), vec![(4, 0.5)]);
@@ -319,7 +331,7 @@ mod tests {
         b.metrics.insert("custom".into(), vec![(4, 2.0)]);
         assert_eq!(
             panel_metrics(&[a.clone(), b.clone()]),
-            ["learning_rate", "grad_norm", "rewards/margins", "custom"]
+            ["learning_rate", "grad_norm", "rewards/margins"]
         );
         let svg = metric_panels(&[a, b]).unwrap().unwrap();
         assert!(svg.contains("\nrewards/margins\n</text>"));

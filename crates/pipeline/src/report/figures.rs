@@ -96,7 +96,9 @@ pub(crate) fn figures(r: &PipelineReport) -> Result<Vec<Figure>> {
         if let Some(svg) = plots::metric_panels(&curves)? {
             figs.push(Figure {
                 file: "train_metrics.svg".into(),
-                title: "Metrics the trainers logged (TRL names), same step axis".into(),
+                title: "Metrics the trainers logged (TRL names), same step axis and stage colours as the \
+                        loss; report.json holds every logged metric"
+                    .into(),
                 svg,
             });
         }

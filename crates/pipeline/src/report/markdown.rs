@@ -8,7 +8,7 @@ use super::tables;
 
 fn figure(s: &mut String, figs: &[Figure], file: &str) {
     if let Some(f) = figs.iter().find(|f| f.file == file) {
-        let _ = writeln!(s, "![{}](plots/{})\n\n*{}*\n", f.file, f.file, f.title);
+        let _ = writeln!(s, "![{}](plots/{})\n\n*{}*\n", f.title, f.file, f.title);
     }
 }
 
