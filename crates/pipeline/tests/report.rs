@@ -1,6 +1,9 @@
 //! The report rendered from a small synthetic run: the intervals in the HTML are those of
 //! bench-eval's standard errors, the loss plot places the stages where they start, the
 //! metadata is there, and a hostile variant name is escaped everywhere.
+//!
+//! `DUMP=DIR cargo nextest run -p temper-pipeline -E 'test(html_intervals)'` writes the rendered
+//! files into DIR, to look at them in a browser.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;

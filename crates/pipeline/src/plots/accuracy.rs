@@ -163,6 +163,9 @@ pub fn merge_scatter(points: &[MergePoint]) -> Result<String> {
     let (x_lo, x_hi) = zoomed(x_lo, x_hi, 0.3, 0.005, (0.0, 1.0));
     // Parents drawn a little left and right of the merge so the three intervals do not overlap.
     let dx = (x_hi - x_lo) * 0.02;
+    // Enough decimals that neighbouring ticks differ (merges with equal expected values zoom
+    // the axis down to a fraction of a point).
+    let x_decimals = (1.0 - ((x_hi - x_lo) * 100.0).log10().floor()).clamp(0.0, 3.0) as usize;
     render((760, 640), |root| {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
@@ -179,7 +182,7 @@ pub fn merge_scatter(points: &[MergePoint]) -> Result<String> {
             .light_line_style(BLACK.mix(0.04))
             .x_desc("expected = mean of the two parents")
             .y_desc("accuracy")
-            .x_label_formatter(&|x: &f64| format!("{:.1}%", x * 100.0))
+            .x_label_formatter(&|x: &f64| format!("{:.*}%", x_decimals, x * 100.0))
             .y_label_formatter(&|y: &f64| format!("{:.0}%", y * 100.0))
             .draw()?;
         chart
