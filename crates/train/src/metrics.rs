@@ -106,12 +106,20 @@ pub fn plot_loss_curve(records: &[LogRecord], path: &Path) -> Result<()> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max, (y_min - pad)..(y_max + pad))?;
+            // A little room right of the last point, so its marker is not cut by the frame.
+            .build_cartesian_2d(0.0..x_max * 1.02, (y_min - pad)..(y_max + pad))?;
         chart
             .configure_mesh()
             .light_line_style(BLACK.mix(0.04))
             .x_desc("optimizer step")
-            .x_label_formatter(&|x: &f64| format!("{x:.0}"))
+            // Steps are whole: a short run's fractional ticks stay unlabelled.
+            .x_label_formatter(&|x: &f64| {
+                if (x - x.round()).abs() < 1e-9 {
+                    format!("{x:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .y_desc("loss")
             .draw()?;
         for (points, color, name) in [(&train, blue, "loss"), (&eval, red, "eval_loss")] {

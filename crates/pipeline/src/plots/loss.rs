@@ -82,6 +82,15 @@ fn tick(v: f64, span: f64) -> String {
     format!("{v:.decimals$}")
 }
 
+/// Steps are whole: a short run's fractional ticks stay unlabelled (not `0 0 1 1 2`).
+fn step_label(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-9 {
+        format!("{x:.0}")
+    } else {
+        String::new()
+    }
+}
+
 fn finite(points: &[(usize, f64)], offset: usize) -> Vec<(f64, f64)> {
     points
         .iter()
@@ -179,12 +188,12 @@ pub fn loss_across_stages(stages: &[StageCurve]) -> Result<String> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max, y_lo..y_hi)?;
+            .build_cartesian_2d(0.0..x_max * 1.01, y_lo..y_hi)?;
         chart
             .configure_mesh()
             .light_line_style(BLACK.mix(0.04))
             .x_desc("optimizer step (stages one after the other)")
-            .x_label_formatter(&|x: &f64| format!("{x:.0}"))
+            .x_label_formatter(&step_label)
             .y_desc("loss")
             .draw()?;
         draw_spans(&mut chart, &spans, (y_lo, y_hi), true)?;
@@ -254,12 +263,12 @@ pub fn metric_panels(stages: &[StageCurve]) -> Result<Option<String>> {
                 .margin(8)
                 .x_label_area_size(30)
                 .y_label_area_size(65)
-                .build_cartesian_2d(0.0..x_max, y_lo..y_hi)?;
+                .build_cartesian_2d(0.0..x_max * 1.01, y_lo..y_hi)?;
             chart
                 .configure_mesh()
                 .light_line_style(BLACK.mix(0.04))
                 .x_desc("step")
-                .x_label_formatter(&|x: &f64| format!("{x:.0}"))
+                .x_label_formatter(&step_label)
                 .y_label_formatter(&|v: &f64| tick(*v, y_hi - y_lo))
                 .draw()?;
             draw_spans(&mut chart, &spans, (y_lo, y_hi), false)?;
@@ -309,6 +318,12 @@ mod tests {
         }
         // ORPO's single point is drawn as a marker.
         assert!(svg.contains("<circle"));
+    }
+
+    #[test]
+    fn only_whole_steps_are_labelled() {
+        assert_eq!(step_label(&2.0), "2");
+        assert_eq!(step_label(&0.4), "");
     }
 
     #[test]
