@@ -36,7 +36,8 @@ pub const PIPELINE: &str = "Examples:
   temper pipeline                               # the paper's study on SmolLM2-135M (preset default)
   temper pipeline --preset smoke --out /tmp/smoke
   temper pipeline --config study.toml --print-config
-  temper pipeline --preset smoke --out /tmp/smoke --export-gguf q8_0   # variants also as GGUF";
+  temper pipeline --preset smoke --out /tmp/smoke --export-gguf q8_0   # variants also as GGUF
+  temper pipeline --out runs/smollm2-bio-materials --rerender         # report again, nothing re-run";
 
 pub const TRAIN: &str = "Examples:
   temper train sft --model smollm2-hf --data sft.jsonl --out runs/sft --lora-r 16 --lr 2e-4 --epochs 1

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use temper_backend::FloatPrecision;
-use temper_pipeline::{PipelineConfig, PipelineOptions, Preset, run_pipeline};
+use temper_pipeline::{PipelineConfig, PipelineOptions, Preset, rerender_report, run_pipeline};
 
 /// Arguments of `temper pipeline`.
 #[derive(clap::Args, Debug)]
@@ -31,6 +31,10 @@ pub struct PipelineArgs {
     /// llama.cpp (the config's `export_gguf`): f32, f16, bf16, q8_0 or q4_0.
     #[arg(long, value_name = "DTYPE")]
     pub export_gguf: Option<String>,
+    /// Only render report.md, report.html and plots/ again from OUT/report.json (a finished
+    /// run's); nothing is trained, merged or evaluated.
+    #[arg(long, conflicts_with = "print_config")]
+    pub rerender: bool,
     /// Print the resolved config as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -41,6 +45,15 @@ pub struct PipelineArgs {
 
 /// Run `temper pipeline`.
 pub fn run(args: PipelineArgs) -> Result<()> {
+    if args.rerender {
+        // The output directory alone says which run: no config or data is read.
+        let Some(out_dir) = &args.out else {
+            bail!("--rerender needs --out DIR, the directory holding the run's report.json");
+        };
+        rerender_report(out_dir)?;
+        outln!("report: {}", out_dir.join("report.html").display())?;
+        return Ok(());
+    }
     let mut config = match &args.config {
         Some(path) => PipelineConfig::from_file(path)?,
         None => {

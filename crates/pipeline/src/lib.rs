@@ -6,8 +6,9 @@
 //! * [`config`]: the pipeline TOML and the built-in presets (`default`, `smoke`).
 //! * [`run`]: [`run_pipeline`], step by step with fingerprints so a re-run resumes.
 //! * `export`: the `export_gguf` option, each variant also as a GGUF file for llama.cpp.
-//! * [`report`]: the results and their rendering as `report.{json,md,html}`; [`plots`]: the
-//!   SVG figures.
+//! * [`report`]: the results and their rendering as `report.{json,md,html}` (the HTML through a
+//!   minijinja template); [`plots`]: the SVG figures; [`rerender_report`] renders a finished
+//!   run's report again from its `report.json`.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -30,4 +31,4 @@ pub mod run;
 pub use config::{PipelineConfig, Preset, StageSpec};
 pub use error::{PipelineError, Result};
 pub use report::PipelineReport;
-pub use run::{PipelineOptions, run_pipeline};
+pub use run::{PipelineOptions, rerender_report, run_pipeline};

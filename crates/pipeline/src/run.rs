@@ -34,8 +34,8 @@ use temper_merge::{MergeConfig, MergeOptions, NoProgress, run_merge};
 use crate::config::{PipelineConfig, StageSpec};
 use crate::fingerprint::{Fingerprint, file_sha256};
 use crate::report::{
-    MergeResult, MergeRow, PipelineReport, StageResult, TensorStat, VariantKind, VariantResult,
-    VsInstruct, render_report,
+    DataFile, MergeResult, MergeRow, PipelineReport, StageResult, TensorStat, VariantKind,
+    VariantResult, VsInstruct, render_report,
 };
 use crate::{PipelineError, Result};
 
@@ -104,6 +104,22 @@ pub fn write_report(report: &PipelineReport, dir: &Path) -> Result<()> {
         write_atomic(&path, contents.as_bytes())?;
     }
     Ok(())
+}
+
+/// Render the report again from `dir/report.json` (a finished run's), with nothing re-run:
+/// how a report picks up a newer renderer. The JSON is rewritten too (fields an older run
+/// lacked come back at their defaults).
+///
+/// # Errors
+/// `report.json` is missing or malformed; drawing or writing failures.
+pub fn rerender_report(dir: &Path) -> Result<PipelineReport> {
+    let path = dir.join("report.json");
+    let text =
+        temper_formats::read_regular_to_string(&path).map_err(|e| PipelineError::io(&path, e))?;
+    let report: PipelineReport = serde_json::from_str(&text)
+        .map_err(|e| PipelineError::Report(format!("{}: {e}", path.display())))?;
+    write_report(&report, dir)?;
+    Ok(report)
 }
 
 fn create_dir(path: &Path) -> Result<()> {
@@ -367,6 +383,7 @@ impl Runner<'_> {
             eval_loss: summary.eval_loss,
             losses: losses("loss"),
             eval_losses: losses("eval_loss"),
+            metrics: other_metrics(&summary.log_history),
         };
         write_marker(&dir.join(MARKER), &fingerprint, &result)?;
         let _ = std::fs::remove_file(dir.join(PENDING));
@@ -524,6 +541,7 @@ impl Runner<'_> {
             name: variant.name.clone(),
             kind: variant.kind,
             model_dir: variant.model.dir.clone(),
+            fingerprint: variant.model.fingerprint.clone(),
             parents: variant.parents.clone(),
             seconds,
             skipped,
@@ -538,6 +556,44 @@ impl Runner<'_> {
 #[derive(Debug, Serialize, Deserialize)]
 struct EvalDone {
     seconds: f64,
+}
+
+/// Every metric of `log` but the losses (kept apart) and `epoch` (the step restated), by name.
+fn other_metrics(
+    log: &[temper_train::LogRecord],
+) -> std::collections::BTreeMap<String, Vec<(usize, f64)>> {
+    let mut out: std::collections::BTreeMap<String, Vec<(usize, f64)>> = Default::default();
+    for record in log {
+        for (name, value) in &record.values {
+            if !matches!(name.as_str(), "loss" | "eval_loss" | "epoch") {
+                out.entry(name.clone())
+                    .or_default()
+                    .push((record.step, *value));
+            }
+        }
+    }
+    out
+}
+
+/// The SHA-256 of every data file the run reads (benchmark, each stage's data).
+fn data_files(config: &PipelineConfig) -> Result<Vec<DataFile>> {
+    let mut files = vec![("benchmark".to_string(), config.benchmark.file.clone())];
+    for stage in &config.stages {
+        files.push((format!("{} data", stage.name), stage.data.clone()));
+        if let Some(eval) = &stage.eval_data {
+            files.push((format!("{} eval data", stage.name), eval.clone()));
+        }
+    }
+    files
+        .into_iter()
+        .map(|(role, path)| {
+            Ok(DataFile {
+                role,
+                sha256: file_sha256(&path)?,
+                path,
+            })
+        })
+        .collect()
 }
 
 fn count_rows(path: &Path) -> Result<usize> {
@@ -692,6 +748,8 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
         mode: bench.mode,
         metric: bench.metric,
         total_seconds: t0.elapsed().as_secs_f64(),
+        temper_version: env!("CARGO_PKG_VERSION").to_string(),
+        data_files: data_files(config)?,
         stages,
         merges,
         variants: results,

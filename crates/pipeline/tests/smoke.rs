@@ -124,9 +124,8 @@ fn smoke_pipeline_runs_every_variant_writes_the_report_and_resumes() {
         "plots/accuracy.svg",
         "plots/merge_scatter.svg",
         "plots/merge_distance.svg",
-        "plots/loss-cpt.svg",
-        "plots/loss-sft.svg",
-        "plots/loss-orpo.svg",
+        "plots/loss.svg",
+        "plots/train_metrics.svg",
     ] {
         let path = out.path().join(file);
         assert!(path.metadata().unwrap().len() > 0, "{file}");
@@ -137,7 +136,13 @@ fn smoke_pipeline_runs_every_variant_writes_the_report_and_resumes() {
         assert!(md.contains(name), "report.md lacks {name}");
         assert!(html.contains(name), "report.html lacks {name}");
     }
-    assert_eq!(html.matches("<svg").count(), 6, "inline plots");
+    assert_eq!(html.matches("<svg").count(), 5, "inline plots");
+    // The stages' learning rates and gradient norms, as TRL names them.
+    for s in &report.stages {
+        for name in ["learning_rate", "grad_norm"] {
+            assert_eq!(s.metrics[name].len(), s.losses.len(), "{} {name}", s.name);
+        }
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
             .unwrap();

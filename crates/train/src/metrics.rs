@@ -91,39 +91,58 @@ pub fn plot_loss_curve(records: &[LogRecord], path: &Path) -> Result<()> {
         y_min = y_min.min(*y);
         y_max = y_max.max(*y);
     }
-    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    let pad = ((y_max - y_min) * 0.08).max(1e-3);
+    // The pipeline report's look (`temper-pipeline`'s plots): matplotlib's first two tab10
+    // colours, a marker on every logged point (a run that logged once still shows), integer
+    // steps, a light grid.
+    let (blue, red) = (RGBColor(31, 119, 180), RGBColor(214, 39, 40));
     // Drawn into memory and written atomically: no half-drawn SVG after an interruption.
     let mut svg = String::new();
     let mut draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("loss", ("sans-serif", 20))
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0.0..x_max, (y_min - pad)..(y_max + pad))?;
+            .caption("Training loss", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            // A little room right of the last point, so its marker is not cut by the frame.
+            .build_cartesian_2d(0.0..x_max * 1.02, (y_min - pad)..(y_max + pad))?;
         chart
             .configure_mesh()
-            .x_desc("step")
+            .light_line_style(BLACK.mix(0.04))
+            .x_desc("optimizer step")
+            // Steps are whole: a short run's fractional ticks stay unlabelled.
+            .x_label_formatter(&|x: &f64| {
+                if (x - x.round()).abs() < 1e-9 {
+                    format!("{x:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .y_desc("loss")
             .draw()?;
-        if !train.is_empty() {
+        for (points, color, name) in [(&train, blue, "loss"), (&eval, red, "eval_loss")] {
+            if points.is_empty() {
+                continue;
+            }
+            chart.draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?;
             chart
-                .draw_series(LineSeries::new(train.clone(), &BLUE))?
-                .label("loss")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-        }
-        if !eval.is_empty() {
-            chart
-                .draw_series(LineSeries::new(eval.clone(), &RED))?
-                .label("eval_loss")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+                .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (18, 0)], color.stroke_width(2))
+                        + Circle::new((9, 0), 3, color.filled())
+                });
         }
         chart
             .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.5))
+            .background_style(WHITE.mix(0.9))
             .draw()?;
         root.present()?;
         Ok(())
@@ -156,4 +175,54 @@ pub(crate) fn average<'a>(
     sums.into_iter()
         .map(|(n, s, c)| (n, s / c.max(1) as f64))
         .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn row(step: usize, values: &[(&str, f64)]) -> LogRecord {
+        LogRecord {
+            step,
+            values: values.iter().map(|(n, v)| ((*n).to_string(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn one_logged_point_still_shows_with_named_axes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loss.svg");
+        plot_loss_curve(&[row(1, &[("loss", 2.5), ("learning_rate", 1e-4)])], &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            svg.matches("<circle").count(),
+            2,
+            "the point and its legend marker"
+        );
+        for text in ["optimizer step", "loss", "Training loss"] {
+            assert!(svg.contains(&format!("\n{text}\n</text>")), "{text}");
+        }
+        // Evaluation rows add their own series.
+        plot_loss_curve(
+            &[
+                row(1, &[("loss", 2.5)]),
+                row(2, &[("loss", 2.0)]),
+                row(2, &[("eval_loss", 2.2)]),
+            ],
+            &path,
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(svg.matches("<circle").count(), 5);
+        assert!(svg.contains("\neval_loss\n</text>"));
+    }
+
+    #[test]
+    fn nothing_logged_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loss.svg");
+        plot_loss_curve(&[row(1, &[("grad_norm", 1.0)])], &path).unwrap();
+        assert!(!path.exists());
+    }
 }
