@@ -33,6 +33,8 @@ mod error;
 mod finite_tests;
 mod ggml_type;
 mod parse;
+#[cfg(test)]
+mod qwen_tests;
 mod reader;
 #[cfg(test)]
 mod reader_tests;
