@@ -10,12 +10,34 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::{DType, Device, Distribution, Tensor};
 use serde_json::{Value, json};
 use temper_backend::FloatPrecision;
 use temper_llm_arch::checkpoint::{SafetensorsSource, load_weights, save_safetensors};
-use temper_llm_arch::{Family, GenerationConfig, LlamaForCausalLM, ModelConfig, generate};
+use temper_llm_arch::{
+    CheckpointTape, Family, ForwardOptions, GenerationConfig, LlamaForCausalLM, ModelConfig,
+    generate,
+};
 
-use common::{device, forward_plain};
+/// Logits `[batch][seq][vocab]` for `rows` on the model's own device.
+fn forward_plain(m: &LlamaForCausalLM, rows: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
+    let ids = common::ids(rows).to_device(&m.device());
+    common::host(
+        m.forward(ids, &ForwardOptions::default())
+            .unwrap()
+            .cast(DType::F32),
+    )
+}
+
+/// `TEMPER_TEST_DEVICE` (default `cpu`; `wgpu` in a build with the `wgpu` feature, as
+/// `scripts/test-lavapipe.sh` runs it): the parity tests run the kernel path there.
+fn device() -> Device {
+    let spec: temper_backend::DeviceSpec = std::env::var("TEMPER_TEST_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .unwrap();
+    spec.device().unwrap()
+}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -268,4 +290,72 @@ fn qwen_config_defaults_follow_transformers() {
         e.contains("unsupported model_type `qwen3_moe`") && e.contains("qwen2, qwen3"),
         "{e}"
     );
+}
+
+/// Layer-wise gradient checkpointing recomputes each layer with its own mask (layer 0 full,
+/// layers 1–2 through the window): the gradients equal those of the plain backward.
+#[test]
+fn checkpointed_backward_on_sliding_qwen2_equals_the_plain_one() {
+    let device = Device::flex().autodiff();
+    let config = ModelConfig::from_file(fixture("tiny_qwen2").join("config.json")).unwrap();
+    let mut source = SafetensorsSource::open_dir(fixture("tiny_qwen2")).unwrap();
+    let model = load_weights(&config, &mut source, &device, FloatPrecision::F32).unwrap();
+    // 10 positions: past the window of 4.
+    let rows = vec![
+        vec![1, 5, 9, 17, 33, 2, 63, 40, 3, 8],
+        vec![7, 7, 3, 0, 12, 50, 21, 8, 9, 1],
+    ];
+    let ids = || common::ids(&rows).to_device(&device);
+    let weights = Tensor::<3>::random([2, 10, 64], Distribution::Normal(0.0, 1.0), &device);
+    let grads_of = |m: &LlamaForCausalLM, grads: &burn::tensor::Gradients, layer: usize| {
+        let a = &m.model.layers[layer].self_attn;
+        [
+            a.q_proj.weight.val().grad(grads),
+            a.q_proj
+                .bias
+                .as_ref()
+                .and_then(|b| b.val().grad(grads).map(|t| t.unsqueeze())),
+            a.v_proj.weight.val().grad(grads),
+        ]
+    };
+    let host = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+
+    let logits = model.forward(ids(), &ForwardOptions::default()).unwrap();
+    let grads = (logits * weights.clone()).sum().backward();
+    let plain: Vec<Vec<Vec<f32>>> = (0..3)
+        .map(|l| {
+            grads_of(&model, &grads, l)
+                .into_iter()
+                .map(|g| host(g.unwrap()))
+                .collect()
+        })
+        .collect();
+
+    let tape = CheckpointTape::new();
+    let ckpt = model.clone().with_layer_checkpointing(Some(tape.clone()));
+    let logits = ckpt.forward(ids(), &ForwardOptions::default()).unwrap();
+    let mut grads = (logits * weights).sum().backward();
+    let mut per_layer: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 3];
+    tape.backward(&ckpt, &mut grads, |g| {
+        for (l, found) in per_layer.iter_mut().enumerate() {
+            let gs = grads_of(&ckpt, &g, l);
+            if gs.iter().all(Option::is_some) {
+                *found = gs.into_iter().map(|g| host(g.unwrap())).collect();
+            }
+        }
+    })
+    .unwrap();
+    assert_eq!(tape.pending(), 0);
+    for (l, (p, c)) in plain.iter().zip(&per_layer).enumerate() {
+        assert_eq!(c.len(), 3, "layer {l}: gradients missing");
+        for (a, b) in p.iter().zip(c) {
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            let scale = a.iter().map(|x| x.abs()).fold(0.0, f32::max);
+            assert!(d <= 1e-4 * scale.max(1.0), "layer {l}: {d} (scale {scale})");
+        }
+    }
 }
