@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU kernels, the chunked log-prob autodiff node and the SmolLM2 parity test on burn's
+# The GPU kernels, the chunked log-prob autodiff node and the SmolLM2 and Qwen parity tests on burn's
 # wgpu backend, without a GPU: Mesa's lavapipe is a CPU Vulkan driver
 # (docs/gpu.md). A second test build with
 # the wgpu feature (burn's WGSL path; `fusion` on, `autotune` off: tuning costs ~40 s per
@@ -28,4 +28,4 @@ export TEMPER_SMOLLM2_GREEDY_STEPS=${TEMPER_SMOLLM2_GREEDY_STEPS:-8}
 TEMPER_TEST_DEVICE=wgpu cargo nextest run --cargo-profile lavapipe --no-fail-fast \
   -p temper-backend -p temper-llm-arch -p temper-objectives \
   --features temper-backend/wgpu,temper-backend/fusion \
-  -E 'binary(kernels) | binary(smollm2_golden) | test(on_the_test_device)' "$@"
+  -E 'binary(kernels) | binary(smollm2_golden) | binary(qwen_families) | test(on_the_test_device)' "$@"

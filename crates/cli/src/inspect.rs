@@ -5,8 +5,8 @@ use std::fmt::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use temper_llm_arch::ModelConfig;
 use temper_llm_arch::gguf::{GgufFile, hf_config};
+use temper_llm_arch::{ModelConfig, SlidingLayers};
 
 /// A human-readable report on an HF directory or GGUF file.
 pub fn inspect(path: &Path) -> Result<String> {
@@ -91,10 +91,20 @@ pub fn inspect(path: &Path) -> Result<String> {
         "rope:         theta {} scaling {:?}",
         config.rope_theta, config.rope_scaling
     )?;
+    // Qwen2/Qwen3 slide on some layers only (`max_window_layers` / `layer_types`).
+    let window = match (config.sliding_window, &config.sliding_layers) {
+        (None, _) => "none".to_string(),
+        (Some(w), SlidingLayers::All) => format!("{w}"),
+        (Some(w), SlidingLayers::From(n)) => format!("{w} on layers ≥ {n}"),
+        (Some(w), SlidingLayers::Listed(l)) => {
+            let on: Vec<usize> = (0..l.len()).filter(|&i| l[i]).collect();
+            format!("{w} on layers {on:?}")
+        }
+    };
     writeln!(
         out,
-        "context:      {} (sliding window {:?})",
-        config.max_position_embeddings, config.sliding_window
+        "context:      {} (sliding window {window})",
+        config.max_position_embeddings
     )?;
     write!(
         out,

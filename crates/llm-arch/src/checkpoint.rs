@@ -480,6 +480,7 @@ pub fn load_weights(
     };
     let c = config;
     let (hs, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let (bias, qk_norm) = (c.biases(), c.qk_norm());
     let (Some(q), Some(kv)) = (
         c.num_attention_heads.checked_mul(hd),
         c.num_key_value_heads.checked_mul(hd),
@@ -505,10 +506,18 @@ pub fn load_weights(
         layers.push(DecoderLayer {
             input_layernorm: l.norm(&format!("{p}.input_layernorm"), hs, c.rms_norm_eps)?,
             self_attn: Attention {
-                q_proj: l.projection(&format!("{p}.self_attn.q_proj"), hs, q, c.attention_bias)?,
-                k_proj: l.projection(&format!("{p}.self_attn.k_proj"), hs, kv, c.attention_bias)?,
-                v_proj: l.projection(&format!("{p}.self_attn.v_proj"), hs, kv, c.attention_bias)?,
-                o_proj: l.projection(&format!("{p}.self_attn.o_proj"), q, hs, c.attention_bias)?,
+                q_proj: l.projection(&format!("{p}.self_attn.q_proj"), hs, q, bias.qkv)?,
+                k_proj: l.projection(&format!("{p}.self_attn.k_proj"), hs, kv, bias.qkv)?,
+                v_proj: l.projection(&format!("{p}.self_attn.v_proj"), hs, kv, bias.qkv)?,
+                o_proj: l.projection(&format!("{p}.self_attn.o_proj"), q, hs, bias.o)?,
+                q_norm: match qk_norm {
+                    true => Some(l.norm(&format!("{p}.self_attn.q_norm"), hd, c.rms_norm_eps)?),
+                    false => None,
+                },
+                k_norm: match qk_norm {
+                    true => Some(l.norm(&format!("{p}.self_attn.k_norm"), hd, c.rms_norm_eps)?),
+                    false => None,
+                },
                 num_heads: c.num_attention_heads,
                 num_kv_heads: c.num_key_value_heads,
                 head_dim: hd,
@@ -519,9 +528,9 @@ pub fn load_weights(
                 c.rms_norm_eps,
             )?,
             mlp: Mlp {
-                gate_proj: l.projection(&format!("{p}.mlp.gate_proj"), hs, inter, c.mlp_bias)?,
-                up_proj: l.projection(&format!("{p}.mlp.up_proj"), hs, inter, c.mlp_bias)?,
-                down_proj: l.projection(&format!("{p}.mlp.down_proj"), inter, hs, c.mlp_bias)?,
+                gate_proj: l.projection(&format!("{p}.mlp.gate_proj"), hs, inter, bias.mlp)?,
+                up_proj: l.projection(&format!("{p}.mlp.up_proj"), hs, inter, bias.mlp)?,
+                down_proj: l.projection(&format!("{p}.mlp.down_proj"), inter, hs, bias.mlp)?,
             },
         });
     }

@@ -1,9 +1,11 @@
-//! `ModelConfig`: the HF `config.json` of a Llama-family model.
+//! `ModelConfig`: the HF `config.json` of a Llama-family model (`llama`, `mistral`, `qwen2`,
+//! `qwen3`; what each family reads differently is in [`crate::family`]).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
+use crate::family::{Biases, Family, SlidingLayers, supported_model_types};
 use crate::{Error, Result};
 
 mod bounds;
@@ -23,7 +25,7 @@ pub enum RopeScaling {
 }
 
 /// Architecture hyper-parameters of a Llama-family decoder, as in HF `config.json`
-/// (`model_type` `llama` — which includes SmolLM/SmolLM2 — or `mistral`).
+/// (`model_type` `llama` — which includes SmolLM/SmolLM2 —, `mistral`, `qwen2` or `qwen3`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     pub model_type: String,
@@ -39,10 +41,15 @@ pub struct ModelConfig {
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
     pub tie_word_embeddings: bool,
-    /// Mistral's sliding attention window; `None` is full attention.
+    /// The sliding attention window of the layers [`ModelConfig::sliding_layers`] names;
+    /// `None` is full attention everywhere.
     pub sliding_window: Option<usize>,
-    /// Llama's `attention_bias`: biases on q, k, v and o (HF `LlamaAttention`). Mistral has
-    /// none whatever its config says (HF's `MistralAttention` ignores the key).
+    /// Which layers use `sliding_window`: every one (Mistral), or Qwen2/Qwen3's
+    /// `max_window_layers` / `layer_types`.
+    pub sliding_layers: SlidingLayers,
+    /// `attention_bias` as the family reads it: biases on q, k, v and o for `llama` and
+    /// `qwen3`; ignored by `mistral` (HF's `MistralAttention` ignores the key) and `qwen2`
+    /// (whose q, k, v always have biases). [`ModelConfig::biases`] says which exist.
     pub attention_bias: bool,
     /// Llama's `mlp_bias`: biases on gate, up and down.
     pub mlp_bias: bool,
@@ -53,13 +60,14 @@ pub struct ModelConfig {
     pub raw: Map<String, Value>,
 }
 
-struct Keys<'a> {
+/// The keys of a `config.json` object, read with errors that name them.
+pub(crate) struct Keys<'a> {
     obj: &'a Map<String, Value>,
     path: &'a Path,
 }
 
 impl Keys<'_> {
-    fn invalid(&self, key: &str, reason: impl Into<String>) -> Error {
+    pub(crate) fn invalid(&self, key: &str, reason: impl Into<String>) -> Error {
         Error::InvalidConfig {
             path: self.path.to_path_buf(),
             key: key.to_string(),
@@ -69,7 +77,54 @@ impl Keys<'_> {
     fn get(&self, key: &str) -> Option<&Value> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
-    fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
+    /// The key is in the object, `null` included.
+    pub(crate) fn present(&self, key: &str) -> bool {
+        self.obj.contains_key(key)
+    }
+    /// An attention window: a positive integer, or `null` / absent for none.
+    pub(crate) fn window(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| self.invalid(key, format!("expected an integer or null, got {v}"))),
+        }
+    }
+    /// `layer_types` as transformers 5 writes it, one entry per layer: `true` for
+    /// `sliding_attention`, `false` for `full_attention` (or its legacy name `attention`).
+    /// Any other type changes the computation in a way Temper does not implement.
+    pub(crate) fn layer_types(&self, layers: usize) -> Result<Option<Vec<bool>>> {
+        let key = "layer_types";
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let items = v
+            .as_array()
+            .ok_or_else(|| self.invalid(key, format!("expected a list of strings, got {v}")))?;
+        if items.len() != layers {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "lists {} layers, num_hidden_layers is {layers}",
+                    items.len()
+                ),
+            ));
+        }
+        items
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention" | "attention") => Ok(false),
+                _ => Err(self.invalid(
+                    key,
+                    format!("layer type {t} is not supported (full_attention, sliding_attention)"),
+                )),
+            })
+            .collect::<Result<Vec<bool>>>()
+            .map(Some)
+    }
+    pub(crate) fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
@@ -92,7 +147,7 @@ impl Keys<'_> {
                 .ok_or_else(|| self.invalid(key, format!("expected a number, got {v}"))),
         }
     }
-    fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
+    pub(crate) fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -158,12 +213,14 @@ impl ModelConfig {
                 });
             }
         };
-        if !matches!(model_type.as_str(), "llama" | "mistral") {
+        let Some(family) = Family::from_model_type(&model_type) else {
             return Err(Error::UnsupportedModelType {
                 path: origin.into(),
                 model_type,
+                supported: supported_model_types(),
             });
-        }
+        };
+        let spec = family.spec();
         if let Some(act) = k.get("hidden_act").and_then(Value::as_str)
             && act != "silu"
         {
@@ -186,10 +243,10 @@ impl ModelConfig {
                 format!("{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"),
             ));
         }
-        let head_dim = match k.usize_opt("head_dim")? {
-            Some(d) => d,
+        let head_dim = match (k.usize_opt("head_dim")?, spec.default_head_dim) {
+            (Some(d), _) | (None, Some(d)) => d,
             // HF derives it by floor division; a remainder means the config is not one model.
-            None if !hidden_size.is_multiple_of(num_attention_heads) => {
+            (None, None) if !hidden_size.is_multiple_of(num_attention_heads) => {
                 return Err(k.invalid(
                     "num_attention_heads",
                     format!(
@@ -198,7 +255,7 @@ impl ModelConfig {
                     ),
                 ));
             }
-            None => hidden_size / num_attention_heads,
+            (None, None) => hidden_size / num_attention_heads,
         };
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(k.invalid("head_dim", format!("{head_dim} must be even and positive")));
@@ -221,22 +278,14 @@ impl ModelConfig {
             None => None,
             Some(s) => Self::parse_rope_scaling(s, &k)?,
         };
-        let sliding_window = match k.get("sliding_window") {
-            None => None,
-            Some(_) if model_type == "llama" => None,
-            Some(v) => Some(v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                k.invalid(
-                    "sliding_window",
-                    format!("expected an integer or null, got {v}"),
-                )
-            })?),
-        };
+        let num_hidden_layers = k.usize("num_hidden_layers")?;
+        let own = (spec.read)(&k, num_hidden_layers)?;
         let vocab_size = k.usize("vocab_size")?;
         let config = Self {
             vocab_size,
             hidden_size,
             intermediate_size: k.usize("intermediate_size")?,
-            num_hidden_layers: k.usize("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -245,9 +294,10 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             tie_word_embeddings: k.bool_opt("tie_word_embeddings")?.unwrap_or(false),
-            sliding_window,
-            attention_bias: model_type == "llama" && k.bool_opt("attention_bias")?.unwrap_or(false),
-            mlp_bias: model_type == "llama" && k.bool_opt("mlp_bias")?.unwrap_or(false),
+            sliding_window: own.sliding_window,
+            sliding_layers: own.sliding_layers,
+            attention_bias: own.attention_bias,
+            mlp_bias: own.mlp_bias,
             bos_token_id: k.ids("bos_token_id")?.first().copied(),
             eos_token_ids: k.ids("eos_token_id")?,
             pad_token_id: k.ids("pad_token_id")?.first().copied(),
@@ -290,13 +340,37 @@ impl ModelConfig {
         })
     }
 
-    /// The HF architecture name (`LlamaForCausalLM` / `MistralForCausalLM`).
+    /// The family `model_type` names. A config read from a file has a supported one; one
+    /// edited by hand to an unknown name reads as `llama` (and [`ModelConfig::validate`]
+    /// refuses it).
+    pub fn family(&self) -> Family {
+        Family::from_model_type(&self.model_type).unwrap_or(Family::Llama)
+    }
+
+    /// The HF architecture name (`LlamaForCausalLM`, `Qwen2ForCausalLM`, ...).
     pub fn architecture(&self) -> &'static str {
-        if self.model_type == "mistral" {
-            "MistralForCausalLM"
-        } else {
-            "LlamaForCausalLM"
-        }
+        self.family().architecture()
+    }
+
+    /// Which projections carry biases in this family with these flags.
+    pub fn biases(&self) -> Biases {
+        (self.family().spec().biases)(self)
+    }
+
+    /// Whether attention has per-head `q_norm` / `k_norm` (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.family().qk_norm()
+    }
+
+    /// The sliding window of decoder layer `layer`, or `None` for full attention there.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        let w = self.sliding_window?;
+        let slides = match &self.sliding_layers {
+            SlidingLayers::All => true,
+            SlidingLayers::From(n) => layer >= *n,
+            SlidingLayers::Listed(l) => l.get(layer).copied().unwrap_or(false),
+        };
+        slides.then_some(w)
     }
 
     /// The `config.json` to save: the keys read, updated with the current values.
@@ -321,13 +395,8 @@ impl ModelConfig {
         set("rms_norm_eps", json!(self.rms_norm_eps));
         set("rope_theta", json!(self.rope_theta));
         set("tie_word_embeddings", json!(self.tie_word_embeddings));
-        set("attention_bias", json!(self.attention_bias));
-        set("mlp_bias", json!(self.mlp_bias));
         set("hidden_act", json!("silu"));
         set("torch_dtype", json!(torch_dtype));
-        if self.model_type == "mistral" {
-            set("sliding_window", json!(self.sliding_window));
-        }
         match &self.rope_scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) => set(
@@ -357,6 +426,7 @@ impl ModelConfig {
         if let Some(p) = self.pad_token_id {
             set("pad_token_id", json!(p));
         }
+        (self.family().spec().write)(self, &mut obj);
         Value::Object(obj)
     }
 

@@ -24,8 +24,13 @@ pub enum Error {
         key: String,
         reason: String,
     },
-    #[error("{path}: unsupported model_type `{model_type}` (supported: llama, mistral)")]
-    UnsupportedModelType { path: PathBuf, model_type: String },
+    #[error("{path}: unsupported model_type `{model_type}` (supported: {supported})")]
+    UnsupportedModelType {
+        path: PathBuf,
+        model_type: String,
+        /// The supported `model_type`s, comma-separated.
+        supported: String,
+    },
     #[error("{path}: not a valid safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },
     #[error("{path}: tensor `{name}` is missing")]

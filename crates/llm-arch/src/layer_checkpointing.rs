@@ -27,9 +27,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::module::Module;
-use burn::tensor::{Bool, Gradients, Int, Tensor};
+use burn::tensor::{Gradients, Int, Tensor};
 
-use crate::llama::LlamaForCausalLM;
+use crate::llama::{LayerMasks, LlamaForCausalLM};
 use crate::{Error, Result};
 
 /// One checkpointed forward pass.
@@ -42,7 +42,7 @@ struct Segment {
     output: Tensor<3>,
     cos: Tensor<3>,
     sin: Tensor<3>,
-    mask: Option<Tensor<4, Bool>>,
+    masks: LayerMasks,
 }
 
 /// The layer inputs of the checkpointed forward passes since the last
@@ -83,16 +83,17 @@ impl CheckpointTape {
         x: Tensor<3>,
         cos: Tensor<3>,
         sin: Tensor<3>,
-        mask: Option<Tensor<4, Bool>>,
+        masks: LayerMasks,
     ) -> Tensor<3> {
         let mut x = x.inner();
         let (cos_i, sin_i) = (cos.clone().inner(), sin.clone().inner());
         let mut inputs = Vec::with_capacity(model.model.layers.len());
-        for layer in &model.model.layers {
+        for (i, layer) in model.model.layers.iter().enumerate() {
             inputs.push(x.clone());
+            let mask = masks.of(model.config(), i);
             x = layer
                 .valid()
-                .forward(x, cos_i.clone(), sin_i.clone(), mask.clone(), None);
+                .forward(x, cos_i.clone(), sin_i.clone(), mask, None);
         }
         let output = Tensor::from_inner(x).require_grad();
         self.lock().push(Segment {
@@ -101,7 +102,7 @@ impl CheckpointTape {
             output: output.clone(),
             cos,
             sin,
-            mask,
+            masks,
         });
         output
     }
@@ -131,13 +132,13 @@ impl CheckpointTape {
             let Some(mut grad) = seg.output.grad_remove(grads) else {
                 continue;
             };
-            for (layer, input) in model.model.layers.iter().zip(seg.inputs).rev() {
+            for (i, (layer, input)) in model.model.layers.iter().zip(seg.inputs).enumerate().rev() {
                 let x = Tensor::from_inner(input).require_grad();
                 let out = layer.forward(
                     x.clone(),
                     seg.cos.clone(),
                     seg.sin.clone(),
-                    seg.mask.clone(),
+                    seg.masks.of(model.config(), i),
                     None,
                 );
                 let mut layer_grads = (out * Tensor::from_inner(grad)).sum().backward();

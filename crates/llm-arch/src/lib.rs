@@ -1,4 +1,4 @@
-//! Llama-family decoders (Llama 3.x, Mistral, SmolLM2) on burn 0.22.
+//! Llama-family decoders (Llama 3.x, Mistral, SmolLM2, Qwen2/Qwen2.5, Qwen3) on burn 0.22.
 //!
 //! * [`ModelConfig`] reads an HF `config.json`.
 //! * [`LlamaForCausalLM`] is the decoder; [`checkpoint`] loads and saves HF directories,
@@ -53,6 +53,7 @@
 pub mod cache;
 pub mod config;
 mod error;
+pub mod family;
 mod finite;
 pub mod gguf;
 pub mod llama;
@@ -62,6 +63,7 @@ pub mod rope;
 pub use cache::KvCache;
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{Error, Result};
+pub use family::{Biases, Family, SlidingLayers};
 pub use llama::{ForwardOptions, LlamaForCausalLM};
 pub use projection::{LoraAdapter, Projection};
 pub mod chat_template;

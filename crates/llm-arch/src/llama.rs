@@ -1,6 +1,8 @@
-//! The Llama-family decoder (Llama 2/3.x, Mistral, SmolLM/SmolLM2), named after the HF keys:
-//! `model.embed_tokens`, `model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
-//! post_attention_layernorm, mlp.{gate,up,down}_proj}`, `model.norm`, `lm_head`.
+//! The Llama-family decoder (Llama 2/3.x, Mistral, SmolLM/SmolLM2, Qwen2/Qwen2.5, Qwen3), named
+//! after the HF keys: `model.embed_tokens`, `model.layers.N.{input_layernorm,
+//! self_attn.{q,k,v,o}_proj, self_attn.{q,k}_norm (Qwen3), post_attention_layernorm,
+//! mlp.{gate,up,down}_proj}`, `model.norm`, `lm_head`. What differs between the families
+//! (biases, per-head norms, which layers slide) is read from [`crate::family`].
 //!
 //! Linear weights are stored burn-style, `[in, out]` (the transpose of PyTorch's `[out, in]`);
 //! [`crate::checkpoint`] transposes on load and save.
@@ -59,6 +61,10 @@ pub struct Attention {
     pub k_proj: Projection,
     pub v_proj: Projection,
     pub o_proj: Projection,
+    /// Qwen3's RMSNorm over each query head (`[head_dim]`), before RoPE.
+    pub q_norm: Option<RmsNorm>,
+    /// Qwen3's RMSNorm over each key head (`[head_dim]`), before RoPE.
+    pub k_norm: Option<RmsNorm>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -77,8 +83,14 @@ impl Attention {
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x.clone()).reshape([b, s, h, hd]);
-        let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, hd]);
+        let mut q = self.q_proj.forward(x.clone()).reshape([b, s, h, hd]);
+        let mut k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, hd]);
+        if let Some(norm) = &self.q_norm {
+            q = norm.forward(q);
+        }
+        if let Some(norm) = &self.k_norm {
+            k = norm.forward(k);
+        }
         let v = self.v_proj.forward(x).reshape([b, s, kvh, hd]);
         // Sequence-major `[b, s, heads, hd]` throughout: the fused kernels read it directly and
         // the output reshapes to `[b, s, hidden]` without a transpose.
@@ -187,16 +199,48 @@ fn linear(w: Tensor<2>) -> Linear {
     }
 }
 
+/// A random `[in, out]` projection with a zero bias when `bias`.
+fn projection(w: Tensor<2>, bias: bool) -> Projection {
+    let out = w.dims()[1];
+    let device = w.device();
+    Linear {
+        weight: Param::from_tensor(w),
+        bias: bias.then(|| Param::from_tensor(Tensor::zeros([out], &device))),
+    }
+    .into()
+}
+
+/// The attention masks of one forward pass: one for full-attention layers and, when some
+/// layer slides, one with the window (`None`: plain causal masking is exact).
+#[derive(Debug, Clone)]
+pub(crate) struct LayerMasks {
+    full: Option<Tensor<4, Bool>>,
+    sliding: Option<Tensor<4, Bool>>,
+}
+
+impl LayerMasks {
+    /// The mask of decoder layer `layer`.
+    pub(crate) fn of(&self, config: &ModelConfig, layer: usize) -> Option<Tensor<4, Bool>> {
+        if config.layer_window(layer).is_some() {
+            self.sliding.clone()
+        } else {
+            self.full.clone()
+        }
+    }
+}
+
 impl LlamaForCausalLM {
     /// A randomly initialised model (normal, std 0.02 like HF's `initializer_range`; norms 1).
     pub fn init(config: &ModelConfig, device: &Device) -> Self {
         let rand =
             |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 0.02), device);
-        let norm = || RmsNorm {
-            weight: Param::from_tensor(Tensor::ones([config.hidden_size], device)),
+        let norm_of = |d: usize| RmsNorm {
+            weight: Param::from_tensor(Tensor::ones([d], device)),
             eps: config.rms_norm_eps,
         };
+        let norm = || norm_of(config.hidden_size);
         let (hs, hd) = (config.hidden_size, config.head_dim);
+        let (bias, qk_norm) = (config.biases(), config.qk_norm());
         let (q, kv) = (
             config.num_attention_heads * hd,
             config.num_key_value_heads * hd,
@@ -205,19 +249,21 @@ impl LlamaForCausalLM {
             .map(|_| DecoderLayer {
                 input_layernorm: norm(),
                 self_attn: Attention {
-                    q_proj: linear(rand([hs, q])).into(),
-                    k_proj: linear(rand([hs, kv])).into(),
-                    v_proj: linear(rand([hs, kv])).into(),
-                    o_proj: linear(rand([q, hs])).into(),
+                    q_proj: projection(rand([hs, q]), bias.qkv),
+                    k_proj: projection(rand([hs, kv]), bias.qkv),
+                    v_proj: projection(rand([hs, kv]), bias.qkv),
+                    o_proj: projection(rand([q, hs]), bias.o),
+                    q_norm: qk_norm.then(|| norm_of(hd)),
+                    k_norm: qk_norm.then(|| norm_of(hd)),
                     num_heads: config.num_attention_heads,
                     num_kv_heads: config.num_key_value_heads,
                     head_dim: hd,
                 },
                 post_attention_layernorm: norm(),
                 mlp: Mlp {
-                    gate_proj: linear(rand([hs, config.intermediate_size])).into(),
-                    up_proj: linear(rand([hs, config.intermediate_size])).into(),
-                    down_proj: linear(rand([config.intermediate_size, hs])).into(),
+                    gate_proj: projection(rand([hs, config.intermediate_size]), bias.mlp),
+                    up_proj: projection(rand([hs, config.intermediate_size]), bias.mlp),
+                    down_proj: projection(rand([config.intermediate_size, hs]), bias.mlp),
                 },
             })
             .collect();
@@ -371,35 +417,42 @@ impl LlamaForCausalLM {
             self.model.embed_tokens.weight.val().dtype(),
         );
         let (cos, sin) = (cos.cast(dtype), sin.cast(dtype));
-        let mask = match &options.custom_mask {
-            Some(mask) => Some(check_custom_mask(
-                mask,
-                b,
-                s,
-                past,
-                self.config.sliding_window,
-            )?),
-            None => build_mask(
-                b,
-                s,
-                past,
-                options.attention_mask.as_deref(),
-                self.config.sliding_window,
-                &device,
-            )?,
+        let padding = options.attention_mask.as_deref();
+        let layers = self.model.layers.len();
+        // One window for every sliding layer (HF's config has one `sliding_window`).
+        let window = (0..layers).find_map(|i| self.config.layer_window(i));
+        let masks = match &options.custom_mask {
+            Some(mask) => {
+                let mask = check_custom_mask(mask, b, s, past, window)?;
+                LayerMasks {
+                    full: Some(mask.clone()),
+                    sliding: Some(mask),
+                }
+            }
+            None => LayerMasks {
+                full: match (0..layers).any(|i| self.config.layer_window(i).is_none()) {
+                    true => build_mask(b, s, past, padding, None, &device)?,
+                    false => None,
+                },
+                sliding: match window {
+                    Some(w) => build_mask(b, s, past, padding, Some(w), &device)?,
+                    None => None,
+                },
+            },
         };
         if let Some(tape) = &self.checkpoint_tape
             && cache.is_none()
             && device.is_autodiff()
         {
             let x = self.embed(input_ids.clone());
-            let x = tape.record(self, input_ids, x, cos, sin, mask);
+            let x = tape.record(self, input_ids, x, cos, sin, masks);
             return Ok(self.model.norm.forward(x));
         }
         let mut x = self.embed(input_ids);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, cos.clone(), sin.clone(), mask.clone(), layer_cache);
+            let mask = masks.of(&self.config, i);
+            x = layer.forward(x, cos.clone(), sin.clone(), mask, layer_cache);
         }
         if let Some(c) = cache {
             c.len += s;

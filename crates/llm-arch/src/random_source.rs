@@ -55,15 +55,19 @@ impl RandomSource {
         if layer.parse::<usize>().ok()? >= c.num_hidden_layers {
             return None;
         }
-        let (bias, mlp_bias) = (c.attention_bias, c.mlp_bias);
+        let (b, qk_norm) = (c.biases(), c.qk_norm());
+        let (bias, o_bias, mlp_bias) = (b.qkv, b.o, b.mlp);
         Some(match tensor {
             "input_layernorm.weight" | "post_attention_layernorm.weight" => (vec![h], Fill::Ones),
+            "self_attn.q_norm.weight" | "self_attn.k_norm.weight" if qk_norm => {
+                (vec![c.head_dim], Fill::Ones)
+            }
             "self_attn.q_proj.weight" => (vec![q, h], Fill::Random),
             "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => (vec![kv, h], Fill::Random),
             "self_attn.o_proj.weight" => (vec![h, q], Fill::Random),
             "self_attn.q_proj.bias" if bias => (vec![q], Fill::Zeros),
             "self_attn.k_proj.bias" | "self_attn.v_proj.bias" if bias => (vec![kv], Fill::Zeros),
-            "self_attn.o_proj.bias" if bias => (vec![h], Fill::Zeros),
+            "self_attn.o_proj.bias" if o_bias => (vec![h], Fill::Zeros),
             "mlp.gate_proj.bias" | "mlp.up_proj.bias" if mlp_bias => (vec![i], Fill::Zeros),
             "mlp.down_proj.bias" if mlp_bias => (vec![h], Fill::Zeros),
             "mlp.gate_proj.weight" | "mlp.up_proj.weight" => (vec![i, h], Fill::Random),

@@ -123,6 +123,11 @@ pub fn hf_params(model: &LlamaForCausalLM) -> Vec<HfParam<'_>> {
         ] {
             proj(&mut out, &format!("{p}.{n}"), pr);
         }
+        for (n, norm) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
+            if let Some(norm) = norm {
+                vector(&mut out, format!("{p}.self_attn.{n}.weight"), &norm.weight);
+            }
+        }
         vector(
             &mut out,
             format!("{p}.post_attention_layernorm.weight"),

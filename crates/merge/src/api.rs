@@ -216,6 +216,9 @@ fn write_config(plan: &MergePlan, base: &ModelSource, dir: &Path) -> Result<()> 
         }
         obj.insert("dtype".into(), dtype);
         obj.insert("num_hidden_layers".into(), plan.num_layers.into());
+        if let Some(types) = layer_types(plan) {
+            obj.insert("layer_types".into(), types);
+        }
         // mergekit keeps the old vocab_size after truncation (the fixture shows it); a
         // config that disagrees with its embedding does not load, so Temper fixes it.
         if let Some(rows) = plan.vocab_rows {
@@ -223,6 +226,21 @@ fn write_config(plan: &MergePlan, base: &ModelSource, dir: &Path) -> Result<()> 
         }
     }
     write_json(&dir.join("config.json"), &config)
+}
+
+/// The output's `layer_types` (transformers 5's per-layer attention kinds: Qwen2/Qwen3's
+/// `sliding_attention` layers), each output layer's entry taken from the config of the model
+/// and layer it was sliced from: a stacked model keeps one entry per layer, each layer its
+/// window. `None` when the config model has no such list (or a source's list lacks the layer,
+/// which the loader then reports), so the config keeps what it had.
+fn layer_types(plan: &MergePlan) -> Option<serde_json::Value> {
+    let types_of = |model: usize| plan.models[model].config()?.get("layer_types")?.as_array();
+    types_of(plan.config_model)?;
+    plan.layer_origins
+        .iter()
+        .map(|&(model, layer)| types_of(model)?.get(layer).cloned())
+        .collect::<Option<Vec<_>>>()
+        .map(serde_json::Value::Array)
 }
 
 fn write_chat_template(dir: &Path, template: &str) -> Result<()> {

@@ -357,7 +357,7 @@ pub fn dataset_fingerprint(pairs: &[PreferenceTokens], max_length: Option<usize>
 /// The architecture fields that change a forward pass (not the free-form `raw` JSON).
 fn config_key(c: &ModelConfig) -> String {
     format!(
-        "{}|v{}|h{}|i{}|l{}|a{}|kv{}|hd{}|eps{:e}|theta{:e}|scaling{:?}|tie{}|window{:?}|bias{}|mlp_bias{}",
+        "{}|v{}|h{}|i{}|l{}|a{}|kv{}|hd{}|eps{:e}|theta{:e}|scaling{:?}|tie{}|window{:?}|sliding{:?}|bias{}|mlp_bias{}",
         c.model_type,
         c.vocab_size,
         c.hidden_size,
@@ -371,6 +371,7 @@ fn config_key(c: &ModelConfig) -> String {
         c.rope_scaling,
         c.tie_word_embeddings,
         c.sliding_window,
+        c.sliding_layers,
         c.attention_bias,
         c.mlp_bias,
     )

@@ -155,11 +155,11 @@ impl MemoryEstimate {
         });
         let projections = per_layer.saturating_mul(layers);
         let heads = if c.tie_word_embeddings { 1 } else { 2 };
-        let bias = c.checked_bias_per_layer().map_or(u64::MAX, |b| b as u64);
+        let vectors = c.checked_vectors_per_layer().map_or(u64::MAX, |b| b as u64);
         let dense = v
             .saturating_mul(h)
             .saturating_mul(heads)
-            .saturating_add(layers.saturating_mul(h.saturating_mul(2).saturating_add(bias)))
+            .saturating_add(layers.saturating_mul(vectors))
             .saturating_add(h);
 
         let lora = plan.lora_rank.is_some();

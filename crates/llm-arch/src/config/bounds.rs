@@ -49,6 +49,13 @@ impl ModelConfig {
     /// # Errors
     /// [`Error::InvalidConfig`] naming the key and its allowed range.
     pub fn validate(&self, origin: &Path) -> Result<()> {
+        if crate::family::Family::from_model_type(&self.model_type).is_none() {
+            return Err(Error::UnsupportedModelType {
+                path: origin.to_path_buf(),
+                model_type: self.model_type.clone(),
+                supported: crate::family::supported_model_types(),
+            });
+        }
         // `num_hidden_layers` may be 0: embedding, norm and head alone still run (HF allows
         // it, and the trainer's stand-in model is one).
         for (key, value) in [
@@ -152,23 +159,39 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Bias elements of one decoder layer (`attention_bias`: q, k, v, o; `mlp_bias`: gate,
-    /// up, down), or `None` when it overflows `usize`.
+    /// Bias elements of one decoder layer (those [`ModelConfig::biases`] names: q, k, v; o;
+    /// gate, up, down), or `None` when it overflows `usize`.
     pub fn checked_bias_per_layer(&self) -> Option<usize> {
         let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let q = self.num_attention_heads.checked_mul(hd)?;
         let kv = self.num_key_value_heads.checked_mul(hd)?;
-        let attn = if self.attention_bias {
-            q.checked_add(kv.checked_mul(2)?)?.checked_add(h)?
+        let b = self.biases();
+        let qkv = if b.qkv {
+            q.checked_add(kv.checked_mul(2)?)?
         } else {
             0
         };
-        let mlp = if self.mlp_bias {
+        let o = if b.o { h } else { 0 };
+        let mlp = if b.mlp {
             i.checked_mul(2)?.checked_add(h)?
         } else {
             0
         };
-        attn.checked_add(mlp)
+        qkv.checked_add(o)?.checked_add(mlp)
+    }
+
+    /// Elements of one decoder layer's vectors: its two norms, its biases and Qwen3's
+    /// per-head `q_norm` / `k_norm`; `None` when it overflows `usize`.
+    pub fn checked_vectors_per_layer(&self) -> Option<usize> {
+        let qk_norm = if self.qk_norm() {
+            self.head_dim.checked_mul(2)?
+        } else {
+            0
+        };
+        self.hidden_size
+            .checked_mul(2)?
+            .checked_add(self.checked_bias_per_layer()?)?
+            .checked_add(qk_norm)
     }
 
     /// Parameter count of a model with this config, or `None` when it overflows `usize`.
@@ -176,14 +199,11 @@ impl ModelConfig {
         let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let q = self.num_attention_heads.checked_mul(hd)?;
         let kv = self.num_key_value_heads.checked_mul(hd)?;
-        let bias = self.checked_bias_per_layer()?;
-        // q, k, v, o projections; gate, up, down; two norms.
+        let vectors = self.checked_vectors_per_layer()?;
+        // q, k, v, o projections; gate, up, down; norms and biases.
         let attn = h.checked_mul(q.checked_mul(2)?.checked_add(kv.checked_mul(2)?)?)?;
         let mlp = h.checked_mul(i)?.checked_mul(3)?;
-        let layer = attn
-            .checked_add(bias)?
-            .checked_add(mlp)?
-            .checked_add(h.checked_mul(2)?)?;
+        let layer = attn.checked_add(mlp)?.checked_add(vectors)?;
         let embed = self.vocab_size.checked_mul(h)?;
         let heads = if self.tie_word_embeddings { 1 } else { 2 };
         embed

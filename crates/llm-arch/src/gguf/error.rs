@@ -213,7 +213,7 @@ pub enum GgufError {
 
     /// `general.architecture` is not one this crate can convert.
     #[error(
-        "{path}: unsupported architecture `{arch}` (general.architecture); supported: llama, mistral"
+        "{path}: unsupported architecture `{arch}` (general.architecture); supported: llama, mistral, qwen2, qwen3"
     )]
     UnsupportedArchitecture { path: String, arch: String },
 

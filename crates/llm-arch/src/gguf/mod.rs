@@ -48,6 +48,8 @@ mod finite_tests;
 mod from_hf;
 mod ggml_type;
 mod parse;
+#[cfg(test)]
+mod qwen_tests;
 mod reader;
 #[cfg(test)]
 mod reader_tests;

@@ -2,9 +2,12 @@
 //! shapes, row order and `config.json`.
 //!
 //! Two things differ from an HF checkpoint besides the names:
-//! * llama.cpp's converter reorders the rows of `q_proj` / `k_proj` for ggml's interleaved RoPE
-//!   (pairs `(2i, 2i+1)`); HF's `rotate_half` RoPE pairs `(i, i + hd/2)`. [`unpermute_qk_rows`]
-//!   undoes it so the rest of the crate can use one RoPE convention.
+//! * For `llama` and `mistral`, llama.cpp's converter reorders the rows of `q_proj` / `k_proj`
+//!   for ggml's interleaved RoPE (pairs `(2i, 2i+1)`); HF's `rotate_half` RoPE pairs
+//!   `(i, i + hd/2)`. [`unpermute_qk_rows`] undoes it so the rest of the crate can use one RoPE
+//!   convention. `qwen2` and `qwen3` are converted without it (`Qwen2Model` is a plain
+//!   `TextModel` in `convert_hf_to_gguf.py`; llama.cpp runs them with NEOX RoPE, which is
+//!   `rotate_half`), so their rows are taken as stored.
 //! * GGUF lists dims `ne0` first; the PyTorch shape is the reverse. The data itself is already
 //!   row-major `[out, in]`, so no transpose is needed.
 
@@ -48,6 +51,9 @@ pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
         "attn_output" => "self_attn.o_proj",
+        // Qwen3's per-head norms (gguf-py's ATTN_Q_NORM / ATTN_K_NORM).
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "ffn_norm" => "post_attention_layernorm",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
@@ -136,6 +142,8 @@ pub fn permute_qk_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) ->
 enum Arch {
     Llama,
     Mistral,
+    Qwen2,
+    Qwen3,
 }
 
 impl Arch {
@@ -143,6 +151,8 @@ impl Arch {
         match file.get_str("general.architecture")? {
             "llama" => Ok(Self::Llama),
             "mistral" => Ok(Self::Mistral),
+            "qwen2" => Ok(Self::Qwen2),
+            "qwen3" => Ok(Self::Qwen3),
             other => Err(GgufError::UnsupportedArchitecture {
                 path: file.display_path().to_string(),
                 arch: other.to_string(),
@@ -155,7 +165,14 @@ impl Arch {
         match self {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
         }
+    }
+
+    /// Whether llama.cpp's converter permuted the q/k rows (`LlamaModel.permute`).
+    fn permutes_qk(self) -> bool {
+        matches!(self, Self::Llama | Self::Mistral)
     }
 }
 
@@ -283,7 +300,9 @@ fn walk<E: From<GgufError>>(
             name: info.name.clone(),
         })?;
         let shape = info.hf_shape();
-        let heads = if name.contains(".self_attn.q_proj.") {
+        let heads = if !arch.permutes_qk() {
+            None
+        } else if name.contains(".self_attn.q_proj.") {
             Some(n_head)
         } else if name.contains(".self_attn.k_proj.") {
             Some(n_head_kv)
@@ -373,7 +392,10 @@ fn f32_json(x: f32) -> Value {
         .map_or(Value::Null, Value::from)
 }
 
-/// An HF `config.json` object for a llama / mistral GGUF.
+/// An HF `config.json` object for a llama / mistral / qwen2 / qwen3 GGUF.
+///
+/// A `qwen2` GGUF gets no sliding window whatever its metadata says: llama.cpp runs that
+/// architecture with full attention on every layer, and so does the model loaded from it.
 pub fn hf_config(file: &GgufFile) -> Result<Value, GgufError> {
     let arch = Arch::of(file)?;
     let key = |k: &str| format!("{}.{k}", arch.prefix());
@@ -413,6 +435,8 @@ pub fn hf_config(file: &GgufFile) -> Result<Value, GgufError> {
     let (model_type, class) = match arch {
         Arch::Llama => ("llama", "LlamaForCausalLM"),
         Arch::Mistral => ("mistral", "MistralForCausalLM"),
+        Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
+        Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
     };
     let attention_bias = file
         .tensors()
@@ -468,6 +492,9 @@ pub fn hf_config(file: &GgufFile) -> Result<Value, GgufError> {
             config.insert("sliding_window".into(), Value::Null);
         }
         None => {}
+    }
+    if matches!(arch, Arch::Qwen2 | Arch::Qwen3) {
+        config.insert("use_sliding_window".into(), json!(false));
     }
     Ok(Value::Object(config))
 }

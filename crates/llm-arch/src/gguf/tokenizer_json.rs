@@ -32,6 +32,10 @@ const DIGITS_THEN_GPT2: &[&str] = &[
 /// llama.cpp pre-tokenizer names for Llama 3's regex.
 const LLAMA3: &[&str] = &["llama3", "llama-v3", "llama-bpe"];
 
+/// Qwen2's split regex (llama.cpp's `qwen2` pre-tokenizer, written for Qwen2, Qwen2.5 and
+/// Qwen3 GGUFs), as transformers' `Qwen2Tokenizer` builds it: Llama 3's, but one digit at a time.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// Llama 3's split regex, as in Meta's `tokenizer.json`.
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -112,6 +116,14 @@ fn pre_tokenizer(pre: Option<&str>) -> (Value, bool) {
                 byte_level(false),
             ]}),
             true,
+        ),
+        // Qwen's `tokenizer.json`: the split, then ByteLevel without its own regex.
+        Some("qwen2") => (
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated", "invert": false},
+                byte_level(false),
+            ]}),
+            false,
         ),
         // `gpt2`, `default`, absent or unknown: the GPT-2 regex inside ByteLevel.
         _ => (byte_level(true), false),
@@ -269,7 +281,8 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Value, GgufError> {
         "truncation": null,
         "padding": null,
         "added_tokens": added_tokens,
-        "normalizer": null,
+        // Qwen's tokenizer normalises to NFC first (transformers' `Qwen2Tokenizer`).
+        "normalizer": if pre == Some("qwen2") { json!({"type": "NFC"}) } else { Value::Null },
         "pre_tokenizer": pre_tokenizer,
         "post_processor": post_processor(file, &tokens, &special)?,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
@@ -408,6 +421,23 @@ mod tests {
         assert_eq!(j["model"]["ignore_merges"], true);
         assert_eq!(encode(&j, "ab ab"), [0, 3, 5]);
         assert!(special_tokens(&file).add_bos);
+    }
+
+    /// Qwen's regex takes digits one at a time (Llama 3's takes up to three) and NFC comes
+    /// first: a decomposed `é` encodes as the composed token.
+    #[test]
+    fn qwen2_pre_tokenizer() {
+        let b = GgufBuilder::new(3)
+            .kv_str("tokenizer.ggml.model", "gpt2")
+            .kv_str("tokenizer.ggml.pre", "qwen2")
+            .kv_str_array("tokenizer.ggml.tokens", &["1", "2", "12", "Ã©", "Ã", "©"])
+            .kv_i32_array("tokenizer.ggml.token_type", &[1, 1, 1, 1, 1, 1])
+            .kv_str_array("tokenizer.ggml.merges", &["1 2", "Ã ©"]);
+        let file = GgufFile::from_bytes(b.build(), "t.gguf").unwrap();
+        let j = tokenizer_json(&file).unwrap();
+        assert_eq!(j["model"]["ignore_merges"], false);
+        assert_eq!(encode(&j, "12"), [0, 1]);
+        assert_eq!(encode(&j, "e\u{301}"), [3]);
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct MergePlan {
     pub config_model: usize,
     /// Number of decoder layers in the output.
     pub num_layers: usize,
+    /// Where each output layer comes from: (model index, layer) of its slice's first source
+    /// (the output config's per-layer lists, e.g. Qwen2/Qwen3's `layer_types`, follow it).
+    pub layer_origins: Vec<(usize, usize)>,
     /// Vocabulary rows of the output embedding, when it differs from the config model's.
     pub vocab_rows: Option<usize>,
     /// The output vocabulary, when `tokenizer`/`tokenizer_source` is set: vocabulary tensors
@@ -272,10 +275,12 @@ impl MergePlan {
             planner.add(name, name, &slices[0], 0.0, None)?;
         }
         let mut out_layer = 0usize;
+        let mut layer_origins = Vec::new();
         for s in &slices {
             let len = s.sources[0].end - s.sources[0].start;
             for j in 0..len {
                 let first = &s.sources[0];
+                layer_origins.push((first.model, first.start + j));
                 let suffixes: BTreeSet<String> = models[first.model]
                     .tensor_names()
                     .filter_map(|n| match layer_of(n) {
@@ -318,6 +323,7 @@ impl MergePlan {
             tensors,
             config_model,
             num_layers: out_layer,
+            layer_origins,
             vocab_rows,
             vocab,
             out_dtype,
