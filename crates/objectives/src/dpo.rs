@@ -231,13 +231,42 @@ impl FDivergenceType {
 
 crate::named::impl_named!(FDivergenceType, "f-divergence");
 
+/// TRL's `loss_type` is one name (`"ipo"`) or a list (`["sigmoid", "sft"]`).
+fn one_or_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<DpoLossType>, D::Error> {
+    struct OneOrList;
+    impl<'de> serde::de::Visitor<'de> for OneOrList {
+        type Value = Vec<DpoLossType>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a DPO loss type or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Self::Value, E> {
+            use serde::de::IntoDeserializer;
+            DpoLossType::deserialize(s.into_deserializer()).map(|t| vec![t])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut types = Vec::new();
+            while let Some(t) = seq.next_element()? {
+                types.push(t);
+            }
+            Ok(types)
+        }
+    }
+    d.deserialize_any(OneOrList)
+}
+
 /// DPO hyper-parameters, with TRL 1.16's defaults and names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DpoConfig {
     /// β, the inverse temperature of the implicit reward (IPO's τ). Default 0.1.
     pub beta: f64,
-    /// The loss types to combine. Default `[sigmoid]`.
+    /// The loss types to combine; one name or a list, as TRL takes it. Default `[sigmoid]`.
+    #[serde(deserialize_with = "one_or_list")]
     pub loss_type: Vec<DpoLossType>,
     /// One weight per loss type; `None` = all 1. Default `None`.
     pub loss_weights: Option<Vec<f64>>,
@@ -710,6 +739,13 @@ mod tests {
                 .expect("config");
         assert_eq!(cfg.loss_type, vec![DpoLossType::Sigmoid, DpoLossType::Sft]);
         assert_eq!(cfg.beta, 0.1);
+        // One name, as TRL also takes it; an unknown one names the valid ones.
+        let one: DpoConfig = serde_json::from_str(r#"{"loss_type": "ipo"}"#).expect("config");
+        assert_eq!(one.loss_type, vec![DpoLossType::Ipo]);
+        let err = serde_json::from_str::<DpoConfig>(r#"{"loss_type": "nope"}"#)
+            .expect_err("unknown loss type")
+            .to_string();
+        assert!(err.contains("unknown variant `nope`"), "{err}");
         assert!(
             DpoConfig::new()
                 .with_loss_type_names(&["sigmoid", "nope"])

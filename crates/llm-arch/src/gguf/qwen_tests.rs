@@ -26,32 +26,10 @@ fn json(path: PathBuf) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// The llama.cpp name of an HF tensor (gguf-py's `tensor_mapping.py` for these families).
+/// The llama.cpp name of an HF tensor: the exporter's table (checked against llama.cpp and
+/// gguf-py's `tensor_mapping.py` in `tests/gguf_export*.rs`).
 fn gguf_name(hf: &str) -> String {
-    match hf {
-        "model.embed_tokens.weight" => return "token_embd.weight".into(),
-        "lm_head.weight" => return "output.weight".into(),
-        "model.norm.weight" => return "output_norm.weight".into(),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.").unwrap();
-    let (layer, rest) = rest.split_once('.').unwrap();
-    let (module, suffix) = rest.rsplit_once('.').unwrap();
-    let short = match module {
-        "input_layernorm" => "attn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        other => panic!("no GGUF name for {other}"),
-    };
-    format!("blk.{layer}.{short}.{suffix}")
+    super::export_arch::gguf_tensor_name(hf).unwrap_or_else(|| panic!("no GGUF name for {hf}"))
 }
 
 /// The fixture's f32 tensors, sorted by HF name: (name, PyTorch shape, values).
