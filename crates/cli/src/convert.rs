@@ -12,8 +12,9 @@ use temper_llm_arch::gguf::{
     GgmlType, GgufDtype, GgufExportOptions, GgufFile, GgufTokenizerSource, export_gguf, model_name,
 };
 
+use crate::progress::Phases;
 use crate::weights::{WeightDType, load_model};
-use crate::{examples, is_gguf, spinner};
+use crate::{examples, is_gguf};
 
 /// The output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,14 +82,14 @@ fn to_hf(args: ConvertArgs) -> Result<()> {
     // Before the (slow) load: an existing model is not replaced by mistake.
     temper_formats::check_output_dir(&out_dir, overwrite)?;
     let device = DeviceSpec::CPU.device()?;
-    let bar = spinner(&format!("reading {}", model.display()));
+    let bar = Phases::new(&format!("reading {}", model.display()));
     let pretrained = Pretrained::load_gguf(&model, &device, FloatPrecision::F32)
         .with_context(|| format!("loading {}", model.display()))?;
-    bar.set_message(format!("writing {}", out_dir.display()));
+    bar.set(&format!("writing {}", out_dir.display()));
     pretrained
         .save_new(&out_dir, dtype, overwrite)
         .with_context(|| format!("writing {}", out_dir.display()))?;
-    bar.finish_and_clear();
+    bar.finish();
     eprintln!(
         "wrote {} ({} parameters, {dtype})",
         out_dir.display(),
@@ -115,7 +116,7 @@ fn to_gguf(args: ConvertArgs) -> Result<()> {
     let dtype: GgufDtype = args.dtype.parse()?;
     check_output_file(&args.out, args.overwrite)?;
     let device = DeviceSpec::CPU.device()?;
-    let bar = spinner(&format!("reading {}", args.model.display()));
+    let bar = Phases::new(&format!("reading {}", args.model.display()));
     let p = load_model(
         &args.model,
         args.base.as_deref(),
@@ -128,9 +129,9 @@ fn to_gguf(args: ConvertArgs) -> Result<()> {
     } else {
         args.model.clone()
     };
-    bar.set_message(format!("writing {}", args.out.display()));
+    bar.set(&format!("writing {}", args.out.display()));
     let summary = export_pretrained(&p, &tokenizer_path, &args.out, dtype)?;
-    bar.finish_and_clear();
+    bar.finish();
     eprintln!("wrote {} ({})", args.out.display(), summary);
     Ok(())
 }

@@ -108,3 +108,47 @@ impl Progress {
         self.bar.finish_and_clear();
     }
 }
+
+/// Work in a few long phases with nothing to count (`convert`: reading, then writing): a
+/// spinner naming the phase on a terminal; without one, a plain line as each phase begins,
+/// with the time since the first.
+pub struct Phases {
+    bar: ProgressBar,
+    plain: Option<Instant>,
+}
+
+impl Phases {
+    pub fn new(message: &str) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = if terminal {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let phases = Self {
+            bar,
+            plain: (!terminal).then(Instant::now),
+        };
+        phases.set(message);
+        phases
+    }
+
+    /// The next phase begins.
+    pub fn set(&self, message: &str) {
+        self.bar.set_message(message.to_string());
+        if let Some(start) = self.plain {
+            eprintln!("{message} ({})", seconds(start.elapsed()));
+        }
+    }
+
+    /// Remove the spinner (plain lines stay in the log).
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -72,6 +72,9 @@ fn gguf_to_q8_0_gguf_then_generate() {
     );
     assert!(ok, "{err}");
     assert!(err.contains("272 tensors: Q8_0 x211, F32 x61"), "{err}");
+    // Without a terminal each phase is a plain line, not a hidden spinner.
+    assert!(err.starts_with(&format!("reading {src} (0s)\n")), "{err}");
+    assert!(err.contains("\nwriting m.gguf ("), "{err}");
     let f = GgufFile::open(d.join("m.gguf")).unwrap();
     // general.name is carried over from the source GGUF.
     let original = GgufFile::open(&source).unwrap();

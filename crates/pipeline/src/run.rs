@@ -149,13 +149,42 @@ fn slug(name: &str) -> String {
 struct Runner<'a> {
     config: &'a PipelineConfig,
     options: &'a PipelineOptions,
+    /// Steps begun so far (trainings, merges, GGUF exports, evaluations, the report), and
+    /// their number, for "step n/N" lines a log without a terminal can be read by.
+    steps: std::cell::Cell<usize>,
+    total_steps: usize,
 }
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
+    fn new(config: &'a PipelineConfig, options: &'a PipelineOptions) -> Self {
+        let stages = config.stages.len();
+        let merges = match config.merge.enabled {
+            true => config.stages.iter().filter(|s| s.merge).count(),
+            false => 0,
+        };
+        let exports = match config.export_gguf {
+            Some(_) => stages + merges,
+            None => 0,
+        };
+        Self {
+            config,
+            options,
+            steps: std::cell::Cell::new(0),
+            total_steps: stages + merges + exports + (1 + stages + merges) + 1,
+        }
+    }
+
     fn log(&self, message: &str) {
         if self.options.progress {
-            eprintln!("[pipeline] {message}");
+            tracing::info!("[pipeline] {message}");
         }
+    }
+
+    /// Begin the next step of the run: logged as `step n/N: message`.
+    fn step(&self, message: &str) {
+        let n = self.steps.get() + 1;
+        self.steps.set(n);
+        self.log(&format!("step {n}/{}: {message}", self.total_steps));
     }
 
     fn out(&self) -> &Path {
@@ -306,7 +335,7 @@ impl Runner<'_> {
         if let Some(mut done) = read_marker::<StageResult>(&dir.join(MARKER), &fingerprint)
             && model_dir.join("config.json").exists()
         {
-            self.log(&format!("stage {}: up to date, skipped", stage.name));
+            self.step(&format!("stage {}: up to date, skipped", stage.name));
             done.skipped = true;
             return Ok((model, done));
         }
@@ -330,7 +359,7 @@ impl Runner<'_> {
             &self.config.precision,
         )?;
         stage_config.resume = resume;
-        self.log(&format!(
+        self.step(&format!(
             "stage {} ({}): training {variant}",
             stage.name,
             stage.objective()
@@ -411,7 +440,7 @@ impl Runner<'_> {
             fingerprint: fingerprint.clone(),
         };
         if let Some(mut done) = read_marker::<MergeResult>(&dir.join(MARKER), &fingerprint) {
-            self.log(&format!("merge {name}: up to date, skipped"));
+            self.step(&format!("merge {name}: up to date, skipped"));
             done.skipped = true;
             return Ok((model, done));
         }
@@ -425,7 +454,7 @@ impl Runner<'_> {
             source: Box::new(source),
         };
         let merge_config = MergeConfig::from_yaml(&yaml, "merge.yaml").map_err(merge_err)?;
-        self.log(&format!("merge {name}: {variant}"));
+        self.step(&format!("merge {name}: {variant}"));
         let t0 = Instant::now();
         let options = MergeOptions {
             overwrite: true,
@@ -475,7 +504,7 @@ impl Runner<'_> {
         let (records, seconds, skipped) =
             match read_marker::<EvalDone>(&dir.join(MARKER), &fingerprint) {
                 Some(done) if records_path.exists() => {
-                    self.log(&format!("eval {}: up to date, skipped", variant.name));
+                    self.step(&format!("eval {}: up to date, skipped", variant.name));
                     (
                         read_records(&records_path).map_err(eval_err)?,
                         done.seconds,
@@ -485,7 +514,7 @@ impl Runner<'_> {
                 _ => {
                     remove_dir(&dir)?;
                     create_dir(&dir)?;
-                    self.log(&format!(
+                    self.step(&format!(
                         "eval {}: {} questions",
                         variant.name,
                         questions.len()
@@ -622,7 +651,7 @@ fn num_hidden_layers(dir: &Path) -> Result<usize> {
 pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Result<PipelineReport> {
     let t0 = Instant::now();
     create_dir(&options.out_dir)?;
-    let runner = Runner { config, options };
+    let runner = Runner::new(config, options);
     // Read the benchmark first: a broken file should fail before an hour of training.
     let bench = &config.benchmark;
     let mut questions = load_questions(&bench.file).map_err(|source| PipelineError::Eval {
@@ -678,7 +707,7 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
             .map_err(|e| PipelineError::config("export_gguf", e.to_string()))?;
         let out = runner.out().join("gguf");
         for v in variants.iter().filter(|v| v.kind != VariantKind::Parent) {
-            runner.log(&format!("GGUF ({dtype}) of {}", v.name));
+            runner.step(&format!("GGUF ({dtype}) of {}", v.name));
             crate::export::export_variant(
                 &v.name,
                 &v.model.dir,
@@ -756,7 +785,35 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
         analyses,
         config: config.clone(),
     };
-    runner.log("writing the report");
+    runner.step("writing the report");
     write_report(&report, &options.out_dir)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+
+    /// The default study's steps: 3 trainings, 3 merges, 7 evaluations, the report; with a
+    /// GGUF export of each of the 6 trained and merged variants, 6 more.
+    #[test]
+    fn steps_are_counted_as_the_run_takes_them() {
+        let options = PipelineOptions {
+            out_dir: PathBuf::from("unused"),
+            progress: false,
+        };
+        let mut config =
+            PipelineConfig::preset(Preset::Default, Path::new(".")).expect("default preset");
+        assert_eq!(Runner::new(&config, &options).total_steps, 14);
+        config.export_gguf = Some("q8_0".into());
+        assert_eq!(Runner::new(&config, &options).total_steps, 20);
+        config.export_gguf = None;
+        config.merge.enabled = false;
+        assert_eq!(Runner::new(&config, &options).total_steps, 3 + 4 + 1);
+        let runner = Runner::new(&config, &options);
+        runner.step("a");
+        runner.step("b");
+        assert_eq!(runner.steps.get(), 2);
+    }
 }
