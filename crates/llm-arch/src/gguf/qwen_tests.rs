@@ -4,6 +4,7 @@
 //! plain `TextModel`s there), hyper-parameters under `qwen2.*` / `qwen3.*` with the head size
 //! in `attention.key_length`. Read back, they give the fixture's tensors and config, and the
 //! logits transformers computed.
+//! (A `#[cfg(test)]` module of `gguf/mod.rs`.)
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};

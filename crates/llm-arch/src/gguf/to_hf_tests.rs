@@ -1,4 +1,5 @@
-//! Tests of `to_hf.rs`: GGUF names, the q/k row permutation, toy Llama / Mistral files.
+//! Tests of `to_hf.rs`: GGUF names, the q/k row permutation, toy Llama / Mistral files (a
+//! `#[cfg(test)]` module of `gguf/to_hf.rs`).
 #![allow(clippy::unwrap_used)]
 
 use super::super::test_writer::GgufBuilder;
