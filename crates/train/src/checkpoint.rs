@@ -277,6 +277,27 @@ pub fn load_checkpoint(
     fine_tuning: &dyn FineTuning,
 ) -> Result<LoadedCheckpoint> {
     let state = read_state(dir)?;
+    let model = load_checkpoint_model(dir, like, fine_tuning)?;
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    let optimizer =
+        temper_formats::read_regular(&opt_path).map_err(|e| TrainError::io(&opt_path, e))?;
+    Ok(LoadedCheckpoint {
+        model,
+        optimizer,
+        state,
+    })
+}
+
+/// The model of the checkpoint in `dir` alone (no optimizer state): its weights, or `like`'s
+/// frozen base with the fine-tuning's extra files (a LoRA adapter) when it holds no weights.
+///
+/// # Errors
+/// Missing files, weights that do not fit the model, a base other than the one trained.
+pub fn load_checkpoint_model(
+    dir: &Path,
+    like: &LlamaForCausalLM,
+    fine_tuning: &dyn FineTuning,
+) -> Result<LlamaForCausalLM> {
     let base = if dir.join(MODEL_FILE).exists() {
         let mut source = SafetensorsSource::open_file(dir.join(MODEL_FILE))?;
         load_weights(
@@ -307,13 +328,5 @@ pub fn load_checkpoint(
         }
         base
     };
-    let model = assign_param_ids(fine_tuning.restore_checkpoint(base, dir)?);
-    let opt_path = dir.join(OPTIMIZER_FILE);
-    let optimizer =
-        temper_formats::read_regular(&opt_path).map_err(|e| TrainError::io(&opt_path, e))?;
-    Ok(LoadedCheckpoint {
-        model,
-        optimizer,
-        state,
-    })
+    Ok(assign_param_ids(fine_tuning.restore_checkpoint(base, dir)?))
 }

@@ -27,6 +27,32 @@ pub enum ScheduleKind {
     Cosine,
 }
 
+/// When the trainer writes intermediate checkpoints (HF `TrainingArguments.save_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveStrategy {
+    /// No intermediate checkpoint (the final one is still written).
+    No,
+    /// Every `save_steps` optimizer steps (none when `save_steps` is unset).
+    #[default]
+    Steps,
+    /// After the optimizer step that completes each epoch, as HF does: the checkpoint of
+    /// epoch `e` holds the model trained on `e` whole passes over the rows (the last epoch's
+    /// is the final checkpoint).
+    Epoch,
+}
+
+impl SaveStrategy {
+    /// The name as written in a config (`"no"`, `"steps"`, `"epoch"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::No => "no",
+            Self::Steps => "steps",
+            Self::Epoch => "epoch",
+        }
+    }
+}
+
 /// Hyper-parameters of a run. Defaults are HF `TrainingArguments`' unless noted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,7 +98,12 @@ pub struct TrainerConfig {
     pub logging_steps: usize,
     /// Evaluate on the held-out rows every N steps (and at the end). `None`: only at the end.
     pub eval_steps: Option<usize>,
-    /// Checkpoint every N steps (and always at the end). `None`: only at the end.
+    /// When to write intermediate checkpoints (HF `save_strategy`): `"steps"` every
+    /// `save_steps`, `"epoch"` at the end of each epoch, `"no"` none. Temper always writes a
+    /// final checkpoint (its resume point), whatever the strategy. Default `"steps"`.
+    pub save_strategy: SaveStrategy,
+    /// Checkpoint every N steps (and always at the end). `None`: only at the end. Only with
+    /// `save_strategy = "steps"`.
     pub save_steps: Option<usize>,
     /// Keep at most this many step checkpoints (oldest removed). `None`: keep all.
     pub save_total_limit: Option<usize>,
@@ -109,6 +140,7 @@ impl Default for TrainerConfig {
             max_grad_norm: Some(1.0),
             logging_steps: 10,
             eval_steps: None,
+            save_strategy: SaveStrategy::Steps,
             save_steps: None,
             save_total_limit: None,
             output_dir: PathBuf::from("output"),
@@ -209,6 +241,12 @@ impl TrainerConfig {
             return Err(bad(
                 "logging_steps, eval_steps and save_steps must be positive",
             ));
+        }
+        if self.save_strategy != SaveStrategy::Steps && self.save_steps.is_some() {
+            return Err(bad(format!(
+                "save_steps is set but save_strategy is \"{}\" (save_steps needs \"steps\")",
+                self.save_strategy.name()
+            )));
         }
         if self.vocab_tile == 0 {
             return Err(bad("vocab_tile must be positive"));

@@ -79,7 +79,8 @@ pub use adamw::{FusedAdamW, FusedAdamWConfig};
 pub use checkpoint::{TrainerState, assign_param_ids, latest_checkpoint};
 pub use clip::{clip_grad_norm, global_grad_norm};
 pub use config::{
-    BaseQuantization, LoraSettings, ReferenceConfig, ScheduleKind, StageConfig, TrainerConfig,
+    BaseQuantization, LoraSettings, ReferenceConfig, SaveStrategy, ScheduleKind, StageConfig,
+    TrainerConfig,
 };
 pub use data::DataOrder;
 pub use error::{Result, TrainError};
@@ -90,7 +91,7 @@ pub use memory::{MemoryEstimate, MemoryPlan, ProjectionBytes, available_memory};
 pub use metrics::{LogRecord, plot_loss_curve};
 pub use reference::Reference;
 pub use schedule::LrSchedule;
-pub use stage::run_stage;
+pub use stage::{run_stage, save_checkpoint_as_model};
 pub use temper_backend::TrainPrecision;
 /// The objective table, rows and reader `temper-train` uses, re-exported for convenience.
 pub use temper_objectives::data::{RowOptions, TrainRows, read_train_rows};

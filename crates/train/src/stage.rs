@@ -290,3 +290,55 @@ fn save_tokenizer_files(
         special,
     )?)
 }
+
+/// Writes the model of checkpoint `checkpoint` (one of `config`'s run, e.g. an epoch's with
+/// `save_strategy = "epoch"`) as an HF directory `out`, as [`run_stage`] saves the final
+/// model: the stage's input model (`config.model`) gives the config and tokenizer files, the
+/// checkpoint the weights (full fine-tuning) or the adapter merged into them (LoRA). What the
+/// pipeline's CPT-epochs sweep evaluates and merges.
+///
+/// # Errors
+/// Loading the input model or the checkpoint (a LoRA checkpoint whose base is not
+/// `config.model`), saving `out`.
+pub fn save_checkpoint_as_model(config: &StageConfig, checkpoint: &Path, out: &Path) -> Result<()> {
+    config.validate()?;
+    let spec: DeviceSpec = config.device.parse()?;
+    let precision: TrainPrecision = config.precision.parse()?;
+    let device = spec.with_autodiff(false).device()?;
+    // The dtypes `run_stage` loads and saves in: a LoRA base's fingerprint in the checkpoint
+    // was taken in the frozen dtype.
+    let storage = if config.lora.is_some() {
+        precision.frozen()
+    } else {
+        precision.master()
+    };
+    let pretrained = Pretrained::load(&config.model, &device, storage)?;
+    let Pretrained {
+        model,
+        tokenizer,
+        chat_template,
+        special,
+        source,
+    } = pretrained;
+    let model = match &config.lora {
+        Some(l) => {
+            let lora = LoraFineTuning::new(l.to_lora_config());
+            let with_adapter = crate::checkpoint::load_checkpoint_model(checkpoint, &model, &lora)?;
+            temper_lora::merge_and_unload(with_adapter)?
+        }
+        None => crate::checkpoint::load_checkpoint_model(
+            checkpoint,
+            &model,
+            &crate::finetune::FullFineTuning,
+        )?,
+    };
+    Pretrained {
+        model,
+        tokenizer,
+        chat_template,
+        special,
+        source,
+    }
+    .save(out, storage)?;
+    Ok(())
+}

@@ -38,7 +38,7 @@ use crate::checkpoint::{
     read_state, save_checkpoint,
 };
 use crate::clip::{clip_grad_norm, global_grad_norm, scale_grads};
-use crate::config::{MAX_STEPS, TrainerConfig};
+use crate::config::{MAX_STEPS, SaveStrategy, TrainerConfig};
 use crate::data::DataOrder;
 use crate::finetune::{FineTuning, FullFineTuning};
 use crate::loss_scale::{GradScaler, ScaledStep};
@@ -429,8 +429,11 @@ impl Trainer {
         let mut last_loss = None;
         let mut last_eval = None;
         let mut stopped_early = false;
+        let batches_per_epoch = self.order.batches_per_epoch();
         while self.state.step < total {
+            let epoch_before = self.state.next_micro_batch / batches_per_epoch;
             let (loss, metrics, tokens, grad_norm) = self.step()?;
+            let epoch_ended = self.state.next_micro_batch / batches_per_epoch > epoch_before;
             window.push((loss, metrics));
             window_tokens += tokens;
             let step = self.state.step;
@@ -466,12 +469,16 @@ impl Trainer {
             {
                 last_eval = self.evaluate_and_log(&metrics_path)?.or(last_eval);
             }
-            if self
-                .config
-                .save_steps
-                .is_some_and(|n| step.is_multiple_of(n))
-                && step < total
-            {
+            let save_now = match self.config.save_strategy {
+                SaveStrategy::No => false,
+                SaveStrategy::Steps => self
+                    .config
+                    .save_steps
+                    .is_some_and(|n| step.is_multiple_of(n)),
+                SaveStrategy::Epoch => epoch_ended,
+            };
+            // The last step's checkpoint is written below, once, whatever the strategy.
+            if save_now && step < total {
                 self.save()?;
             }
             if self.stop_after.is_some_and(|k| step >= k) && step < total {

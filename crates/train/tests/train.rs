@@ -611,6 +611,73 @@ type = "sft"
     assert_eq!(s2.log_history, summary.log_history);
 }
 
+/// `save_strategy = "epoch"` (HF's) writes a checkpoint after the step that ends each epoch,
+/// and [`temper_train::save_checkpoint_as_model`] turns one into an HF directory: the last
+/// epoch's is the stage's own saved model, bit for bit, for full fine-tuning and for LoRA
+/// (adapter merged). `save_steps` beside another strategy is refused, naming both keys.
+#[test]
+fn epoch_checkpoints_become_models() {
+    use temper_llm_arch::Pretrained;
+    for lora in ["", "[lora]\nr = 2\n"] {
+        let dir = tempfile::tempdir().unwrap();
+        write_base(dir.path());
+        let text = format!(
+            r#"
+model = "base"
+train_file = "train.jsonl"
+
+[trainer]
+learning_rate = 1e-2
+num_train_epochs = 3
+batch_size = 2
+save_strategy = "epoch"
+max_length = 16
+vocab_tile = 16
+output_dir = "out"
+
+[trainer.objective]
+type = "sft"
+
+{lora}"#
+        );
+        std::fs::write(dir.path().join("stage.toml"), &text).unwrap();
+        let stage = StageConfig::from_toml_file(dir.path().join("stage.toml")).unwrap();
+        let summary = temper_train::run_stage(&stage, false).unwrap();
+        // 3 rows in batches of 2: 2 steps an epoch.
+        assert_eq!(summary.steps, 6, "{lora}");
+        let out = dir.path().join("out");
+        let steps: Vec<usize> = temper_train::checkpoint::list_checkpoints(&out)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(steps, [2, 4, 6], "{lora}");
+
+        let load = |d: &Path| {
+            let p =
+                Pretrained::load(d, &Device::flex(), temper_backend::FloatPrecision::F32).unwrap();
+            weights(&p.model)
+        };
+        let last = dir.path().join("epoch-3");
+        temper_train::save_checkpoint_as_model(&stage, &out.join("checkpoint-6"), &last).unwrap();
+        assert_eq!(load(&last), load(&out), "{lora}");
+        let first = dir.path().join("epoch-1");
+        temper_train::save_checkpoint_as_model(&stage, &out.join("checkpoint-2"), &first).unwrap();
+        assert!(first.join("tokenizer.json").is_file());
+        assert_ne!(load(&first), load(&out), "{lora}");
+        assert_ne!(load(&first), load(&dir.path().join("base")), "{lora}");
+    }
+
+    let mut bad = temper_train::TrainerConfig {
+        save_strategy: temper_train::SaveStrategy::Epoch,
+        save_steps: Some(2),
+        ..Default::default()
+    };
+    let e = bad.validate_hyperparameters().unwrap_err().to_string();
+    assert!(e.contains("save_steps") && e.contains("\"epoch\""), "{e}");
+    bad.save_strategy = temper_train::SaveStrategy::Steps;
+    assert!(bad.validate_hyperparameters().is_ok());
+}
+
 /// `gradient_checkpointing` keeps only each decoder layer's input and recomputes the layers
 /// one at a time in the backward pass (`CheckpointTape`): from the same initial weights, the
 /// losses equal those of a run without it, with gradient accumulation, and nothing stays on
