@@ -27,6 +27,7 @@ pub mod fingerprint;
 pub mod plots;
 pub mod report;
 pub mod run;
+mod steps;
 
 pub use config::{PipelineConfig, Preset, StageSpec};
 pub use error::{PipelineError, Result};
