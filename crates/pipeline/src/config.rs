@@ -40,6 +40,9 @@ use crate::{PipelineError, Result};
 pub const DEFAULT_PRESET: &str = include_str!("../presets/default.toml");
 /// The same stages on a tiny slice, for tests and a first try.
 pub const SMOKE_PRESET: &str = include_str!("../presets/smoke.toml");
+/// The study as the paper ran it, scaled to 135M: full fine-tuning for whole epochs, the CPT
+/// epochs swept, the SLERP schedules A–G, both protocols.
+pub const PAPER_PRESET: &str = include_str!("../presets/paper.toml");
 
 /// The paper's SLERP recipe (mergekit's `gradient-slerp` example, the schedule the paper used):
 /// `t = 0` keeps the instruct model, `t = 1` the fine-tuned one.
@@ -109,9 +112,14 @@ fn default_true() -> bool {
 pub struct BenchmarkSettings {
     /// JSONL benchmark (`temper-bench-eval`'s format).
     pub file: PathBuf,
-    /// `loglik` or `generate` (the paper's protocol).
+    /// `loglik` or `generate` (the paper's protocol): the primary protocol, the one the
+    /// variant table, the merge analysis and the plots use.
     #[serde(default)]
     pub mode: EvalMode,
+    /// Further protocols every variant is also evaluated under (`["generate"]`), each with
+    /// its own records, fingerprints and accuracy table in the report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<EvalMode>,
     /// The metric the variant table, the merge analysis and the plots use: `acc`,
     /// `acc_norm` or `acc_bytes` (generation has `acc` only).
     #[serde(default)]
@@ -154,8 +162,29 @@ fn default_resamples() -> usize {
 impl BenchmarkSettings {
     /// The settings `temper-bench-eval` takes.
     pub fn eval_settings(&self) -> EvalSettings {
+        self.eval_settings_for(self.mode)
+    }
+
+    /// The protocols evaluated: the primary `mode` first, then `also`.
+    pub fn protocols(&self) -> Vec<EvalMode> {
+        std::iter::once(self.mode)
+            .chain(self.also.iter().copied())
+            .collect()
+    }
+
+    /// The metric a protocol is analysed under: the configured one, or `acc` for generation
+    /// (which has no other).
+    pub fn metric_for(&self, mode: EvalMode) -> Metric {
+        match mode {
+            EvalMode::Generate => Metric::Acc,
+            EvalMode::Loglik => self.metric,
+        }
+    }
+
+    /// [`eval_settings`](Self::eval_settings) under protocol `mode`.
+    pub fn eval_settings_for(&self, mode: EvalMode) -> EvalSettings {
         EvalSettings {
-            mode: self.mode,
+            mode,
             batch_size: self.batch_size,
             chat: self.chat,
             max_new_tokens: self.max_new_tokens,
@@ -169,9 +198,17 @@ impl BenchmarkSettings {
     /// # Errors
     /// The benchmark file cannot be read.
     pub fn records_fingerprint(&self) -> Result<String> {
+        self.records_fingerprint_for(self.mode)
+    }
+
+    /// [`records_fingerprint`](Self::records_fingerprint) under protocol `mode`.
+    ///
+    /// # Errors
+    /// The benchmark file cannot be read.
+    pub fn records_fingerprint_for(&self, mode: EvalMode) -> Result<String> {
         let mut f = Fingerprint::new("bench");
         f.str("file", &file_sha256(&self.file)?)
-            .json("settings", &self.eval_settings())
+            .json("settings", &self.eval_settings_for(mode))
             .json("limit", &self.limit);
         // f32 adds no part, so evaluations made before the key existed (all in f32) stay
         // valid; any other dtype re-evaluates every variant.
@@ -179,6 +216,14 @@ impl BenchmarkSettings {
             f.str("dtype", &self.dtype.to_string());
         }
         Ok(f.finish())
+    }
+}
+
+/// A protocol's name as the config writes it (`loglik`, `generate`).
+pub fn mode_key(mode: EvalMode) -> &'static str {
+    match mode {
+        EvalMode::Loglik => "loglik",
+        EvalMode::Generate => "generate",
     }
 }
 
@@ -212,6 +257,92 @@ pub struct MergeSettings {
     /// Suffix of merged variants' names (`Instruct-CPT-SLERP`).
     #[serde(default = "default_merge_label")]
     pub label: String,
+    /// Further recipes (`[[merge.recipe]]`), each merged with the same parents and evaluated
+    /// as its own variant (`Instruct-CPT-SFT-ORPO-SLERP_G`): the schedule sweep. `yaml` and
+    /// `label` above stay the main recipe, the one the CPT-epochs sweep uses.
+    #[serde(rename = "recipe", default, skip_serializing_if = "Vec::is_empty")]
+    pub recipes: Vec<MergeRecipe>,
+}
+
+/// One more merge recipe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeRecipe {
+    /// Suffix of its variants' names (`SLERP_G`): letters, digits, `-` and `_`.
+    pub label: String,
+    /// A mergekit YAML with the placeholders of `[merge] yaml`; or give `schedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yaml: Option<String>,
+    /// One of the shipped SLERP schedules: `A` … `G` or `paper` (`crate::schedules`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The stages whose results it merges (`["orpo"]`). Default: every merged stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Vec<String>>,
+}
+
+/// A recipe as a merge step takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipe {
+    pub label: String,
+    pub yaml: String,
+}
+
+impl MergeRecipe {
+    /// Its YAML: as given, or its schedule's.
+    ///
+    /// # Errors
+    /// Neither or both of `yaml` and `schedule`, or an unknown schedule, naming the recipe.
+    pub fn yaml_text(&self) -> Result<String> {
+        let origin = format!("[[merge.recipe]] `{}`", self.label);
+        match (&self.yaml, &self.schedule) {
+            (Some(yaml), None) => Ok(yaml.clone()),
+            (None, Some(name)) => crate::schedules::schedule(name)
+                .map(crate::schedules::Schedule::yaml)
+                .ok_or_else(|| {
+                    PipelineError::config(
+                        &origin,
+                        format!("unknown `schedule` `{name}` (A … G or paper)"),
+                    )
+                }),
+            _ => Err(PipelineError::config(
+                &origin,
+                "give exactly one of `yaml` and `schedule`",
+            )),
+        }
+    }
+}
+
+impl MergeSettings {
+    /// The recipes that merge `stage`'s result, the main one first; none when merging is off.
+    ///
+    /// # Errors
+    /// A recipe without a valid YAML (checked when the config is loaded).
+    pub fn recipes_for(&self, stage: &StageSpec) -> Result<Vec<Recipe>> {
+        if !self.enabled {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        if stage.merge {
+            out.push(Recipe {
+                label: self.label.clone(),
+                yaml: self.yaml.clone(),
+            });
+        }
+        for r in &self.recipes {
+            let applies = match &r.stages {
+                Some(names) => names.iter().any(|n| n.eq_ignore_ascii_case(&stage.name)),
+                None => stage.merge,
+            };
+            if applies {
+                out.push(Recipe {
+                    label: r.label.clone(),
+                    yaml: r.yaml_text()?,
+                });
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn default_merge_yaml() -> String {
@@ -228,6 +359,7 @@ impl Default for MergeSettings {
             enabled: true,
             yaml: default_merge_yaml(),
             label: default_merge_label(),
+            recipes: Vec::new(),
         }
     }
 }
@@ -252,6 +384,14 @@ pub struct StageSpec {
     pub merge: bool,
     #[serde(default)]
     pub completion_only_loss: Option<bool>,
+    /// Keep the model after each epoch (the paper's Fig. 6): the trainer checkpoints at every
+    /// epoch's end (`save_strategy = "epoch"`), each epoch's model is benchmarked and merged
+    /// with the main recipe as `Instruct-CPT@1`, `Instruct-CPT@1-SLERP`, ... The last epoch is
+    /// the stage's own result, which alone feeds the next stage. Needs whole
+    /// `num_train_epochs` ≥ 2 and no `max_steps`, `save_steps`, `save_strategy` or
+    /// `save_total_limit`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sweep_epochs: bool,
     /// `temper-train`'s `[trainer]` table (hyper-parameters and `[trainer.objective]`).
     pub trainer: toml::Table,
     /// `temper-train`'s `[lora]` table; absent: full fine-tuning.
@@ -297,6 +437,9 @@ impl StageSpec {
             ));
         }
         trainer.insert("output_dir".into(), path(output_dir));
+        if self.sweep_epochs {
+            trainer.insert("save_strategy".into(), toml::Value::String("epoch".into()));
+        }
         table.insert("trainer".into(), toml::Value::Table(trainer));
         if let Some(lora) = &self.lora {
             table.insert("lora".into(), toml::Value::Table(lora.clone()));
@@ -317,6 +460,48 @@ impl StageSpec {
         Ok(stage)
     }
 
+    /// With `sweep_epochs`: the number of epochs, each of which becomes a model.
+    ///
+    /// # Errors
+    /// A trainer table the sweep cannot use (named keys).
+    pub fn swept_epochs(&self) -> Result<Option<usize>> {
+        if !self.sweep_epochs {
+            return Ok(None);
+        }
+        let origin = format!("stage `{}`", self.name);
+        for key in [
+            "max_steps",
+            "save_steps",
+            "save_strategy",
+            "save_total_limit",
+        ] {
+            if self.trainer.contains_key(key) {
+                return Err(PipelineError::config(
+                    &origin,
+                    format!(
+                        "`sweep_epochs` counts whole epochs and sets the checkpoints; remove `trainer.{key}`"
+                    ),
+                ));
+            }
+        }
+        let epochs = match self.trainer.get("num_train_epochs") {
+            None => 3.0, // temper-train's (HF's) default
+            Some(v) => v
+                .as_float()
+                .or_else(|| v.as_integer().map(|i| i as f64))
+                .unwrap_or(f64::NAN),
+        };
+        if !(epochs.fract() == 0.0 && (2.0..=100.0).contains(&epochs)) {
+            return Err(PipelineError::config(
+                &origin,
+                format!(
+                    "`sweep_epochs` needs a whole `trainer.num_train_epochs` in [2, 100], got {epochs}"
+                ),
+            ));
+        }
+        Ok(Some(epochs as usize))
+    }
+
     /// The objective's name as the trainer table gives it (`cpt`, `sft`, `orpo`...).
     pub fn objective(&self) -> String {
         self.trainer
@@ -333,6 +518,7 @@ impl StageSpec {
 pub enum Preset {
     Default,
     Smoke,
+    Paper,
 }
 
 impl std::str::FromStr for Preset {
@@ -342,9 +528,10 @@ impl std::str::FromStr for Preset {
         match s {
             "default" => Ok(Self::Default),
             "smoke" => Ok(Self::Smoke),
+            "paper" => Ok(Self::Paper),
             other => Err(PipelineError::config(
                 "--preset",
-                format!("unknown preset `{other}` (default or smoke)"),
+                format!("unknown preset `{other}` (default, smoke or paper)"),
             )),
         }
     }
@@ -382,6 +569,7 @@ impl PipelineConfig {
         let (text, origin) = match preset {
             Preset::Default => (DEFAULT_PRESET, "preset `default`"),
             Preset::Smoke => (SMOKE_PRESET, "preset `smoke`"),
+            Preset::Paper => (PAPER_PRESET, "preset `paper`"),
         };
         Self::from_toml_str(text, origin, base_dir)
     }
@@ -432,6 +620,7 @@ impl PipelineConfig {
                     format!("two stages are named `{}`", stage.name),
                 ));
             }
+            stage.swept_epochs()?;
             // Fail before any training: the trainer table must be valid.
             stage.stage_config(
                 Path::new("model"),
@@ -462,12 +651,73 @@ impl PipelineConfig {
                 "generation is scored by `acc` only; set `benchmark.metric = \"acc\"`",
             ));
         }
+        let mut protocols = std::collections::BTreeSet::new();
+        for mode in b.protocols() {
+            if !protocols.insert(crate::config::mode_key(mode)) {
+                return Err(PipelineError::config(
+                    origin,
+                    format!("`benchmark.also` repeats the protocol `{}`", mode_key(mode)),
+                ));
+            }
+        }
         if self.merge.enabled {
-            for key in ["{finetuned}", "{instruct}"] {
-                if !self.merge.yaml.contains(key) {
+            self.validate_recipes(origin)?;
+        }
+        Ok(())
+    }
+
+    fn validate_recipes(&self, origin: &str) -> Result<()> {
+        let mut labels = std::collections::BTreeMap::new();
+        let main = [(
+            "merge.yaml".to_string(),
+            self.merge.label.clone(),
+            self.merge.yaml.clone(),
+        )];
+        let mut all = main.to_vec();
+        for r in &self.merge.recipes {
+            all.push((
+                format!("[[merge.recipe]] `{}`", r.label),
+                r.label.clone(),
+                r.yaml_text()?,
+            ));
+            for name in r.stages.iter().flatten() {
+                if !self
+                    .stages
+                    .iter()
+                    .any(|s| s.name.eq_ignore_ascii_case(name))
+                {
                     return Err(PipelineError::config(
                         origin,
-                        format!("`merge.yaml` must contain the placeholder {key}"),
+                        format!("[[merge.recipe]] `{}`: no stage named `{name}`", r.label),
+                    ));
+                }
+            }
+        }
+        for (key, label, yaml) in all {
+            let valid = !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                return Err(PipelineError::config(
+                    origin,
+                    format!("{key}: label `{label}`: use letters, digits, - and _"),
+                ));
+            }
+            // Labels name the merge directories: two that differ only in case or in `-`/`_`
+            // would share one.
+            let dir = label.to_ascii_lowercase().replace('_', "-");
+            if let Some(other) = labels.insert(dir, label.clone()) {
+                return Err(PipelineError::config(
+                    origin,
+                    format!("{key}: label `{label}` collides with `{other}`"),
+                ));
+            }
+            for placeholder in ["{finetuned}", "{instruct}"] {
+                if !yaml.contains(placeholder) {
+                    return Err(PipelineError::config(
+                        origin,
+                        format!("`{key}` must contain the placeholder {placeholder}"),
                     ));
                 }
             }
@@ -483,7 +733,7 @@ mod tests {
 
     #[test]
     fn presets_parse_and_chain_the_paper_stages() {
-        for preset in [Preset::Default, Preset::Smoke] {
+        for preset in [Preset::Default, Preset::Smoke, Preset::Paper] {
             let c = PipelineConfig::preset(preset, Path::new("/repo")).unwrap();
             let names: Vec<_> = c.stages.iter().map(|s| s.name.as_str()).collect();
             assert_eq!(names, ["cpt", "sft", "orpo"]);
@@ -492,6 +742,131 @@ mod tests {
             assert!(c.instruct.starts_with("/repo"));
             assert!(c.merge.enabled);
         }
+    }
+
+    /// The paper preset: full fine-tuning in whole epochs, the CPT epochs swept, A–G on the
+    /// last stage only, both protocols (log-likelihood first).
+    #[test]
+    fn the_paper_preset_sweeps_what_the_paper_did() {
+        let c = PipelineConfig::preset(Preset::Paper, Path::new("/repo")).unwrap();
+        assert_eq!(c.precision, "bf16-mixed");
+        for s in &c.stages {
+            assert!(s.lora.is_none(), "{}", s.name);
+            assert!(!s.trainer.contains_key("max_steps"), "{}", s.name);
+            assert_eq!(s.trainer["lr_scheduler_type"].as_str(), Some("cosine"));
+        }
+        let epochs: Vec<_> = c.stages.iter().map(|s| s.swept_epochs().unwrap()).collect();
+        assert_eq!(epochs, [Some(3), None, None]);
+        let labels = |stage: usize| -> Vec<String> {
+            c.merge
+                .recipes_for(&c.stages[stage])
+                .unwrap()
+                .into_iter()
+                .map(|r| r.label)
+                .collect()
+        };
+        assert_eq!(labels(0), ["SLERP"]);
+        assert_eq!(labels(1), ["SLERP"]);
+        assert_eq!(
+            labels(2),
+            [
+                "SLERP", "SLERP_A", "SLERP_B", "SLERP_C", "SLERP_D", "SLERP_E", "SLERP_F",
+                "SLERP_G"
+            ]
+        );
+        assert_eq!(
+            c.benchmark.protocols(),
+            [EvalMode::Loglik, EvalMode::Generate]
+        );
+        assert_eq!(c.benchmark.metric_for(EvalMode::Generate), Metric::Acc);
+    }
+
+    #[test]
+    fn sweeps_are_checked_and_name_the_key() {
+        let base = "name = \"x\"\ninstruct = \"m\"\n[benchmark]\nfile = \"b.jsonl\"\n";
+        let stage = |extra: &str, trainer: &str| {
+            format!(
+                "[[stage]]\nname = \"cpt\"\ndata = \"d\"\n{extra}\n[stage.trainer]\n{trainer}\n\
+                 [stage.trainer.objective]\ntype = \"cpt\"\n"
+            )
+        };
+        let parse = |text: &str| PipelineConfig::from_toml_str(text, "p.toml", Path::new("."));
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        let plain = stage("", "max_steps = 1");
+        let recipe = |body: &str| format!("[[merge.recipe]]\n{body}\n");
+
+        // A recipe by schedule or YAML; labels and stages checked.
+        let c = parse(&format!(
+            "{base}{}{plain}",
+            recipe("label = \"SLERP_G\"\nschedule = \"g\"")
+        ))
+        .unwrap();
+        let recipes = c.merge.recipes_for(&c.stages[0]).unwrap();
+        assert_eq!(recipes.len(), 2);
+        assert_eq!(
+            recipes[1].yaml,
+            crate::schedules::schedule("G").unwrap().yaml()
+        );
+        for (body, expected) in [
+            ("label = \"X\"", "give exactly one of `yaml` and `schedule`"),
+            ("label = \"X\"\nschedule = \"Q\"", "unknown `schedule` `Q`"),
+            (
+                "label = \"slerp\"\nschedule = \"A\"",
+                "collides with `SLERP`",
+            ),
+            ("label = \"a b\"\nschedule = \"A\"", "label `a b`"),
+            (
+                "label = \"X\"\nschedule = \"A\"\nstages = [\"dpo\"]",
+                "no stage named `dpo`",
+            ),
+            (
+                "label = \"X\"\nyaml = \"merge_method: slerp\"",
+                "{finetuned}",
+            ),
+        ] {
+            let e = err(&format!("{base}{}{plain}", recipe(body)));
+            assert!(e.contains(expected), "{body}: {e}");
+        }
+        // A recipe limited to another stage does not merge this one.
+        let c = parse(&format!(
+            "{base}{}{plain}{}",
+            recipe("label = \"G\"\nschedule = \"G\"\nstages = [\"sft\"]"),
+            stage("", "max_steps = 1").replace("\"cpt\"\ndata", "\"sft\"\ndata")
+        ))
+        .unwrap();
+        assert_eq!(c.merge.recipes_for(&c.stages[0]).unwrap().len(), 1);
+        assert_eq!(c.merge.recipes_for(&c.stages[1]).unwrap().len(), 2);
+
+        // The epoch sweep: whole epochs, no step-based keys; it sets the save strategy.
+        let c = parse(&format!(
+            "{base}{}",
+            stage("sweep_epochs = true", "num_train_epochs = 2")
+        ))
+        .unwrap();
+        assert_eq!(c.stages[0].swept_epochs().unwrap(), Some(2));
+        let sc = c.stages[0]
+            .stage_config(Path::new("m"), Path::new("d"), Path::new("o"), "cpu", "f32")
+            .unwrap();
+        assert_eq!(sc.trainer.save_strategy, temper_train::SaveStrategy::Epoch);
+        for (trainer, expected) in [
+            ("max_steps = 4", "remove `trainer.max_steps`"),
+            ("save_steps = 4", "remove `trainer.save_steps`"),
+            ("num_train_epochs = 2.5", "whole `trainer.num_train_epochs`"),
+            ("num_train_epochs = 1", "got 1"),
+        ] {
+            let e = err(&format!("{base}{}", stage("sweep_epochs = true", trainer)));
+            assert!(
+                e.contains("stage `cpt`") && e.contains(expected),
+                "{trainer}: {e}"
+            );
+        }
+
+        // Protocols: `also` must not repeat one.
+        let e = err(&format!(
+            "{}{plain}",
+            base.replace("b.jsonl\"\n", "b.jsonl\"\nalso = [\"loglik\"]\n")
+        ));
+        assert!(e.contains("repeats the protocol `loglik`"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod fingerprint;
 pub mod plots;
 pub mod report;
 pub mod run;
+pub mod schedules;
 mod steps;
 
 pub use config::{PipelineConfig, Preset, StageSpec};

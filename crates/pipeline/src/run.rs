@@ -11,24 +11,33 @@
 //! ```text
 //! OUT/instruct/            the instruct parent as an HF directory (when given as GGUF)
 //! OUT/stages/NAME/model/   a stage's trained model, metrics.jsonl, loss.svg
-//! OUT/merges/NAME-slerp/   a stage's result merged with the instruct parent
+//! OUT/stages/NAME/epochs/epoch-E/   with `sweep_epochs`: the model after each earlier epoch
+//! OUT/merges/NAME[-epochE]-LABEL/   a stage's (or an epoch's) model merged with the instruct
+//!                          parent under one recipe (`cpt-slerp`, `orpo-slerp-g`)
 //! OUT/eval/VARIANT/        records.jsonl (per question) and summary.json
+//! OUT/eval-MODE/VARIANT/   the same under each further protocol (`benchmark.also`)
 //! OUT/gguf/VARIANT.DTYPE.gguf   with `export_gguf`: each trained / merged variant for llama.cpp
 //! OUT/report.{md,html,json}, OUT/plots/*.svg
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use temper_backend::DeviceSpec;
 use temper_bench_eval::load_questions;
-use temper_bench_eval::results::{mcnemar_exact, merge_analysis, pair_by_id, paired_bootstrap};
+use temper_bench_eval::results::{
+    Metric, QuestionRecord, mcnemar_exact, merge_analysis, pair_by_id, paired_bootstrap,
+};
 use temper_formats::write_atomic;
 
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, Recipe};
 use crate::fingerprint::file_sha256;
-use crate::report::{DataFile, MergeRow, PipelineReport, VariantKind, VsInstruct, render_report};
-use crate::steps::{Runner, Variant, create_dir};
+use crate::report::{
+    DataFile, MergeRow, PipelineReport, ProtocolResult, VariantKind, VariantResult, VsInstruct,
+    render_report,
+};
+use crate::steps::{ModelRef, Runner, Variant, create_dir};
 use crate::{PipelineError, Result};
 
 /// Where and how to run.
@@ -92,6 +101,62 @@ fn data_files(config: &PipelineConfig) -> Result<Vec<DataFile>> {
         .collect()
 }
 
+/// Each variant against Instruct (`vs_instruct`, set in `results`), and each merge against its
+/// parents, under `metric`.
+fn analyse(
+    config: &PipelineConfig,
+    variants: &[Variant],
+    results: &mut [VariantResult],
+    records: &BTreeMap<String, Vec<QuestionRecord>>,
+    metric: Metric,
+) -> Result<Vec<MergeRow>> {
+    let bench = &config.benchmark;
+    for result in results.iter_mut() {
+        if result.kind == VariantKind::Parent {
+            continue;
+        }
+        let eval_err = |source| PipelineError::Eval {
+            variant: result.name.clone(),
+            source: Box::new(source),
+        };
+        let (a, b) =
+            pair_by_id(&records[&result.name], &records["Instruct"], metric).map_err(eval_err)?;
+        let mcnemar = mcnemar_exact(&a, &b).map_err(eval_err)?;
+        let bootstrap =
+            paired_bootstrap(&a, &b, bench.bootstrap_resamples, bench.seed).map_err(eval_err)?;
+        result.vs_instruct = Some(VsInstruct {
+            diff: bootstrap.diff,
+            mcnemar_p: mcnemar.p_value,
+            bootstrap_p: bootstrap.p_value,
+        });
+    }
+    let mut analyses = Vec::new();
+    for variant in variants {
+        let Some((finetuned, instruct_name)) = &variant.parents else {
+            continue;
+        };
+        let analysis = merge_analysis(
+            &records[&variant.name],
+            &records[finetuned],
+            &records[instruct_name],
+            metric,
+            bench.bootstrap_resamples,
+            bench.seed,
+        )
+        .map_err(|source| PipelineError::Eval {
+            variant: variant.name.clone(),
+            source: Box::new(source),
+        })?;
+        analyses.push(MergeRow {
+            merged: variant.name.clone(),
+            finetuned: finetuned.clone(),
+            instruct: instruct_name.clone(),
+            analysis,
+        });
+    }
+    Ok(analyses)
+}
+
 /// Run `config` into `options.out_dir` and write the report there.
 ///
 /// # Errors
@@ -114,7 +179,6 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
     bench
         .dtype
         .check(&config.device.parse::<DeviceSpec>()?.device()?)?;
-    let bench_fingerprint = bench.records_fingerprint()?;
 
     let instruct = runner.instruct()?;
     let mut variants = vec![Variant {
@@ -122,29 +186,66 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
         kind: VariantKind::Parent,
         model: instruct.clone(),
         parents: None,
+        stage: None,
+        epoch: None,
+        recipe: None,
     }];
     let (mut stages, mut merges) = (Vec::new(), Vec::new());
     let (mut current, mut current_name) = (instruct.clone(), "Instruct".to_string());
     for stage in &config.stages {
         let name = format!("{current_name}-{}", stage.name.to_uppercase());
-        let (model, result) = runner.stage(stage, &current, &name)?;
+        let (model, result, epoch_models) = runner.stage(stage, &current, &name)?;
+        let epochs = result.epochs;
         stages.push(result);
-        variants.push(Variant {
-            name: name.clone(),
-            kind: VariantKind::Trained,
-            model: model.clone(),
-            parents: None,
-        });
-        if config.merge.enabled && stage.merge {
-            let merged_name = format!("{name}-{}", config.merge.label);
-            let (merged, result) = runner.merge(stage, &model, &instruct, &merged_name)?;
-            merges.push(result);
+        let recipes = config.merge.recipes_for(stage)?;
+        // The earlier epochs first (`Instruct-CPT@1`, its merge under the main recipe), then
+        // the stage's own model, which is the last epoch's, under every recipe.
+        let main_recipe = recipes
+            .first()
+            .filter(|_| config.merge.enabled && stage.merge);
+        let mut trained: Vec<(Option<usize>, String, ModelRef)> = epoch_models
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| (Some(i + 1), format!("{name}@{}", i + 1), m))
+            .collect();
+        trained.push((epochs, name.clone(), model.clone()));
+        for (i, (epoch, trained_name, trained_model)) in trained.iter().enumerate() {
+            let own = i + 1 == trained.len();
             variants.push(Variant {
-                name: merged_name,
-                kind: VariantKind::Merged,
-                model: merged,
-                parents: Some((name.clone(), "Instruct".into())),
+                name: trained_name.clone(),
+                kind: VariantKind::Trained,
+                model: trained_model.clone(),
+                parents: None,
+                stage: Some(stage.name.clone()),
+                epoch: *epoch,
+                recipe: None,
             });
+            let for_this: Vec<&Recipe> = match own {
+                true => recipes.iter().collect(),
+                false => main_recipe.into_iter().collect(),
+            };
+            for recipe in for_this {
+                let merged_name = format!("{trained_name}-{}", recipe.label);
+                let merge_epoch = if own { None } else { *epoch };
+                let (merged, result) = runner.merge(
+                    stage,
+                    merge_epoch,
+                    recipe,
+                    trained_model,
+                    &instruct,
+                    &merged_name,
+                )?;
+                merges.push(result);
+                variants.push(Variant {
+                    name: merged_name,
+                    kind: VariantKind::Merged,
+                    model: merged,
+                    parents: Some((trained_name.clone(), "Instruct".into())),
+                    stage: Some(stage.name.clone()),
+                    epoch: *epoch,
+                    recipe: Some(recipe.label.clone()),
+                });
+            }
         }
         current = model;
         current_name = name;
@@ -168,56 +269,27 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
         }
     }
 
-    let mut results = Vec::new();
-    let mut records = std::collections::BTreeMap::new();
-    for variant in &variants {
-        let (result, recs) = runner.evaluate(variant, &questions, &bench_fingerprint)?;
-        records.insert(variant.name.clone(), recs);
-        results.push(result);
-    }
-    for result in &mut results {
-        if result.kind == VariantKind::Parent {
-            continue;
+    // Every variant under each protocol, the primary one first; each analysed alike.
+    let mut protocols = Vec::new();
+    for mode in bench.protocols() {
+        let fingerprint = bench.records_fingerprint_for(mode)?;
+        let mut results = Vec::new();
+        let mut records = BTreeMap::new();
+        for variant in &variants {
+            let (result, recs) = runner.evaluate(variant, &questions, mode, &fingerprint)?;
+            records.insert(variant.name.clone(), recs);
+            results.push(result);
         }
-        let eval_err = |source| PipelineError::Eval {
-            variant: result.name.clone(),
-            source: Box::new(source),
-        };
-        let (a, b) = pair_by_id(&records[&result.name], &records["Instruct"], bench.metric)
-            .map_err(eval_err)?;
-        let mcnemar = mcnemar_exact(&a, &b).map_err(eval_err)?;
-        let bootstrap =
-            paired_bootstrap(&a, &b, bench.bootstrap_resamples, bench.seed).map_err(eval_err)?;
-        result.vs_instruct = Some(VsInstruct {
-            diff: bootstrap.diff,
-            mcnemar_p: mcnemar.p_value,
-            bootstrap_p: bootstrap.p_value,
+        let metric = bench.metric_for(mode);
+        let analyses = analyse(config, &variants, &mut results, &records, metric)?;
+        protocols.push(ProtocolResult {
+            mode,
+            metric,
+            variants: results,
+            analyses,
         });
     }
-    let mut analyses = Vec::new();
-    for variant in &variants {
-        let Some((finetuned, instruct_name)) = &variant.parents else {
-            continue;
-        };
-        let analysis = merge_analysis(
-            &records[&variant.name],
-            &records[finetuned],
-            &records[instruct_name],
-            bench.metric,
-            bench.bootstrap_resamples,
-            bench.seed,
-        )
-        .map_err(|source| PipelineError::Eval {
-            variant: variant.name.clone(),
-            source: Box::new(source),
-        })?;
-        analyses.push(MergeRow {
-            merged: variant.name.clone(),
-            finetuned: finetuned.clone(),
-            instruct: instruct_name.clone(),
-            analysis,
-        });
-    }
+    let primary = protocols.remove(0);
     let report = PipelineReport {
         name: config.name.clone(),
         device: config.device.clone(),
@@ -230,8 +302,9 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
         data_files: data_files(config)?,
         stages,
         merges,
-        variants: results,
-        analyses,
+        variants: primary.variants,
+        analyses: primary.analyses,
+        protocols,
         config: config.clone(),
     };
     runner.step("writing the report");

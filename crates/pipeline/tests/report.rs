@@ -50,6 +50,9 @@ fn variant(name: &str, kind: VariantKind, recs: &[QuestionRecord], skipped: bool
         summary: summarize(recs, Metric::Acc),
         summaries: BTreeMap::new(),
         vs_instruct: None,
+        stage: None,
+        epoch: None,
+        recipe: None,
     }
 }
 
@@ -63,6 +66,7 @@ fn stage(name: &str, steps: usize, losses: &[(usize, f64)]) -> StageResult {
         skipped: true,
         seconds: 60.0,
         steps,
+        epochs: None,
         final_loss: losses.last().map(|l| l.1),
         eval_loss: None,
         losses: losses.to_vec(),
@@ -128,6 +132,7 @@ fn synthetic() -> PipelineReport {
             instruct: "Instruct".into(),
             analysis: merge_analysis(&merged, &trained, &instruct, Metric::Acc, 200, 1).unwrap(),
         }],
+        protocols: Vec::new(),
         config,
     }
 }

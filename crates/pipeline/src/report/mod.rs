@@ -50,6 +50,10 @@ pub struct StageResult {
     pub skipped: bool,
     pub seconds: f64,
     pub steps: usize,
+    /// With `sweep_epochs`: the epochs trained, each a variant (`Instruct-CPT@1`, ...; the
+    /// last is the stage's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
     pub final_loss: Option<f64>,
     pub eval_loss: Option<f64>,
     /// `(step, loss)` as logged.
@@ -146,6 +150,16 @@ pub struct VariantResult {
     /// parent itself).
     #[serde(default)]
     pub vs_instruct: Option<VsInstruct>,
+    /// The stage that trained it (trained and merged variants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// With the stage's `sweep_epochs`: the epoch its trained model is from (the last epoch
+    /// is the stage's own result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<usize>,
+    /// Merged variants: the recipe's label (`SLERP`, `SLERP_G`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
 }
 
 /// A merged variant against its parents.
@@ -155,6 +169,16 @@ pub struct MergeRow {
     pub finetuned: String,
     pub instruct: String,
     pub analysis: MergeAnalysis,
+}
+
+/// The variants under a further protocol (`benchmark.also`): the same variants, their
+/// accuracy and paired tests under that protocol's metric.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProtocolResult {
+    pub mode: EvalMode,
+    pub metric: Metric,
+    pub variants: Vec<VariantResult>,
+    pub analyses: Vec<MergeRow>,
 }
 
 /// A data file the run read, with the SHA-256 of its bytes.
@@ -188,6 +212,9 @@ pub struct PipelineReport {
     pub merges: Vec<MergeResult>,
     pub variants: Vec<VariantResult>,
     pub analyses: Vec<MergeRow>,
+    /// Each further protocol's results (`benchmark.also`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocols: Vec<ProtocolResult>,
     pub config: PipelineConfig,
 }
 
@@ -206,6 +233,12 @@ impl PipelineReport {
         self.stages.iter().map(|s| s.seconds).sum::<f64>()
             + self.merges.iter().map(|m| m.seconds).sum::<f64>()
             + self.variants.iter().map(|v| v.seconds).sum::<f64>()
+            + self
+                .protocols
+                .iter()
+                .flat_map(|p| &p.variants)
+                .map(|v| v.seconds)
+                .sum::<f64>()
     }
 
     /// Steps reused from an earlier run, and all steps.
@@ -216,6 +249,11 @@ impl PipelineReport {
             .map(|s| s.skipped)
             .chain(self.merges.iter().map(|m| m.skipped))
             .chain(self.variants.iter().map(|v| v.skipped))
+            .chain(
+                self.protocols
+                    .iter()
+                    .flat_map(|p| p.variants.iter().map(|v| v.skipped)),
+            )
             .collect();
         (flags.iter().filter(|&&f| f).count(), flags.len())
     }

@@ -6,29 +6,42 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use temper_backend::DeviceSpec;
 use temper_bench_eval::results::{QuestionRecord, Summary, read_records, summarize, write_records};
-use temper_bench_eval::{Question, evaluate_model};
+use temper_bench_eval::{EvalMode, Question, evaluate_model};
 use temper_formats::write_atomic;
 use temper_llm_arch::Pretrained;
 
 use super::{MARKER, Runner, Variant, create_dir, read_marker, remove_dir, slug, write_marker};
+use crate::config::mode_key;
 use crate::fingerprint::Fingerprint;
 use crate::report::VariantResult;
 use crate::{PipelineError, Result};
 
 impl Runner<'_> {
+    /// Benchmark `variant` under protocol `mode` (`bench_fingerprint`: that protocol's
+    /// records fingerprint), into `OUT/eval/VARIANT/` for the primary protocol and
+    /// `OUT/eval-MODE/VARIANT/` for each further one.
     pub(crate) fn evaluate(
         &self,
         variant: &Variant,
         questions: &[Question],
+        mode: EvalMode,
         bench_fingerprint: &str,
     ) -> Result<(VariantResult, Vec<QuestionRecord>)> {
-        let dir = self.out().join("eval").join(slug(&variant.name));
+        let bench = &self.config.benchmark;
+        let (folder, label) = if mode == bench.mode {
+            ("eval".to_string(), String::new())
+        } else {
+            (
+                format!("eval-{}", mode_key(mode)),
+                format!(" ({})", mode_key(mode)),
+            )
+        };
+        let dir = self.out().join(folder).join(slug(&variant.name));
         let fingerprint = Fingerprint::new("eval")
             .str("model", &variant.model.fingerprint)
             .str("bench", bench_fingerprint)
             .finish();
         let records_path = dir.join("records.jsonl");
-        let bench = &self.config.benchmark;
         let eval_err = |source| PipelineError::Eval {
             variant: variant.name.clone(),
             source: Box::new(source),
@@ -36,7 +49,10 @@ impl Runner<'_> {
         let (records, seconds, skipped) =
             match read_marker::<EvalDone>(&dir.join(MARKER), &fingerprint) {
                 Some(done) if records_path.exists() => {
-                    self.step(&format!("eval {}: up to date, skipped", variant.name));
+                    self.step(&format!(
+                        "eval {}{label}: up to date, skipped",
+                        variant.name
+                    ));
                     (
                         read_records(&records_path).map_err(eval_err)?,
                         done.seconds,
@@ -47,7 +63,7 @@ impl Runner<'_> {
                     remove_dir(&dir)?;
                     create_dir(&dir)?;
                     self.step(&format!(
-                        "eval {}: {} questions",
+                        "eval {}{label}: {} questions",
                         variant.name,
                         questions.len()
                     ));
@@ -72,15 +88,14 @@ impl Runner<'_> {
                     );
                     bar.set_message(variant.name.clone());
                     let records =
-                        evaluate_model(&p, questions, &bench.eval_settings(), |done, _| {
+                        evaluate_model(&p, questions, &bench.eval_settings_for(mode), |done, _| {
                             bar.set_position(done as u64);
                         })
                         .map_err(eval_err)?;
                     bar.finish_and_clear();
                     let seconds = t0.elapsed().as_secs_f64();
                     write_records(&records_path, &records).map_err(eval_err)?;
-                    let summaries: std::collections::BTreeMap<&str, Summary> = bench
-                        .mode
+                    let summaries: std::collections::BTreeMap<&str, Summary> = mode
                         .metrics()
                         .iter()
                         .map(|(n, m)| (*n, summarize(&records, *m)))
@@ -92,8 +107,7 @@ impl Runner<'_> {
                     (records, seconds, false)
                 }
             };
-        let summaries = bench
-            .mode
+        let summaries = mode
             .metrics()
             .iter()
             .map(|(n, m)| ((*n).to_string(), summarize(&records, *m)))
@@ -106,9 +120,12 @@ impl Runner<'_> {
             parents: variant.parents.clone(),
             seconds,
             skipped,
-            summary: summarize(&records, bench.metric),
+            summary: summarize(&records, bench.metric_for(mode)),
             summaries,
             vs_instruct: None,
+            stage: variant.stage.clone(),
+            epoch: variant.epoch,
+            recipe: variant.recipe.clone(),
         };
         Ok((result, records))
     }

@@ -6,25 +6,32 @@ use std::time::Instant;
 use temper_merge::{MergeConfig, MergeOptions, NoProgress, run_merge};
 
 use super::{MARKER, ModelRef, Runner, num_hidden_layers, read_marker, slug, write_marker};
-use crate::config::StageSpec;
+use crate::config::{Recipe, StageSpec};
 use crate::fingerprint::Fingerprint;
 use crate::report::{MergeResult, TensorStat};
 use crate::{PipelineError, Result};
 
 impl Runner<'_> {
+    /// Merge `finetuned` (stage `stage`'s result, or with `epoch` that epoch's model) with
+    /// the instruct parent under `recipe`, into `OUT/merges/STAGE[-epochE]-LABEL/`.
     pub(crate) fn merge(
         &self,
         stage: &StageSpec,
+        epoch: Option<usize>,
+        recipe: &Recipe,
         finetuned: &ModelRef,
         instruct: &ModelRef,
         variant: &str,
     ) -> Result<(ModelRef, MergeResult)> {
-        let settings = &self.config.merge;
-        let name = format!("{}-{}", stage.name, slug(&settings.label));
+        let source = match epoch {
+            Some(e) => format!("{}-epoch{e}", stage.name),
+            None => stage.name.clone(),
+        };
+        let name = format!("{source}-{}", slug(&recipe.label));
         let dir = self.out().join("merges").join(&name);
         let num_layers = num_hidden_layers(&instruct.dir)?;
         let fingerprint = Fingerprint::new("merge")
-            .str("yaml", &settings.yaml)
+            .str("yaml", &recipe.yaml)
             .str("finetuned", &finetuned.fingerprint)
             .str("instruct", &instruct.fingerprint)
             .finish();
@@ -37,7 +44,7 @@ impl Runner<'_> {
             done.skipped = true;
             return Ok((model, done));
         }
-        let yaml = settings
+        let yaml = recipe
             .yaml
             .replace("{finetuned}", &finetuned.dir.display().to_string())
             .replace("{instruct}", &instruct.dir.display().to_string())

@@ -42,6 +42,12 @@ pub(crate) struct Variant {
     pub(crate) model: ModelRef,
     /// Merged variants: (fine-tuned parent, instruct parent).
     pub(crate) parents: Option<(String, String)>,
+    /// The stage that trained it (trained and merged variants).
+    pub(crate) stage: Option<String>,
+    /// With the stage's `sweep_epochs`: the epoch its trained model is from.
+    pub(crate) epoch: Option<usize>,
+    /// Merged variants: the recipe's label.
+    pub(crate) recipe: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -101,21 +107,33 @@ pub(crate) struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
+    /// The step count: per stage its training, each recipe's merge, and with `sweep_epochs`
+    /// each earlier epoch's model merged under the main recipe; a GGUF export of every
+    /// trained and merged variant when asked; an evaluation of every variant under each
+    /// protocol; the report. (The config is validated: a recipe error counts as no merge.)
     pub(crate) fn new(config: &'a PipelineConfig, options: &'a PipelineOptions) -> Self {
         let stages = config.stages.len();
-        let merges = match config.merge.enabled {
-            true => config.stages.iter().filter(|s| s.merge).count(),
-            false => 0,
-        };
+        let (mut merges, mut epoch_models) = (0, 0);
+        for stage in &config.stages {
+            let recipes = config.merge.recipes_for(stage).map_or(0, |r| r.len());
+            merges += recipes;
+            let earlier = stage.swept_epochs().ok().flatten().map_or(0, |e| e - 1);
+            epoch_models += earlier;
+            if config.merge.enabled && stage.merge {
+                merges += earlier;
+            }
+        }
+        let variants = stages + epoch_models + merges;
         let exports = match config.export_gguf {
-            Some(_) => stages + merges,
+            Some(_) => variants,
             None => 0,
         };
+        let evals = (1 + variants) * config.benchmark.protocols().len();
         Self {
             config,
             options,
             steps: std::cell::Cell::new(0),
-            total_steps: stages + merges + exports + (1 + stages + merges) + 1,
+            total_steps: stages + merges + exports + evals + 1,
         }
     }
 
@@ -162,7 +180,8 @@ mod tests {
     use std::path::Path;
 
     /// The default study's steps: 3 trainings, 3 merges, 7 evaluations, the report; with a
-    /// GGUF export of each of the 6 trained and merged variants, 6 more.
+    /// GGUF export of each of the 6 trained and merged variants, 6 more. The sweeps add
+    /// theirs.
     #[test]
     fn steps_are_counted_as_the_run_takes_them() {
         let options = PipelineOptions {
@@ -177,6 +196,14 @@ mod tests {
         config.export_gguf = None;
         config.merge.enabled = false;
         assert_eq!(Runner::new(&config, &options).total_steps, 3 + 4 + 1);
+        // The paper preset: 3 trainings; merges under the main recipe of the 3 stages and the
+        // 2 earlier CPT epochs, and A–G of the ORPO result (12); 18 variants (Instruct, 3
+        // stages, 2 epochs, 12 merges) under 2 protocols; the report.
+        let paper = PipelineConfig::preset(Preset::Paper, Path::new(".")).expect("paper preset");
+        assert_eq!(
+            Runner::new(&paper, &options).total_steps,
+            3 + 12 + 18 * 2 + 1
+        );
         let runner = Runner::new(&config, &options);
         runner.step("a");
         runner.step("b");

@@ -53,12 +53,15 @@ impl Runner<'_> {
         Ok(path)
     }
 
+    /// Train `stage` from `input` (or reuse its finished run): its model, its result and,
+    /// with `sweep_epochs`, the models after each earlier epoch (`epochs/epoch-E/`, HF
+    /// directories converted from the epoch checkpoints), epoch 1 first.
     pub(crate) fn stage(
         &self,
         stage: &StageSpec,
         input: &ModelRef,
         variant: &str,
-    ) -> Result<(ModelRef, StageResult)> {
+    ) -> Result<(ModelRef, StageResult, Vec<ModelRef>)> {
         let dir = self.out().join("stages").join(&stage.name);
         let model_dir = dir.join("model");
         let mut f = Fingerprint::new("stage");
@@ -75,12 +78,25 @@ impl Runner<'_> {
             dir: model_dir.clone(),
             fingerprint: fingerprint.clone(),
         };
+        let epochs = stage.swept_epochs()?.unwrap_or(1);
+        let epoch_models: Vec<ModelRef> = (1..epochs)
+            .map(|e| ModelRef {
+                dir: dir.join("epochs").join(format!("epoch-{e}")),
+                fingerprint: Fingerprint::new("epoch")
+                    .str("stage", &fingerprint)
+                    .str("epoch", &e.to_string())
+                    .finish(),
+            })
+            .collect();
         if let Some(mut done) = read_marker::<StageResult>(&dir.join(MARKER), &fingerprint)
             && model_dir.join("config.json").exists()
+            && epoch_models
+                .iter()
+                .all(|m| m.dir.join("config.json").exists())
         {
             self.step(&format!("stage {}: up to date, skipped", stage.name));
             done.skipped = true;
-            return Ok((model, done));
+            return Ok((model, done, epoch_models));
         }
         let resume = read_marker::<serde_json::Value>(&dir.join(PENDING), &fingerprint).is_some();
         if resume {
@@ -115,6 +131,27 @@ impl Runner<'_> {
                     source: Box::new(source),
                 }
             })?;
+        // The epoch checkpoints (all but the last, the stage's own model) as HF directories.
+        let checkpoints = temper_train::checkpoint::list_checkpoints(&model_dir);
+        if checkpoints.len() < epoch_models.len() + 1 {
+            return Err(PipelineError::config(
+                &format!("stage `{}`", stage.name),
+                format!(
+                    "`sweep_epochs`: {} checkpoints in {} for {epochs} epochs",
+                    checkpoints.len(),
+                    model_dir.display()
+                ),
+            ));
+        }
+        for ((_, checkpoint), model) in checkpoints.iter().zip(&epoch_models) {
+            remove_dir(&model.dir)?;
+            temper_train::save_checkpoint_as_model(&stage_config, checkpoint, &model.dir).map_err(
+                |source| PipelineError::Train {
+                    stage: stage.name.clone(),
+                    source: Box::new(source),
+                },
+            )?;
+        }
         let seconds = t0.elapsed().as_secs_f64();
         // The checkpoints only serve a resume; the finished model is in `model_dir`.
         if let Ok(entries) = std::fs::read_dir(&model_dir) {
@@ -151,6 +188,7 @@ impl Runner<'_> {
             skipped: false,
             seconds,
             steps: summary.steps,
+            epochs: stage.swept_epochs()?,
             final_loss: summary.final_loss,
             eval_loss: summary.eval_loss,
             losses: losses("loss"),
@@ -159,7 +197,7 @@ impl Runner<'_> {
         };
         write_marker(&dir.join(MARKER), &fingerprint, &result)?;
         let _ = std::fs::remove_file(dir.join(PENDING));
-        Ok((model, result))
+        Ok((model, result, epoch_models))
     }
 }
 
