@@ -308,6 +308,7 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
         config: config.clone(),
     };
     runner.step("writing the report");
+    runner.check_step_count();
     write_report(&report, &options.out_dir)?;
     Ok(report)
 }

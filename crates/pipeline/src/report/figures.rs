@@ -86,6 +86,7 @@ pub(crate) fn figures(r: &PipelineReport) -> Result<Vec<Figure>> {
             svg: plots::merge_scatter(&merge_points(r))?,
         });
     }
+    figs.extend(super::sweeps::epoch_figures(r)?);
     let curves = stage_curves(r);
     if !curves.is_empty() {
         figs.push(Figure {

@@ -56,6 +56,7 @@ pub(crate) fn html(r: &PipelineReport, figs: &[Figure]) -> Result<String> {
         figures => figures,
         per_tensor => per_tensor,
         facts => tables::facts(r),
+        sections => super::sweeps::sections(r),
         tables => context! {
             variants => tables::variants(r),
             categories => tables::categories(r),

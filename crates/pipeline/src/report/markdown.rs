@@ -36,6 +36,13 @@ pub(crate) fn markdown(r: &PipelineReport, figs: &[Figure]) -> String {
         figure(&mut s, figs, "merge_scatter.svg");
         let _ = writeln!(s, "{}", tables::analyses(r).markdown());
     }
+    for section in super::sweeps::sections(r) {
+        let _ = writeln!(s, "## {}\n\n{}\n", section.title, section.intro);
+        if let Some(file) = &section.figure {
+            figure(&mut s, figs, file);
+        }
+        let _ = writeln!(s, "{}", section.table.markdown());
+    }
     s.push_str("## Training\n\n");
     figure(&mut s, figs, "loss.svg");
     figure(&mut s, figs, "train_metrics.svg");

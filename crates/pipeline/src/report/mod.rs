@@ -6,11 +6,13 @@
 //! * [`tables`]: the tables as rows of plain-text cells, shared by both documents;
 //! * `figures`: the report's plots from its results;
 //! * `html`: `report.html` through a minijinja template (every value HTML-escaped);
-//! * `markdown`: `report.md`.
+//! * `markdown`: `report.md`;
+//! * `sweeps`: the sections of the schedule, epoch and protocol sweeps.
 
 mod figures;
 mod html;
 mod markdown;
+mod sweeps;
 pub mod tables;
 
 use std::collections::BTreeMap;

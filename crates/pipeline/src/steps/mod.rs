@@ -150,6 +150,19 @@ impl<'a> Runner<'a> {
         self.log(&format!("step {n}/{}: {message}", self.total_steps));
     }
 
+    /// At the last step: the count announced ("step n/N") is the count taken. Debug builds
+    /// (the tests) fail on a mismatch; a release run only says so.
+    pub(crate) fn check_step_count(&self) {
+        let taken = self.steps.get();
+        debug_assert_eq!(taken, self.total_steps, "steps taken vs announced");
+        if taken != self.total_steps {
+            tracing::warn!(
+                "[pipeline] {taken} steps taken, {} announced",
+                self.total_steps
+            );
+        }
+    }
+
     pub(crate) fn out(&self) -> &Path {
         &self.options.out_dir
     }
