@@ -35,6 +35,7 @@ pub const COMPARE: &str = "Examples:
 pub const PIPELINE: &str = "Examples:
   temper pipeline                               # the paper's study on SmolLM2-135M (preset default)
   temper pipeline --preset smoke --out /tmp/smoke
+  temper pipeline --preset paper                # full fine-tuning, epochs, schedules A–G, both protocols
   temper pipeline --config study.toml --print-config
   temper pipeline --preset smoke --out /tmp/smoke --export-gguf q8_0   # variants also as GGUF
   temper pipeline --out runs/smollm2-bio-materials --rerender         # report again, nothing re-run";

@@ -1,4 +1,4 @@
-//! `temper pipeline [--config FILE] [--preset default|smoke] [--out DIR] [--device D]
+//! `temper pipeline [--config FILE] [--preset default|smoke|paper] [--out DIR] [--device D]
 //! [--dtype f32|bf16|f16]`.
 
 use crate::output::{out, outln};
@@ -14,8 +14,10 @@ pub struct PipelineArgs {
     /// A pipeline TOML (paths relative to its directory). Default: the built-in preset.
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
-    /// A built-in pipeline: `default` (the full study, < 30 min on 2 CPU cores) or `smoke`
-    /// (the same stages on a tiny slice). Paths are relative to the current directory.
+    /// A built-in pipeline: `default` (the full study, < 30 min on 2 CPU cores), `smoke` (the
+    /// same stages on a tiny slice) or `paper` (the paper's regime: full fine-tuning in whole
+    /// epochs, the CPT-epoch and SLERP-schedule sweeps, both protocols; ≈ 80 min estimated).
+    /// Paths are relative to the current directory.
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// Output directory. Default: `runs/<pipeline name>`.
