@@ -162,6 +162,7 @@ pub fn schedule_of_yaml(yaml: &str) -> Option<&'static Schedule> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

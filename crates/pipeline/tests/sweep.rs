@@ -80,7 +80,7 @@ fn sweeps_run_resume_and_add_a_recipe() {
     );
     // One CPT section packed into 64-token blocks, batches of 2: two epochs of equal steps.
     let steps = report.stages[0].steps;
-    assert!(steps >= 2 && steps % 2 == 0, "{steps}");
+    assert!(steps >= 2 && steps.is_multiple_of(2), "{steps}");
     assert_eq!(report.stages[0].epochs, Some(2));
     let epochs: Vec<Option<usize>> = report.variants[1..5].iter().map(|v| v.epoch).collect();
     assert_eq!(epochs, [Some(1), Some(1), Some(2), Some(2)]);

@@ -158,7 +158,7 @@ fn epoch_sections(r: &PipelineReport) -> Vec<Section> {
                         epoch.to_string(),
                         trained.name.clone(),
                         pct_se(trained),
-                        merged.map_or_else(|| "–".into(), |m| pct_se(m)),
+                        merged.map_or_else(|| "–".into(), pct_se),
                         merged.map_or_else(
                             || "–".into(),
                             |m| {
