@@ -13,8 +13,8 @@ use temper_bench_eval::EvalMode;
 use temper_bench_eval::results::{Metric, QuestionRecord, merge_analysis, summarize};
 use temper_pipeline::plots::{StageCurve, stage_spans};
 use temper_pipeline::report::{
-    DataFile, MergeResult, MergeRow, PipelineReport, StageResult, TensorStat, VariantKind,
-    VariantResult, ci95, render_report,
+    DataFile, MergeResult, MergeRow, PipelineReport, ProtocolResult, StageResult, TensorStat,
+    VariantKind, VariantResult, ci95, render_report,
 };
 use temper_pipeline::{PipelineConfig, Preset};
 
@@ -296,4 +296,146 @@ fn a_report_json_of_an_older_run_still_renders() {
     let html = file(&files, "report.html");
     assert!(html.contains("Instruct-CPT-SFT-ORPO-SLERP"));
     assert!(report.compute_seconds() > 600.0);
+    // It had no sweeps: none of their sections.
+    let md = file(&files, "report.md");
+    for heading in ["SLERP schedules", "epochs", "protocol"] {
+        assert!(
+            !md.contains(&format!("## {heading}")) && !md.contains(&format!(" {heading}</h2>"))
+        );
+    }
+}
+
+/// A report with the three sweeps: two epochs of CPT (each merged under the main recipe), two
+/// recipes on the last model, and the generative protocol. Each gets its section in both
+/// documents, with the numbers of the variants and analyses it reads.
+#[test]
+fn sweep_sections_show_schedules_epochs_and_the_second_protocol() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let config = PipelineConfig::preset(Preset::Paper, &root).unwrap();
+    let instruct = records(40, 13);
+    let tagged = |name: &str, kind, correct, epoch, recipe: Option<&str>| {
+        let mut v = variant(name, kind, &records(40, correct), false);
+        v.stage = Some("cpt".into());
+        v.epoch = epoch;
+        v.recipe = recipe.map(str::to_string);
+        if kind == VariantKind::Merged {
+            let parent = name.rsplit_once('-').unwrap().0;
+            v.parents = Some((parent.into(), "Instruct".into()));
+        }
+        (v, records(40, correct))
+    };
+    let made = [
+        tagged("Instruct-CPT@1", VariantKind::Trained, 14, Some(1), None),
+        tagged(
+            "Instruct-CPT@1-SLERP",
+            VariantKind::Merged,
+            15,
+            Some(1),
+            Some("SLERP"),
+        ),
+        tagged("Instruct-CPT", VariantKind::Trained, 16, Some(2), None),
+        tagged(
+            "Instruct-CPT-SLERP",
+            VariantKind::Merged,
+            18,
+            Some(2),
+            Some("SLERP"),
+        ),
+        tagged(
+            "Instruct-CPT-SLERP_G",
+            VariantKind::Merged,
+            20,
+            Some(2),
+            Some("SLERP_G"),
+        ),
+    ];
+    let recs: BTreeMap<&str, &Vec<QuestionRecord>> = made
+        .iter()
+        .map(|(v, r)| (v.name.as_str(), r))
+        .chain([("Instruct", &instruct)])
+        .collect();
+    let mut variants = vec![variant("Instruct", VariantKind::Parent, &instruct, false)];
+    variants.extend(made.iter().map(|(v, _)| v.clone()));
+    let analyses: Vec<MergeRow> = variants
+        .iter()
+        .filter_map(|v| {
+            let (a, b) = v.parents.clone()?;
+            let analysis = merge_analysis(
+                recs[v.name.as_str()],
+                recs[a.as_str()],
+                recs[b.as_str()],
+                Metric::Acc,
+                200,
+                1,
+            )
+            .unwrap();
+            Some(MergeRow {
+                merged: v.name.clone(),
+                finetuned: a,
+                instruct: b,
+                analysis,
+            })
+        })
+        .collect();
+    let mut cpt = stage("cpt", 8, &[(2, 3.0), (8, 2.5)]);
+    cpt.epochs = Some(2);
+    let mut report = synthetic();
+    report.config = config;
+    report.stages = vec![cpt];
+    report.merges = Vec::new();
+    report.variants = variants.clone();
+    report.analyses = analyses.clone();
+    report.protocols = vec![ProtocolResult {
+        mode: EvalMode::Generate,
+        metric: Metric::Acc,
+        variants,
+        analyses,
+    }];
+    let files = render_report(&report).unwrap();
+    let md = file(&files, "report.md");
+    let html = file(&files, "report.html");
+    for heading in ["SLERP schedules", "CPT epochs", "Generative protocol"] {
+        assert!(md.contains(&format!("## {heading}")), "{heading}");
+        assert!(html.contains(&format!("{heading}</h2>")), "{heading}");
+    }
+    // The schedule table: the two recipes of Instruct-CPT with their t as given (the main one
+    // recognised as the paper's published schedule, G as the inferred ramp), 45 % ± s.e.
+    let se = |k: f64| (k / 40.0 * (1.0 - k / 40.0) / 39.0).sqrt() * 100.0;
+    assert!(md.contains(&format!(
+        "| Instruct-CPT | SLERP_G | G (inferred) | [0, 0.3, 0.5, 0.7, 1] | [1, 0.7, 0.5, 0.3, 0] | 50.0 ± {:.1} | +10.0 |",
+        se(20.0)
+    )), "{md}");
+    assert!(md.contains("| Instruct-CPT | SLERP | paper (published) | [0, 0.5, 0.3, 0.7, 1] |"));
+    // The epoch table: each epoch's trained and merged accuracy, the merge's gain over it.
+    assert!(
+        md.contains(&format!(
+            "| 1 | Instruct-CPT@1 | 35.0 ± {:.1} | 37.5 ± {:.1} | +2.5 |",
+            se(14.0),
+            se(15.0)
+        )),
+        "{md}"
+    );
+    assert!(md.contains("| 2 | Instruct-CPT | 40.0 ± "));
+    let svg = file(&files, "plots/epochs-cpt.svg");
+    assert_eq!(
+        svg.matches("<circle").count(),
+        4 + 2,
+        "4 points and 2 legend markers"
+    );
+    // … inline in the HTML under its section, with its caption.
+    let section = &html[html.find("CPT epochs</h2>").unwrap()..];
+    let section = &section[..section.find("</table>").unwrap()];
+    assert_eq!(section.matches("<svg").count(), 1);
+    assert!(section.contains("after each CPT epoch, trained and merged"));
+    // The second protocol's table: acc ± s.e., interval, paired test against Instruct.
+    assert!(md.contains(&format!(
+        "| Instruct-CPT-SLERP_G | merged | 50.0 ± {:.1} |",
+        se(20.0)
+    )));
+
+    // A rendered report.json reads back with the sweeps.
+    let back: PipelineReport = serde_json::from_str(file(&files, "report.json")).unwrap();
+    assert_eq!(back.protocols.len(), 1);
+    assert_eq!(back.variants[1].epoch, Some(1));
+    assert_eq!(back.variants[5].recipe.as_deref(), Some("SLERP_G"));
 }
