@@ -86,6 +86,10 @@ pub struct WeightDelta {
     pub groups: Vec<GroupDelta>,
     /// sqrt(Σ‖ΔW‖²) / sqrt(Σ‖W_parent‖²) over every tensor.
     pub relative_change: f64,
+    /// The same over the attention tensors of every layer.
+    pub self_attn_change: f64,
+    /// The same over the MLP tensors of every layer.
+    pub mlp_change: f64,
     pub min_cosine: f64,
     pub linear_fallbacks: usize,
     /// Tensors with any element changed.
@@ -146,10 +150,19 @@ pub fn weight_delta(finetuned: &ModelSource, parent: &ModelSource) -> Result<Wei
         });
         sums.push(s);
     }
-    let total = sums.iter().fold(Sums::default(), |acc, s| acc.add(s));
+    let pooled = |group: Option<ModuleGroup>| {
+        let s = tensors
+            .iter()
+            .zip(&sums)
+            .filter(|(t, _)| group.is_none_or(|g| t.group == g))
+            .fold(Sums::default(), |acc, (_, s)| acc.add(s));
+        ratio(s.delta_sq, s.parent_sq)
+    };
     Ok(WeightDelta {
         groups: groups(&tensors, &sums),
-        relative_change: ratio(total.delta_sq, total.parent_sq),
+        relative_change: pooled(None),
+        self_attn_change: pooled(Some(ModuleGroup::SelfAttn)),
+        mlp_change: pooled(Some(ModuleGroup::Mlp)),
         min_cosine: tensors.iter().map(|t| t.cosine).fold(1.0, f64::min),
         linear_fallbacks: tensors.iter().filter(|t| t.linear_fallback).count(),
         changed: sums.iter().filter(|s| s.delta_sq > 0.0).count(),

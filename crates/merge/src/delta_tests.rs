@@ -26,13 +26,23 @@ const NORM: &str = "model.norm.weight";
 
 #[test]
 fn an_unchanged_model_has_cosine_one_and_no_change() {
-    let a = model("a", &[(Q, vec![2], vec![1.0, -2.0]), (NORM, vec![1], vec![1.0])]);
-    let b = model("b", &[(Q, vec![2], vec![1.0, -2.0]), (NORM, vec![1], vec![1.0])]);
+    let a = model(
+        "a",
+        &[(Q, vec![2], vec![1.0, -2.0]), (NORM, vec![1], vec![1.0])],
+    );
+    let b = model(
+        "b",
+        &[(Q, vec![2], vec![1.0, -2.0]), (NORM, vec![1], vec![1.0])],
+    );
     let d = weight_delta(&b, &a).expect("delta");
     assert_eq!(d.changed, 0);
     assert_eq!(d.relative_change, 0.0);
     assert_eq!(d.linear_fallbacks, 2);
-    assert!(d.tensors.iter().all(|t| t.cosine == 1.0 && t.norm_ratio == 1.0));
+    assert!(
+        d.tensors
+            .iter()
+            .all(|t| t.cosine == 1.0 && t.norm_ratio == 1.0)
+    );
 }
 
 #[test]
@@ -65,7 +75,10 @@ fn figures_are_exact_on_small_vectors() {
     assert_eq!((q.layer, q.group), (Some(0), ModuleGroup::SelfAttn));
     // (1, 0) → (2, 0): colinear, twice the norm, SLERP falls back to linear.
     let up = d.tensors.iter().find(|t| t.name == UP).expect("up");
-    assert_eq!((up.cosine, up.relative_change, up.norm_ratio), (1.0, 1.0, 2.0));
+    assert_eq!(
+        (up.cosine, up.relative_change, up.norm_ratio),
+        (1.0, 1.0, 2.0)
+    );
     assert!(up.linear_fallback);
     assert_eq!(d.changed, 2);
     assert_eq!(d.linear_fallbacks, 3);
@@ -92,13 +105,17 @@ fn figures_are_exact_on_small_vectors() {
     );
     // Whole model: ‖Δ‖² = 2 + 1 over 25 + 25 + 1 + 4.
     assert!((d.relative_change - (3.0f64 / 55.0).sqrt()).abs() < 1e-12);
+    assert!((d.self_attn_change - (2.0f64 / 50.0).sqrt()).abs() < 1e-12);
+    assert_eq!(d.mlp_change, 1.0);
     assert!((d.min_cosine - 0.96).abs() < 1e-12);
 }
 
 #[test]
 fn chunked_reading_matches_one_pass() {
     let n = CHUNK * 2 + 123;
-    let p: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+    let p: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+        .collect();
     let f: Vec<f32> = p
         .iter()
         .enumerate()
@@ -130,14 +147,18 @@ fn mismatched_models_are_refused_naming_the_tensor() {
         "cpt",
         &[(Q, vec![2], vec![1.0, 2.0]), (NORM, vec![1], vec![1.0])],
     );
-    let e = weight_delta(&extra, &parent).expect_err("extra tensor").to_string();
+    let e = weight_delta(&extra, &parent)
+        .expect_err("extra tensor")
+        .to_string();
     assert!(e.contains(NORM) && e.contains("instruct"), "{e}");
     let e = weight_delta(&model("cpt", &[]), &parent)
         .expect_err("missing tensor")
         .to_string();
     assert!(e.contains(Q) && e.contains("cpt"), "{e}");
     let shape = model("cpt", &[(Q, vec![1, 2], vec![1.0, 2.0])]);
-    let e = weight_delta(&shape, &parent).expect_err("shape").to_string();
+    let e = weight_delta(&shape, &parent)
+        .expect_err("shape")
+        .to_string();
     assert!(e.contains(Q) && e.contains("[1, 2]"), "{e}");
     let nan = model("cpt", &[(Q, vec![2], vec![1.0, f32::NAN])]);
     let e = weight_delta(&nan, &parent).expect_err("NaN").to_string();

@@ -35,7 +35,7 @@ use crate::config::{PipelineConfig, StageSpec};
 use crate::fingerprint::{Fingerprint, file_sha256};
 use crate::report::{
     DataFile, MergeResult, MergeRow, PipelineReport, StageResult, TensorStat, VariantKind,
-    VariantResult, VsInstruct, render_report,
+    VariantResult, VsInstruct, WeightsMoved, render_report,
 };
 use crate::{PipelineError, Result};
 
@@ -625,6 +625,32 @@ fn data_files(config: &PipelineConfig) -> Result<Vec<DataFile>> {
         .collect()
 }
 
+/// How far each trained variant moved from the instruct parent (a pass over both models'
+/// weights; cheap next to an evaluation, so measured on every run rather than cached).
+fn weights_moved(variants: &[Variant], instruct: &ModelRef) -> Result<Vec<WeightsMoved>> {
+    let open = |dir: &Path, label: &str| {
+        temper_merge::ModelSource::open(dir, label).map_err(|source| PipelineError::Merge {
+            name: format!("weight change of {label}"),
+            source: Box::new(source),
+        })
+    };
+    let parent = open(&instruct.dir, "Instruct")?;
+    variants
+        .iter()
+        .filter(|v| v.kind == VariantKind::Trained)
+        .map(|v| {
+            let tuned = open(&v.model.dir, &v.name)?;
+            let delta = temper_merge::weight_delta(&tuned, &parent).map_err(|source| {
+                PipelineError::Merge {
+                    name: format!("weight change of {}", v.name),
+                    source: Box::new(source),
+                }
+            })?;
+            Ok(WeightsMoved::new(&v.name, "Instruct", delta))
+        })
+        .collect()
+}
+
 fn count_rows(path: &Path) -> Result<usize> {
     let text =
         temper_formats::read_regular_to_string(path).map_err(|e| PipelineError::io(path, e))?;
@@ -769,6 +795,7 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
             analysis,
         });
     }
+    let weights = weights_moved(&variants, &instruct)?;
     let report = PipelineReport {
         name: config.name.clone(),
         device: config.device.clone(),
@@ -783,6 +810,7 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
         merges,
         variants: results,
         analyses,
+        weights,
         config: config.clone(),
     };
     runner.step("writing the report");

@@ -6,12 +6,14 @@
 //! * [`tables`]: the tables as rows of plain-text cells, shared by both documents;
 //! * `figures`: the report's plots from its results;
 //! * `html`: `report.html` through a minijinja template (every value HTML-escaped);
-//! * `markdown`: `report.md`.
+//! * `markdown`: `report.md`;
+//! * `weights`: how far each fine-tune moved, next to its merges' synergy.
 
 mod figures;
 mod html;
 mod markdown;
 pub mod tables;
+mod weights;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,6 +25,7 @@ use temper_bench_eval::results::{Accuracy, MergeAnalysis, Metric, Summary};
 
 use crate::config::PipelineConfig;
 use crate::{PipelineError, Result};
+pub use weights::{WeightsMoved, weights_moved};
 
 /// What a variant is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +191,10 @@ pub struct PipelineReport {
     pub merges: Vec<MergeResult>,
     pub variants: Vec<VariantResult>,
     pub analyses: Vec<MergeRow>,
+    /// How far each fine-tuned variant moved from the instruct parent (absent in reports
+    /// written before it was measured).
+    #[serde(default)]
+    pub weights: Vec<WeightsMoved>,
     pub config: PipelineConfig,
 }
 
