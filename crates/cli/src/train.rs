@@ -314,3 +314,39 @@ pub(crate) fn export_trained_gguf(dir: &Path, dtype: GgufDtype) -> Result<String
     let summary = export_pretrained(&p, &tokenizer, &out, dtype)?;
     Ok(format!("wrote {} ({summary})", out.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    fn args(extra: &[&str]) -> TrainArgs {
+        let mut argv = vec!["temper", "train"];
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&["--model", "m", "--data", "d.jsonl", "--out", "o"]);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Train(args),
+            }) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn packing_flags_set_the_stage_keys_and_are_refused_by_name() {
+        let stage = stage_from_args(&args(&["sft", "--packing"])).unwrap();
+        assert!(stage.packing);
+        assert_eq!(stage.sft_packing(), Some(PackingStrategy::Bfd));
+        let stage =
+            stage_from_args(&args(&["sft", "--packing", "--packing-strategy", "bfd_split"]))
+                .unwrap();
+        assert_eq!(stage.sft_packing(), Some(PackingStrategy::BfdSplit));
+        let err = stage_from_args(&args(&["dpo", "--packing"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("packing = true"), "{err}");
+        assert!(Cli::try_parse_from(["temper", "train", "sft", "--packing-strategy", "ffd"]).is_err());
+    }
+}
