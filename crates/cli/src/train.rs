@@ -317,6 +317,7 @@ pub(crate) fn export_trained_gguf(dir: &Path, dtype: GgufDtype) -> Result<String
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use clap::Parser;
 
     use super::*;
@@ -339,14 +340,20 @@ mod tests {
         let stage = stage_from_args(&args(&["sft", "--packing"])).unwrap();
         assert!(stage.packing);
         assert_eq!(stage.sft_packing(), Some(PackingStrategy::Bfd));
-        let stage =
-            stage_from_args(&args(&["sft", "--packing", "--packing-strategy", "bfd_split"]))
-                .unwrap();
+        let stage = stage_from_args(&args(&[
+            "sft",
+            "--packing",
+            "--packing-strategy",
+            "bfd_split",
+        ]))
+        .unwrap();
         assert_eq!(stage.sft_packing(), Some(PackingStrategy::BfdSplit));
         let err = stage_from_args(&args(&["dpo", "--packing"]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("packing = true"), "{err}");
-        assert!(Cli::try_parse_from(["temper", "train", "sft", "--packing-strategy", "ffd"]).is_err());
+        assert!(
+            Cli::try_parse_from(["temper", "train", "sft", "--packing-strategy", "ffd"]).is_err()
+        );
     }
 }

@@ -149,8 +149,8 @@ fn token_logps(model: &LlamaForCausalLM, batch: &Batch, masked: bool) -> Vec<Vec
         .forward_hidden(tensors.input_ids, &options, None)
         .expect("forward");
     let chunk = ChunkConfig::with_vocab_tile(8);
-    let logps = chunked_token_logps(hidden, lm_head_weight(model), tensors.labels, &chunk)
-        .expect("logps");
+    let logps =
+        chunked_token_logps(hidden, lm_head_weight(model), tensors.labels, &chunk).expect("logps");
     values(logps.logps)
 }
 
@@ -191,7 +191,10 @@ fn packed_log_probs_equal_unpacked_ones_only_with_the_mask() {
     let d = max_diff(&with_mask, &alone);
     assert!(d < 1e-5, "packed vs alone: {d}");
     let d = max_diff(&without, &alone);
-    assert!(d > 1e-3, "without the mask the rows would see each other: {d}");
+    assert!(
+        d > 1e-3,
+        "without the mask the rows would see each other: {d}"
+    );
 }
 
 /// The SFT loss (TRL's token mean) of the packed batch equals the unpacked one, and so does

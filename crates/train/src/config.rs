@@ -473,7 +473,9 @@ impl StageConfig {
                 }
             }
             RowKind::Documents => {
-                if let Some(s) = self.packing_strategy.filter(|&s| s != PackingStrategy::Wrapped)
+                if let Some(s) = self
+                    .packing_strategy
+                    .filter(|&s| s != PackingStrategy::Wrapped)
                 {
                     return Err(bad(format!(
                         "packing_strategy = \"{s}\": objective `{name}` always packs its \

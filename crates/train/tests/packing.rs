@@ -114,7 +114,10 @@ fn packing_keys_are_refused_where_they_do_not_apply() {
     let err = refusal("sft", "packing = true\npacking_strategy = 'ffd'");
     assert!(err.contains("ffd"), "{err}");
     // CPT always packs: `packing` is accepted either way, and so is "wrapped".
-    for keys in ["packing = false", "packing = true\npacking_strategy = 'wrapped'"] {
+    for keys in [
+        "packing = false",
+        "packing = true\npacking_strategy = 'wrapped'",
+    ] {
         let text = format!(
             "model = 'm'\ntrain_file = 't'\n{keys}\n[trainer]\noutput_dir = 'o'\n\
              [trainer.objective]\ntype = 'cpt'\n"

@@ -135,7 +135,10 @@ pub fn pack_sft_in_batches(
              {batch_size})"
         )));
     }
-    if let Some(i) = rows.iter().position(|r| r.labels.len() != r.input_ids.len()) {
+    if let Some(i) = rows
+        .iter()
+        .position(|r| r.labels.len() != r.input_ids.len())
+    {
         return Err(ObjectiveError::Invalid(format!(
             "row {i}: {} labels for {} input ids",
             rows[i].labels.len(),
@@ -280,7 +283,10 @@ mod tests {
     fn matches_the_trl_docstring() {
         let r = rows(&[&[1, 2, 3, 4, 5], &[6, 7], &[8, 9, 10], &[11]]);
         let bfd = pack_sft(&r, 4, PackingStrategy::Bfd).unwrap();
-        assert_eq!(ids(&bfd), vec![vec![1, 2, 3, 4], vec![8, 9, 10, 11], vec![6, 7]]);
+        assert_eq!(
+            ids(&bfd),
+            vec![vec![1, 2, 3, 4], vec![8, 9, 10, 11], vec![6, 7]]
+        );
         let lens: Vec<Vec<usize>> = bfd.iter().map(|b| b.seq_lengths.clone()).collect();
         assert_eq!(lens, vec![vec![4], vec![3, 1], vec![2]]);
         assert_eq!(bfd[1].position_ids, vec![0, 1, 2, 0]);
@@ -305,7 +311,10 @@ mod tests {
             assert_eq!(name.parse::<PackingStrategy>().unwrap().name(), name);
         }
         let err = "ffd".parse::<PackingStrategy>().unwrap_err().to_string();
-        assert!(err.contains("packing_strategy") && err.contains("ffd"), "{err}");
+        assert!(
+            err.contains("packing_strategy") && err.contains("ffd"),
+            "{err}"
+        );
         assert!(pack_sft(&rows(&[&[1]]), 0, PackingStrategy::Bfd).is_err());
         let bad = SftTokens {
             input_ids: vec![1, 2],
@@ -313,7 +322,11 @@ mod tests {
             completion_start: None,
         };
         assert!(pack_sft(&[bad], 4, PackingStrategy::Bfd).is_err());
-        assert!(pack_sft(&rows(&[&[]]), 4, PackingStrategy::Bfd).unwrap().is_empty());
+        assert!(
+            pack_sft(&rows(&[&[]]), 4, PackingStrategy::Bfd)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     mod properties {

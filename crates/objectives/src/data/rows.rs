@@ -178,7 +178,9 @@ pub fn read_train_rows(
             };
             let prepared = pre.prepare_sft(&loaded.rows, &sft)?;
             let rows = match packing {
-                Some((strategy, block)) => TrainRows::Packed(pack_sft(&prepared.rows, block, strategy)?),
+                Some((strategy, block)) => {
+                    TrainRows::Packed(pack_sft(&prepared.rows, block, strategy)?)
+                }
                 None => TrainRows::Sequences(prepared.rows),
             };
             (

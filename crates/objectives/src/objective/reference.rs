@@ -84,9 +84,9 @@ impl ReferenceLogps for ModelReference<'_> {
     fn sequence_logps(&self, batch: &Batch) -> Result<Vec<f32>> {
         let device = self.model.device();
         let tensors = batch.to_tensors(&device);
-        let hidden = self
-            .model
-            .forward_hidden(tensors.input_ids, &batch.forward_options(&device), None)?;
+        let hidden =
+            self.model
+                .forward_hidden(tensors.input_ids, &batch.forward_options(&device), None)?;
         let logps = chunked_token_logps(
             hidden,
             lm_head_weight(self.model),
