@@ -320,6 +320,46 @@ mod tests {
         assert_eq!(rows[0].input_ids, vec![1, 4, 5, 6, 7, 7, 7, 7]);
     }
 
+    /// With `packing`, SFT rows come back as TRL's blocks of the same rows; other rows and a
+    /// missing `max_length` are refused, naming `packing`.
+    #[test]
+    fn sft_rows_pack_when_asked_and_other_rows_refuse() {
+        let f = file(&[
+            row("the sky", "is blue"),
+            row("hi", "yo"),
+            row("the sky", "is"),
+        ]);
+        let plain_opts = RowOptions {
+            max_length: Some(16),
+            ..SMALL
+        };
+        let packed_opts = RowOptions {
+            packing: Some(PackingStrategy::Bfd),
+            ..plain_opts.clone()
+        };
+        let read = |kind, opts: &RowOptions| read_train_rows(f.path(), kind, &pre(), opts);
+        let Ok(TrainRows::Sequences(plain)) = read(RowKind::Sequences, &plain_opts) else {
+            panic!("sequences expected");
+        };
+        let Ok(TrainRows::Packed(blocks)) = read(RowKind::Sequences, &packed_opts) else {
+            panic!("packed blocks expected");
+        };
+        assert!(blocks.len() < plain.len());
+        assert_eq!(blocks, pack_sft(&plain, 16, PackingStrategy::Bfd).unwrap());
+        for kind in [RowKind::PreferencePairs, RowKind::Unpaired] {
+            let err = read(kind, &packed_opts).unwrap_err().to_string();
+            assert!(err.contains("packing applies to SFT rows"), "{err}");
+        }
+        let no_length = RowOptions {
+            max_length: None,
+            ..packed_opts
+        };
+        let err = read(RowKind::Sequences, &no_length)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("packing needs a max_length"), "{err}");
+    }
+
     /// "No usable rows" says why: rows too long after tokenising, lines over the cap,
     /// malformed lines are errors of their own, blank lines counted.
     #[test]
