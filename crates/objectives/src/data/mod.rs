@@ -2,8 +2,9 @@
 //!
 //! Pipeline: read JSONL rows ([`jsonl`], row types in [`example`]) → tokenise them as TRL does
 //! ([`Preprocessor`]: chat template, EOS, prompt/completion boundary, truncation,
-//! dropping) → pack CPT documents ([`pack`]) and, when asked, SFT rows ([`pack_sft`]) → collate batches with padding, masks and labels
-//! ([`collate`]) → burn tensors ([`collate::Batch::to_tensors`]).
+//! dropping) → pack CPT documents ([`pack`]) and, when asked, SFT rows
+//! ([`pack_sft`](mod@pack_sft)) → collate batches with padding, masks and labels ([`collate`];
+//! packed rows kept apart by [`packed_mask`]) → burn tensors ([`collate::Batch::to_tensors`]).
 //!
 //! ```no_run
 //! use temper_objectives::data::*;
