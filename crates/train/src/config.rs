@@ -367,7 +367,8 @@ pub struct StageConfig {
     /// SFT: train on completion tokens only (TRL `completion_only_loss`). Default true.
     #[serde(default = "default_true")]
     pub completion_only_loss: bool,
-    /// SFT: pack rows into `trainer.max_length` blocks (TRL `packing`). Default false. CPT
+    /// SFT: pack rows into `trainer.max_length` blocks (TRL `packing`; the eval file is packed
+    /// too, TRL's `eval_packing` default). Default false. CPT
     /// documents are always packed (`wrapped`, EOS between documents) whatever this says;
     /// preference and KTO objectives refuse `true`.
     #[serde(default)]
