@@ -44,6 +44,7 @@ pub const TRAIN: &str = "Examples:
   temper train sft --model smollm2-hf --data sft.jsonl --out runs/sft --lora-r 16 --lr 2e-4 --epochs 1
   temper train orpo --model runs/sft --data pairs.jsonl --out runs/orpo --precision bf16-mixed
   temper train --config stage.toml --resume
+  temper train sft --model smollm2-hf --data sft.jsonl --out runs/sft --packing --max-length 1024
   temper train sft --model smollm2-hf --data sft.jsonl --out runs/sft --lora-r 16 --export-gguf q8_0";
 
 pub const EXTRACT_LORA: &str = "Examples:

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use temper_backend::FloatPrecision;
 use temper_llm_arch::gguf::GgufDtype;
+use temper_objectives::data::PackingStrategy;
 use temper_train::{LoraSettings, ObjectiveConfig, StageConfig, run_stage};
 
 use crate::convert::export_pretrained;
@@ -89,6 +90,20 @@ pub struct TrainArgs {
     /// 1024.
     #[arg(long, alias = "max_length")]
     pub max_length: Option<usize>,
+    /// SFT: pack rows into `max_length` blocks as TRL's `packing=True` does (fewer, fuller
+    /// steps; packed rows keep their own positions and attention). CPT always packs.
+    #[arg(long)]
+    pub packing: bool,
+    /// SFT packing strategy (TRL's `packing_strategy`): `bfd` (default; best fit, rows kept
+    /// whole, too-long rows truncated), `bfd_split` (too-long rows split) or `wrapped` (rows
+    /// cut every `max_length` tokens).
+    #[arg(
+        long,
+        alias = "packing_strategy",
+        value_name = "bfd|bfd_split|wrapped",
+        value_parser = clap::builder::PossibleValuesParser::new(PackingStrategy::NAMES)
+    )]
+    pub packing_strategy: Option<String>,
     /// Log (metrics.jsonl, and a line on stderr without a terminal) every N steps. Default:
     /// the config's, else 10.
     #[arg(long, alias = "logging_steps")]
@@ -220,6 +235,12 @@ pub fn stage_from_args(args: &TrainArgs) -> Result<StageConfig> {
     if let Some(l) = args.max_length {
         t.max_length = Some(l);
     }
+    if args.packing {
+        stage.packing = true;
+    }
+    if let Some(name) = &args.packing_strategy {
+        stage.packing_strategy = Some(name.parse()?);
+    }
     if let Some(n) = args.logging_steps {
         t.logging_steps = n;
     }
@@ -292,4 +313,47 @@ pub(crate) fn export_trained_gguf(dir: &Path, dtype: GgufDtype) -> Result<String
     };
     let summary = export_pretrained(&p, &tokenizer, &out, dtype)?;
     Ok(format!("wrote {} ({summary})", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    fn args(extra: &[&str]) -> TrainArgs {
+        let mut argv = vec!["temper", "train"];
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&["--model", "m", "--data", "d.jsonl", "--out", "o"]);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Train(args),
+            }) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn packing_flags_set_the_stage_keys_and_are_refused_by_name() {
+        let stage = stage_from_args(&args(&["sft", "--packing"])).unwrap();
+        assert!(stage.packing);
+        assert_eq!(stage.sft_packing(), Some(PackingStrategy::Bfd));
+        let stage = stage_from_args(&args(&[
+            "sft",
+            "--packing",
+            "--packing-strategy",
+            "bfd_split",
+        ]))
+        .unwrap();
+        assert_eq!(stage.sft_packing(), Some(PackingStrategy::BfdSplit));
+        let err = stage_from_args(&args(&["dpo", "--packing"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("packing = true"), "{err}");
+        assert!(
+            Cli::try_parse_from(["temper", "train", "sft", "--packing-strategy", "ffd"]).is_err()
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Models by hub id: `--model org/name[@revision]` found in a Hugging Face cache laid out as
 //! `huggingface_hub` writes it (snapshot files symlinked into `blobs/`), chosen by
-//! `HF_HUB_CACHE`; a miss names the cache and the command that fetches the model.
+//! `HF_HUB_CACHE`; a miss names the cache and the command that fetches the model, and outside
+//! `HF_HUB_OFFLINE` the binary tries the hub (`HF_ENDPOINT`) first.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,6 +10,10 @@ use std::path::Path;
 use std::process::Command;
 
 fn generate(cache: &Path, model: &str) -> (bool, String, String) {
+    generate_with(cache, model, &[("HF_HUB_OFFLINE", "1")])
+}
+
+fn generate_with(cache: &Path, model: &str, env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_temper"))
         .args([
             "generate",
@@ -21,6 +26,8 @@ fn generate(cache: &Path, model: &str) -> (bool, String, String) {
         ])
         .env("HF_HUB_CACHE", cache)
         .env_remove("HF_HOME")
+        .env_remove("HF_HUB_OFFLINE")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -64,6 +71,27 @@ fn a_hub_id_runs_from_the_hf_cache_and_a_miss_says_what_to_run() {
     assert!(
         err.contains("models--HuggingFaceTB--SmolLM2-360M-Instruct")
             && err.contains("hf download HuggingFaceTB/SmolLM2-360M-Instruct")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    // Not offline: the binary tries the hub (here an endpoint where nothing listens) and says
+    // both where it looked and why the download failed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (ok, _, err) = generate_with(
+        cache.path(),
+        "HuggingFaceTB/SmolLM2-360M-Instruct",
+        &[("HF_ENDPOINT", &endpoint)],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("models--HuggingFaceTB--SmolLM2-360M-Instruct")
+            && err.contains("downloading it failed")
+            && err.contains(&format!(
+                "{endpoint}/api/models/HuggingFaceTB/SmolLM2-360M-Instruct"
+            ))
+            && err.contains("HF_HUB_OFFLINE")
             && !err.contains("panicked"),
         "{err}"
     );

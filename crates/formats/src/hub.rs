@@ -9,8 +9,10 @@
 //! ```
 //!
 //! A path that exists is always used as the path it is: a hub id is only tried for a name
-//! that is not on disk, so a local folder called `org/name` wins. Temper does not download:
-//! a model missing from the cache is an error saying where it looked and what to run.
+//! that is not on disk, so a local folder called `org/name` wins. A model missing from the
+//! cache is downloaded into it when this crate is built with the `download` feature (the
+//! `temper` binary is) and `HF_HUB_OFFLINE` is not set (see `hub_download`); otherwise it is
+//! an error saying where it looked and what to run.
 //! Names, revisions and the commit read from `refs/` are checked to be plain names (no `..`,
 //! no separators where the layout has none), so a hostile id or ref file cannot point
 //! outside the cache.
@@ -106,9 +108,9 @@ pub fn resolve_in_cache(id: &HubId, cache: &Path) -> Result<PathBuf> {
         path: looked.to_path_buf(),
         reason: format!(
             "`{spec}` is not a local path and {why} in the Hugging Face cache {cache} \
-             (HF_HUB_CACHE or HF_HOME choose it); Temper does not download models: fetch it \
-             with `hf download {repo}{rev}` (huggingface_hub) where there is a network, or \
-             pass a local directory or .gguf file",
+             (HF_HUB_CACHE or HF_HOME choose it); fetch it with `hf download {repo}{rev}` \
+             (huggingface_hub) where there is a network, or pass a local directory or .gguf \
+             file",
             spec = match &id.revision {
                 Some(r) => format!("{}@{r}", id.repo),
                 None => id.repo.clone(),
@@ -196,12 +198,36 @@ pub fn resolve_model_in(spec: &Path, cache: &Path) -> Result<PathBuf> {
     }
 }
 
-/// [`resolve_model_in`] with the environment's cache ([`hub_cache_dir`]).
+/// [`resolve_model_in`] with the environment's cache ([`hub_cache_dir`]); with the
+/// `download` feature, a hub id missing from the cache is downloaded into it first
+/// (`hub_download::HubClient::from_env`: not when `HF_HUB_OFFLINE` is set).
 ///
 /// # Errors
-/// As [`resolve_model_in`].
+/// As [`resolve_model_in`]; a failed download says both where the cache was searched and why
+/// the download failed.
 pub fn resolve_model(spec: &Path) -> Result<PathBuf> {
-    resolve_model_in(spec, &hub_cache_dir())
+    let cache = hub_cache_dir();
+    let found = resolve_model_in(spec, &cache);
+    #[cfg(feature = "download")]
+    if let Err(miss) = &found
+        && let Some(id) = spec.to_str().and_then(HubId::parse)
+        && let Some(client) = crate::hub_download::HubClient::from_env()
+    {
+        tracing::info!(
+            "{} is not in the Hugging Face cache {}: downloading it from {}",
+            spec.display(),
+            cache.display(),
+            client.endpoint
+        );
+        return match client.download(&id, &cache) {
+            Ok(snapshot) => Ok(model_in_snapshot(snapshot)),
+            Err(e) => Err(FormatsError::Output {
+                path: spec.to_path_buf(),
+                reason: format!("not found locally ({miss}), and downloading it failed: {e}"),
+            }),
+        };
+    }
+    found
 }
 
 #[cfg(test)]

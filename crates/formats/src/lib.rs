@@ -18,7 +18,7 @@
 //! * [`tokenizer`] — `tokenizer_config.json` (special tokens, chat templates) and the
 //!   tokenizer files of an HF directory;
 //! * [`hub`] — models named by hub id (`org/name@revision`) found in the local Hugging Face
-//!   cache.
+//!   cache, and (feature `download`) `hub_download` — fetched into it when missing.
 //!
 //! # Quick start
 //!
@@ -46,6 +46,8 @@
 pub mod atomic;
 mod error;
 pub mod hub;
+#[cfg(feature = "download")]
+pub mod hub_download;
 pub mod mmap;
 pub mod peft;
 pub mod quant;

@@ -80,12 +80,15 @@
 //! api                                     entry points: run_merge, plan_merge, write_plan,
 //!                                         merge_in_memory, open_models
 //! extract_lora                            entry point: a LoRA adapter from a fine-tune
+//! delta                                   entry point: how far a fine-tune moved from its
+//!                                         parent (cosine, relative change per tensor/layer)
 //! ```
 //!
 //! No burn: this crate builds in seconds and can be used alone.
 
 mod api;
 mod config;
+mod delta;
 mod dtype;
 mod error;
 mod execute;
@@ -109,6 +112,7 @@ pub use config::{
     Condition, InputModel, MergeConfig, ModelRef, OutputSlice, ParamValue, Parameters, SliceSource,
     TokenizerConfig,
 };
+pub use delta::{GroupDelta, ModuleGroup, TensorDelta, WeightDelta, weight_delta};
 pub use dtype::DType;
 pub use error::{MergeError, Result};
 pub use execute::{NoProgress, Progress, TensorReport, execute};

@@ -35,7 +35,7 @@ use crate::config::{PipelineConfig, Recipe};
 use crate::fingerprint::file_sha256;
 use crate::report::{
     DataFile, MergeRow, PipelineReport, ProtocolResult, VariantKind, VariantResult, VsInstruct,
-    render_report,
+    WeightsMoved, render_report,
 };
 use crate::steps::{ModelRef, Runner, Variant, create_dir};
 use crate::{PipelineError, Result};
@@ -97,6 +97,32 @@ fn data_files(config: &PipelineConfig) -> Result<Vec<DataFile>> {
                 sha256: file_sha256(&path)?,
                 path,
             })
+        })
+        .collect()
+}
+
+/// How far each trained variant moved from the instruct parent (a pass over both models'
+/// weights; cheap next to an evaluation, so measured on every run rather than cached).
+fn weights_moved(variants: &[Variant], instruct: &ModelRef) -> Result<Vec<WeightsMoved>> {
+    let open = |dir: &Path, label: &str| {
+        temper_merge::ModelSource::open(dir, label).map_err(|source| PipelineError::Merge {
+            name: format!("weight change of {label}"),
+            source: Box::new(source),
+        })
+    };
+    let parent = open(&instruct.dir, "Instruct")?;
+    variants
+        .iter()
+        .filter(|v| v.kind == VariantKind::Trained)
+        .map(|v| {
+            let tuned = open(&v.model.dir, &v.name)?;
+            let delta = temper_merge::weight_delta(&tuned, &parent).map_err(|source| {
+                PipelineError::Merge {
+                    name: format!("weight change of {}", v.name),
+                    source: Box::new(source),
+                }
+            })?;
+            Ok(WeightsMoved::new(&v.name, "Instruct", delta))
         })
         .collect()
 }
@@ -290,6 +316,7 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
         });
     }
     let primary = protocols.remove(0);
+    let weights = weights_moved(&variants, &instruct)?;
     let report = PipelineReport {
         name: config.name.clone(),
         device: config.device.clone(),
@@ -305,6 +332,7 @@ pub fn run_pipeline(config: &PipelineConfig, options: &PipelineOptions) -> Resul
         variants: primary.variants,
         analyses: primary.analyses,
         protocols,
+        weights,
         config: config.clone(),
     };
     runner.step("writing the report");

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 
 use temper_bench_eval::EvalMode;
 use temper_bench_eval::results::{Metric, QuestionRecord, merge_analysis, summarize};
+use temper_merge::{GroupDelta, ModuleGroup};
 use temper_pipeline::plots::{StageCurve, stage_spans};
 use temper_pipeline::report::{
     DataFile, MergeResult, MergeRow, PipelineReport, ProtocolResult, StageResult, TensorStat,
-    VariantKind, VariantResult, ci95, render_report,
+    VariantKind, VariantResult, WeightsMoved, ci95, render_report,
 };
 use temper_pipeline::{PipelineConfig, Preset};
 
@@ -133,6 +134,28 @@ fn synthetic() -> PipelineReport {
             analysis: merge_analysis(&merged, &trained, &instruct, Metric::Acc, 200, 1).unwrap(),
         }],
         protocols: Vec::new(),
+        weights: vec![WeightsMoved {
+            variant: "Instruct-CPT".into(),
+            parent: "Instruct".into(),
+            tensors: 4,
+            relative_change: 2.5e-3,
+            self_attn_change: 1.5e-3,
+            mlp_change: 3.25e-3,
+            min_cosine: 0.999_97,
+            linear_fallbacks: 3,
+            groups: (0..2)
+                .flat_map(|l| {
+                    [ModuleGroup::SelfAttn, ModuleGroup::Mlp].map(|group| GroupDelta {
+                        layer: Some(l),
+                        group,
+                        tensors: 1,
+                        relative_change: 1e-3 * (l + 1) as f64,
+                        min_cosine: 0.9999,
+                        linear_fallbacks: 1,
+                    })
+                })
+                .collect(),
+        }],
         config,
     }
 }
@@ -222,8 +245,8 @@ fn stages_sit_at_their_steps_and_metrics_get_panels() {
     let html = file(&files, "report.html");
     assert_eq!(
         html.matches("<svg").count(),
-        5,
-        "accuracy, Fig. 7, loss, metrics, heatmap"
+        6,
+        "accuracy, Fig. 7, loss, metrics, heatmap, weights moved"
     );
     assert!(file(&files, "plots/merge_distance.svg").contains("\nq\n</text>"));
 }
@@ -438,4 +461,23 @@ fn sweep_sections_show_schedules_epochs_and_the_second_protocol() {
     assert_eq!(back.protocols.len(), 1);
     assert_eq!(back.variants[1].epoch, Some(1));
     assert_eq!(back.variants[5].recipe.as_deref(), Some("SLERP_G"));
+}
+
+#[test]
+fn weight_movement_sits_next_to_its_merges_synergy() {
+    let files = render_report(&synthetic()).unwrap();
+    let md = file(&files, "report.md");
+    let section = md
+        .split("## How far the fine-tunes moved")
+        .nth(1)
+        .expect("a weights section");
+    // The fine-tune's movement and, on the same row, its merge's verdict.
+    let row = section
+        .lines()
+        .find(|l| l.starts_with("| Instruct-CPT |"))
+        .expect("a row for the fine-tune");
+    assert!(row.contains("2.50e-3") && row.contains("3/4"), "{row}");
+    assert!(row.contains("| no |") || row.contains("| yes |"), "{row}");
+    assert!(file(&files, "plots/weights_moved.svg").contains("Instruct-CPT"));
+    assert!(file(&files, "report.html").contains("How far the fine-tunes moved"));
 }

@@ -109,6 +109,31 @@ fn smoke_pipeline_runs_every_variant_writes_the_report_and_resumes() {
     assert_eq!(t_of("model.layers.0.self_attn.q_proj.weight"), 0.0);
     assert_eq!(t_of("model.layers.0.mlp.down_proj.weight"), 1.0);
     assert_eq!(t_of("model.norm.weight"), 0.5);
+    // How far each fine-tune moved, measured apart from the merge: the two computations of
+    // the cosines (the merge's in f32 from normalised vectors, weight_delta's in f64) agree,
+    // and each stage moved its input a little (LoRA, two steps).
+    assert_eq!(report.weights.len(), 3);
+    for (w, m) in report.weights.iter().zip(&report.merges) {
+        assert_eq!(w.tensors, m.tensors, "{}", w.variant);
+        assert!(
+            w.relative_change > 0.0 && w.relative_change < 0.05,
+            "{} {}",
+            w.variant,
+            w.relative_change
+        );
+        let merge_min = m.min_cosine.unwrap();
+        assert!(
+            (w.min_cosine - merge_min).abs() < 1e-5,
+            "{}: {} vs the merge's {merge_min}",
+            w.variant,
+            w.min_cosine
+        );
+        // Per layer: attention, MLP and the two norms.
+        assert_eq!(
+            w.groups.iter().filter(|g| g.layer.is_some()).count(),
+            30 * 3
+        );
+    }
     assert_eq!(report.analyses.len(), 3);
     for a in &report.analyses {
         let v = &a.analysis;
@@ -126,6 +151,7 @@ fn smoke_pipeline_runs_every_variant_writes_the_report_and_resumes() {
         "plots/merge_distance.svg",
         "plots/loss.svg",
         "plots/train_metrics.svg",
+        "plots/weights_moved.svg",
     ] {
         let path = out.path().join(file);
         assert!(path.metadata().unwrap().len() > 0, "{file}");
@@ -136,7 +162,7 @@ fn smoke_pipeline_runs_every_variant_writes_the_report_and_resumes() {
         assert!(md.contains(name), "report.md lacks {name}");
         assert!(html.contains(name), "report.html lacks {name}");
     }
-    assert_eq!(html.matches("<svg").count(), 5, "inline plots");
+    assert_eq!(html.matches("<svg").count(), 6, "inline plots");
     // The stages' learning rates and gradient norms, as TRL names them.
     for s in &report.stages {
         for name in ["learning_rate", "grad_norm"] {

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use temper_lora::{LoraConfig, LoraConfigExt, TargetModules};
-use temper_objectives::ObjectiveConfig;
+use temper_objectives::data::PackingStrategy;
+use temper_objectives::{ObjectiveConfig, RowKind};
 
 use crate::loss_scale::LossScaleConfig;
 use crate::{Result, TrainError};
@@ -404,6 +405,18 @@ pub struct StageConfig {
     /// SFT: train on completion tokens only (TRL `completion_only_loss`). Default true.
     #[serde(default = "default_true")]
     pub completion_only_loss: bool,
+    /// SFT: pack rows into `trainer.max_length` blocks (TRL `packing`; the eval file is packed
+    /// too, TRL's `eval_packing` default). Default false. CPT
+    /// documents are always packed (`wrapped`, EOS between documents) whatever this says;
+    /// preference and KTO objectives refuse `true`.
+    #[serde(default)]
+    pub packing: bool,
+    /// SFT with `packing`: `"bfd"` (TRL's default: best-fit-decreasing, rows kept whole and
+    /// apart, too-long rows truncated), `"bfd_split"` (too-long rows split into pieces) or
+    /// `"wrapped"` (rows concatenated and cut every `max_length` tokens, attention across
+    /// rows). CPT accepts only `"wrapped"`; preference and KTO objectives refuse the key.
+    #[serde(default)]
+    pub packing_strategy: Option<PackingStrategy>,
     /// The hyper-parameters.
     #[serde(default)]
     pub trainer: TrainerConfig,
@@ -480,12 +493,60 @@ impl StageConfig {
         Ok(stage)
     }
 
-    /// Checks the trainer hyper-parameters and the LoRA settings.
+    /// The SFT packing strategy when rows are packed (`packing = true` with an SFT objective).
+    pub fn sft_packing(&self) -> Option<PackingStrategy> {
+        let sft = self.trainer.objective.build().row_kind() == RowKind::Sequences;
+        (self.packing && sft).then(|| self.packing_strategy.unwrap_or_default())
+    }
+
+    /// Checks `packing` / `packing_strategy` against the objective's rows.
+    fn validate_packing(&self) -> Result<()> {
+        let kind = self.trainer.objective.build().row_kind();
+        let name = self.trainer.objective.name();
+        match kind {
+            RowKind::Sequences => {
+                if self.packing && self.trainer.max_length.is_none() {
+                    return Err(bad(
+                        "packing = true needs trainer.max_length (the block length)",
+                    ));
+                }
+            }
+            RowKind::Documents => {
+                if let Some(s) = self
+                    .packing_strategy
+                    .filter(|&s| s != PackingStrategy::Wrapped)
+                {
+                    return Err(bad(format!(
+                        "packing_strategy = \"{s}\": objective `{name}` always packs its \
+                         documents \"wrapped\" (EOS between documents)"
+                    )));
+                }
+            }
+            RowKind::PreferencePairs | RowKind::Unpaired => {
+                let key = if self.packing {
+                    "packing = true"
+                } else if self.packing_strategy.is_some() {
+                    "packing_strategy"
+                } else {
+                    return Ok(());
+                };
+                return Err(bad(format!(
+                    "{key}: objective `{name}` trains on {}, which are not packed (packing \
+                     applies to SFT)",
+                    kind.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the trainer hyper-parameters, the packing keys and the LoRA settings.
     ///
     /// # Errors
     /// The first invalid value.
     pub fn validate(&self) -> Result<()> {
         self.trainer.validate()?;
+        self.validate_packing()?;
         self.precision
             .parse::<temper_backend::TrainPrecision>()
             .map_err(|e| bad(format!("precision: {e}")))?;

@@ -52,11 +52,7 @@ impl ReferenceLogps for RunReference<'_> {
             Reference::FromFineTuning => {
                 let device = self.policy.device();
                 let tensors = batch.to_tensors(&device);
-                let options = temper_llm_arch::ForwardOptions {
-                    attention_mask: Some(batch.attention_mask_u8()),
-                    position_ids: batch.position_ids_usize(),
-                    ..Default::default()
-                };
+                let options = batch.forward_options(&device);
                 let hidden = self
                     .fine_tuning
                     .reference_hidden(self.policy, tensors.input_ids, &options)

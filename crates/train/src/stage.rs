@@ -91,6 +91,7 @@ pub fn run_stage(config: &StageConfig, progress: bool) -> Result<TrainSummary> {
     let rows = RowOptions {
         max_length: tc.max_length,
         completion_only_loss: config.completion_only_loss,
+        packing: config.sft_packing(),
     };
     let read = |path: &Path| read_train_rows(path, objective.row_kind(), &pre, &rows);
     let train = read(&config.train_file)?;

@@ -149,6 +149,7 @@ fn lora_sft_lowers_the_loss(base: Base) {
     let options = RowOptions {
         max_length: Some(64),
         completion_only_loss: true,
+        packing: None,
     };
     let rows = read_train_rows(&data, RowKind::Sequences, &pre, &options).unwrap();
     let TrainRows::Sequences(seqs) = &rows else {

@@ -77,6 +77,7 @@ fn setup() -> Setup {
     let options = RowOptions {
         max_length: Some(MAX_LENGTH),
         completion_only_loss: true,
+        packing: None,
     };
     let rows = read_train_rows(&data, RowKind::Sequences, &pre, &options).unwrap();
     // SmolLM2's pad token.

@@ -2,8 +2,9 @@
 //!
 //! Pipeline: read JSONL rows ([`jsonl`], row types in [`example`]) → tokenise them as TRL does
 //! ([`Preprocessor`]: chat template, EOS, prompt/completion boundary, truncation,
-//! dropping) → pack CPT documents ([`pack`]) → collate batches with padding, masks and labels
-//! ([`collate`]) → burn tensors ([`collate::Batch::to_tensors`]).
+//! dropping) → pack CPT documents ([`pack`]) and, when asked, SFT rows
+//! ([`pack_sft`](mod@pack_sft)) → collate batches with padding, masks and labels ([`collate`];
+//! packed rows kept apart by [`packed_mask`]) → burn tensors ([`collate::Batch::to_tensors`]).
 //!
 //! ```no_run
 //! use temper_objectives::data::*;
@@ -22,6 +23,8 @@ pub mod example;
 pub mod jsonl;
 pub mod lines;
 pub mod pack;
+pub mod pack_sft;
+pub mod packed_mask;
 pub mod preprocessor;
 pub mod rows;
 pub mod tokenize;
@@ -39,6 +42,7 @@ pub use jsonl::{
     DEFAULT_MAX_LINE_BYTES, JsonRow, Loaded, ReadOptions, SkippedLine, parse_jsonl, read_jsonl,
 };
 pub use pack::{BlockPacker, PackOptions, PackedBlock, pack_documents};
+pub use pack_sft::{PackingStrategy, TRL_MAP_BATCH_SIZE, pack_sft, pack_sft_in_batches};
 pub use preprocessor::Preprocessor;
 pub use rows::{RowOptions, TrainRows, read_train_rows};
 pub use tokenize::{

@@ -9,8 +9,9 @@
 //! With [`PackOptions::reset_position_ids`], positions restart at 0 at every document start
 //! (and at the start of each block), and each document's first token gets label −100 — TRL's
 //! padding-free collator does the same (`labels[position_ids == 0] = -100`) so that a document's
-//! first token is never predicted from the previous document. Attention is still causal over the
-//! whole block unless the model builds a block-diagonal mask from [`PackedBlock::seq_lengths`].
+//! first token is never predicted from the previous document; the forward pass then also keeps
+//! attention within each document piece (a block-diagonal mask built from the restarting
+//! position ids, [`super::packed_mask`]), as HF's flash-attention does with such position ids.
 
 use crate::{IGNORE_INDEX, ObjectiveError, Result};
 

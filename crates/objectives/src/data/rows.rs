@@ -6,6 +6,7 @@ use std::path::Path;
 use super::example::{Document, PreferenceRow, SftRow, UnpairedRow};
 use super::jsonl::{DEFAULT_MAX_LINE_BYTES, ReadOptions, first_lines, read_jsonl};
 use super::pack::{PackOptions, PackedBlock, pack_documents};
+use super::pack_sft::{PackingStrategy, pack_sft};
 use super::preprocessor::Preprocessor;
 use super::tokenize::{PreferenceTokens, SftOptions, SftTokens, UnpairedTokens, text_byte_bound};
 use crate::objective::RowKind;
@@ -16,7 +17,8 @@ use crate::{ObjectiveError, Result};
 pub enum TrainRows {
     /// CPT/SFT sequences with their labels (`-100` where no loss is taken).
     Sequences(Vec<SftTokens>),
-    /// CPT packed blocks (carry position ids restarting per document).
+    /// Packed blocks: CPT documents, or SFT rows packed as TRL does (position ids restarting
+    /// per row for `bfd`/`bfd_split`, which the forward pass turns into a block-diagonal mask).
     Packed(Vec<PackedBlock>),
     /// DPO/ORPO/SimPO/CPO pairs.
     Preference(Vec<PreferenceTokens>),
@@ -99,6 +101,9 @@ pub struct RowOptions {
     pub max_length: Option<usize>,
     /// SFT: only completion/assistant tokens are targets.
     pub completion_only_loss: bool,
+    /// SFT: pack the rows into `max_length` blocks with this strategy (TRL `packing=True`,
+    /// `packing_strategy`); `None`: one sequence per row. CPT documents are always packed.
+    pub packing: Option<PackingStrategy>,
 }
 
 impl Default for RowOptions {
@@ -106,17 +111,19 @@ impl Default for RowOptions {
         Self {
             max_length: Some(1024),
             completion_only_loss: true,
+            packing: None,
         }
     }
 }
 
 /// Reads the JSONL file `path` as rows of `kind` and tokenises them with `pre`: documents are
-/// packed into `max_length` blocks separated by EOS, SFT rows become sequences, pairs and
-/// unpaired rows are tokenised with their prompt boundary.
+/// packed into `max_length` blocks separated by EOS, SFT rows become sequences (or, with
+/// [`RowOptions::packing`], blocks packed as TRL does, see [`pack_sft`]), pairs and unpaired
+/// rows are tokenised with their prompt boundary.
 ///
 /// # Errors
 /// Unreadable or malformed JSONL (naming the line and field), tokenisation failures, no
-/// usable rows.
+/// usable rows, `packing` for rows other than SFT sequences or without `max_length`.
 pub fn read_train_rows(
     path: &Path,
     kind: RowKind,
@@ -124,8 +131,28 @@ pub fn read_train_rows(
     options: &RowOptions,
 ) -> Result<TrainRows> {
     let max_length = options.max_length;
+    let packing = match (options.packing, kind) {
+        (None, _) | (_, RowKind::Documents) => None,
+        (Some(strategy), RowKind::Sequences) => Some((
+            strategy,
+            max_length.ok_or_else(|| {
+                ObjectiveError::Invalid("packing needs a max_length (the block length)".into())
+            })?,
+        )),
+        (Some(_), other) => {
+            return Err(ObjectiveError::Invalid(format!(
+                "packing applies to SFT rows, not to {}",
+                other.name()
+            )));
+        }
+    };
+    // `bfd_split` and `wrapped` keep every token of a row: read and tokenise rows whole.
+    let bound = match packing {
+        Some((strategy, _)) if strategy.keeps_every_token() => None,
+        _ => max_length,
+    };
     let read = ReadOptions {
-        max_line_bytes: line_byte_bound(kind, max_length),
+        max_line_bytes: line_byte_bound(kind, bound),
         ..ReadOptions::default()
     };
     // (rows, the line of each, rows dropped after tokenising, why they were dropped)
@@ -142,14 +169,22 @@ pub fn read_train_rows(
         }
         RowKind::Sequences => {
             let loaded = read_jsonl::<SftRow>(path, &read)?;
+            // `bfd` truncates rows to `max_length` as the unpacked path does; the other
+            // strategies keep them whole (TRL skips its own truncation when packing).
             let sft = SftOptions {
-                max_length,
+                max_length: bound,
                 completion_only_loss: options.completion_only_loss,
                 ..SftOptions::default()
             };
             let prepared = pre.prepare_sft(&loaded.rows, &sft)?;
+            let rows = match packing {
+                Some((strategy, block)) => {
+                    TrainRows::Packed(pack_sft(&prepared.rows, block, strategy)?)
+                }
+                None => TrainRows::Sequences(prepared.rows),
+            };
             (
-                TrainRows::Sequences(prepared.rows),
+                rows,
                 loaded.left_out(read.max_line_bytes),
                 lines_of(&prepared.dropped, &loaded.row_lines),
                 "no target token left within max_length",
@@ -250,6 +285,7 @@ mod tests {
     const SMALL: RowOptions = RowOptions {
         max_length: Some(8),
         completion_only_loss: true,
+        packing: None,
     };
 
     /// A 50 MB line is skipped unread (its line listed), the other rows are kept.
@@ -282,6 +318,46 @@ mod tests {
             panic!("sequences expected");
         };
         assert_eq!(rows[0].input_ids, vec![1, 4, 5, 6, 7, 7, 7, 7]);
+    }
+
+    /// With `packing`, SFT rows come back as TRL's blocks of the same rows; other rows and a
+    /// missing `max_length` are refused, naming `packing`.
+    #[test]
+    fn sft_rows_pack_when_asked_and_other_rows_refuse() {
+        let f = file(&[
+            row("the sky", "is blue"),
+            row("hi", "yo"),
+            row("the sky", "is"),
+        ]);
+        let plain_opts = RowOptions {
+            max_length: Some(16),
+            ..SMALL
+        };
+        let packed_opts = RowOptions {
+            packing: Some(PackingStrategy::Bfd),
+            ..plain_opts.clone()
+        };
+        let read = |kind, opts: &RowOptions| read_train_rows(f.path(), kind, &pre(), opts);
+        let Ok(TrainRows::Sequences(plain)) = read(RowKind::Sequences, &plain_opts) else {
+            panic!("sequences expected");
+        };
+        let Ok(TrainRows::Packed(blocks)) = read(RowKind::Sequences, &packed_opts) else {
+            panic!("packed blocks expected");
+        };
+        assert!(blocks.len() < plain.len());
+        assert_eq!(blocks, pack_sft(&plain, 16, PackingStrategy::Bfd).unwrap());
+        for kind in [RowKind::PreferencePairs, RowKind::Unpaired] {
+            let err = read(kind, &packed_opts).unwrap_err().to_string();
+            assert!(err.contains("packing applies to SFT rows"), "{err}");
+        }
+        let no_length = RowOptions {
+            max_length: None,
+            ..packed_opts
+        };
+        let err = read(RowKind::Sequences, &no_length)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("packing needs a max_length"), "{err}");
     }
 
     /// "No usable rows" says why: rows too long after tokenising, lines over the cap,

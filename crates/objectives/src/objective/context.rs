@@ -2,7 +2,7 @@
 //! accumulation window and the reference.
 
 use burn::tensor::{Int, Tensor};
-use temper_llm_arch::{ForwardOptions, LlamaForCausalLM};
+use temper_llm_arch::LlamaForCausalLM;
 
 use super::reference::ReferenceLogps;
 use crate::Result;
@@ -51,15 +51,6 @@ pub struct PolicyForward {
     pub stats: TokenStats,
 }
 
-/// The forward options of a collated batch: its attention mask and (packed blocks) position ids.
-pub(crate) fn forward_options(batch: &Batch) -> ForwardOptions {
-    ForwardOptions {
-        attention_mask: Some(batch.attention_mask_u8()),
-        position_ids: batch.position_ids_usize(),
-        ..Default::default()
-    }
-}
-
 impl LossContext<'_> {
     /// Runs the policy over `batch`: hidden states, then the label log-probs and statistics
     /// in vocabulary tiles.
@@ -71,7 +62,7 @@ impl LossContext<'_> {
         let tensors = batch.to_tensors(&device);
         let hidden =
             self.policy
-                .forward_hidden(tensors.input_ids, &forward_options(batch), None)?;
+                .forward_hidden(tensors.input_ids, &batch.forward_options(&device), None)?;
         let (logps, stats) = chunked_token_logps_with_stats(
             hidden.clone(),
             lm_head_weight(self.policy),
@@ -92,10 +83,11 @@ impl LossContext<'_> {
     /// # Errors
     /// Forward failures.
     pub fn policy_logps(&self, batch: &Batch) -> Result<TokenLogps> {
-        let tensors = batch.to_tensors(&self.policy.device());
+        let device = self.policy.device();
+        let tensors = batch.to_tensors(&device);
         let hidden =
             self.policy
-                .forward_hidden(tensors.input_ids, &forward_options(batch), None)?;
+                .forward_hidden(tensors.input_ids, &batch.forward_options(&device), None)?;
         self.token_logps(hidden, tensors.labels)
     }
 

@@ -4,7 +4,6 @@
 use burn::tensor::{Device, Tensor};
 use temper_llm_arch::LlamaForCausalLM;
 
-use super::context::forward_options;
 use crate::chunked::{ChunkConfig, chunked_token_logps, lm_head_weight};
 use crate::data::{Batch, PreferenceBatch};
 use crate::preference::RefLogps;
@@ -85,9 +84,9 @@ impl ReferenceLogps for ModelReference<'_> {
     fn sequence_logps(&self, batch: &Batch) -> Result<Vec<f32>> {
         let device = self.model.device();
         let tensors = batch.to_tensors(&device);
-        let hidden = self
-            .model
-            .forward_hidden(tensors.input_ids, &forward_options(batch), None)?;
+        let hidden =
+            self.model
+                .forward_hidden(tensors.input_ids, &batch.forward_options(&device), None)?;
         let logps = chunked_token_logps(
             hidden,
             lm_head_weight(self.model),

@@ -1,8 +1,9 @@
 //! The report's figures as SVG text (plotters' SVG backend), one concept per file:
 //! [`accuracy`] (variants with 95 % intervals, the paper's Fig. 7), [`loss`] (one curve across
 //! the training stages, TRL's metrics as small multiples), [`epochs`] (the paper's Fig. 6:
-//! accuracy per epoch of a swept stage) and [`heatmap`] (how far each
-//! fine-tune moved each layer × module from the instruct parent).
+//! accuracy per epoch of a swept stage), [`heatmap`] (how far each fine-tune moved each
+//! layer × module from the instruct parent) and [`moved`] (the relative change of each layer's
+//! weights, one line per fine-tune).
 //!
 //! Every curve also draws its points, so a stage that logged once still shows; every axis
 //! names its quantity.
@@ -11,11 +12,13 @@ pub mod accuracy;
 pub mod epochs;
 pub mod heatmap;
 pub mod loss;
+pub mod moved;
 
 pub use accuracy::{AccuracyBar, MergePoint, accuracy_bars, merge_scatter};
 pub use epochs::{EpochSeries, epoch_accuracy};
 pub use heatmap::{HeatmapPanel, merge_heatmap};
 pub use loss::{StageCurve, StageSpan, loss_across_stages, metric_panels, stage_spans};
+pub use moved::{MovedCurve, moved_by_layer};
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};

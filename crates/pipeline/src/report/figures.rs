@@ -125,5 +125,14 @@ pub(crate) fn figures(r: &PipelineReport) -> Result<Vec<Figure>> {
             svg,
         });
     }
+    if let Some(svg) = plots::moved_by_layer(&super::weights::moved_curves(r))? {
+        figs.push(Figure {
+            file: "weights_moved.svg".into(),
+            title: "How far each fine-tune moved from the instruct parent, layer by layer \
+                    (‖ΔW‖ / ‖W‖ of the layer's attention and MLP weights, log scale)"
+                .into(),
+            svg,
+        });
+    }
     Ok(figs)
 }

@@ -63,6 +63,7 @@ pub(crate) fn html(r: &PipelineReport, figs: &[Figure]) -> Result<String> {
             analyses => tables::analyses(r),
             stages => tables::stages(r),
             merges => tables::merges(r),
+            weights => super::weights_moved(r),
             hyperparameters => tables::hyperparameters(r),
             models => tables::models(r),
             data_files => tables::data_files(r),

@@ -12,6 +12,8 @@ fn figure(s: &mut String, figs: &[Figure], file: &str) {
     }
 }
 
+const WEIGHTS_LEAD: &str = "## How far the fine-tunes moved\n\n‖ΔW‖/‖W‖: the norm of the change relative to the instruct weights. SLERP interpolates a tensor linearly when the two are nearly colinear (cos > 0.9995); a merge can only surprise where the weights moved apart.\n\n";
+
 pub(crate) fn markdown(r: &PipelineReport, figs: &[Figure]) -> String {
     let mut s = format!("# Temper pipeline: {}\n\n", r.name);
     let _ = writeln!(
@@ -42,6 +44,11 @@ pub(crate) fn markdown(r: &PipelineReport, figs: &[Figure]) -> String {
             figure(&mut s, figs, file);
         }
         let _ = writeln!(s, "{}", section.table.markdown());
+    }
+    if !r.weights.is_empty() {
+        s.push_str(WEIGHTS_LEAD);
+        figure(&mut s, figs, "weights_moved.svg");
+        let _ = writeln!(s, "{}", super::weights_moved(r).markdown());
     }
     s.push_str("## Training\n\n");
     figure(&mut s, figs, "loss.svg");

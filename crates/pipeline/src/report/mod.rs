@@ -8,12 +8,14 @@
 //! * `html`: `report.html` through a minijinja template (every value HTML-escaped);
 //! * `markdown`: `report.md`;
 //! * `sweeps`: the sections of the schedule, epoch and protocol sweeps.
+//! * `weights`: how far each fine-tune moved, next to its merges' synergy.
 
 mod figures;
 mod html;
 mod markdown;
 mod sweeps;
 pub mod tables;
+mod weights;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +27,7 @@ use temper_bench_eval::results::{Accuracy, MergeAnalysis, Metric, Summary};
 
 use crate::config::PipelineConfig;
 use crate::{PipelineError, Result};
+pub use weights::{WeightsMoved, weights_moved};
 
 /// What a variant is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +220,10 @@ pub struct PipelineReport {
     /// Each further protocol's results (`benchmark.also`), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protocols: Vec<ProtocolResult>,
+    /// How far each fine-tuned variant moved from the instruct parent (absent in reports
+    /// written before it was measured).
+    #[serde(default)]
+    pub weights: Vec<WeightsMoved>,
     pub config: PipelineConfig,
 }
 
