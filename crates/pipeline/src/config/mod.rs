@@ -56,7 +56,9 @@ pub const PAPER_PRESET: &str = include_str!("../../presets/paper.toml");
 pub struct PipelineConfig {
     /// Names the run (report title, default output directory).
     pub name: String,
-    /// The instruct parent: an HF directory or a `.gguf` file.
+    /// The instruct parent: an HF directory, a `.gguf` file, or a hub id `org/name[@rev]`
+    /// (found in the local Hugging Face cache or downloaded into it, as `--model` takes it)
+    /// when no such path exists next to the config.
     pub instruct: PathBuf,
     /// Run with `bash` when `instruct` does not exist (e.g. `scripts/fetch-smollm2.sh`).
     #[serde(default)]
@@ -112,6 +114,14 @@ pub struct StageSpec {
     pub merge: bool,
     #[serde(default)]
     pub completion_only_loss: Option<bool>,
+    /// SFT: pack rows into `trainer.max_length` blocks, as TRL's `packing = true` (the paper
+    /// packed CPT and SFT; CPT always packs). Absent from the fingerprint when unset, so
+    /// earlier runs stay valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packing: Option<bool>,
+    /// TRL's `packing_strategy`: `bfd` (default), `bfd_split` or `wrapped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packing_strategy: Option<String>,
     /// Keep the model after each epoch (the paper's Fig. 6): the trainer checkpoints at every
     /// epoch's end (`save_strategy = "epoch"`), each epoch's model is benchmarked and merged
     /// with the main recipe as `Instruct-CPT@1`, `Instruct-CPT@1-SLERP`, ... The last epoch is
@@ -154,6 +164,12 @@ impl StageSpec {
         }
         table.insert("device".into(), toml::Value::String(device.into()));
         table.insert("precision".into(), toml::Value::String(precision.into()));
+        if let Some(p) = self.packing {
+            table.insert("packing".into(), toml::Value::Boolean(p));
+        }
+        if let Some(s) = &self.packing_strategy {
+            table.insert("packing_strategy".into(), toml::Value::String(s.clone()));
+        }
         if let Some(c) = self.completion_only_loss {
             table.insert("completion_only_loss".into(), toml::Value::Boolean(c));
         }
@@ -308,7 +324,17 @@ impl PipelineConfig {
                 *p = base.join(&*p);
             }
         };
-        fix(&mut self.instruct);
+        // A hub id stays one unless the config's folder holds a path of that name; `dir/x.gguf`
+        // is a file to be fetched, not a repository.
+        let hub_id = self
+            .instruct
+            .to_str()
+            .filter(|s| !s.to_ascii_lowercase().ends_with(".gguf"))
+            .and_then(temper_formats::hub::HubId::parse)
+            .is_some();
+        if !(hub_id && !base.join(&self.instruct).exists()) {
+            fix(&mut self.instruct);
+        }
         if let Some(s) = &mut self.fetch_script {
             fix(s);
         }

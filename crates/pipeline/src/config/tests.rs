@@ -282,3 +282,61 @@ fn out_of_range_numbers_name_the_key_and_range() {
         );
     }
 }
+
+/// `packing` reaches temper-train's stage (TRL's keys, refused where rows cannot be packed),
+/// and a stage without it keeps the fingerprint runs made before the key existed.
+#[test]
+fn packing_passes_to_the_trainer_and_is_checked_there() {
+    let base = "name = \"x\"\ninstruct = \"m\"\n[benchmark]\nfile = \"b.jsonl\"\n";
+    let stage = |objective: &str, extra: &str| {
+        format!(
+            "[[stage]]\nname = \"s\"\ndata = \"d\"\n{extra}[stage.trainer]\nmax_length = 64\n\
+             [stage.trainer.objective]\ntype = \"{objective}\"\n"
+        )
+    };
+    let parse = |text: &str| PipelineConfig::from_toml_str(text, "p.toml", Path::new("."));
+    let c = parse(&format!(
+        "{base}{}",
+        stage("sft", "packing = true\npacking_strategy = \"wrapped\"\n")
+    ))
+    .unwrap();
+    let built = c.stages[0]
+        .stage_config(Path::new("m"), Path::new("d"), Path::new("o"), "cpu", "f32")
+        .unwrap();
+    assert!(built.packing);
+    assert_eq!(
+        built.sft_packing(),
+        Some(temper_objectives::data::PackingStrategy::Wrapped)
+    );
+    let e = parse(&format!("{base}{}", stage("orpo", "packing = true\n")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("stage `s`") && e.contains("packing"), "{e}");
+    let plain = parse(&format!("{base}{}", stage("sft", ""))).unwrap();
+    let json = serde_json::to_value(&plain.stages[0]).unwrap();
+    assert!(json.get("packing").is_none() && json.get("packing_strategy").is_none());
+}
+
+/// `instruct` as a hub id stays a hub id (resolved from the HF cache when the run starts);
+/// a relative path, or a hub-id-shaped folder next to the config, is joined to the folder.
+#[test]
+fn an_instruct_hub_id_is_not_taken_for_a_relative_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = |instruct: &str| {
+        format!(
+            "name = \"x\"\ninstruct = \"{instruct}\"\n[benchmark]\nfile = \"b.jsonl\"\n\
+             [[stage]]\nname = \"s\"\ndata = \"d\"\n[stage.trainer]\nmax_steps = 1\n\
+             [stage.trainer.objective]\ntype = \"cpt\"\n"
+        )
+    };
+    let parse = |instruct: &str| {
+        PipelineConfig::from_toml_str(&text(instruct), "p.toml", dir.path())
+            .unwrap()
+            .instruct
+    };
+    let id = "HuggingFaceTB/SmolLM2-135M-Instruct";
+    assert_eq!(parse(id), Path::new(id));
+    assert_eq!(parse("models/m.gguf"), dir.path().join("models/m.gguf"));
+    std::fs::create_dir_all(dir.path().join(id)).unwrap();
+    assert_eq!(parse(id), dir.path().join(id));
+}

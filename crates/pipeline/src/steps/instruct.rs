@@ -1,5 +1,7 @@
 //! The instruct parent: an HF directory as given (fingerprinted by its files), or a GGUF file
-//! converted once into `OUT/instruct/`; fetched first with the configured script when missing.
+//! converted once into `OUT/instruct/`; fetched first with the configured script when missing;
+//! a hub id is found in the Hugging Face cache (downloaded into it where the build and the
+//! environment allow, `temper_formats::hub::resolve_model`).
 
 use std::path::PathBuf;
 
@@ -14,7 +16,22 @@ impl Runner<'_> {
     /// The instruct parent as an HF directory (converting a GGUF once), fetched first when
     /// missing and a fetch script is configured.
     pub(crate) fn instruct(&self) -> Result<ModelRef> {
-        let path = &self.config.instruct;
+        let resolved;
+        let mut path = &self.config.instruct;
+        // As the config keeps it (see `PipelineConfig::resolve_paths`): `org/name[@rev]`.
+        let is_hub_id = path
+            .to_str()
+            .filter(|s| !s.to_ascii_lowercase().ends_with(".gguf"))
+            .and_then(temper_formats::hub::HubId::parse)
+            .is_some();
+        if is_hub_id && !path.exists() {
+            resolved =
+                temper_formats::hub::resolve_model(path).map_err(|e| PipelineError::Fetch {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            path = &resolved;
+        }
         if !path.exists() {
             let Some(script) = &self.config.fetch_script else {
                 return Err(PipelineError::Fetch {
