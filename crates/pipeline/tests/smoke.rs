@@ -6,27 +6,11 @@
 //! `scripts/fetch-smollm2.sh`). Data: the repository's `data/bio-materials`.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::smoke_config;
 use temper_pipeline::report::VariantKind;
-use temper_pipeline::{PipelineConfig, PipelineOptions, Preset, run_pipeline};
-
-fn repo_root() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")).unwrap()
-}
-
-fn smoke_config() -> PipelineConfig {
-    let mut config = PipelineConfig::preset(Preset::Smoke, &repo_root()).unwrap();
-    if let Some(gguf) = std::env::var_os("TEMPER_SMOLLM2_GGUF") {
-        config.instruct = gguf.into();
-    }
-    assert!(
-        config.instruct.exists(),
-        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
-        config.instruct.display()
-    );
-    config
-}
+use temper_pipeline::{PipelineOptions, run_pipeline};
 
 #[test]
 fn smoke_pipeline_runs_every_variant_writes_the_report_and_resumes() {

@@ -6,16 +6,12 @@
 //! `scripts/fetch-smollm2.sh`). Data: the repository's `data/bio-materials`.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use temper_bench_eval::EvalMode;
 use temper_pipeline::config::MergeRecipe;
 use temper_pipeline::report::VariantKind;
-use temper_pipeline::{PipelineConfig, PipelineOptions, Preset, run_pipeline};
-
-fn repo_root() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")).unwrap()
-}
+use temper_pipeline::{PipelineConfig, PipelineOptions, run_pipeline};
 
 fn recipe(label: &str, schedule: &str) -> MergeRecipe {
     MergeRecipe {
@@ -29,15 +25,7 @@ fn recipe(label: &str, schedule: &str) -> MergeRecipe {
 /// The smoke preset with the sweeps: CPT 2 epochs over its first section, schedules
 /// A and G on the ORPO result, generation beside log-likelihood on 8 questions.
 fn sweep_config() -> PipelineConfig {
-    let mut config = PipelineConfig::preset(Preset::Smoke, &repo_root()).unwrap();
-    if let Some(gguf) = std::env::var_os("TEMPER_SMOLLM2_GGUF") {
-        config.instruct = gguf.into();
-    }
-    assert!(
-        config.instruct.exists(),
-        "{} not found: run scripts/fetch-smollm2.sh or set TEMPER_SMOLLM2_GGUF",
-        config.instruct.display()
-    );
+    let mut config = common::smoke_config();
     config.benchmark.limit = Some(8);
     config.benchmark.also = vec![EvalMode::Generate];
     config.benchmark.max_new_tokens = 4;

@@ -332,7 +332,7 @@ impl PipelineConfig {
             .filter(|s| !s.to_ascii_lowercase().ends_with(".gguf"))
             .and_then(temper_formats::hub::HubId::parse)
             .is_some();
-        if !(hub_id && !base.join(&self.instruct).exists()) {
+        if !hub_id || base.join(&self.instruct).exists() {
             fix(&mut self.instruct);
         }
         if let Some(s) = &mut self.fetch_script {

@@ -1,4 +1,5 @@
-//! The config's tests: presets, sweeps, ranges and errors that name their key.
+//! The config's tests (a `#[cfg(test)]` module of `config/mod.rs`): presets, sweeps, ranges
+//! and errors that name their key.
 #![allow(clippy::unwrap_used)]
 
 use super::*;
